@@ -1,0 +1,80 @@
+#!/bin/sh
+# sipguard developer entry point. Needs only python3 and sh (Debian 12).
+#   ./dev.sh run   [sipguard run arguments]   install into .venv, run with config/sipguard.yaml
+#   ./dev.sh test  [pytest arguments]         install test tools and system packages, run all checks
+#   ./dev.sh lint                             ruff and mypy only
+set -eu
+cd "$(dirname "$0")"
+
+VENV=.venv
+PY="$VENV/bin/python"
+# Debian packages the test suite uses: SIPp, PostgreSQL (CDR sink tests).
+TEST_DEBS="sip-tester postgresql"
+
+say() { printf '%s\n' "dev.sh: $*" >&2; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+apt_install() {
+    # apt_install PKG... : install the missing Debian packages, as root; otherwise say how.
+    missing=""
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing="$missing $pkg"
+    done
+    [ -z "$missing" ] && return 0
+    if is_root; then
+        say "installing Debian packages:$missing"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    else
+        say "these Debian packages are needed:$missing"
+        say "run as root:  apt-get install -y$missing"
+        exit 1
+    fi
+}
+
+ensure_venv() {
+    if [ ! -x "$PY" ]; then
+        if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+            rm -rf "$VENV"
+            apt_install python3-venv
+            python3 -m venv "$VENV"
+        fi
+        "$PY" -m pip install -q --upgrade pip
+    fi
+    extras="$1"
+    stamp="$VENV/.installed-$extras"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        say "installing sipguard${extras:+[$extras]} into $VENV"
+        "$PY" -m pip install -q -e ".${extras:+[$extras]}"
+        touch "$stamp"
+    fi
+}
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    run)
+        ensure_venv ""
+        mkdir -p var
+        exec "$VENV/bin/sipguard" run -c config/sipguard.yaml "$@"
+        ;;
+    lint)
+        ensure_venv test
+        "$VENV/bin/ruff" check sipguard tests benchmarks loadtests
+        "$VENV/bin/ruff" format --check sipguard tests benchmarks loadtests
+        "$VENV/bin/mypy" --strict sipguard
+        ;;
+    test)
+        apt_install $TEST_DEBS
+        ensure_venv test
+        "$0" lint
+        exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+        ;;
+    *)
+        echo "usage: ./dev.sh run|test|lint [args]" >&2
+        exit 64
+        ;;
+esac

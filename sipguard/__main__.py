@@ -1,0 +1,5 @@
+import sys
+
+from sipguard.cli import main
+
+sys.exit(main())

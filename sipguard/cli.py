@@ -1,0 +1,66 @@
+"""Command line: ``sipguard run | check-config | cdr export | cdr purge`` (SPEC §4)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+DEFAULT_CONFIG = "config/sipguard.yaml"
+EXIT_CONFIG_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sipguard", description="SIP privacy gateway (B2BUA)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the proxy in the foreground")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+
+    chk = sub.add_parser("check-config", help="validate a configuration file")
+    chk.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+
+    cdr = sub.add_parser("cdr", help="usage data: export and purge")
+    cdr.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    cdr_sub = cdr.add_subparsers(dest="cdr_command", required=True)
+    exp = cdr_sub.add_parser("export", help="all usage data about one number")
+    exp.add_argument("-c", "--config", default=argparse.SUPPRESS)
+    exp.add_argument("--number", required=True)
+    exp.add_argument("--since", default=None, help="YYYY-MM-DD or ISO 8601 timestamp (UTC)")
+    exp.add_argument("--until", default=None, help="YYYY-MM-DD or ISO 8601 timestamp (UTC)")
+    exp.add_argument("--format", choices=("json", "csv"), default="json")
+    exp.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    pur = cdr_sub.add_parser("purge", help="delete usage data older than the retention")
+    pur.add_argument("-c", "--config", default=argparse.SUPPRESS)
+    pur.add_argument("--dry-run", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from sipguard.config.loader import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+    if args.command == "check-config":
+        print(f"{args.config}: OK ({len(config.trunks)} trunks)")
+        return 0
+    if args.command == "run":
+        from sipguard.net.server import run
+
+        return run(config)
+    if args.command == "cdr":
+        from sipguard.cdr import admin
+
+        if args.cdr_command == "export":
+            return admin.export(config, args.number, args.since, args.until, args.format, args.output)
+        return admin.purge(config, dry_run=args.dry_run)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

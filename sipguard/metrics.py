@@ -1,0 +1,68 @@
+"""Prometheus metrics (SPEC §7). Labels never carry a number or an address.
+
+One :class:`Metrics` object per process, passed to whoever counts; tests make their own
+with a private registry, so nothing here is a global singleton.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+SETUP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.calls = Counter(
+            "sipguard_calls_total",
+            "Call attempts by trunks and result",
+            ["trunk_in", "trunk_out", "result"],
+            registry=r,
+        )
+        self.active_calls = Gauge("sipguard_active_calls", "Calls in progress", registry=r)
+        self.presentation = Counter(
+            "sipguard_presentation_total",
+            "Caller-ID presentation decisions by reason",
+            ["decision", "reason"],
+            registry=r,
+        )
+        self.emergency_calls = Counter(
+            "sipguard_emergency_calls_total", "Emergency calls", registry=r
+        )
+        self.sip_messages = Counter(
+            "sipguard_sip_messages_total",
+            "SIP messages by direction (in/out) and kind (method or status class)",
+            ["direction", "kind"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "sipguard_rejected_total", "Requests refused, by reason", ["reason"], registry=r
+        )
+        self.parse_errors = Counter(
+            "sipguard_parse_errors_total", "Malformed SIP messages received", registry=r
+        )
+        self.call_setup = Histogram(
+            "sipguard_call_setup_seconds",
+            "Time from the A-leg INVITE to the first final response relayed",
+            buckets=SETUP_BUCKETS,
+            registry=r,
+        )
+        self.cdr_records = Counter(
+            "sipguard_cdr_records_total",
+            "CDR records by sink and result (written, failed, spooled, dropped)",
+            ["sink", "result"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "sipguard_config_reloads_total", "Configuration reloads", ["result"], registry=r
+        )
+        self.retransmissions = Counter(
+            "sipguard_retransmissions_total", "SIP retransmissions sent", registry=r
+        )
+        self.media_unanchored = Counter(
+            "sipguard_media_unanchored_total",
+            "Calls carried without the media anchoring they asked for (rtpengine down)",
+            registry=r,
+        )

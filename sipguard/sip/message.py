@@ -1,0 +1,683 @@
+"""SIP messages: parse and serialise (RFC 3261 §7, §20, §25), sans-IO.
+
+Parsing is in two steps so that the hot path stays cheap: :func:`parse_message` frames the
+message, reads the start line and cuts the header section into ``(name, value)`` pairs,
+keeping every header in order with its raw value (folding undone); the typed views a
+B2BUA needs (Via, From, To, CSeq, Contact, Privacy, P-Asserted-Identity …) are parsed on
+first access and cached. :meth:`SipMessage.validate` forces every typed view, so a caller
+that wants the whole message checked up front can have it.
+
+A malformed message raises :class:`~sipguard.sip.errors.SipError`. When the message is a
+request whose Via, From, To, Call-ID and CSeq can be read, the error carries a ready-made
+response in :attr:`SipError.response` (400, 505, …); otherwise it is to be dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sipguard.sip.errors import MessageTooLarge, SipError
+from sipguard.sip.uri import (
+    NameAddr,
+    Params,
+    Uri,
+    format_params,
+    param,
+    parse_host_port,
+    parse_name_addr,
+    parse_params,
+    parse_uri,
+    split_commas,
+)
+
+SIP_VERSION = "SIP/2.0"
+CRLF = "\r\n"
+
+# Compact forms: RFC 3261 §7.3.3 (i m e l c f s k t v) and later RFCs
+# (x Session-Expires RFC 4028, o Event / u Allow-Events RFC 6665, r Refer-To RFC 3515,
+# b Referred-By RFC 3892, a Accept-Contact / j Reject-Contact / d Request-Disposition
+# RFC 3841, y Identity RFC 8224).
+COMPACT_FORMS: dict[str, str] = {
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "x": "session-expires",
+    "o": "event",
+    "u": "allow-events",
+    "r": "refer-to",
+    "b": "referred-by",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "y": "identity",
+}
+
+# Headers whose value may hold several comma-separated entries (RFC 3261 §7.3.1). The
+# others (From, To, Call-ID, CSeq, Date, the authentication headers …) are never split.
+LIST_HEADERS = frozenset(
+    {
+        "via",
+        "contact",
+        "route",
+        "record-route",
+        "supported",
+        "require",
+        "proxy-require",
+        "unsupported",
+        "allow",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow-events",
+        "content-encoding",
+        "content-language",
+        "in-reply-to",
+        "p-asserted-identity",
+        "p-preferred-identity",
+        "remote-party-id",
+        "history-info",
+        "diversion",
+        "reason",
+        "warning",
+        "call-info",
+        "alert-info",
+        "error-info",
+        "privacy",
+        "path",
+        "service-route",
+        "security-client",
+        "security-server",
+        "security-verify",
+        "accept-contact",
+        "reject-contact",
+        "request-disposition",
+        "p-associated-uri",
+        "p-called-party-id",
+        "p-charging-function-addresses",
+    }
+)
+
+# Headers that must appear at most once (RFC 3261 §20; RFC 4475 §3.3.8).
+SINGLE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards")
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_METHOD_RE = _TOKEN_RE
+_VERSION_RE = re.compile(r"SIP/\d+\.\d+\Z", re.I)
+_CSEQ_RE = re.compile(r"(\d+)\s+([A-Za-z0-9\-.!%*_+`'~]+)\Z")
+_VIA_RE = re.compile(
+    r"([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*"
+    r"([A-Za-z0-9\-.!%*_+`'~]+)\s+(\[[^\]]*\]|[^\s;:\[\]]+)(?:\s*:\s*(\d+))?\s*(?:;(.*))?\Z",
+    re.S,
+)
+# Enough of a Via to send a response back: its protocol, transport and sent-by. Used only
+# to decide whether a malformed request can be answered; its parameters may be broken.
+_VIA_SENT_BY_RE = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*[A-Za-z0-9\-.!%*_+`'~]+\s+[^\s;,]+", re.I)
+MAX_CSEQ = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits: exceeding one is an error, never unbounded memory."""
+
+    max_message: int = 65535
+    max_headers: int = 256
+    max_line: int = 16384
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    """One Via entry: ``SIP/2.0/UDP host:port;branch=…;received=…;rport``."""
+
+    transport: str  # upper-case
+    host: str
+    port: int | None
+    params: Params = ()
+    protocol: str = "SIP/2.0"
+
+    @property
+    def branch(self) -> str | None:
+        return param(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        return param(self.params, "received")
+
+    @property
+    def rport(self) -> str | None:
+        """'' when the rport flag is present without value, the port when filled in."""
+        return param(self.params, "rport")
+
+    def sent_by(self) -> str:
+        return self.host if self.port is None else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.protocol}/{self.transport} {self.sent_by()}{format_params(self.params)}"
+
+
+def parse_via(text: str) -> Via:
+    m = _VIA_RE.match(text.strip())
+    if m is None:
+        raise SipError("malformed Via")
+    name, version, transport, host_s, port_s, ptext = m.groups()
+    host, _ = parse_host_port(host_s)
+    port = None
+    if port_s is not None:
+        port = int(port_s)
+        if not 0 < port <= 65535:
+            raise SipError("invalid port in Via")
+    params = parse_params(ptext, "Via") if ptext is not None else ()
+    return Via(transport.upper(), host, port, params, f"{name}/{version}".upper())
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    number: int
+    method: str
+
+
+def parse_cseq(text: str) -> CSeq:
+    m = _CSEQ_RE.match(text.strip())
+    if m is None:
+        raise SipError("malformed CSeq")
+    num = int(m.group(1))
+    if num > MAX_CSEQ:
+        raise SipError("CSeq number out of range")
+    return CSeq(num, m.group(2))
+
+
+class SipMessage:
+    """A request or a response. Immutable once built: a rewrite builds a new message."""
+
+    __slots__ = ("_cache", "_index", "body", "headers")
+
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def __init__(self, headers: Iterable[tuple[str, str]], body: bytes = b"") -> None:
+        self.headers = tuple(headers)
+        self.body = body
+        index: dict[str, list[str]] = {}
+        for name, value in self.headers:
+            key = name.lower()
+            key = COMPACT_FORMS.get(key, key)
+            lst = index.get(key)
+            if lst is None:
+                index[key] = [value]
+            else:
+                lst.append(value)
+        self._index = index
+        self._cache: dict[str, object] = {}
+
+    # -- raw access ---------------------------------------------------------------------
+
+    def has(self, name: str) -> bool:
+        return name in self._index
+
+    def get(self, name: str) -> str | None:
+        """First raw value of a header (``name`` lower-case, long form)."""
+        values = self._index.get(name)
+        return values[0] if values else None
+
+    def get_lines(self, name: str) -> list[str]:
+        """Every raw header line value of ``name``, in order, not split at commas."""
+        return self._index.get(name, [])
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``; list headers are split at commas outside quotes."""
+        lines = self._index.get(name)
+        if not lines:
+            return []
+        if name not in LIST_HEADERS:
+            return list(lines)
+        out: list[str] = []
+        for line in lines:
+            for item in split_commas(line):
+                if not item:
+                    raise SipError(f"empty entry in {name}")
+                out.append(item)
+        return out
+
+    def header_items(self) -> Iterator[tuple[str, str, str]]:
+        """``(canonical lower-case name, name as written, value)`` for every header line."""
+        for name, value in self.headers:
+            key = name.lower()
+            yield COMPACT_FORMS.get(key, key), name, value
+
+    # -- typed views -----------------------------------------------------------------------
+
+    @property
+    def vias(self) -> list[Via]:
+        v = self._cache.get("via")
+        if v is None:
+            v = [parse_via(x) for x in self.get_all("via")]
+            self._cache["via"] = v
+        return v  # type: ignore[return-value]
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.vias
+        if not vias:
+            raise SipError("missing Via", status=None)
+        return vias[0]
+
+    @property
+    def call_id(self) -> str:
+        v = self.get("call-id")
+        if not v or any(c in v for c in " \t"):
+            raise SipError("missing or malformed Call-ID")
+        return v
+
+    @property
+    def cseq(self) -> CSeq:
+        v = self._cache.get("cseq")
+        if v is None:
+            raw = self.get("cseq")
+            if raw is None:
+                raise SipError("missing CSeq")
+            v = parse_cseq(raw)
+            self._cache["cseq"] = v
+        return v  # type: ignore[return-value]
+
+    def _name_addr(self, name: str) -> NameAddr:
+        v = self._cache.get(name)
+        if v is None:
+            raw = self.get(name)
+            if raw is None:
+                raise SipError(f"missing {name.title()}")
+            v = parse_name_addr(raw)
+            self._cache[name] = v
+        return v  # type: ignore[return-value]
+
+    @property
+    def from_(self) -> NameAddr:
+        return self._name_addr("from")
+
+    @property
+    def to(self) -> NameAddr:
+        return self._name_addr("to")
+
+    def name_addrs(self, name: str) -> list[NameAddr]:
+        """Contact, Route, Record-Route, P-Asserted-Identity … as parsed name-addrs."""
+        key = "na:" + name
+        v = self._cache.get(key)
+        if v is None:
+            v = [parse_name_addr(x) for x in self.get_all(name)]
+            self._cache[key] = v
+        return v  # type: ignore[return-value]
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        """Contact entries; ``*`` (REGISTER only) gives an empty list and :attr:`contact_star`."""
+        if self.contact_star:
+            return []
+        return self.name_addrs("contact")
+
+    @property
+    def contact_star(self) -> bool:
+        vals = self.get_lines("contact")
+        return len(vals) == 1 and vals[0].strip() == "*"
+
+    @property
+    def max_forwards(self) -> int | None:
+        raw = self.get("max-forwards")
+        if raw is None:
+            return None
+        raw = raw.strip()
+        if not raw.isdigit():
+            raise SipError("malformed Max-Forwards")
+        return min(int(raw), 255)  # an overlarge value is as good as any large one
+
+    @property
+    def content_length(self) -> int | None:
+        return _content_length(self._index.get("content-length"))
+
+    @property
+    def content_type(self) -> str | None:
+        v = self.get("content-type")
+        return v.split(";", 1)[0].strip().lower() if v else None
+
+    def tokens(self, name: str) -> frozenset[str]:
+        """Option-tag style headers (Supported, Require, Allow …) as a lower-case set."""
+        return frozenset(t.lower() for t in self.get_all(name) if t)
+
+    @property
+    def privacy(self) -> frozenset[str]:
+        """Privacy tokens (RFC 3323 §4.2): ``id;user`` and ``id, user`` both count."""
+        out: set[str] = set()
+        for line in self.get_lines("privacy"):
+            for part in re.split(r"[;,]", line):
+                part = part.strip().lower()
+                if part:
+                    out.add(part)
+        return frozenset(out)
+
+    def validate(self) -> None:
+        """Parse every typed view a B2BUA relies on; raise :class:`SipError` if one fails."""
+        for name in SINGLE_HEADERS:
+            lines = self._index.get(name)
+            if lines is not None and len(lines) > 1:
+                raise SipError(f"more than one {name} header")
+        if not self.vias:
+            raise SipError("missing Via", status=None)
+        self.call_id  # noqa: B018
+        self.cseq  # noqa: B018
+        self.from_  # noqa: B018
+        self.to  # noqa: B018
+        self.max_forwards  # noqa: B018
+        self.name_addrs("contact") if not self.contact_star else None
+        for name in ("route", "record-route"):
+            self.name_addrs(name)
+
+    # -- serialisation ---------------------------------------------------------------------
+
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        head = [self.start_line()]
+        head.extend(f"{n}: {v}" for n, v in self.headers)
+        head.append(CRLF)
+        return CRLF.join(head).encode("utf-8", "surrogateescape") + self.body
+
+    def __bytes__(self) -> bytes:
+        return self.to_bytes()
+
+
+class Request(SipMessage):
+    __slots__ = ("method", "uri")
+
+    def __init__(
+        self, method: str, uri: str, headers: Iterable[tuple[str, str]], body: bytes = b""
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri  # as written; see request_uri
+
+    @property
+    def request_uri(self) -> Uri:
+        v = self._cache.get("ruri")
+        if v is None:
+            v = parse_uri(self.uri)
+            self._cache["ruri"] = v
+        return v  # type: ignore[return-value]
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    def validate(self) -> None:
+        """Check the whole request; a failure carries its stateless response (or a drop)."""
+        try:
+            uri = self.request_uri
+            if uri.headers is not None:
+                # §19.1.5: headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11)
+                raise SipError("Request-URI with headers")
+            super().validate()
+            if self.cseq.method != self.method:
+                raise SipError("CSeq method does not match the request method")
+        except SipError as exc:
+            raise attach_response(exc, self.headers) from None
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(SipMessage):
+    __slots__ = ("reason", "status")
+
+    def __init__(
+        self, status: int, reason: str, headers: Iterable[tuple[str, str]], body: bytes = b""
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+
+    def start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def validate(self) -> None:
+        """Check the whole response; a malformed response is never answered, only dropped."""
+        try:
+            super().validate()
+        except SipError as exc:
+            exc.status = None
+            raise
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+def _content_length(values: list[str] | None) -> int | None:
+    if not values:
+        return None
+    first = values[0].strip()
+    for other in values[1:]:
+        if other.strip() != first:
+            raise SipError("conflicting Content-Length values")
+    if not first.isdigit() or len(first) > 10:
+        raise SipError("malformed Content-Length")
+    return int(first)
+
+
+def _header_end(data: bytes) -> tuple[int, int, bool]:
+    """(end of the header section, start of the body, lines end in bare LF)."""
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        return end, end + 4, False
+    end = data.find(b"\n\n")
+    if end >= 0 and b"\r\n" not in data[:end]:
+        return end, end + 2, True
+    return -1, -1, False
+
+
+def parse_message(
+    data: bytes, *, datagram: bool = True, limits: Limits = DEFAULT_LIMITS
+) -> Request | Response:
+    """Parse one whole message.
+
+    ``datagram``: over UDP a missing Content-Length means the body is the rest of the
+    datagram, and bytes after the body are ignored (RFC 3261 §18.3). Over a stream the
+    framer has already cut exactly one message.
+    """
+    if len(data) > limits.max_message:
+        raise MessageTooLarge("message too large", status=None)
+    # RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
+    data = data.lstrip(b"\r\n")
+    end, body_start, bare_lf = _header_end(data)
+    if end < 0:
+        if not (datagram and data.endswith(b"\r\n")):
+            raise SipError("no end of header section", status=None)
+        # a datagram cut right after its last header line: the headers end with it
+        end = body_start = len(data) - 2
+    head = data[:end].decode("utf-8", "surrogateescape")
+    lines = head.split("\n") if bare_lf else head.split(CRLF)
+    try:
+        return _build(lines, data, body_start, datagram, limits)
+    except SipError as exc:
+        if exc.status is not None and exc.response is None:
+            if lines[0].startswith("SIP/"):
+                exc.status = None
+            else:
+                try:
+                    headers = _split_headers(lines, _SALVAGE_LIMITS)
+                except SipError:
+                    headers = []
+                attach_response(exc, headers)
+        raise
+
+
+_SALVAGE_LIMITS = Limits(max_headers=10**6, max_line=10**9)
+
+
+def attach_response(exc: SipError, headers: Iterable[tuple[str, str]]) -> SipError:
+    """Give a request's error its stateless response, or mark it unanswerable (drop)."""
+    if exc.status is not None and exc.response is None:
+        exc.response = _error_response(headers, exc)
+        if exc.response is None:
+            exc.status = None
+    return exc
+
+
+def _split_headers(lines: list[str], limits: Limits) -> list[tuple[str, str]]:
+    headers: list[tuple[str, str]] = []
+    if len(lines) > limits.max_headers + 1:
+        raise MessageTooLarge("too many headers")
+    for line in lines[1:]:
+        if len(line) > limits.max_line:
+            raise MessageTooLarge("header line too long")
+        if line[:1] in (" ", "\t"):
+            if not headers:
+                raise SipError("continuation line before the first header")
+            name, value = headers[-1]
+            headers[-1] = (name, f"{value} {line.strip()}" if value else line.strip())
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipError("header line without a colon")
+        name = name.rstrip(" \t")
+        if not _TOKEN_RE.match(name):
+            raise SipError("malformed header name")
+        headers.append((name, value.strip(" \t")))
+    return headers
+
+
+def _build(
+    lines: list[str], data: bytes, body_start: int, datagram: bool, limits: Limits
+) -> Request | Response:
+    start = lines[0]
+    if len(start) > limits.max_line:
+        raise MessageTooLarge("start line too long", status=None)
+    headers = _split_headers(lines, limits)
+    msg: Request | Response
+    if start.startswith("SIP/"):
+        version, _, rest = start.partition(" ")
+        code, _, reason = rest.partition(" ")
+        if version != SIP_VERSION:
+            raise SipError("unsupported SIP version in response", status=None)
+        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+            raise SipError("malformed status code", status=None)
+        if "\r" in reason or "\n" in reason:
+            raise SipError("malformed reason phrase", status=None)
+        msg = Response(int(code), reason, headers)
+    else:
+        parts = start.split(" ")
+        if len(parts) != 3:
+            raise SipError("malformed request line")
+        method, uri, version = parts
+        if not version.startswith("SIP/") or not _METHOD_RE.match(method) or not uri:
+            raise SipError("malformed request line")
+        if version != SIP_VERSION:
+            if _VERSION_RE.match(version):
+                raise SipError("SIP version not supported", status=505)
+            raise SipError("malformed request line")
+        msg = Request(method, uri, headers)
+    clen = msg.content_length
+    available = len(data) - body_start
+    if clen is None:
+        if not datagram and available:
+            raise SipError("missing Content-Length on a stream transport")
+        clen = available if datagram else 0
+    elif clen > available:
+        raise SipError("Content-Length larger than the message")
+    if clen:
+        msg.body = data[body_start : body_start + clen]
+    return msg
+
+
+def _stable_tag(call_id: str, cseq: str) -> str:
+    return hashlib.blake2s(f"{call_id}\x00{cseq}".encode(errors="replace"), digest_size=6).hexdigest()
+
+
+def _error_response(headers: Iterable[tuple[str, str]], exc: SipError) -> bytes | None:
+    """A stateless error response to a malformed request, if the request can be answered.
+
+    A request is answerable when its Via can be read (the response must find its way
+    back, §18.2.2). From, To, Call-ID and CSeq are copied as written when there is exactly
+    one of each (§8.2.6), and a To without a tag gets one that is stable across
+    retransmissions. Returns None for a request whose Via cannot be read: drop it.
+    """
+    wanted: dict[str, list[str]] = {"via": [], "from": [], "to": [], "call-id": [], "cseq": []}
+    for name, value in headers:
+        key = name.lower()
+        key = COMPACT_FORMS.get(key, key)
+        if key in wanted:
+            wanted[key].append(value)
+    if not wanted["via"] or not _VIA_SENT_BY_RE.match(wanted["via"][0]):
+        return None
+    hdrs = [f"Via: {v}" for v in wanted["via"]]
+    single = {k: v[0] for k, v in wanted.items() if len(v) == 1 and k != "via"}
+    if "from" in single:
+        hdrs.append(f"From: {single['from']}")
+    if "to" in single:
+        to = single["to"]
+        try:
+            has_tag = parse_name_addr(to).tag is not None
+        except SipError:
+            has_tag = True  # unreadable: mirror it as it is
+        if not has_tag:
+            to = f"{to};tag={_stable_tag(single.get('call-id', ''), single.get('cseq', ''))}"
+        hdrs.append(f"To: {to}")
+    if "call-id" in single:
+        hdrs.append(f"Call-ID: {single['call-id']}")
+    if "cseq" in single:
+        hdrs.append(f"CSeq: {single['cseq']}")
+    status = exc.status or 400
+    hdrs.append(f'Warning: 399 sipguard "{_quote_safe(exc.reason)}"')
+    hdrs.append("Content-Length: 0")
+    text = CRLF.join([f"{SIP_VERSION} {status} {REASONS.get(status, 'Bad Request')}", *hdrs])
+    return (text + CRLF + CRLF).encode("utf-8", "surrogateescape")
+
+
+def _quote_safe(text: str) -> str:
+    return text.replace("\\", "").replace('"', "'")
+
+
+REASONS: dict[int, str] = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    422: "Session Interval Too Small",
+    433: "Anonymity Disallowed",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    603: "Decline",
+}

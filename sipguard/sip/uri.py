@@ -1,0 +1,288 @@
+"""URIs (RFC 3261 §19.1, RFC 3966 ``tel:``, RFC 5031 ``urn:service``) and name-addr.
+
+The user part is kept as written (escaped); :attr:`Uri.user_unescaped` decodes it once,
+so ``%2331%23`` reads as ``#31#`` and ``value%2541`` stays ``value%41``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sipguard.sip.errors import SipError
+
+Params = tuple[tuple[str, str | None], ...]
+
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
+# hostname, IPv4, or bracketed IPv6 (RFC 5118 §4.10: the 3-colon form is tolerated)
+_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?|[A-Za-z0-9])\Z")
+_USER_BAD = re.compile(r"[\x00-\x20\"<>\x7f@]")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_PARAM_VALUE_BAD = re.compile(r"[\x00-\x20\"<>,\x7f]")
+_HEX = "0123456789abcdefABCDEF"
+
+
+def unescape(text: str) -> str:
+    """Decode ``%XX`` escapes once; a ``%`` not followed by two hex digits stays literal."""
+    if "%" not in text:
+        return text
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "%" and i + 2 < n and text[i + 1] in _HEX and text[i + 2] in _HEX:
+            out.append(chr(int(text[i + 1 : i + 3], 16)))
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def parse_params(text: str, what: str) -> Params:
+    """``;a=b;c`` (leading ``;`` already removed) into ((name, value|None), ...)."""
+    out: list[tuple[str, str | None]] = []
+    for part in text.split(";"):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not name or not _TOKEN_RE.match(name):
+            raise SipError(f"malformed {what} parameter")
+        if eq:
+            value = value.strip()
+            if value.startswith('"'):
+                if len(value) < 2 or not value.endswith('"'):
+                    raise SipError(f"unbalanced quotes in {what} parameter")
+            elif not value or _PARAM_VALUE_BAD.search(value):
+                raise SipError(f"malformed {what} parameter value")
+            out.append((name, value))
+        else:
+            out.append((name, None))
+    return tuple(out)
+
+
+def format_params(params: Params) -> str:
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params)
+
+
+def param(params: Params, name: str) -> str | None:
+    """Value of a parameter (names compare case-insensitively); '' for a flag param."""
+    name = name.lower()
+    for k, v in params:
+        if k.lower() == name:
+            return "" if v is None else v
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Uri:
+    """A parsed URI. For ``sip``/``sips``: user, password, host, port, params, headers.
+
+    For ``tel``: ``user`` is the number and ``params`` its parameters. Any other scheme
+    (``urn:service:sos``, ``http``…) keeps its scheme-specific part in ``opaque``.
+    """
+
+    scheme: str  # lower-case
+    user: str | None = None
+    password: str | None = None
+    host: str = ""
+    port: int | None = None
+    params: Params = ()
+    headers: str | None = None
+    opaque: str | None = None
+
+    @property
+    def is_sip(self) -> bool:
+        return self.scheme in ("sip", "sips")
+
+    @property
+    def user_unescaped(self) -> str | None:
+        return None if self.user is None else unescape(self.user)
+
+    def param(self, name: str) -> str | None:
+        return param(self.params, name)
+
+    def host_port(self, default: int = 5060) -> tuple[str, int]:
+        """Host without IPv6 brackets, and port (the default where none is written)."""
+        host = self.host[1:-1] if self.host.startswith("[") else self.host
+        return host, self.port if self.port is not None else default
+
+    def __str__(self) -> str:
+        if self.opaque is not None:
+            return f"{self.scheme}:{self.opaque}"
+        if self.scheme == "tel":
+            return f"tel:{self.user}{format_params(self.params)}"
+        userinfo = ""
+        if self.user is not None:
+            userinfo = self.user + (f":{self.password}" if self.password is not None else "") + "@"
+        port = f":{self.port}" if self.port is not None else ""
+        hdrs = f"?{self.headers}" if self.headers is not None else ""
+        return f"{self.scheme}:{userinfo}{self.host}{port}{format_params(self.params)}{hdrs}"
+
+
+def _parse_port(text: str) -> int:
+    if not text.isdigit() or len(text) > 5 or not 0 < int(text) <= 65535:
+        raise SipError("invalid port in URI")
+    return int(text)
+
+
+def parse_host_port(text: str) -> tuple[str, int | None]:
+    """``host[:port]`` with bracketed IPv6; the host is returned lower-cased."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise SipError("unterminated IPv6 reference")
+        host, rest = text[: end + 1], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise SipError("invalid host")
+        port = _parse_port(rest[1:]) if rest else None
+    else:
+        host, colon, port_s = text.partition(":")
+        port = _parse_port(port_s) if colon else None
+    if not _HOST_RE.match(host):
+        raise SipError("invalid host")
+    return host.lower(), port
+
+
+def parse_uri(text: str) -> Uri:
+    """Parse a URI; raise :class:`SipError` (400) if it is malformed."""
+    scheme, colon, rest = text.partition(":")
+    if not colon or not _SCHEME_RE.match(scheme):
+        raise SipError("malformed URI")
+    scheme = scheme.lower()
+    if not rest or any(c in rest for c in " \t\r\n<>"):
+        raise SipError("malformed URI")
+    if scheme in ("sip", "sips"):
+        return _parse_sip(scheme, rest)
+    if scheme == "tel":
+        number, _, ptext = rest.partition(";")
+        if not number:
+            raise SipError("empty tel number")
+        return Uri(scheme, user=number, params=parse_params(ptext, "tel") if ptext else ())
+    return Uri(scheme, opaque=rest)
+
+
+def _parse_sip(scheme: str, rest: str) -> Uri:
+    user = password = None
+    at = rest.find("@")
+    if at >= 0:
+        userinfo, rest = rest[:at], rest[at + 1 :]
+        user, colon, pw = userinfo.partition(":")
+        password = pw if colon else None
+        if not user or _USER_BAD.search(userinfo):
+            raise SipError("malformed user part in URI")
+    headers = None
+    q = rest.find("?")
+    if q >= 0:
+        rest, headers = rest[:q], rest[q + 1 :]
+    hostport, semi, ptext = rest.partition(";")
+    host, port = parse_host_port(hostport)
+    params = parse_params(ptext, "URI") if semi else ()
+    return Uri(scheme, user, password, host, port, params, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """``"Display" <uri>;params`` or a bare ``uri;params`` (From, To, Contact, PAI …)."""
+
+    uri: Uri
+    display: str | None = None  # as written, with quotes if it was quoted
+    params: Params = ()
+
+    @property
+    def tag(self) -> str | None:
+        return param(self.params, "tag")
+
+    def param(self, name: str) -> str | None:
+        return param(self.params, name)
+
+    @property
+    def display_text(self) -> str | None:
+        """The display name without quotes and quoted-pair escapes."""
+        d = self.display
+        if d is None:
+            return None
+        if d.startswith('"'):
+            return re.sub(r"\\(.)", r"\1", d[1:-1], flags=re.S)
+        return d
+
+    def __str__(self) -> str:
+        disp = f"{self.display} " if self.display else ""
+        return f"{disp}<{self.uri}>{format_params(self.params)}"
+
+
+_QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+
+
+def parse_name_addr(text: str) -> NameAddr:
+    """Parse one name-addr or addr-spec with header parameters (RFC 3261 §20.10, §25.1)."""
+    s = text.strip()
+    display: str | None = None
+    if s.startswith('"'):
+        m = _QUOTED_RE.match(s)
+        if m is None:
+            raise SipError("unbalanced quotes in display name")
+        display = m.group(0)
+        s = s[m.end() :].lstrip()
+        if not s.startswith("<"):
+            raise SipError("display name without <URI>")
+    lt = s.find("<")
+    if lt >= 0:
+        if display is None:
+            token = s[:lt].strip()
+            if token:
+                if not all(_TOKEN_RE.match(w) for w in token.split()):
+                    raise SipError("malformed display name")
+                display = token
+        gt = s.find(">", lt)
+        if gt < 0:
+            raise SipError("unterminated <URI>")
+        uri_text = s[lt + 1 : gt].strip()
+        rest = s[gt + 1 :].strip()
+        uri = parse_uri(uri_text)
+    else:
+        # addr-spec: URI parameters are header parameters here (RFC 3261 §20)
+        uri_text, semi, ptext = s.partition(";")
+        rest = semi + ptext
+        uri = parse_uri(uri_text.strip())
+        if uri.headers is not None:
+            raise SipError("addr-spec with headers must be in <>")
+    if rest:
+        if not rest.startswith(";"):
+            raise SipError("garbage after URI")
+        params = parse_params(rest[1:], "header")
+    else:
+        params = ()
+    return NameAddr(uri, display, params)
+
+
+def split_commas(value: str) -> list[str]:
+    """Split a header value at commas outside quotes and angle brackets (RFC 3261 §7.3.1)."""
+    if "," not in value:
+        return [value.strip()] if value.strip() else []
+    out: list[str] = []
+    depth_lt = False
+    in_q = False
+    start = 0
+    i = 0
+    n = len(value)
+    while i < n:
+        c = value[i]
+        if in_q:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_q = False
+        elif c == '"':
+            in_q = True
+        elif c == "<":
+            depth_lt = True
+        elif c == ">":
+            depth_lt = False
+        elif c == "," and not depth_lt:
+            out.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    if in_q:
+        raise SipError("unbalanced quotes")
+    out.append(value[start:].strip())
+    return out
