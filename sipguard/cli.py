@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from sipguard.net.server import run
 
-        return run(config)
+        return run(config, args.config)
     if args.command == "cdr":
         from sipguard.cdr import admin
 

@@ -154,9 +154,8 @@ class Config:
         """The trunk a new request belongs to (SPEC §2), or None: refuse with 403.
 
         ``listen_index`` is the index in :attr:`listen` of the socket it arrived on; a
-        listen entry that names trunks serves only those. The longest matching prefix
-        wins (the loader refuses overlapping sources between trunks that share a listen
-        entry, so between trunks this only decides within one trunk's own list).
+        listen entry that names trunks serves only those. The longest matching prefix wins
+        (the loader refuses sources that overlap between trunks sharing a listen entry).
         """
         allowed = self.listen[listen_index].trunks if 0 <= listen_index < len(self.listen) else None
         if isinstance(source_ip, ipaddress.IPv6Address) and source_ip.ipv4_mapped is not None:
@@ -167,6 +166,8 @@ class Config:
             if allowed is not None and trunk.name not in allowed:
                 continue
             for net in trunk.sources:
-                if net.version == source_ip.version and source_ip in net and net.prefixlen > best_len:
+                if net.version != source_ip.version or net.prefixlen <= best_len:
+                    continue
+                if source_ip in net:
                     best, best_len = trunk, net.prefixlen
         return best

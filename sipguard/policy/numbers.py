@@ -215,9 +215,7 @@ def _compile_cli(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
         return None
     parts = []
     for p in patterns:
-        parts.append(
-            "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p)
-        )
+        parts.append("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in p))
     return re.compile("|".join(f"(?:{p})" for p in parts))
 
 

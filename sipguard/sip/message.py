@@ -681,3 +681,27 @@ REASONS: dict[int, str] = {
     513: "Message Too Large",
     603: "Decline",
 }
+
+
+_CANONICAL: dict[str, str] = {
+    "call-id": "Call-ID",
+    "cseq": "CSeq",
+    "www-authenticate": "WWW-Authenticate",
+    "mime-version": "MIME-Version",
+    "rseq": "RSeq",
+    "rack": "RAck",
+    "sip-etag": "SIP-ETag",
+    "sip-if-match": "SIP-If-Match",
+    "min-se": "Min-SE",
+}
+
+
+def canonical_name(lname: str) -> str:
+    """A header name in its usual spelling: ``call-id`` -> ``Call-ID``, ``p-asserted-identity``
+    -> ``P-Asserted-Identity``; compact forms are expanded first."""
+    key = lname.lower()
+    key = COMPACT_FORMS.get(key, key)
+    name = _CANONICAL.get(key)
+    if name is None:
+        name = "-".join(p[:1].upper() + p[1:] for p in key.split("-"))
+    return name

@@ -1,0 +1,511 @@
+"""The B2BUA core: the transaction user that turns requests into calls, sans-IO.
+
+Inputs: :meth:`B2BUA.receive` (bytes from a socket, the :class:`Flow` they came on,
+``now``), :meth:`B2BUA.handle_timer` and the control calls (:meth:`reload`,
+:meth:`drain`). Outputs, drained by the driver after each input: :attr:`outbox`
+(``(flow, bytes)`` to send), :attr:`cdr_out` (CDR records to write), and
+:meth:`next_deadline`. Only ``net/`` reads clocks and touches sockets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from sipguard.b2bua.call import ANSWERED, ENDED, Call, Leg
+from sipguard.b2bua.identity import Refused, identify, identity_headers
+from sipguard.cdr.record import CdrRecord, end_record, make_call_id, new_instance_tag, start_record
+from sipguard.config.model import Config, Trunk
+from sipguard.metrics import Metrics
+from sipguard.policy.decision import refusal
+from sipguard.policy.numbers import mask
+from sipguard.sip.errors import SipError
+from sipguard.sip.message import Limits, Request, Response, canonical_name, parse_message
+from sipguard.sip.transaction import (
+    IDS,
+    Flow,
+    ServerTransaction,
+    Timers,
+    TransactionLayer,
+    make_response,
+    new_branch,
+)
+from sipguard.sip.uri import Uri, parse_uri
+
+log = logging.getLogger("sipguard.b2bua")
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, MESSAGE"
+SUPPORTED = "100rel, replaces, timer"
+AUTH_RETRY_WINDOW = 32.0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAddress:
+    transport: str
+    host: str  # as written in Via and Contact (IPv6 bracketed)
+    port: int
+
+
+class B2BUA:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics | None = None,
+        *,
+        instance: str | None = None,
+        wall_offset: float = 0.0,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.layer = TransactionLayer(self, self._timers(config))
+        self.outbox = self.layer.outbox
+        self.cdr_out: list[CdrRecord] = []
+        self.dialogs: dict[tuple[str, str], Leg] = {}
+        self.auth_wait: dict[tuple[str, str], tuple[float, Call]] = {}
+        self.calls = 0
+        self.emergency_calls = 0
+        self.trunk_calls: dict[str, int] = {}
+        self.trunk_cps: dict[str, tuple[int, int]] = {}  # trunk -> (second, count)
+        self.draining = False
+        self.accepting = True  # False while the CDR spool is full (refuse non-emergency)
+        self.wall_offset = wall_offset  # wall clock = now + wall_offset (set by the driver)
+        self.instance = instance or new_instance_tag()
+        self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
+        self.down_until: dict[Flow, float] = {}
+        self.stats_in: dict[str, int] = {}
+        self.stats_out: dict[str, int] = {}
+        self.parse_errors = 0
+
+    @staticmethod
+    def _timers(config: Config) -> Timers:
+        s = config.sip
+        return Timers(t1=s.t1, t2=s.t2, t4=s.t4)
+
+    # -- driver interface ------------------------------------------------------------------
+
+    def wall(self, now: float) -> float:
+        return now + self.wall_offset
+
+    def next_deadline(self) -> float | None:
+        return self.layer.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        self.layer.handle_timer(now)
+
+    def reload(self, config: Config) -> None:
+        """New policy for new calls; calls in progress keep theirs."""
+        self.config = config
+        self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
+
+    def drain(self) -> None:
+        self.draining = True
+
+    @property
+    def active_calls(self) -> int:
+        return self.calls
+
+    def receive(self, data: bytes, flow: Flow, now: float) -> None:
+        """A datagram, or one framed message from a stream, arrived on ``flow``."""
+        try:
+            msg = parse_message(data, datagram=not flow.reliable, limits=self.parse_limits)
+            if isinstance(msg, Request):
+                msg.validate()
+            else:
+                msg.top_via  # noqa: B018
+                msg.cseq  # noqa: B018
+        except SipError as exc:
+            self.parse_errors += 1
+            if self.metrics is not None:
+                self.metrics.parse_errors.inc()
+            if exc.response is not None:
+                self.layer.send(flow, exc.response)
+            log.debug("malformed message from %s: %s", flow.transport, exc.reason)
+            return
+        try:
+            if isinstance(msg, Request):
+                self._count_in(msg.method)
+                self._fix_via(msg, flow)
+                self.layer.receive_request(msg, flow, now)
+            else:
+                self._count_in(str(msg.status // 100) + "xx")
+                self.layer.receive_response(msg, flow, now)
+        except SipError as exc:
+            # a header read later turned out malformed: answer it if we can, never crash
+            self.parse_errors += 1
+            if self.metrics is not None:
+                self.metrics.parse_errors.inc()
+            if isinstance(msg, Request) and msg.method != "ACK":
+                self.layer.send(flow, make_response(msg, exc.status or 400).to_bytes())
+
+    def _count_in(self, kind: str) -> None:
+        self.stats_in[kind] = self.stats_in.get(kind, 0) + 1
+
+    @staticmethod
+    def _fix_via(req: Request, flow: Flow) -> None:
+        """RFC 3581: responses always go back to the source address and port (symmetric)."""
+        return None  # responses use the flow of the request; nothing to rewrite here
+
+    # -- local addresses -------------------------------------------------------------------
+
+    def local(self, flow: Flow) -> LocalAddress:
+        listen = self.config.listen[flow.local]
+        host = listen.address
+        if ":" in host:
+            host = f"[{host}]"
+        return LocalAddress(flow.transport, host, listen.port)
+
+    def via(self, flow: Flow, branch: str) -> str:
+        la = self.local(flow)
+        return f"SIP/2.0/{la.transport.upper()} {la.host}:{la.port};branch={branch};rport"
+
+    def contact(self, flow: Flow) -> str:
+        la = self.local(flow)
+        t = "" if la.transport == "udp" else f";transport={la.transport}"
+        return f"<sip:{la.host}:{la.port}{t}>"
+
+    def new_call_id(self) -> str:
+        return f"{IDS.next()}-sg"
+
+    # -- transaction user ------------------------------------------------------------------
+
+    def on_stray_response(self, resp: Response, flow: Flow, now: float) -> None:
+        """A 2xx to our INVITE after its transaction ended: repeat our ACK (§13.2.2.4)."""
+        leg = self.dialogs.get((resp.call_id, resp.from_.tag or ""))
+        if leg is None or leg.is_a:
+            return
+        call = leg.call
+        if call.state == ANSWERED and call.b_ack is not None and leg.remote_tag == resp.to.tag:
+            self.layer.send(leg.flow, call.b_ack, retransmission=True)
+
+    def on_request(self, req: Request, tx: ServerTransaction | None, now: float) -> None:
+        if tx is None:  # ACK for a 2xx: part of the dialog, not of a transaction
+            leg = self.dialogs.get((req.call_id, req.to.tag or ""))
+            if leg is not None and leg.is_a:
+                leg.call.on_ack(req, now)
+            return
+        to_tag = req.to.tag
+        if to_tag is not None:
+            leg = self.dialogs.get((req.call_id, to_tag))
+            if leg is None:
+                tx.respond(make_response(req, 481), now)
+                return
+            leg.call.on_in_dialog(leg, req, tx, now)
+            return
+        method = req.method
+        if method == "INVITE":
+            self._new_call(req, tx, now)
+        elif method == "OPTIONS":
+            status = 503 if self.draining else 200
+            tx.respond(
+                make_response(
+                    req,
+                    status,
+                    to_tag=IDS.next(),
+                    headers=[
+                        ("Allow", ALLOW),
+                        ("Accept", "application/sdp"),
+                        ("Supported", SUPPORTED),
+                    ],
+                ),
+                now,
+            )
+        elif method in ("REGISTER", "SUBSCRIBE", "PUBLISH", "NOTIFY", "MESSAGE", "INFO", "UPDATE"):
+            self._reject(tx, 405, "method_not_allowed", now, [("Allow", ALLOW)])
+        elif method == "REFER":
+            self._reject(tx, 403, "refer", now)
+        elif method in ("BYE", "PRACK"):
+            self._reject(tx, 481, "no_dialog", now)
+        else:
+            self._reject(tx, 501, "method_not_implemented", now, [("Allow", ALLOW)])
+
+    def _reject(
+        self,
+        tx: ServerTransaction,
+        status: int,
+        label: str,
+        now: float,
+        headers: list[tuple[str, str]] | None = None,
+        reason: str | None = None,
+    ) -> None:
+        if self.metrics is not None:
+            self.metrics.rejected.labels(label).inc()
+        tx.respond(
+            make_response(tx.request, status, reason, to_tag=IDS.next(), headers=headers), now
+        )
+
+    # -- a new call ------------------------------------------------------------------------
+
+    def _new_call(self, req: Request, tx: ServerTransaction, now: float) -> None:
+        config = self.config
+        ip = ipaddress.ip_address(tx.flow.host)
+        trunk = config.match_trunk(tx.flow.local, ip)
+        if trunk is None:
+            self._reject(tx, 403, "unknown_source", now)
+            return
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            self._reject(tx, 483, "too_many_hops", now)
+            return
+        ruri = req.request_uri
+        if ruri.scheme not in ("sip", "sips", "tel", "urn"):
+            self._reject(tx, 416, "unsupported_uri_scheme", now)
+            return
+        require = req.tokens("require") - {"100rel", "timer", "replaces"}
+        if require:
+            self._reject(
+                tx, 420, "bad_extension", now, [("Unsupported", ", ".join(sorted(require)))]
+            )
+            return
+        # 100 Trying at once (§17.2.1): the caller stops retransmitting
+        tx.respond(make_response(req, 100), now)
+        try:
+            ident = identify(req, trunk, config)
+        except Refused as exc:
+            self._reject(tx, exc.status, exc.label, now, reason=exc.reason)
+            return
+        decision = ident.decision
+        emergency = decision.emergency
+        route = trunk.emergency_target() if emergency else trunk.route_to
+        trunk_out = config.trunks.get(route) if route else None
+        if trunk_out is None:
+            self._reject(tx, 404, "no_route", now)
+            return
+        refused = self._limit(trunk, emergency, now)
+        if refused is not None:
+            self._reject(tx, 503, refused, now)
+            self._count_call(trunk.name, trunk_out.name, "limit")
+            return
+        media_anchored = False
+        r = refusal(decision, ident.facts, trunk_out, media_anchored)
+        if r is not None:
+            self._reject(tx, r.status, r.label, now, reason=r.phrase)
+            self._count_call(trunk.name, trunk_out.name, "rejected")
+            return
+        targets = self._targets(trunk_out, ruri, emergency, now)
+        if not targets:
+            self._reject(tx, 503 if trunk_out.targets else 403, "no_target", now)
+            return
+        if self.metrics is not None:
+            self.metrics.presentation.labels(decision.presentation, decision.reason).inc()
+            if emergency:
+                self.metrics.emergency_calls.inc()
+        call = Call(
+            self, make_call_id(self.instance), config, trunk, trunk_out, ident, req, tx, now
+        )
+        retry = self.auth_wait.pop((req.call_id, req.from_.tag or ""), None)
+        self._admit(call)
+        self.dialogs[(call.a.call_id, call.a.local_tag)] = call.a
+        call.start_b(req, targets, now)
+        if retry is not None and retry[1].b is not None and call.b is not None:
+            pass  # the B-leg of the challenged attempt is reused (see build_b_invite)
+        assert call.b is not None
+        self.dialogs[(call.b.call_id, call.b.local_tag)] = call.b
+        log.info(
+            "call %s %s -> %s caller=%s presentation=%s reason=%s%s",
+            call.id,
+            trunk.name,
+            trunk_out.name,
+            mask(ident.caller, config.emergency_numbers),
+            decision.presentation,
+            decision.reason,
+            " emergency" if emergency else "",
+        )
+
+    def _admit(self, call: Call) -> None:
+        self.calls += 1
+        if call.emergency:
+            self.emergency_calls += 1
+        name = call.trunk_in.name
+        self.trunk_calls[name] = self.trunk_calls.get(name, 0) + 1
+        if self.metrics is not None:
+            self.metrics.active_calls.set(self.calls)
+
+    def _limit(self, trunk: Trunk, emergency: bool, now: float) -> str | None:
+        """Why a new call must be refused with 503, or None (SPEC §1.4, §8)."""
+        limits = self.config.limits
+        if emergency:
+            # the reserved emergency capacity is the one cap that applies to them
+            return "emergency_limit" if self.emergency_calls >= limits.emergency_max_calls else None
+        if self.draining:
+            return "draining"
+        if not self.accepting:
+            return "cdr_spool_full"
+        if self.calls - self.emergency_calls >= limits.max_calls:
+            return "max_calls"
+        tl = trunk.limits
+        if tl.max_calls and self.trunk_calls.get(trunk.name, 0) >= tl.max_calls:
+            return "trunk_max_calls"
+        if tl.cps:
+            second = int(now)
+            sec, count = self.trunk_cps.get(trunk.name, (second, 0))
+            if sec != second:
+                sec, count = second, 0
+            if count >= tl.cps:
+                return "trunk_cps"
+            self.trunk_cps[trunk.name] = (sec, count + 1)
+        return None
+
+    def _targets(self, trunk_out: Trunk, ruri: Uri, emergency: bool, now: float) -> list[Flow]:
+        """Where the B-leg INVITE may go, in order (SPEC §5: never an open relay)."""
+        out: list[Flow] = []
+        if trunk_out.targets:
+            for t in trunk_out.targets:
+                flow = self._flow_for(parse_uri(t), trunk_out)
+                if flow is None:
+                    continue
+                if not emergency and self.down_until.get(flow, 0.0) > now:
+                    continue
+                out.append(flow)
+            if not out and trunk_out.targets:
+                # every target is marked down: try them all rather than fail at once
+                out = [
+                    f for t in trunk_out.targets if (f := self._flow_for(parse_uri(t), trunk_out))
+                ]
+            return out
+        if not ruri.is_sip:
+            return []
+        host, _ = ruri.host_port()
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return []  # a name would need RFC 3263 resolution; only addresses are routed
+        if not any(ip.version == n.version and ip in n for n in trunk_out.sources):
+            return []
+        flow = self._flow_for(ruri, trunk_out)
+        return [flow] if flow else []
+
+    def _flow_for(self, uri: Uri, trunk: Trunk) -> Flow | None:
+        transport = (uri.param("transport") or "udp").lower()
+        if uri.scheme == "sips":
+            transport = "tls"
+        host, port = uri.host_port(5061 if transport == "tls" else 5060)
+        v6 = ":" in host
+        for i, listen in enumerate(self.config.listen):
+            if listen.transport != transport or (":" in listen.address) != v6:
+                continue
+            if listen.trunks is not None and trunk.name not in listen.trunks:
+                continue
+            return Flow(transport, i, host, port)
+        return None
+
+    def target_failed(self, flow: Flow, now: float) -> None:
+        self.down_until[flow] = now + 30.0
+
+    def build_b_invite(self, call: Call, flow: Flow, cseq: int) -> Request:
+        b = call.b
+        assert b is not None
+        a_req = call.a_invite.request
+        config = call.config
+        trunk_out = call.trunk_out
+        ident = call.ident
+        ruri = a_req.request_uri
+        if trunk_out.targets:
+            if ruri.scheme == "urn" or not ident.dialled:
+                target_uri = a_req.uri
+            else:
+                la = flow.host if ":" not in flow.host else f"[{flow.host}]"
+                target_uri = f"sip:{ident.dialled}@{la}:{flow.port}"
+                if ruri.param("user") == "phone" or ruri.scheme == "tel":
+                    target_uri += ";user=phone"
+        else:
+            target_uri = str(
+                Uri(
+                    ruri.scheme, ident.dialled or ruri.user, None, ruri.host, ruri.port, ruri.params
+                )
+            )
+        if b.remote_uri == "":
+            to_user = ident.dialled
+            b.remote_uri = f"<{target_uri}>" if not to_user else f"<{target_uri.split(';')[0]}>"
+            b.remote_target = target_uri
+        mf = a_req.max_forwards
+        max_forwards = 70 if mf is None else mf - 1
+        ident_hdrs = identity_headers(ident, b.local_tag, trunk_out, config)
+        b.local_uri = ident_hdrs[0][1].rsplit(";tag=", 1)[0]
+        headers: list[tuple[str, str]] = [
+            ("Via", self.via(flow, new_branch())),
+            ("Max-Forwards", str(max_forwards)),
+            *ident_hdrs,
+            ("To", b.remote_uri),
+            ("Call-ID", b.call_id),
+            ("CSeq", f"{cseq} INVITE"),
+            ("Contact", self.contact(flow)),
+        ]
+        headers.extend(call.relay_headers(a_req, towards_a=False))
+        if a_req.body:
+            ctype = a_req.get("content-type")
+            if ctype and not any(n == "Content-Type" for n, _ in headers):
+                headers.append(("Content-Type", ctype))
+        headers.append(("Content-Length", str(len(a_req.body))))
+        return Request("INVITE", b.remote_target, headers, a_req.body)
+
+    def await_auth_retry(self, call: Call, now: float) -> None:
+        self.auth_wait[(call.a.call_id, call.a.remote_tag or "")] = (now, call)
+
+    # -- call outcome ----------------------------------------------------------------------
+
+    def _count_call(self, trunk_in: str, trunk_out: str, result: str) -> None:
+        if self.metrics is not None:
+            self.metrics.calls.labels(trunk_in, trunk_out, result).inc()
+
+    def call_answered(self, call: Call, now: float) -> None:
+        ident = call.ident
+        self.cdr_out.append(
+            start_record(
+                call_id=call.id,
+                trunk_in=call.trunk_in.name,
+                trunk_out=call.trunk_out.name,
+                caller=ident.caller,
+                callee=ident.callee,
+                presentation=ident.decision.presentation,
+                emergency=call.emergency,
+                start=call.wall_start,
+                answer=self.wall(now),
+            )
+        )
+        if self.metrics is not None:
+            self.metrics.call_setup.observe(now - call.started_at)
+
+    def call_ended(self, call: Call, end_reason: str, now: float) -> None:
+        self.calls -= 1
+        if call.emergency:
+            self.emergency_calls -= 1
+        name = call.trunk_in.name
+        self.trunk_calls[name] = self.trunk_calls.get(name, 1) - 1
+        for leg in (call.a, call.b):
+            if leg is not None and self.dialogs.get((leg.call_id, leg.local_tag)) is leg:
+                del self.dialogs[(leg.call_id, leg.local_tag)]
+        ident = call.ident
+        answer = call.answered_at
+        self.cdr_out.append(
+            end_record(
+                call_id=call.id,
+                trunk_in=call.trunk_in.name,
+                trunk_out=call.trunk_out.name,
+                caller=ident.caller,
+                callee=ident.callee,
+                presentation=ident.decision.presentation,
+                emergency=call.emergency,
+                start=call.wall_start,
+                answer=None if answer is None else self.wall(answer),
+                end=self.wall(now),
+                status=call.status,
+                end_reason=end_reason,  # type: ignore[arg-type]
+            )
+        )
+        result = "answered" if answer is not None else end_reason
+        self._count_call(call.trunk_in.name, call.trunk_out.name, result)
+        if self.metrics is not None:
+            self.metrics.active_calls.set(self.calls)
+            if answer is None:
+                self.metrics.call_setup.observe(now - call.started_at)
+
+    def shutdown(self, now: float) -> None:
+        """End every call (drain time is over): BYE both legs, CDRs with ``shutdown``."""
+        calls = {leg.call for leg in self.dialogs.values()}
+        for call in calls:
+            if call.state != ENDED:
+                call.hangup(True, now, reason="shutdown", status=call.status or 503, to_a=True)
+
+
+__all__ = ["B2BUA", "Flow", "canonical_name"]

@@ -1,0 +1,368 @@
+"""The CDR record of SPEC §6: a value, no I/O, no clock.
+
+A record holds exactly the fields of SPEC §6 and nothing else, ever: no display names,
+addresses, SIP Call-IDs, user agents, SDP, IMEI/IMSI or location. Every field is checked
+on construction (closed vocabularies, number syntax, timestamp format), so a record that
+would carry anything else cannot be built.
+
+Timestamps are strings, exactly as written: UTC, ISO 8601, millisecond precision, ``Z``
+(``2026-11-28T00:49:20.123Z``). Fixed width, so they compare correctly as strings. The
+builders take float epoch seconds (wall clock) from the caller; this module never reads
+the clock.
+
+Conventions for the fields SPEC §6 leaves open:
+
+- A ``start`` record (written when the call is answered) has ``end``, ``end_reason`` and
+  ``duration_ms`` null and ``status`` 200.
+- An ``end`` record always has an integer ``duration_ms``: answer to end, ``0`` for a call
+  never answered (so that billing can sum the column without null checks).
+- ``duration_ms`` is computed from the millisecond timestamps of the record itself, so
+  ``end - answer == duration_ms`` holds exactly for every record.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Final, Literal, cast
+
+SCHEMA_VERSION: Final = 1
+
+Kind = Literal["start", "end"]
+CdrPresentation = Literal["allowed", "restricted"]
+EndReason = Literal[
+    "caller_bye",
+    "callee_bye",
+    "cancel",
+    "rejected",
+    "timeout",
+    "limit",
+    "session_timeout",
+    "max_duration",
+    "media_timeout",
+    "shutdown",
+    "crash_recovered",
+]
+
+KINDS: Final = frozenset({"start", "end"})
+PRESENTATIONS: Final = frozenset({"allowed", "restricted"})
+END_REASONS: Final = frozenset(
+    {
+        "caller_bye",
+        "callee_bye",
+        "cancel",
+        "rejected",
+        "timeout",
+        "limit",
+        "session_timeout",
+        "max_duration",
+        "media_timeout",
+        "shutdown",
+        "crash_recovered",
+    }
+)
+
+# The field names, in the order they are written (the JSON key order and CSV columns).
+FIELDS: Final = (
+    "v",
+    "id",
+    "kind",
+    "trunk_in",
+    "trunk_out",
+    "caller",
+    "callee",
+    "presentation",
+    "emergency",
+    "start",
+    "answer",
+    "end",
+    "duration_ms",
+    "status",
+    "end_reason",
+)
+
+_TS_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+# sipguard's own call id: opaque, URL- and file-safe. A SIP Call-ID (word@host) never fits.
+_ID_RE: Final = re.compile(r"[0-9A-Za-z_-]{1,64}")
+# An instance tag: the first characters of every call id this instance makes.
+INSTANCE_LEN: Final = 8
+_INSTANCE_RE: Final = re.compile(r"[0-9a-f]{8}")
+# E.164 as billed (or a dialled short code such as 112, 116123, *31# already removed),
+# or an emergency service URN. Nothing with letters, '@', ':' (other than the URN) or '.'.
+_NUMBER_RE: Final = re.compile(r"\+?[0-9*#]{0,32}|urn:service:sos(?:\.[a-z0-9-]+)*")
+_TRUNK_RE: Final = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+
+
+def is_cdr_number(value: str) -> bool:
+    """True if ``value`` may stand in a record's ``caller`` or ``callee`` field."""
+    return _NUMBER_RE.fullmatch(value) is not None
+
+
+def epoch_ms(seconds: float) -> int:
+    """Wall-clock epoch seconds to integer milliseconds (rounded to the nearest)."""
+    return round(seconds * 1000.0)
+
+
+def format_ms(ms: int) -> str:
+    """Epoch milliseconds to the record's timestamp form, ``2026-11-28T00:49:20.123Z``."""
+    secs, rest = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rest:03d}Z"
+
+
+def format_ts(seconds: float) -> str:
+    """Wall-clock epoch seconds to the record's timestamp form."""
+    return format_ms(epoch_ms(seconds))
+
+
+def parse_ms(ts: str) -> int:
+    """A record timestamp (exact form) to epoch milliseconds; ValueError otherwise."""
+    if _TS_RE.fullmatch(ts) is None:
+        raise ValueError(f"not a CDR timestamp (YYYY-MM-DDTHH:MM:SS.mmmZ): {ts!r}")
+    whole = time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")
+    return calendar.timegm(whole) * 1000 + int(ts[20:23])
+
+
+def ts_to_datetime(ts: str) -> datetime:
+    """A record timestamp to an aware UTC datetime (exact, no float rounding)."""
+    return _EPOCH + parse_ms(ts) * _MS
+
+
+def datetime_to_ts(dt: datetime) -> str:
+    """An aware datetime to a record timestamp (truncated to the millisecond)."""
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime")
+    return format_ms((dt - _EPOCH) // _MS)
+
+
+def ts_day(ts: str) -> date:
+    """The UTC calendar day of a record timestamp."""
+    return date.fromisoformat(ts[:10])
+
+
+def new_instance_tag() -> str:
+    """A random tag for one sipguard instance (8 lower-case hex digits)."""
+    return secrets.token_hex(INSTANCE_LEN // 2)
+
+
+def make_call_id(instance: str) -> str:
+    """sipguard's own id for a new call: the instance tag and 96 random bits, 32 hex digits.
+
+    Not a SIP Call-ID, and not derived from one. The instance tag lets crash recovery
+    against a shared database close only the calls of the instance that crashed.
+    """
+    if _INSTANCE_RE.fullmatch(instance) is None:
+        raise ValueError(f"instance tag must be 8 lower-case hex digits: {instance!r}")
+    return instance + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class CdrRecord:
+    """One CDR record (SPEC §6). Build it with :func:`start_record` or :func:`end_record`."""
+
+    v: int
+    id: str
+    kind: Kind
+    trunk_in: str
+    trunk_out: str | None
+    caller: str
+    callee: str
+    presentation: CdrPresentation
+    emergency: bool
+    start: str
+    answer: str | None
+    end: str | None
+    duration_ms: int | None
+    status: int | None
+    end_reason: EndReason | None
+
+    def __post_init__(self) -> None:
+        if type(self.v) is not int or self.v != SCHEMA_VERSION:
+            raise ValueError(f"v must be {SCHEMA_VERSION}")
+        if not isinstance(self.id, str) or _ID_RE.fullmatch(self.id) is None:
+            raise ValueError(f"bad call id {self.id!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"bad kind {self.kind!r}")
+        if not isinstance(self.trunk_in, str) or _TRUNK_RE.fullmatch(self.trunk_in) is None:
+            raise ValueError(f"bad trunk_in {self.trunk_in!r}")
+        if self.trunk_out is not None and (
+            not isinstance(self.trunk_out, str) or _TRUNK_RE.fullmatch(self.trunk_out) is None
+        ):
+            raise ValueError(f"bad trunk_out {self.trunk_out!r}")
+        for name in ("caller", "callee"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not is_cdr_number(value):
+                raise ValueError(f"{name} must be an E.164 number or a dialled code")
+        if self.presentation not in PRESENTATIONS:
+            raise ValueError(f"bad presentation {self.presentation!r}")
+        if type(self.emergency) is not bool:
+            raise ValueError("emergency must be a bool")
+        start_ms = parse_ms(self.start)
+        answer_ms = parse_ms(self.answer) if self.answer is not None else None
+        end_ms = parse_ms(self.end) if self.end is not None else None
+        if answer_ms is not None and answer_ms < start_ms:
+            raise ValueError("answer before start")
+        if self.status is not None and (
+            type(self.status) is not int or not 100 <= self.status <= 699
+        ):
+            raise ValueError(f"bad status {self.status!r}")
+        if self.kind == "start":
+            if answer_ms is None:
+                raise ValueError("a start record is written when the call is answered")
+            if (
+                end_ms is not None
+                or self.end_reason is not None
+                or self.duration_ms is not None
+                or self.status != 200
+            ):
+                raise ValueError("a start record has no end, end_reason or duration; status 200")
+            return
+        if end_ms is None or end_ms < start_ms:
+            raise ValueError("an end record needs an end not before the start")
+        if self.end_reason not in END_REASONS:
+            raise ValueError(f"bad end_reason {self.end_reason!r}")
+        if self.status is None:
+            raise ValueError("an end record has a status")
+        if type(self.duration_ms) is not int:
+            raise ValueError("an end record has an integer duration_ms")
+        expected = 0 if answer_ms is None else end_ms - answer_ms
+        if self.duration_ms != expected:
+            raise ValueError(f"duration_ms {self.duration_ms} != end - answer ({expected})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a dict, keys in :data:`FIELDS` order."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def to_json(self) -> str:
+        """One compact JSON line (no newline), keys in a stable order."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CdrRecord:
+        """Read a record back; exactly the SPEC §6 keys, or ValueError."""
+        keys = set(data)
+        if keys != set(FIELDS):
+            extra = sorted(keys - set(FIELDS))
+            missing = sorted(set(FIELDS) - keys)
+            raise ValueError(f"not a CDR record: extra keys {extra}, missing keys {missing}")
+        return cls(**{name: data[name] for name in FIELDS})
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> CdrRecord:
+        """Read one JSON line back; ValueError for anything that is not a record."""
+        try:
+            data = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return cls.from_dict(cast(dict[str, Any], data))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The idempotency key ``(id, kind)``."""
+        return (self.id, self.kind)
+
+
+def start_record(
+    *,
+    call_id: str,
+    trunk_in: str,
+    trunk_out: str | None,
+    caller: str,
+    callee: str,
+    presentation: CdrPresentation,
+    emergency: bool,
+    start: float,
+    answer: float,
+) -> CdrRecord:
+    """The ``start`` record of an answered call; ``start``/``answer`` are epoch seconds."""
+    return CdrRecord(
+        v=SCHEMA_VERSION,
+        id=call_id,
+        kind="start",
+        trunk_in=trunk_in,
+        trunk_out=trunk_out,
+        caller=caller,
+        callee=callee,
+        presentation=presentation,
+        emergency=emergency,
+        start=format_ts(start),
+        answer=format_ts(answer),
+        end=None,
+        duration_ms=None,
+        status=200,
+        end_reason=None,
+    )
+
+
+def end_record(
+    *,
+    call_id: str,
+    trunk_in: str,
+    trunk_out: str | None,
+    caller: str,
+    callee: str,
+    presentation: CdrPresentation,
+    emergency: bool,
+    start: float,
+    answer: float | None,
+    end: float,
+    status: int,
+    end_reason: EndReason,
+) -> CdrRecord:
+    """The ``end`` record of any call attempt; times are epoch seconds (``answer`` None if
+    the call was never answered). ``duration_ms`` is computed here."""
+    start_ms = epoch_ms(start)
+    answer_ms = epoch_ms(answer) if answer is not None else None
+    end_ms = max(epoch_ms(end), answer_ms if answer_ms is not None else start_ms)
+    return CdrRecord(
+        v=SCHEMA_VERSION,
+        id=call_id,
+        kind="end",
+        trunk_in=trunk_in,
+        trunk_out=trunk_out,
+        caller=caller,
+        callee=callee,
+        presentation=presentation,
+        emergency=emergency,
+        start=format_ms(start_ms),
+        answer=format_ms(answer_ms) if answer_ms is not None else None,
+        end=format_ms(end_ms),
+        duration_ms=0 if answer_ms is None else end_ms - answer_ms,
+        status=status,
+        end_reason=end_reason,
+    )
+
+
+def end_of(start_rec: CdrRecord, end_ms: int, *, status: int, end_reason: EndReason) -> CdrRecord:
+    """The ``end`` record that closes ``start_rec`` at ``end_ms`` (never before the answer)."""
+    if start_rec.kind != "start" or start_rec.answer is None:
+        raise ValueError("end_of() takes a start record")
+    answer_ms = parse_ms(start_rec.answer)
+    end_ms = max(end_ms, answer_ms)
+    return CdrRecord(
+        v=SCHEMA_VERSION,
+        id=start_rec.id,
+        kind="end",
+        trunk_in=start_rec.trunk_in,
+        trunk_out=start_rec.trunk_out,
+        caller=start_rec.caller,
+        callee=start_rec.callee,
+        presentation=start_rec.presentation,
+        emergency=start_rec.emergency,
+        start=start_rec.start,
+        answer=start_rec.answer,
+        end=format_ms(end_ms),
+        duration_ms=end_ms - answer_ms,
+        status=status,
+        end_reason=end_reason,
+    )

@@ -1,0 +1,263 @@
+"""The driver: sockets, the event loop, the clock, signals, reload, drain, metrics.
+
+This is the only code that touches I/O. It feeds the sans-IO core (:class:`B2BUA`) with
+what arrives, sends what the core put in its outbox, hands CDR records to the writer,
+and keeps exactly one ``call_at`` armed for the core's next deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from sipguard.b2bua.core import B2BUA
+from sipguard.cdr.writer import CdrWriter
+from sipguard.config.loader import ConfigError, load_config
+from sipguard.config.model import Config
+from sipguard.metrics import Metrics
+from sipguard.net.httpd import MetricsServer
+from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
+from sipguard.sip.transaction import Flow
+
+log = logging.getLogger("sipguard")
+
+UDP_RCVBUF = 8 * 1024 * 1024
+
+
+class Driver:
+    """Feeds the core, flushes its output, arms its timer. One per process."""
+
+    def __init__(self, config: Config, metrics: Metrics, writer: CdrWriter | None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        self.core = B2BUA(
+            config,
+            metrics,
+            instance=writer.instance if writer is not None else None,
+            wall_offset=time.time() - self.loop.time(),
+        )
+        self.udp: dict[int, UdpEndpoint] = {}
+        self.tcp: dict[int, TcpListener] = {}
+        self.conns: dict[int, StreamConnection] = {}
+        self.conn_by_addr: dict[tuple[str, str, int], StreamConnection] = {}
+        self._next_conn = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed: float | None = None
+        self.stopping = asyncio.Event()
+        self._exported: dict[str, dict[str, int]] = {}
+        self._exported_rtx = 0
+
+    # -- input -----------------------------------------------------------------------------
+
+    def feed(self, data: bytes, flow: Flow) -> None:
+        now = self.loop.time()
+        try:
+            self.core.receive(data, flow, now)
+        except Exception:  # a bug must not take the proxy down with it
+            log.exception("internal error handling a message")
+        self.flush()
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._armed = None
+        now = self.loop.time()
+        self.core.wall_offset = time.time() - now
+        try:
+            self.core.handle_timer(now)
+        except Exception:
+            log.exception("internal error in a timer")
+        self.flush()
+
+    # -- output ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        core = self.core
+        out = core.outbox
+        if out:
+            for flow, data in out:
+                self.send(flow, data)
+            out.clear()
+        if core.cdr_out:
+            if self.writer is not None:
+                for rec in core.cdr_out:
+                    self.writer.submit(rec)
+                core.accepting = self.writer.accepting_calls()
+            core.cdr_out.clear()
+        deadline = core.next_deadline()
+        if deadline != self._armed:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = None if deadline is None else self.loop.call_at(deadline, self._fire)
+            self._armed = deadline
+
+    def send(self, flow: Flow, data: bytes) -> None:
+        if flow.transport == "udp":
+            ep = self.udp.get(flow.local)
+            if ep is not None:
+                ep.send(data, (flow.host, flow.port))
+            return
+        conn = self.conns.get(flow.conn) if flow.conn else None
+        if conn is None or conn.closed:
+            conn = self.conn_by_addr.get((flow.transport, flow.host, flow.port))
+        if conn is None or conn.closed:
+            conn = self.connect(flow)
+        conn.send(data)
+
+    # -- stream connections ----------------------------------------------------------------
+
+    def new_conn_id(self) -> int:
+        self._next_conn += 1
+        return self._next_conn
+
+    def register(self, conn: StreamConnection) -> None:
+        self.conns[conn.id] = conn
+        self.conn_by_addr[(conn.transport, conn.host, conn.port)] = conn
+
+    def unregister(self, conn: StreamConnection) -> None:
+        self.conns.pop(conn.id, None)
+        key = (conn.transport, conn.host, conn.port)
+        if self.conn_by_addr.get(key) is conn:
+            del self.conn_by_addr[key]
+
+    def connect(self, flow: Flow) -> StreamConnection:
+        conn = StreamConnection(self, flow.transport, flow.local, flow.host, flow.port)
+        self.register(conn)
+        conn.start_connect(self.config.listen[flow.local])
+        return conn
+
+    def connection_failed(self, conn: StreamConnection) -> None:
+        """A connection we opened could not be made: fail its client transactions now."""
+        now = self.loop.time()
+        for tx in list(self.core.layer.client.values()):
+            f = tx.flow
+            if f.transport == conn.transport and f.host == conn.host and f.port == conn.port:
+                tx.fail(now)
+        self.flush()
+
+    def export_stats(self) -> None:
+        """Move the core's plain counters into Prometheus (read at scrape time)."""
+        core = self.core
+        m = self.metrics
+        for direction, counts in (("in", core.stats_in), ("out", core.stats_out)):
+            seen = self._exported.setdefault(direction, {})
+            for kind, n in counts.items():
+                delta = n - seen.get(kind, 0)
+                if delta:
+                    m.sip_messages.labels(direction, kind).inc(delta)
+                    seen[kind] = n
+        delta = core.layer.retransmissions - self._exported_rtx
+        if delta:
+            m.retransmissions.inc(delta)
+            self._exported_rtx = core.layer.retransmissions
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for i, listen in enumerate(self.config.listen):
+            if listen.transport == "udp":
+                self.udp[i] = await UdpEndpoint.create(self, i, listen.address, listen.port)
+            elif listen.transport == "tcp":
+                self.tcp[i] = await TcpListener.create(self, i, listen)
+            else:
+                self.tcp[i] = await TcpListener.create(self, i, listen, tls=True)
+            log.info("listening on %s %s:%d", listen.transport, listen.address, listen.port)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for ep in self.udp.values():
+            ep.close()
+        for lst in self.tcp.values():
+            lst.close()
+        for conn in list(self.conns.values()):
+            conn.close()
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+async def serve(config_path: str, config: Config) -> int:
+    metrics = Metrics()
+    writer = CdrWriter(config.cdr, metrics)
+    writer.start()
+    driver = Driver(config, metrics, writer)
+    await driver.start()
+    httpd: MetricsServer | None = None
+    if config.metrics is not None:
+        httpd = MetricsServer(metrics, driver)
+        await httpd.start(config.metrics.address, config.metrics.port)
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        try:
+            new = load_config(config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            metrics.config_reloads.labels("error").inc()
+            return
+        driver.config = new
+        driver.core.reload(new)
+        metrics.config_reloads.labels("ok").inc()
+        log.info("configuration reloaded from %s", config_path)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGTERM, driver.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, driver.stopping.set)
+    # start-up garbage is frozen so the collector never walks it again (SIPP-NOTES)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+    log.info("sipguard running (pid %d)", os.getpid())
+    await driver.stopping.wait()
+
+    # graceful stop: no new calls, OPTIONS answered 503, calls in progress may end
+    log.info("stopping: draining %d calls for up to %.0fs", driver.core.calls, config.drain_seconds)
+    driver.core.drain()
+    deadline = loop.time() + driver.config.drain_seconds
+    while driver.core.calls > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    if driver.core.calls:
+        driver.core.shutdown(loop.time())
+        driver.flush()
+        await asyncio.sleep(0.2)  # let the BYEs go out
+    driver.close()
+    if httpd is not None:
+        await httpd.close()
+    await writer.aclose(10.0)
+    log.info("stopped")
+    return 0
+
+
+def run(config: Config, config_path: str = "config/sipguard.yaml") -> int:
+    _setup_logging(config.log_level)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        log.warning("uvloop not available; using the default event loop")
+    try:
+        return asyncio.run(serve(config_path, config))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+
+
+def _unused(*_: Any) -> None:  # pragma: no cover
+    with contextlib.suppress(Exception):
+        socket.socket().close()

@@ -1,0 +1,198 @@
+"""UDP, TCP and TLS transports on the running loop (uvloop in production).
+
+Each received datagram or framed stream message goes to :meth:`Driver.feed` with the
+:class:`Flow` it came on; the driver sends through :meth:`UdpEndpoint.send` and
+:meth:`StreamConnection.send`. A stream that breaks framing is closed (RFC 3261 §18.3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from typing import TYPE_CHECKING, Any
+
+from sipguard.config.model import Listen
+from sipguard.sip.errors import SipError
+from sipguard.sip.framer import StreamFramer
+from sipguard.sip.transaction import Flow
+
+if TYPE_CHECKING:
+    from sipguard.net.server import Driver
+
+log = logging.getLogger("sipguard.net")
+
+UDP_BUFFER = 8 * 1024 * 1024
+MAX_STREAM_BACKLOG = 4 * 1024 * 1024
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, driver: Driver, index: int) -> None:
+        self.driver = driver
+        self.index = index
+        self.transport: asyncio.DatagramTransport | None = None
+        self._flows: dict[tuple[str, int], Flow] = {}
+
+    @classmethod
+    async def create(cls, driver: Driver, index: int, address: str, port: int) -> UdpEndpoint:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER)
+            except OSError:
+                pass
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address, port))
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_datagram_endpoint(lambda: cls(driver, index), sock=sock)
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        key = (addr[0], addr[1])
+        flow = self._flows.get(key)
+        if flow is None:
+            if len(self._flows) > 100_000:
+                self._flows.clear()
+            flow = self._flows[key] = Flow("udp", self.index, addr[0], addr[1])
+        self.driver.feed(data, flow)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("udp error: %s", exc)
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection, accepted or opened by us."""
+
+    def __init__(
+        self, driver: Driver, transport_name: str, index: int, host: str, port: int
+    ) -> None:
+        self.driver = driver
+        self.transport = transport_name
+        self.index = index
+        self.host = host
+        self.port = port
+        self.id = driver.new_conn_id()
+        self.framer = StreamFramer(driver.config.sip.max_message_bytes)
+        self.stream: asyncio.Transport | None = None
+        self.pending: list[bytes] = []
+        self.closed = False
+        self.flow = Flow(transport_name, index, host, port, self.id)
+
+    def start_connect(self, listen: Listen) -> None:
+        loop = asyncio.get_running_loop()
+        ctx: ssl.SSLContext | None = None
+        if self.transport == "tls":
+            ctx = ssl.create_default_context()
+        loop.create_task(self._connect(ctx))
+
+    async def _connect(self, ctx: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self, self.host, self.port, ssl=ctx), 5.0
+            )
+        except (TimeoutError, OSError) as exc:
+            log.info("cannot connect to %s %s:%d: %s", self.transport, self.host, self.port, exc)
+            self.closed = True
+            self.driver.unregister(self)
+            self.driver.connection_failed(self)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.stream = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        for data in self.pending:
+            self.stream.write(data)  # type: ignore[union-attr]
+        self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.framer.feed(data)
+        except SipError as exc:
+            log.info("closing %s connection from %s: %s", self.transport, self.host, exc.reason)
+            self.driver.core.parse_errors += 1
+            self.driver.metrics.parse_errors.inc()
+            self.close()
+            return
+        if self.framer.pings:
+            self.framer.pings = 0
+            self.send(b"\r\n")  # RFC 5626 §4.4.1 pong
+        for msg in messages:
+            self.driver.feed(msg, self.flow)
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.stream is None:
+            self.pending.append(data)
+            return
+        if self.stream.get_write_buffer_size() > MAX_STREAM_BACKLOG:
+            log.warning("peer %s is not reading; closing the connection", self.host)
+            self.close()
+            return
+        self.stream.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.driver.unregister(self)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.stream is not None:
+            self.stream.close()
+        self.driver.unregister(self)
+
+
+class TcpListener:
+    def __init__(self, server: asyncio.AbstractServer) -> None:
+        self.server = server
+
+    @classmethod
+    async def create(
+        cls, driver: Driver, index: int, listen: Listen, tls: bool = False
+    ) -> TcpListener:
+        ctx: ssl.SSLContext | None = None
+        if tls:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            assert listen.cert is not None and listen.key is not None
+            ctx.load_cert_chain(listen.cert, listen.key)
+
+        def factory() -> StreamConnection:
+            conn = _Accepted(driver, "tls" if tls else "tcp", index, "", 0)
+            return conn
+
+        server = await asyncio.get_running_loop().create_server(
+            factory, listen.address, listen.port, ssl=ctx, reuse_address=True, backlog=1024
+        )
+        return cls(server)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class _Accepted(StreamConnection):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.host, self.port = peer[0], peer[1]
+        self.flow = Flow(self.transport, self.index, self.host, self.port, self.id)
+        self.driver.register(self)
+        super().connection_made(transport)
