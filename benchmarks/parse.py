@@ -63,7 +63,7 @@ INVITE = _msg(
         _DIALOG[1],
         "CSeq: 1 INVITE",
         "Contact: <sip:alice@198.51.100.10:5060;transport=udp>",
-        "P-Asserted-Identity: \"Alice Liddell\" <sip:+441632960001@trunk.example.net;user=phone>",
+        'P-Asserted-Identity: "Alice Liddell" <sip:+441632960001@trunk.example.net;user=phone>',
         "Privacy: none",
         "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, REFER, NOTIFY",
         "Supported: timer, 100rel, replaces",

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from sipguard.cdr import jsonl
 from sipguard.cdr.file_sink import FileSink, day_files
 from sipguard.cdr.jsonl import read_records, repair_tail
 from sipguard.cdr.record import CdrRecord, end_record, start_record
@@ -21,7 +20,9 @@ from sipguard.config.model import CdrConfig
 DAY = 1795824000.0  # 2026-11-28T00:00:00Z
 
 
-def rec(n: int, t: float = DAY + 3600, *, kind: str = "end", caller: str = "+31201234567") -> CdrRecord:
+def rec(
+    n: int, t: float = DAY + 3600, *, kind: str = "end", caller: str = "+31201234567"
+) -> CdrRecord:
     call_id = f"0123abcd{n:024x}"
     common = {
         "call_id": call_id,
@@ -124,7 +125,10 @@ def test_fsync_batch_at_most_once_a_second(tmp_path: Path, monkeypatch: pytest.M
     counter = FsyncCounter(monkeypatch)
     mono = Clock(1000.0)
     sink = FileSink(
-        CdrConfig(path=str(tmp_path), fsync="batch"), clock=Clock(DAY), writable=True, monotonic=mono
+        CdrConfig(path=str(tmp_path), fsync="batch"),
+        clock=Clock(DAY),
+        writable=True,
+        monotonic=mono,
     )
     for i in range(10):
         sink.write_batch([rec(i)])
@@ -148,7 +152,10 @@ def test_fsync_never(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     counter = FsyncCounter(monkeypatch)
     mono = Clock(0.0)
     sink = FileSink(
-        CdrConfig(path=str(tmp_path), fsync="never"), clock=Clock(DAY), writable=True, monotonic=mono
+        CdrConfig(path=str(tmp_path), fsync="never"),
+        clock=Clock(DAY),
+        writable=True,
+        monotonic=mono,
     )
     for i in range(5):
         sink.write_batch([rec(i)])
@@ -195,12 +202,19 @@ def test_garbage_lines_are_skipped(tmp_path: Path) -> None:
     f = tmp_path / "cdr-2026-11-28.jsonl"
     extra = rec(2).to_dict() | {"display_name": "Alice"}
     f.write_text(
-        rec(1).to_json() + "\nnot json\n[1]\n" + json.dumps(extra) + "\n\n" + rec(3).to_json() + "\n"
+        rec(1).to_json()
+        + "\nnot json\n[1]\n"
+        + json.dumps(extra)
+        + "\n\n"
+        + rec(3).to_json()
+        + "\n"
     )
     assert [r.id for r in read_records(str(f))] == [rec(1).id, rec(3).id]
 
 
-def test_failed_write_leaves_no_partial_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_leaves_no_partial_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sink = FileSink(CdrConfig(path=str(tmp_path)), clock=Clock(DAY), writable=True)
     sink.write_batch([rec(1)])
     real_write = os.write
@@ -211,13 +225,15 @@ def test_failed_write_leaves_no_partial_line(tmp_path: Path, monkeypatch: pytest
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(jsonl.os, "write", half_then_full)
+    monkeypatch.setattr(os, "write", half_then_full)
     with pytest.raises(SinkError):
         sink.write_batch([rec(2), rec(3)])
-    monkeypatch.setattr(jsonl.os, "write", real_write)
+    monkeypatch.setattr(os, "write", real_write)
     sink.write_batch([rec(2), rec(3)])  # the writer's retry: no doubles, no torn line
     sink.close()
-    assert [x["id"] for x in lines(tmp_path / "cdr-2026-11-28.jsonl")] == [rec(i).id for i in (1, 2, 3)]
+    assert [x["id"] for x in lines(tmp_path / "cdr-2026-11-28.jsonl")] == [
+        rec(i).id for i in (1, 2, 3)
+    ]
 
 
 def test_iter_records_by_start_and_number(tmp_path: Path) -> None:

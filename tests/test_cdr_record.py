@@ -75,7 +75,11 @@ def test_timestamps_are_utc_milliseconds_with_z() -> None:
     assert format_ts(T0 + 0.0004) == "2026-11-28T00:59:20.123Z"
     assert format_ts(T0 + 0.0006) == "2026-11-28T00:59:20.124Z"
     assert parse_ms("2026-11-28T00:59:20.123Z") == 1795827560123
-    for bad in ("2026-11-28T00:59:20Z", "2026-11-28 00:59:20.123Z", "2026-11-28T00:59:20.123+00:00"):
+    for bad in (
+        "2026-11-28T00:59:20Z",
+        "2026-11-28 00:59:20.123Z",
+        "2026-11-28T00:59:20.123+00:00",
+    ):
         with pytest.raises(ValueError):
             parse_ms(bad)
 
@@ -125,7 +129,9 @@ def test_unanswered_end_record() -> None:
 
 def test_end_of_start_record() -> None:
     start = _start()
-    end = end_of(start, parse_ms(start.answer or "") + 5000, status=200, end_reason="crash_recovered")
+    end = end_of(
+        start, parse_ms(start.answer or "") + 5000, status=200, end_reason="crash_recovered"
+    )
     assert end.key == (start.id, "end")
     assert end.duration_ms == 5000
     assert (end.caller, end.callee, end.presentation) == (start.caller, start.callee, "restricted")

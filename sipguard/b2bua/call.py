@@ -1,52 +1,135 @@
 """A call: two dialogs (A-leg towards the caller, B-leg towards the next hop), sans-IO.
 
-The legs share nothing on the wire: each has its own Call-ID, tags, CSeq, Via, Contact
-and route set. What crosses from one leg to the other is a call event (an offer, a
-provisional answer, the answer, a hangup, a failure); its headers are rebuilt for the
-other side through the privacy filters, never copied wholesale.
+The legs share nothing on the wire: each has its own Call-ID, tags, CSeq, Via, Contact,
+route set and negotiated extensions. What crosses from one leg to the other is a call
+event (an offer, a provisional answer, the answer, a hangup, a failure); its headers are
+rebuilt for the other side through the privacy filters, never copied wholesale.
+
+Per leg, independently:
+
+- reliable provisional responses (RFC 3262): towards the caller they are sent reliably
+  when the caller supports ``100rel``, with our own ``RSeq`` numbering, retransmitted
+  until the PRACK comes; a reliable 1xx from the next hop is PRACKed by us;
+- session timers (RFC 4028): each leg has its own interval and refresher; where we are
+  the refresher we send UPDATE (or re-INVITE), where the peer is and no refresh comes,
+  the call ends (``session_timeout``);
+- offer/answer in re-INVITE and UPDATE, relayed, with glare answered ``491``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.identity import CallIdentity
 from sipguard.config.model import Config, Trunk
 from sipguard.policy.headers import copy_headers
-from sipguard.sip.errors import SipError
-from sipguard.sip.message import REASONS, Request, Response, SipMessage, canonical_name
+from sipguard.sip.message import Request, Response, SipMessage, canonical_name
 from sipguard.sip.timers import Timer
 from sipguard.sip.transaction import (
+    ClientOwner,
     ClientTransaction,
     Flow,
     ServerTransaction,
     make_response,
-    new_branch,
     new_tag,
 )
+from sipguard.sip.uri import param
 
 if TYPE_CHECKING:
     from sipguard.b2bua.core import B2BUA
 
 # Call states
 EARLY = 0  # B-leg INVITE pending
-ANSWERED = 1  # 2xx relayed to the caller, waiting for or past the ACK
+ANSWERED = 1  # 2xx relayed to the caller
 ENDED = 2
 
-SUPPORTED = "replaces, timer"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, MESSAGE"
-# Headers that only mean something on the leg they came from: never relayed in
-# responses (RFC 3262 RSeq; authentication is relayed only where it belongs).
-_RESPONSE_HOP = frozenset({"rseq", "rack", "record-route", "contact", "server", "unsupported"})
-_AUTH_CHALLENGE = ("www-authenticate", "proxy-authenticate")
-_AUTH_CREDENTIALS = ("authorization", "proxy-authorization")
+SESSION_EXPIRED = 'SIP;cause=408;text="Session timer expired"'
+
+# Headers that belong to one leg's negotiation or routing: never relayed, rebuilt per leg.
+_PER_LEG = frozenset(
+    {
+        "rseq",
+        "rack",
+        "record-route",
+        "contact",
+        "server",
+        "unsupported",
+        "supported",
+        "require",
+        "allow",
+        "session-expires",
+        "min-se",
+    }
+)
+_AUTH_CHALLENGE = frozenset({"www-authenticate", "proxy-authenticate"})
+_AUTH_CREDENTIALS = frozenset({"authorization", "proxy-authorization"})
+_NO_AUTH: frozenset[str] = frozenset()
+
+
+def session_expires(msg: SipMessage) -> tuple[int, str | None] | None:
+    """``Session-Expires`` of a message: (interval, refresher or None), or None."""
+    raw = msg.get("session-expires")
+    if raw is None:
+        return None
+    value, _, rest = raw.partition(";")
+    value = value.strip()
+    if not value.isdigit():
+        return None
+    refresher = None
+    for part in rest.split(";"):
+        k, _, v = part.partition("=")
+        if k.strip().lower() == "refresher":
+            refresher = v.strip().lower() or None
+    return int(value), refresher
+
+
+class SessionTimer:
+    """RFC 4028 on one leg: ``us`` means we refresh; else we expect the peer to."""
+
+    __slots__ = ("interval", "leg", "timer", "us")
+
+    def __init__(self, leg: Leg, interval: int, us: bool) -> None:
+        self.leg = leg
+        self.interval = interval
+        self.us = us
+        self.timer: Timer | None = None
+
+    def restart(self, now: float) -> None:
+        self.cancel()
+        call = self.leg.call
+        if self.us:
+            when, fn = now + self.interval / 2, self._refresh
+        else:
+            # §10: the non-refresher gives up at the expiry minus min(32, interval/3)
+            when, fn = now + self.interval - min(32.0, self.interval / 3), self._expired
+        self.timer = call.core.layer.timers.schedule(when, fn)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def header(self, request: bool) -> str:
+        """Our Session-Expires for a request we send (``request``) or a response."""
+        role = ("uac" if self.us else "uas") if request else ("uas" if self.us else "uac")
+        return f"{self.interval};refresher={role}"
+
+    def _refresh(self, now: float) -> None:
+        self.timer = None
+        self.leg.call.refresh(self.leg, now)
+
+    def _expired(self, now: float) -> None:
+        self.timer = None
+        self.leg.call.session_expired(self.leg, now)
 
 
 class Leg:
     """One dialog of a call: the UAS side towards the caller, or the UAC side onwards."""
 
     __slots__ = (
+        "allow",
         "call",
         "call_id",
         "flow",
@@ -59,6 +142,8 @@ class Leg:
         "remote_target",
         "remote_uri",
         "route_set",
+        "st",
+        "supports",
     )
 
     def __init__(self, call: Call, is_a: bool, call_id: str, flow: Flow) -> None:
@@ -68,12 +153,15 @@ class Leg:
         self.flow = flow
         self.local_tag = new_tag()
         self.remote_tag: str | None = None
-        self.local_uri = ""  # our side's URI as written in From (B) or To (A), without tag
+        self.local_uri = ""  # our URI as written in From (B-leg) or To (A-leg), no tag
         self.remote_uri = ""
         self.remote_target = ""
         self.route_set: list[str] = []
         self.local_seq = 0
         self.remote_seq = 0
+        self.supports: frozenset[str] = frozenset()  # the peer's Supported option tags
+        self.allow: frozenset[str] = frozenset()  # the methods the peer allows
+        self.st: SessionTimer | None = None
 
     def request(
         self,
@@ -81,79 +169,135 @@ class Leg:
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
         cseq: int | None = None,
-        branch: str | None = None,
     ) -> Request:
         """A request within this dialog (§12.2.1.1), from us."""
         if cseq is None:
             self.local_seq += 1
             cseq = self.local_seq
         core = self.call.core
+        to = f"{self.remote_uri};tag={self.remote_tag}" if self.remote_tag else self.remote_uri
         hdrs = [
-            ("Via", core.via(self.flow, branch or new_branch())),
+            ("Via", core.via(self.flow)),
             ("Max-Forwards", "70"),
             ("From", f"{self.local_uri};tag={self.local_tag}"),
-            (
-                "To",
-                f"{self.remote_uri};tag={self.remote_tag}" if self.remote_tag else self.remote_uri,
-            ),
+            ("To", to),
             ("Call-ID", self.call_id),
             ("CSeq", f"{cseq} {method}"),
         ]
         hdrs.extend(("Route", r) for r in self.route_set)
-        if method not in ("ACK", "BYE", "CANCEL"):
+        if method in ("INVITE", "UPDATE"):
             hdrs.append(("Contact", core.contact(self.flow)))
+            hdrs.append(("Allow", ALLOW))
+            hdrs.append(("Supported", "timer"))
+            if self.st is not None:
+                hdrs.append(("Session-Expires", self.st.header(request=True)))
         hdrs.extend(headers)
         hdrs.append(("Content-Length", str(len(body))))
         return Request(method, self.remote_target, hdrs, body)
 
-    def send(self, req: Request, owner: object, now: float) -> ClientTransaction:
-        return self.call.core.layer.send_request(req, self.flow, owner, now)  # type: ignore[arg-type]
+    def send(self, req: Request, owner: ClientOwner, now: float) -> ClientTransaction:
+        return self.call.core.layer.send_request(req, self.flow, owner, now)
+
+    def key(self) -> tuple[str, str]:
+        return (self.call_id, self.local_tag)
 
 
 class Relay:
     """An in-dialog request relayed from one leg to the other, and its response back."""
 
-    __slots__ = ("call", "from_leg", "inbound", "out_req")
+    __slots__ = ("ack", "call", "from_leg", "inbound", "to_leg")
 
-    def __init__(self, call: Call, from_leg: Leg, inbound: ServerTransaction) -> None:
+    def __init__(self, call: Call, from_leg: Leg, to_leg: Leg, inbound: ServerTransaction):
         self.call = call
         self.from_leg = from_leg
+        self.to_leg = to_leg
         self.inbound = inbound
-        self.out_req: Request | None = None
+        self.ack: bytes | None = None  # our ACK on to_leg for a relayed re-INVITE's 2xx
 
     def on_response(self, tx: ClientTransaction, resp: Response, now: float) -> None:
         call = self.call
-        if resp.status == 100:
+        status = resp.status
+        if status == 100:
             return
+        method = tx.request.method
+        if method == "INVITE" and 200 <= status < 300:
+            if self.ack is not None:  # a retransmitted 2xx: our ACK was lost
+                call.core.layer.send(self.to_leg.flow, self.ack, retransmission=True)
+                return
+            if tx.request.body:
+                # the offer was in our re-INVITE: the answer is here, ACK at once
+                self.ack = call.ack_bytes(self.to_leg, resp.cseq.number, b"")
+                call.core.layer.send(self.to_leg.flow, self.ack)
+            else:
+                # the answer will come in the other side's ACK (late offer re-INVITE)
+                call.pending_ack[self.from_leg.is_a] = self
+        if status >= 200 and method in ("INVITE", "UPDATE"):
+            call.offer_pending = False
+            if status < 300:
+                for leg in (self.from_leg, self.to_leg):
+                    if leg.st is not None:
+                        leg.st.restart(now)
         headers = call.relay_headers(resp, towards_a=self.from_leg.is_a, response=True)
+        if method in ("INVITE", "UPDATE") and status < 300:
+            headers.insert(0, ("Contact", call.core.contact(self.from_leg.flow)))
+            st = self.from_leg.st
+            if st is not None and status >= 200:
+                headers.append(("Require", "timer"))
+                headers.append(("Session-Expires", st.header(request=False)))
         out = make_response(
             self.inbound.request,
-            resp.status,
+            status,
             resp.reason,
             to_tag=self.from_leg.local_tag,
-            headers=[("Contact", call.core.contact(self.from_leg.flow)), *headers],
+            headers=headers,
             body=resp.body,
         )
         self.inbound.respond(out, now)
-        if tx.request.method == "INVITE" and 200 <= resp.status < 300:
-            # ACK the re-INVITE's 2xx on the other leg at once when the offer was in it
-            other = call.other(self.from_leg)
-            if other.remote_tag:
-                call.reinvite_ack_pending[id(self.inbound)] = (other, resp.cseq.number)
-                if tx.request.body:
-                    call.send_ack(other, resp.cseq.number, b"", now)
-        if resp.status >= 200 and tx.request.method in ("INVITE", "UPDATE"):
-            call.offer_pending = False
-        if resp.status == 481 and tx.request.method != "BYE":
-            call.hangup(self.from_leg is call.a, now, reason="callee_bye", status=481)
+        if status in (408, 481) and method != "BYE":
+            # the dialog is gone on the far side (§12.2.1.2): end the call
+            call.hangup(not self.from_leg.is_a, now, reason="timeout", status=status)
 
     def on_timeout(self, tx: ClientTransaction, now: float) -> None:
-        out = make_response(self.inbound.request, 408, to_tag=self.from_leg.local_tag)
-        self.inbound.respond(out, now)
+        self.inbound.respond(make_response(self.inbound.request, 408), now)
+        call = self.call
         if tx.request.method in ("INVITE", "UPDATE"):
-            self.call.offer_pending = False
-        if tx.request.method in ("INVITE", "BYE"):
-            self.call.hangup(True, now, reason="timeout", status=408)
+            call.offer_pending = False
+        call.hangup(not self.from_leg.is_a, now, reason="timeout", status=408)
+
+    def ack_from_peer(self, req: Request, now: float) -> None:
+        """The other side's ACK for the relayed 2xx carries the answer: pass it on."""
+        self.inbound.ack_received(now)
+        self.ack = self.call.ack_bytes(self.to_leg, self.to_leg.local_seq, req.body)
+        self.call.core.layer.send(self.to_leg.flow, self.ack)
+
+
+class _Refresh:
+    """Owner of a session refresh we send: success restarts the timer, failure ends."""
+
+    __slots__ = ("leg",)
+
+    def __init__(self, leg: Leg) -> None:
+        self.leg = leg
+
+    def on_response(self, tx: ClientTransaction, resp: Response, now: float) -> None:
+        call = self.leg.call
+        status = resp.status
+        if status < 200:
+            return
+        if tx.request.method == "INVITE" and status < 300:
+            call.core.layer.send(self.leg.flow, call.ack_bytes(self.leg, resp.cseq.number, b""))
+        call.offer_pending = False
+        if status < 300 or status == 491:
+            if self.leg.st is not None:
+                self.leg.st.restart(now)
+        elif status in (408, 481) or status >= 500:
+            call.hangup(self.leg.is_a, now, reason="session_timeout", status=408, to_a=True)
+        elif self.leg.st is not None:
+            self.leg.st.restart(now)
+
+    def on_timeout(self, tx: ClientTransaction, now: float) -> None:
+        self.leg.call.offer_pending = False
+        self.leg.call.hangup(self.leg.is_a, now, reason="session_timeout", status=408, to_a=True)
 
 
 class Call:
@@ -162,22 +306,26 @@ class Call:
     __slots__ = (
         "a",
         "a_invite",
+        "a_rel",
+        "a_rel_timer",
+        "a_rel_wait",
+        "a_rseq",
         "answered_at",
         "auth_retry",
         "b",
         "b_ack",
         "b_invite",
-        "b_invite_req",
         "b_targets",
         "config",
         "core",
         "emergency",
-        "ended_at",
+        "held_final",
         "id",
         "ident",
         "late_offer",
         "offer_pending",
-        "reinvite_ack_pending",
+        "pending_ack",
+        "redirects",
         "started_at",
         "state",
         "status",
@@ -211,26 +359,32 @@ class Call:
         self.started_at = now
         self.wall_start = core.wall(now)
         self.answered_at: float | None = None
-        self.ended_at: float | None = None
         self.a_invite = stx
-        self.a = Leg(self, True, invite.call_id, stx.flow)
-        self.a.remote_tag = invite.from_.tag
-        self.a.remote_seq = invite.cseq.number
-        self.a.remote_uri = invite.get("from") or ""
-        self.a.remote_uri = _without_tag(self.a.remote_uri)
-        self.a.local_uri = _without_tag(invite.get("to") or "")
+        a = self.a = Leg(self, True, invite.call_id, stx.flow)
+        a.remote_tag = invite.from_.tag
+        a.remote_seq = invite.cseq.number
+        a.remote_uri = _without_tag(invite.get("from") or "")
+        a.local_uri = _without_tag(invite.get("to") or "")
         contacts = invite.contacts
-        self.a.remote_target = str(contacts[0].uri) if contacts else str(invite.from_.uri)
-        self.a.route_set = list(invite.get_all("record-route"))
+        a.remote_target = str(contacts[0].uri) if contacts else str(invite.from_.uri)
+        a.route_set = list(invite.get_all("record-route"))
+        a.supports = invite.tokens("supported") | invite.tokens("require")
+        a.allow = frozenset(m.upper() for m in invite.tokens("allow"))
         self.b: Leg | None = None
         self.b_invite: ClientTransaction | None = None
-        self.b_invite_req: Request | None = None
         self.b_targets: list[Flow] = []
         self.b_ack: bytes | None = None
         self.late_offer = not invite.body
         self.offer_pending = False
-        self.auth_retry = False
-        self.reinvite_ack_pending: dict[int, tuple[Leg, int]] = {}
+        self.pending_ack: dict[bool, Relay] = {}  # by "ACK arrives on the A-leg"
+        self.redirects = 0
+        self.auth_retry = False  # this INVITE answers a challenge relayed from the B-leg
+        # reliable provisional responses towards the caller (RFC 3262)
+        self.a_rseq = 0
+        self.a_rel: tuple[int, bytes, bool] | None = None  # (rseq, bytes, has SDP) unPRACKed
+        self.a_rel_timer: Timer | None = None
+        self.a_rel_wait: list[Callable[[float], None]] = []  # held until the PRACK comes
+        self.held_final = False
         self.timer: Timer | None = None
         stx.owner = self
 
@@ -248,36 +402,41 @@ class Call:
         """The end-to-end headers of ``msg`` that may cross to the other leg."""
         trunk = self.trunk_in if towards_a else self.trunk_out
         restricted = self.ident.decision.presentation == "restricted" and not towards_a
+        if response and towards_a:
+            auth = _AUTH_CHALLENGE
+        elif not response and not towards_a and self.auth_retry:
+            # credentials go only to the trunk that asked for them, never unasked
+            auth = _AUTH_CREDENTIALS
+        else:
+            auth = _NO_AUTH
         pairs = [
             (lname, value)
             for lname, _, value in msg.header_items()
-            if lname not in _RESPONSE_HOP
-            and (lname not in _AUTH_CHALLENGE or (response and towards_a))
-            and (lname not in _AUTH_CREDENTIALS or (not response and not towards_a))
+            if lname not in _PER_LEG
+            and (lname in auth or (lname not in _AUTH_CHALLENGE and lname not in _AUTH_CREDENTIALS))
         ]
-        emergency_route = self.emergency and not towards_a
         out = copy_headers(
             pairs,
             towards_trusted=trunk.trusted,
             restricted=restricted,
-            emergency_to_emergency_trunk=emergency_route,
-            allowlist=trunk.header_allowlist | _auth_allow(response, towards_a),
+            emergency_to_emergency_trunk=self.emergency and not towards_a,
+            allowlist=trunk.header_allowlist | auth,
         )
         return [(canonical_name(n), v) for n, v in out]
 
-    def send_ack(self, leg: Leg, cseq: int, body: bytes, now: float) -> None:
-        headers: list[tuple[str, str]] = []
-        if body:
-            headers.append(("Content-Type", "application/sdp"))
-        ack = leg.request("ACK", headers, body, cseq=cseq)
-        data = ack.to_bytes()
-        if (
-            leg is self.b
-            and self.b_invite_req is not None
-            and cseq == self.b_invite_req.cseq.number
-        ):
-            self.b_ack = data
-        self.core.layer.send(leg.flow, data)
+    def ack_bytes(self, leg: Leg, cseq: int, body: bytes) -> bytes:
+        headers = [("Content-Type", "application/sdp")] if body else []
+        return leg.request("ACK", headers, body, cseq=cseq).to_bytes()
+
+    def _arm(self, when: float, fn: Callable[[float], None]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.core.layer.timers.schedule(when, fn)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     # -- the caller's side -----------------------------------------------------------------
 
@@ -291,8 +450,8 @@ class Call:
         self.finish(now, "cancel", 487)
 
     def on_ack_timeout(self, tx: ServerTransaction, now: float) -> None:
-        """No ACK for the 2xx we sent the caller within 64*T1 (§13.3.1.4): end the call."""
-        if self.state != ENDED:
+        """No ACK for our 2xx within 64*T1 (§13.3.1.4): end the call with BYE on both legs."""
+        if self.state == ANSWERED and tx is self.a_invite:
             self.hangup(True, now, reason="timeout", status=408, to_a=True)
 
     def answer_a(
@@ -303,61 +462,128 @@ class Call:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
     ) -> None:
-        hdrs = list(headers or [])
-        if status < 300 and status != 100:
-            hdrs.insert(0, ("Contact", self.core.contact(self.a.flow)))
-        resp = make_response(
-            self.a_invite.request, status, reason, to_tag=self.a.local_tag, headers=hdrs, body=body
-        )
-        self.a_invite.respond(resp, now)
-
-    def on_ack(self, req: Request, now: float) -> None:
-        """ACK from the caller for the 2xx: stop retransmitting; late offer → B-leg ACK."""
-        if req.cseq.number == self.a.remote_seq and self.a_invite is not None:
-            self.a_invite.ack_received(now)
-            if self.late_offer and self.b is not None and self.b_ack is None:
-                assert self.b_invite_req is not None
-                self.send_ack(self.b, self.b_invite_req.cseq.number, req.body, now)
+        """Respond to the caller's INVITE (provisional responses reliably where asked)."""
+        if self.a_rel is not None and status >= 200 and self.a_rel[2] and not self.held_final:
+            # RFC 3262 §3: no final response before the PRACK of a 1xx with SDP
+            self.held_final = True
+            self.a_rel_wait.append(lambda t: self._answer_a(status, t, reason, headers, body))
             return
-        # ACK of a relayed re-INVITE's 2xx
-        for key, (other, cseq) in list(self.reinvite_ack_pending.items()):
-            del self.reinvite_ack_pending[key]
-            if req.body:
-                self.send_ack(other, cseq, req.body, now)
-            elif not self._acked_early(other, cseq):
-                self.send_ack(other, cseq, b"", now)
-            break
+        if 100 < status < 200 and "100rel" in self.a.supports:
+            if self.a_rel is not None:  # one unacknowledged reliable 1xx at a time
+                self.a_rel_wait.append(lambda t: self.answer_a(status, t, reason, headers, body))
+                return
+            self.a_rseq += 1
+            hdrs = [("Require", "100rel"), ("RSeq", str(self.a_rseq)), *(headers or [])]
+            data = self._a_response(status, reason, hdrs, body)
+            self.a_rel = (self.a_rseq, data, bool(body))
+            self.a_invite.respond(data, now, status=status)
+            self._rel_retransmit(now, self.core.layer.t.t1, now + 64 * self.core.layer.t.t1)
+            return
+        self._answer_a(status, now, reason, headers, body)
 
-    def _acked_early(self, leg: Leg, cseq: int) -> bool:
-        return True
+    def _answer_a(
+        self,
+        status: int,
+        now: float,
+        reason: str | None,
+        headers: list[tuple[str, str]] | None,
+        body: bytes,
+    ) -> None:
+        if status >= 200 and self.a_rel_timer is not None:
+            self.a_rel_timer.cancel()
+            self.a_rel_timer = None
+        self.a_invite.respond(self._a_response(status, reason, headers or [], body), now, status)
+
+    def _a_response(
+        self, status: int, reason: str | None, headers: list[tuple[str, str]], body: bytes
+    ) -> bytes:
+        hdrs = list(headers)
+        if status < 300 and status != 100:
+            hdrs[:0] = [("Contact", self.core.contact(self.a.flow)), ("Allow", ALLOW)]
+        if 200 <= status < 300 and self.a.st is not None:
+            hdrs += [("Require", "timer"), ("Session-Expires", self.a.st.header(request=False))]
+        req = self.a_invite.request
+        return make_response(
+            req, status, reason, to_tag=self.a.local_tag, headers=hdrs, body=body
+        ).to_bytes()
+
+    def _rel_retransmit(self, now: float, interval: float, give_up: float) -> None:
+        """Retransmit the reliable 1xx at T1, 2T1 … until its PRACK (RFC 3262 §3)."""
+        rel = self.a_rel
+        if rel is None or self.state == ENDED:
+            return
+        if now >= give_up:
+            self.a_rel = None
+            self._release_held(now)
+            return
+        if interval > self.core.layer.t.t1:  # not the first call: this is a retransmission
+            self.core.layer.send(self.a.flow, rel[1], retransmission=True)
+        nxt = now + interval
+
+        def again(t: float) -> None:
+            self._rel_retransmit(t, interval * 2, give_up)
+
+        self.a_rel_timer = self.core.layer.timers.schedule(min(nxt, give_up), again)
+
+    def _release_held(self, now: float) -> None:
+        if self.a_rel_timer is not None:
+            self.a_rel_timer.cancel()
+            self.a_rel_timer = None
+        waiting, self.a_rel_wait = self.a_rel_wait, []
+        self.held_final = False
+        for fn in waiting:
+            fn(now)
+
+    def on_prack(self, req: Request, stx: ServerTransaction, now: float) -> None:
+        rack = (req.get("rack") or "").split()
+        rel = self.a_rel
+        if rel is None or len(rack) != 3 or rack[0] != str(rel[0]):
+            stx.respond(make_response(req, 481), now)
+            return
+        stx.respond(make_response(req, 200), now)
+        self.a_rel = None
+        self._release_held(now)
+
+    def on_ack(self, leg: Leg, req: Request, now: float) -> None:
+        """An ACK for a 2xx on ``leg``: ours to absorb, or the answer to pass on."""
+        if leg.is_a and req.cseq.number == self.a_invite.request.cseq.number:
+            self.a_invite.ack_received(now)
+            b = self.b
+            if self.late_offer and b is not None and self.b_ack is None and self.b_invite:
+                self.b_ack = self.ack_bytes(b, self.b_invite.request.cseq.number, req.body)
+                self.core.layer.send(b.flow, self.b_ack)
+            return
+        relay = self.pending_ack.pop(leg.is_a, None)
+        if relay is not None:
+            relay.ack_from_peer(req, now)
 
     # -- the B-leg -------------------------------------------------------------------------
 
-    def start_b(self, invite: Request, targets: list[Flow], now: float) -> None:
+    def start_b(self, targets: list[Flow], now: float, reuse: Leg | None = None) -> None:
         """Send the B-leg INVITE to the first target; the rest are for failover."""
         self.b_targets = targets
-        first = targets[0]
-        self.b = Leg(self, False, self.core.new_call_id(), first)
-        self.b_invite_req = invite
+        if reuse is not None:
+            # the retry of a challenged INVITE goes on the same B-leg (RFC 3261 §22.2)
+            self.b = reuse
+            reuse.call = self
+            self.auth_retry = True
+        else:
+            self.b = Leg(self, False, self.core.new_call_id(), targets[0])
         self._send_b_invite(now)
 
     def _send_b_invite(self, now: float) -> None:
-        assert self.b is not None and self.b_invite_req is not None
+        b = self.b
+        assert b is not None
         flow = self.b_targets[0]
-        self.b.flow = flow
-        self.b.local_seq += 1
-        req = self.core.build_b_invite(self, flow, self.b.local_seq)
-        self.b_invite_req = req
-        self.b_invite = self.b.send(req, self, now)
+        b.flow = flow
+        b.remote_tag = None
+        b.local_seq += 1
+        req = self.core.build_b_invite(self, flow, b.local_seq)
+        self.b_invite = b.send(req, self, now)
         self._arm(now + self.config.sip.target_timeout, self._target_timeout)
 
-    def _arm(self, when: float, fn: object) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.core.layer.timers.schedule(when, fn)  # type: ignore[arg-type]
-
     def _target_timeout(self, now: float) -> None:
-        """No provisional response from this target in time: try the next one (§4 issue)."""
+        """No provisional response from this target in time: try the next one."""
         self.timer = None
         tx = self.b_invite
         if self.state != EARLY or tx is None or tx.provisional_seen:
@@ -379,82 +605,76 @@ class Call:
 
     def on_timeout(self, tx: ClientTransaction, now: float) -> None:
         """Timer B on the B-leg INVITE, or the transport failed."""
-        if tx is not self.b_invite or self.state != EARLY:
-            return
-        self._next_target(now, 408)
+        if tx is self.b_invite and self.state == EARLY:
+            self._disarm()
+            self._next_target(now, 408)
 
     def on_response(self, tx: ClientTransaction, resp: Response, now: float) -> None:
-        """A response to the B-leg INVITE (any fork)."""
+        """A response to the B-leg INVITE (any fork), or to our PRACK."""
+        if tx.request.method != "INVITE":
+            return  # PRACK: nothing to do
         status = resp.status
         b = self.b
         assert b is not None
-        if tx.request.method == "PRACK":
-            return
         if tx is not self.b_invite:
             if 200 <= status < 300:
-                self._ack_and_bye_fork(resp, tx, now)
+                self._ack_and_bye(resp, now)
             return
         if status == 100:
             return
-        to_tag = resp.to.tag
         if status < 200:
-            if self.state != EARLY:
-                return
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            if to_tag and b.remote_tag is None:
-                b.remote_tag = to_tag
-            if resp.get("rseq") is not None and "100rel" in resp.tokens("require"):
-                self._prack(resp, tx, now)
-            headers = self.relay_headers(resp, towards_a=True, response=True)
-            self.answer_a(status, now, resp.reason, headers, resp.body)
-            return
-        if status < 300:
-            if self.state == ENDED:
-                # the caller went away (CANCEL crossed this 2xx): ACK it, then BYE
-                self._ack_and_bye_fork(resp, tx, now)
-                return
-            if self.state == ANSWERED:
-                if b.remote_tag == to_tag:
-                    if self.b_ack is not None:
-                        self.core.layer.send(b.flow, self.b_ack, retransmission=True)
-                else:
-                    self._ack_and_bye_fork(resp, tx, now)
-                return
-            self._answered(resp, now)
-            return
+            self._provisional(resp, now)
+        elif status < 300:
+            if self.state == EARLY:
+                self._answered(resp, now)
+            elif self.state == ANSWERED and b.remote_tag == resp.to.tag:
+                if self.b_ack is not None:  # our ACK was lost: the 2xx came again
+                    self.core.layer.send(b.flow, self.b_ack, retransmission=True)
+            else:
+                # another fork answered too, or the caller went away (CANCEL crossed
+                # this 2xx, RFC 5407): ACK it, then BYE it
+                self._ack_and_bye(resp, now)
+        elif self.state == EARLY:
+            self._failed(resp, now)
+
+    def _provisional(self, resp: Response, now: float) -> None:
         if self.state != EARLY:
             return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if status == 503 or 300 <= status < 400:
-            self._next_target(now, status)
-            return
-        if status in (401, 407):
-            self.auth_retry = True
-            self.core.await_auth_retry(self, now)
+        b = self.b
+        assert b is not None
+        self._disarm()
+        to_tag = resp.to.tag
+        if to_tag and (b.remote_tag is None or b.remote_tag == to_tag):
+            # the early dialog (the first fork's): its target serves UPDATE and PRACK
+            b.remote_tag = to_tag
+            contacts = resp.contacts
+            if contacts:
+                b.remote_target = str(contacts[0].uri)
+            b.route_set = list(reversed(resp.get_all("record-route")))
+            if resp.get("rseq") is not None and "100rel" in resp.tokens("require"):
+                rack = f"{(resp.get('rseq') or '').strip()} {resp.cseq.number} INVITE"
+                b.send(b.request("PRACK", [("RAck", rack)]), self, now)
         headers = self.relay_headers(resp, towards_a=True, response=True)
-        self.answer_a(status, now, resp.reason, headers, resp.body)
-        self.finish(now, "rejected", status)
+        self.answer_a(resp.status, now, resp.reason, headers, resp.body)
 
     def _answered(self, resp: Response, now: float) -> None:
         b = self.b
-        assert b is not None and self.b_invite_req is not None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        assert b is not None and self.b_invite is not None
+        self._disarm()
         b.remote_tag = resp.to.tag
         contacts = resp.contacts
-        b.remote_target = str(contacts[0].uri) if contacts else b.remote_target
+        if contacts:
+            b.remote_target = str(contacts[0].uri)
         b.route_set = list(reversed(resp.get_all("record-route")))
-        b.remote_seq = 0
+        b.supports = resp.tokens("supported") | resp.tokens("require")
+        b.allow = frozenset(m.upper() for m in resp.tokens("allow"))
         if not self.late_offer:
-            self.send_ack(b, self.b_invite_req.cseq.number, b"", now)
+            self.b_ack = self.ack_bytes(b, self.b_invite.request.cseq.number, b"")
+            self.core.layer.send(b.flow, self.b_ack)
         self.state = ANSWERED
         self.answered_at = now
         self.status = resp.status
+        self._start_session_timers(resp, now)
         headers = self.relay_headers(resp, towards_a=True, response=True)
         self.answer_a(resp.status, now, resp.reason, headers, resp.body)
         self.core.call_answered(self, now)
@@ -462,34 +682,57 @@ class Call:
         if limit > 0:
             self._arm(now + limit, self._max_duration)
 
+    def _start_session_timers(self, resp: Response, now: float) -> None:
+        """RFC 4028 on each leg, negotiated separately (§9 UAS on A, §7.2 UAC on B)."""
+        b = self.b
+        assert b is not None
+        se = session_expires(resp)
+        if se is not None:
+            b.st = SessionTimer(b, se[0], us=se[1] != "uas")
+            b.st.restart(now)
+        a_st = self.core.a_session_timer(self.a_invite.request, self.config)
+        if a_st is not None:
+            interval, refresher = a_st
+            self.a.st = SessionTimer(self.a, interval, us=refresher == "uas")
+            self.a.st.restart(now)
+
+    def _failed(self, resp: Response, now: float) -> None:
+        status = resp.status
+        self._disarm()
+        if status == 503:
+            self._next_target(now, status)
+            return
+        if 300 <= status < 400:
+            flow = self.core.redirect_target(self, resp)
+            if flow is not None and self.redirects < 3:
+                self.redirects += 1
+                self.b_targets = [flow, *self.b_targets[1:]]
+                self._send_b_invite(now)
+                return
+            # a 3xx is never relayed (topology): it is a failure of this target
+            self.answer_a(480, now)
+            self.finish(now, "rejected", 480)
+            return
+        if status == 422 and self.b is not None:
+            min_se = resp.get("min-se")
+            if min_se and min_se.split(";")[0].strip().isdigit() and self.redirects < 3:
+                self.redirects += 1
+                self.core.min_se_override[self.id] = int(min_se.split(";")[0].strip())
+                self._send_b_invite(now)
+                return
+        if status in (401, 407):
+            self.core.await_auth_retry(self, now)
+        headers = self.relay_headers(resp, towards_a=True, response=True)
+        self.answer_a(status, now, resp.reason, headers, resp.body)
+        self.finish(now, "rejected", status)
+
     def _max_duration(self, now: float) -> None:
         self.timer = None
         if self.state == ANSWERED:
-            self.hangup(True, now, reason="max_duration", status=200, to_a=True)
+            self.hangup(True, now, reason="max_duration", status=self.status, to_a=True)
 
-    def _prack(self, resp: Response, tx: ClientTransaction, now: float) -> None:
-        """Acknowledge a reliable provisional response on the B-leg ourselves (RFC 3262)."""
-        b = self.b
-        assert b is not None
-        saved = b.remote_target, b.remote_tag
-        contacts = resp.contacts
-        if contacts:
-            b.remote_target = str(contacts[0].uri)
-        b.remote_tag = resp.to.tag
-        rack = f"{(resp.get('rseq') or '').strip()} {resp.cseq.number} INVITE"
-        prack = b.request("PRACK", [("RAck", rack)])
-        b.remote_target, b.remote_tag = (
-            saved
-            if self.state == EARLY and saved[1]
-            else (
-                b.remote_target,
-                b.remote_tag,
-            )
-        )
-        b.send(prack, self, now)
-
-    def _ack_and_bye_fork(self, resp: Response, tx: ClientTransaction, now: float) -> None:
-        """A 2xx we will not use (another fork won, or the caller cancelled): ACK, BYE."""
+    def _ack_and_bye(self, resp: Response, now: float) -> None:
+        """A 2xx we will not use: ACK it and end that dialog with BYE (§13.2.2.4)."""
         b = self.b
         assert b is not None
         fork = Leg(self, False, b.call_id, b.flow)
@@ -501,44 +744,70 @@ class Call:
         fork.remote_target = str(contacts[0].uri) if contacts else b.remote_target
         fork.route_set = list(reversed(resp.get_all("record-route")))
         fork.local_seq = resp.cseq.number
-        ack = fork.request("ACK", cseq=resp.cseq.number)
-        self.core.layer.send(fork.flow, ack.to_bytes())
-        fork.send(fork.request("BYE"), _IGNORE, now)
+        self.core.layer.send(fork.flow, self.ack_bytes(fork, resp.cseq.number, b""))
+        fork.send(fork.request("BYE"), IGNORE, now)
 
     # -- in-dialog requests ----------------------------------------------------------------
 
     def on_in_dialog(self, leg: Leg, req: Request, stx: ServerTransaction, now: float) -> None:
         method = req.method
-        if req.cseq.number <= leg.remote_seq and method != "ACK" and leg.remote_seq:
+        cseq = req.cseq.number
+        if leg.remote_seq and cseq < leg.remote_seq and method != "PRACK":
             stx.respond(make_response(req, 500, "CSeq Out of Order"), now)
             return
-        leg.remote_seq = req.cseq.number
+        if method != "PRACK" or cseq > leg.remote_seq:
+            leg.remote_seq = cseq
         if method == "BYE":
             stx.respond(make_response(req, 200), now)
             reason = "caller_bye" if leg.is_a else "callee_bye"
-            self.hangup(leg.is_a, now, reason=reason, status=self.status or 200, by=req)
+            self.hangup(leg.is_a, now, reason=reason, status=self.status or 487, by=req)
             return
         if method == "PRACK" and leg.is_a:
-            stx.respond(make_response(req, 200), now)
+            self.on_prack(req, stx, now)
             return
-        if self.state == ENDED or self.b is None or self.b.remote_tag is None:
+        b = self.b
+        if self.state == ENDED or b is None or b.remote_tag is None:
             stx.respond(make_response(req, 481), now)
             return
         if method in ("INVITE", "UPDATE"):
             if self.offer_pending:
-                stx.respond(make_response(req, 491), now)  # glare (§14.1)
+                stx.respond(make_response(req, 491), now)  # glare (§14.1, RFC 3311 §5.2)
+                return
+            if method == "UPDATE" and not req.body and leg.st is not None:
+                # a session refresh without an offer: answered on this leg (RFC 4028 §7.4)
+                leg.st.restart(now)
+                hdrs = [
+                    ("Contact", self.core.contact(leg.flow)),
+                    ("Require", "timer"),
+                    ("Session-Expires", leg.st.header(request=False)),
+                ]
+                stx.respond(make_response(req, 200, headers=hdrs), now)
                 return
             self.offer_pending = True
         other = self.other(leg)
         headers = self.relay_headers(req, towards_a=not leg.is_a)
-        if req.body:
-            ctype = req.get("content-type")
-            if ctype and not any(n == "Content-Type" for n, _ in headers):
-                headers.append(("Content-Type", ctype))
         out = other.request(method, headers, req.body)
-        relay = Relay(self, leg, stx)
-        relay.out_req = out
-        other.send(out, relay, now)
+        other.send(out, Relay(self, leg, other, stx), now)
+
+    # -- session timers --------------------------------------------------------------------
+
+    def refresh(self, leg: Leg, now: float) -> None:
+        """We are the refresher on ``leg``: UPDATE without an offer (RFC 4028 §7.4)."""
+        if self.state != ANSWERED or leg.remote_tag is None or leg.st is None:
+            return
+        if self.offer_pending:
+            leg.st.restart(now)  # an offer/answer is under way: it refreshes too
+            return
+        method = "UPDATE" if "UPDATE" in leg.allow else "INVITE"
+        if method == "INVITE":
+            self.offer_pending = True
+        leg.send(leg.request(method), _Refresh(leg), now)
+
+    def session_expired(self, leg: Leg, now: float) -> None:
+        if self.state == ANSWERED:
+            self.hangup(
+                leg.is_a, now, reason="session_timeout", status=self.status, to_a=True, both=True
+            )
 
     # -- the end ---------------------------------------------------------------------------
 
@@ -551,38 +820,52 @@ class Call:
         status: int,
         by: Request | None = None,
         to_a: bool = False,
+        both: bool = False,
     ) -> None:
-        """End an established call: BYE the leg(s) that did not hang up."""
+        """End the call: BYE the leg(s) that did not hang up (both with ``to_a``/``both``)."""
         if self.state == ENDED:
             return
-        extra: list[tuple[str, str]] = []
-        if by is not None:
-            extra = [("Reason", r) for r in by.get_lines("reason")]
         if self.state == EARLY:
             if self.b_invite is not None:
                 self.core.layer.cancel(self.b_invite, now)
-            self.answer_a(status if status >= 300 else 500, now)
-        else:
-            if not by_a or to_a:
-                self.a.send(self.a.request("BYE", extra), _IGNORE, now)
-            if (by_a or to_a) and self.b is not None and self.b.remote_tag:
-                self.b.send(self.b.request("BYE", extra), _IGNORE, now)
+            self._answer_a(status if status >= 300 else 480, now, None, None, b"")
+            self.finish(now, reason, status if status >= 300 else 480)
+            return
+        extra: list[tuple[str, str]] = []
+        if by is not None:
+            extra = [("Reason", r) for r in by.get_lines("reason")]  # RFC 3326, carried over
+        elif reason == "session_timeout":
+            extra = [("Reason", SESSION_EXPIRED)]
+        bye_a = (not by_a) or to_a or both
+        bye_b = by_a or to_a or both
+        if bye_a:
+            self.a.send(self.a.request("BYE", extra), IGNORE, now)
+        b = self.b
+        if bye_b and b is not None and b.remote_tag:
+            b.send(b.request("BYE", extra), IGNORE, now)
         self.finish(now, reason, status)
 
     def finish(self, now: float, end_reason: str, status: int) -> None:
         if self.state == ENDED:
             return
         self.state = ENDED
-        self.ended_at = now
-        if self.status == 0 or self.answered_at is None:
+        if self.answered_at is None:
             self.status = status
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._disarm()
+        for leg in (self.a, self.b):
+            if leg is not None and leg.st is not None:
+                leg.st.cancel()
+        if self.a_rel_timer is not None:
+            self.a_rel_timer.cancel()
+            self.a_rel_timer = None
+        self.a_rel_wait = []
+        self.pending_ack.clear()
         self.core.call_ended(self, end_reason, now)
 
 
 class _Ignore:
+    """Owner of requests whose outcome changes nothing (BYE after the end, CANCEL)."""
+
     def on_response(self, tx: ClientTransaction, resp: Response, now: float) -> None:
         return None
 
@@ -590,15 +873,7 @@ class _Ignore:
         return None
 
 
-_IGNORE = _Ignore()
-
-
-def _auth_allow(response: bool, towards_a: bool) -> frozenset[str]:
-    if response and towards_a:
-        return frozenset(_AUTH_CHALLENGE)
-    if not response and not towards_a:
-        return frozenset(_AUTH_CREDENTIALS)
-    return frozenset()
+IGNORE = _Ignore()
 
 
 def _without_tag(value: str) -> str:
@@ -611,8 +886,4 @@ def _without_tag(value: str) -> str:
     return value[:i] + (value[j:] if j >= 0 else "")
 
 
-def reason_phrase(status: int) -> str:
-    return REASONS.get(status, "Unknown")
-
-
-__all__ = ["ANSWERED", "EARLY", "ENDED", "Call", "Leg", "SipError"]
+__all__ = ["ANSWERED", "EARLY", "ENDED", "IGNORE", "Call", "Leg", "param", "session_expires"]

@@ -13,8 +13,8 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from sipguard.b2bua.call import ANSWERED, ENDED, Call, Leg
-from sipguard.b2bua.identity import Refused, identify, identity_headers
+from sipguard.b2bua.call import ANSWERED, ENDED, Call, Leg, session_expires
+from sipguard.b2bua.identity import CallRefusedError, identify, identity_headers
 from sipguard.cdr.record import CdrRecord, end_record, make_call_id, new_instance_tag, start_record
 from sipguard.config.model import Config, Trunk
 from sipguard.metrics import Metrics
@@ -62,7 +62,7 @@ class B2BUA:
         self.outbox = self.layer.outbox
         self.cdr_out: list[CdrRecord] = []
         self.dialogs: dict[tuple[str, str], Leg] = {}
-        self.auth_wait: dict[tuple[str, str], tuple[float, Call]] = {}
+        self.auth_wait: dict[tuple[str, str], tuple[float, Leg]] = {}
         self.calls = 0
         self.emergency_calls = 0
         self.trunk_calls: dict[str, int] = {}
@@ -73,6 +73,7 @@ class B2BUA:
         self.instance = instance or new_instance_tag()
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
         self.down_until: dict[Flow, float] = {}
+        self.min_se_override: dict[str, int] = {}
         self.stats_in: dict[str, int] = {}
         self.stats_out: dict[str, int] = {}
         self.parse_errors = 0
@@ -155,9 +156,10 @@ class B2BUA:
             host = f"[{host}]"
         return LocalAddress(flow.transport, host, listen.port)
 
-    def via(self, flow: Flow, branch: str) -> str:
+    def via(self, flow: Flow, branch: str | None = None) -> str:
         la = self.local(flow)
-        return f"SIP/2.0/{la.transport.upper()} {la.host}:{la.port};branch={branch};rport"
+        b = branch or new_branch()
+        return f"SIP/2.0/{la.transport.upper()} {la.host}:{la.port};branch={b};rport"
 
     def contact(self, flow: Flow) -> str:
         la = self.local(flow)
@@ -181,8 +183,8 @@ class B2BUA:
     def on_request(self, req: Request, tx: ServerTransaction | None, now: float) -> None:
         if tx is None:  # ACK for a 2xx: part of the dialog, not of a transaction
             leg = self.dialogs.get((req.call_id, req.to.tag or ""))
-            if leg is not None and leg.is_a:
-                leg.call.on_ack(req, now)
+            if leg is not None:
+                leg.call.on_ack(leg, req, now)
             return
         to_tag = req.to.tag
         if to_tag is not None:
@@ -261,7 +263,7 @@ class B2BUA:
         tx.respond(make_response(req, 100), now)
         try:
             ident = identify(req, trunk, config)
-        except Refused as exc:
+        except CallRefusedError as exc:
             self._reject(tx, exc.status, exc.label, now, reason=exc.reason)
             return
         decision = ident.decision
@@ -293,14 +295,12 @@ class B2BUA:
         call = Call(
             self, make_call_id(self.instance), config, trunk, trunk_out, ident, req, tx, now
         )
-        retry = self.auth_wait.pop((req.call_id, req.from_.tag or ""), None)
+        reuse = self._auth_retry_leg(req, now)
         self._admit(call)
-        self.dialogs[(call.a.call_id, call.a.local_tag)] = call.a
-        call.start_b(req, targets, now)
-        if retry is not None and retry[1].b is not None and call.b is not None:
-            pass  # the B-leg of the challenged attempt is reused (see build_b_invite)
+        self.dialogs[call.a.key()] = call.a
+        call.start_b(targets, now, reuse)
         assert call.b is not None
-        self.dialogs[(call.b.call_id, call.b.local_tag)] = call.b
+        self.dialogs[call.b.key()] = call.b
         log.info(
             "call %s %s -> %s caller=%s presentation=%s reason=%s%s",
             call.id,
@@ -414,7 +414,7 @@ class B2BUA:
                     ruri.scheme, ident.dialled or ruri.user, None, ruri.host, ruri.port, ruri.params
                 )
             )
-        if b.remote_uri == "":
+        if not b.remote_uri:
             to_user = ident.dialled
             b.remote_uri = f"<{target_uri}>" if not to_user else f"<{target_uri.split(';')[0]}>"
             b.remote_target = target_uri
@@ -430,7 +430,13 @@ class B2BUA:
             ("Call-ID", b.call_id),
             ("CSeq", f"{cseq} INVITE"),
             ("Contact", self.contact(flow)),
+            ("Allow", ALLOW),
+            ("Supported", "100rel, timer"),
         ]
+        se = self.min_se_override.pop(call.id, 0) or config.sip.session_expires
+        if se > 0:
+            headers.append(("Session-Expires", str(max(se, config.sip.min_se))))
+            headers.append(("Min-SE", str(config.sip.min_se)))
         headers.extend(call.relay_headers(a_req, towards_a=False))
         if a_req.body:
             ctype = a_req.get("content-type")
@@ -440,7 +446,59 @@ class B2BUA:
         return Request("INVITE", b.remote_target, headers, a_req.body)
 
     def await_auth_retry(self, call: Call, now: float) -> None:
-        self.auth_wait[(call.a.call_id, call.a.remote_tag or "")] = (now, call)
+        """The next hop challenged the INVITE: keep the B-leg for the caller's retry."""
+        if call.b is None:
+            return
+        self.auth_wait[(call.a.call_id, call.a.remote_tag or "")] = (now, call.b)
+        if len(self.auth_wait) > 1000 or len(self.auth_wait) % 64 == 0:
+            self.auth_wait = {
+                k: v for k, v in self.auth_wait.items() if v[0] > now - AUTH_RETRY_WINDOW
+            }
+
+    def _auth_retry_leg(self, req: Request, now: float) -> Leg | None:
+        entry = self.auth_wait.pop((req.call_id, req.from_.tag or ""), None)
+        if entry is None or entry[0] < now - AUTH_RETRY_WINDOW:
+            return None
+        if not (req.has("authorization") or req.has("proxy-authorization")):
+            return None
+        return entry[1]
+
+    def a_session_timer(self, req: Request, config: Config) -> tuple[int, str] | None:
+        """The A-leg session timer (RFC 4028 §9): (interval, refresher) or None.
+
+        The caller's ``Session-Expires`` is honoured (never lowered below our Min-SE), and
+        its ``refresher`` too; without one, the caller refreshes if it supports ``timer``,
+        else we do. Without ``Session-Expires`` but with ``timer`` supported, we ask for
+        our configured interval with the caller as refresher.
+        """
+        se = session_expires(req)
+        timer_ok = "timer" in (req.tokens("supported") | req.tokens("require"))
+        if se is None:
+            if not timer_ok or config.sip.session_expires <= 0:
+                return None
+            return config.sip.session_expires, "uac"
+        interval, refresher = se
+        interval = max(interval, config.sip.min_se)
+        if refresher not in ("uac", "uas"):
+            refresher = "uac" if timer_ok else "uas"
+        return interval, refresher
+
+    def redirect_target(self, call: Call, resp: Response) -> Flow | None:
+        """Where a 3xx points, if that is inside the next trunk's sources (else None)."""
+        for na in resp.contacts:
+            uri = na.uri
+            if not uri.is_sip:
+                continue
+            host, _ = uri.host_port()
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                continue
+            if any(ip.version == n.version and ip in n for n in call.trunk_out.sources):
+                flow = self._flow_for(uri, call.trunk_out)
+                if flow is not None:
+                    return flow
+        return None
 
     # -- call outcome ----------------------------------------------------------------------
 

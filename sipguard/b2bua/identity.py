@@ -19,7 +19,7 @@ from sipguard.sip.message import Request
 from sipguard.sip.uri import NameAddr, Uri
 
 
-class Refused(Exception):
+class CallRefusedError(Exception):
     """The call is refused before a B-leg exists: answer the A-leg with this status."""
 
     def __init__(self, status: int, reason: str, label: str) -> None:
@@ -78,7 +78,7 @@ def establish_caller(req: Request, trunk: Trunk, emergency: bool) -> tuple[str, 
             return trunk.default_cli, True
         if emergency:
             return "anonymous", True
-        raise Refused(403, "Forbidden", "no_caller_identity")
+        raise CallRefusedError(403, "Forbidden", "no_caller_identity")
     claimed = _first_number(req.name_addrs("p-preferred-identity"), trunk)
     if claimed is None or not cli_matches(claimed, trunk.allowed_cli):
         claimed2 = _first_number([req.from_], trunk)
@@ -89,12 +89,12 @@ def establish_caller(req: Request, trunk: Trunk, emergency: bool) -> tuple[str, 
     if claimed is not None:
         return claimed, False
     if trunk.cli_policy == "reject" and not emergency:
-        raise Refused(403, "Forbidden", "cli_not_allowed")
+        raise CallRefusedError(403, "Forbidden", "cli_not_allowed")
     if trunk.default_cli:
         return trunk.default_cli, True
     if emergency:
         return "anonymous", True
-    raise Refused(403, "Forbidden", "cli_not_allowed")
+    raise CallRefusedError(403, "Forbidden", "cli_not_allowed")
 
 
 def identify(req: Request, trunk: Trunk, config: Config) -> CallIdentity:

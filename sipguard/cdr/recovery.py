@@ -17,7 +17,6 @@ one blocking call, for tools and tests.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 
 from sipguard.cdr.record import CdrRecord, end_of, epoch_ms, format_ts
@@ -51,14 +50,14 @@ def crash_records(sink: Sink, alive: float, until: float, instance: str) -> list
     ]
 
 
-def recover(cfg: CdrConfig, now_wall: float, *, clock: Clock = time.time) -> int:
+def recover(cfg: CdrConfig, now_wall: float, *, clock: Clock | None = None) -> int:
     """Close the calls a crash left open, now, and return how many end records were
     written. Takes the CDR directory's lock (StateError if a writer holds it); raises
     SinkError if the sink cannot take the records (PostgreSQL down and the spool full).
     Call it before :meth:`CdrWriter.start`, or leave it to the writer."""
     lock = DirLock(cfg.path)
     try:
-        sink = open_sink(cfg, clock=clock, writable=True)
+        sink = open_sink(cfg, clock=clock or (lambda: now_wall), writable=True)
         try:
             alive = last_alive(cfg, sink)
             if alive is None:

@@ -130,7 +130,10 @@ class CdrWriter:
             log.exception("cdr: submit failed")
 
     def accepting_calls(self) -> bool:
-        """False while records cannot be stored (``on_spool_full: refuse``) or too many wait."""
+        """False while records cannot be stored, or too many wait (``on_spool_full:
+        refuse``); with ``drop`` always True."""
+        if self._cfg.on_spool_full == "drop":
+            return True
         return not self._refusing and self.pending() < self._max_queue
 
     def pending(self) -> int:
@@ -254,12 +257,17 @@ class CdrWriter:
         return True
 
     def _drop_excess(self) -> None:
+        """Drop the newest records beyond ``max_queue`` (``on_spool_full: drop``)."""
         excess = self.pending() - self._max_queue
         dropped = 0
         while excess > 0 and self._queue:
-            self._queue.pop()  # the newest
+            self._queue.pop()
             excess -= 1
             dropped += 1
+        if excess > 0:
+            n = min(excess, len(self._backlog))
+            del self._backlog[len(self._backlog) - n :]
+            dropped += n
         if dropped:
             self._count("dropped", dropped)
             log.error("cdr: %d records dropped (the sink fails and the queue is full)", dropped)
