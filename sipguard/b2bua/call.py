@@ -88,17 +88,18 @@ def session_expires(msg: SipMessage) -> tuple[int, str | None] | None:
 class SessionTimer:
     """RFC 4028 on one leg: ``us`` means we refresh; else we expect the peer to."""
 
-    __slots__ = ("interval", "leg", "timer", "us")
+    __slots__ = ("call", "interval", "is_a", "timer", "us")
 
-    def __init__(self, leg: Leg, interval: int, us: bool) -> None:
-        self.leg = leg
+    def __init__(self, call: Call, is_a: bool, interval: int, us: bool) -> None:
+        self.call = call
+        self.is_a = is_a
         self.interval = interval
         self.us = us
         self.timer: Timer | None = None
 
     def restart(self, now: float) -> None:
         self.cancel()
-        call = self.leg.call
+        call = self.call
         if self.us:
             when, fn = now + self.interval / 2, self._refresh
         else:
@@ -116,13 +117,20 @@ class SessionTimer:
         role = ("uac" if self.us else "uas") if request else ("uas" if self.us else "uac")
         return f"{self.interval};refresher={role}"
 
+    def _leg(self) -> Leg | None:
+        return self.call.a if self.is_a else self.call.b
+
     def _refresh(self, now: float) -> None:
         self.timer = None
-        self.leg.call.refresh(self.leg, now)
+        leg = self._leg()
+        if leg is not None:
+            self.call.refresh(leg, now)
 
     def _expired(self, now: float) -> None:
         self.timer = None
-        self.leg.call.session_expired(self.leg, now)
+        leg = self._leg()
+        if leg is not None:
+            self.call.session_expired(leg, now)
 
 
 class Leg:
@@ -130,8 +138,8 @@ class Leg:
 
     __slots__ = (
         "allow",
-        "call",
         "call_id",
+        "core",
         "flow",
         "is_a",
         "local_seq",
@@ -146,8 +154,10 @@ class Leg:
         "supports",
     )
 
-    def __init__(self, call: Call, is_a: bool, call_id: str, flow: Flow) -> None:
-        self.call = call
+    def __init__(self, core: B2BUA, is_a: bool, call_id: str, flow: Flow) -> None:
+        # no reference back to the call: a call and its legs form no cycle, so a call is
+        # freed by reference counting the moment it ends (SIPP-NOTES: GC pauses)
+        self.core = core
         self.is_a = is_a
         self.call_id = call_id
         self.flow = flow
@@ -174,7 +184,7 @@ class Leg:
         if cseq is None:
             self.local_seq += 1
             cseq = self.local_seq
-        core = self.call.core
+        core = self.core
         to = f"{self.remote_uri};tag={self.remote_tag}" if self.remote_tag else self.remote_uri
         hdrs = [
             ("Via", core.via(self.flow)),
@@ -196,7 +206,7 @@ class Leg:
         return Request(method, self.remote_target, hdrs, body)
 
     def send(self, req: Request, owner: ClientOwner, now: float) -> ClientTransaction:
-        return self.call.core.layer.send_request(req, self.flow, owner, now)
+        return self.core.layer.send_request(req, self.flow, owner, now)
 
     def key(self) -> tuple[str, str]:
         return (self.call_id, self.local_tag)
@@ -274,13 +284,14 @@ class Relay:
 class _Refresh:
     """Owner of a session refresh we send: success restarts the timer, failure ends."""
 
-    __slots__ = ("leg",)
+    __slots__ = ("call", "leg")
 
-    def __init__(self, leg: Leg) -> None:
+    def __init__(self, call: Call, leg: Leg) -> None:
+        self.call = call
         self.leg = leg
 
     def on_response(self, tx: ClientTransaction, resp: Response, now: float) -> None:
-        call = self.leg.call
+        call = self.call
         status = resp.status
         if status < 200:
             return
@@ -296,8 +307,8 @@ class _Refresh:
             self.leg.st.restart(now)
 
     def on_timeout(self, tx: ClientTransaction, now: float) -> None:
-        self.leg.call.offer_pending = False
-        self.leg.call.hangup(self.leg.is_a, now, reason="session_timeout", status=408, to_a=True)
+        self.call.offer_pending = False
+        self.call.hangup(self.leg.is_a, now, reason="session_timeout", status=408, to_a=True)
 
 
 class Call:
@@ -360,7 +371,7 @@ class Call:
         self.wall_start = core.wall(now)
         self.answered_at: float | None = None
         self.a_invite = stx
-        a = self.a = Leg(self, True, invite.call_id, stx.flow)
+        a = self.a = Leg(core, True, invite.call_id, stx.flow)
         a.remote_tag = invite.from_.tag
         a.remote_seq = invite.cseq.number
         a.remote_uri = _without_tag(invite.get("from") or "")
@@ -565,10 +576,9 @@ class Call:
         if reuse is not None:
             # the retry of a challenged INVITE goes on the same B-leg (RFC 3261 §22.2)
             self.b = reuse
-            reuse.call = self
             self.auth_retry = True
         else:
-            self.b = Leg(self, False, self.core.new_call_id(), targets[0])
+            self.b = Leg(self.core, False, self.core.new_call_id(), targets[0])
         self._send_b_invite(now)
 
     def _send_b_invite(self, now: float) -> None:
@@ -688,12 +698,12 @@ class Call:
         assert b is not None
         se = session_expires(resp)
         if se is not None:
-            b.st = SessionTimer(b, se[0], us=se[1] != "uas")
+            b.st = SessionTimer(self, False, se[0], us=se[1] != "uas")
             b.st.restart(now)
         a_st = self.core.a_session_timer(self.a_invite.request, self.config)
         if a_st is not None:
             interval, refresher = a_st
-            self.a.st = SessionTimer(self.a, interval, us=refresher == "uas")
+            self.a.st = SessionTimer(self, True, interval, us=refresher == "uas")
             self.a.st.restart(now)
 
     def _failed(self, resp: Response, now: float) -> None:
@@ -735,7 +745,7 @@ class Call:
         """A 2xx we will not use: ACK it and end that dialog with BYE (§13.2.2.4)."""
         b = self.b
         assert b is not None
-        fork = Leg(self, False, b.call_id, b.flow)
+        fork = Leg(self.core, False, b.call_id, b.flow)
         fork.local_tag = b.local_tag
         fork.local_uri = b.local_uri
         fork.remote_uri = b.remote_uri
@@ -801,7 +811,7 @@ class Call:
         method = "UPDATE" if "UPDATE" in leg.allow else "INVITE"
         if method == "INVITE":
             self.offer_pending = True
-        leg.send(leg.request(method), _Refresh(leg), now)
+        leg.send(leg.request(method), _Refresh(self, leg), now)
 
     def session_expired(self, leg: Leg, now: float) -> None:
         if self.state == ANSWERED:
@@ -855,11 +865,18 @@ class Call:
         for leg in (self.a, self.b):
             if leg is not None and leg.st is not None:
                 leg.st.cancel()
+                leg.st = None  # SessionTimer -> call: the last cycle, broken here
         if self.a_rel_timer is not None:
             self.a_rel_timer.cancel()
             self.a_rel_timer = None
         self.a_rel_wait = []
         self.pending_ack.clear()
+        # transactions that outlive the call must not keep it (and its messages) alive:
+        # only an unanswered B-leg INVITE keeps its owner, to ACK and BYE a 2xx that
+        # crosses our CANCEL (RFC 5407 §3.1.2)
+        self.a_invite.owner = None
+        if self.b_invite is not None and self.answered_at is not None:
+            self.b_invite.owner = None
         self.core.call_ended(self, end_reason, now)
 
 

@@ -61,7 +61,7 @@ class B2BUA:
         self.layer = TransactionLayer(self, self._timers(config))
         self.outbox = self.layer.outbox
         self.cdr_out: list[CdrRecord] = []
-        self.dialogs: dict[tuple[str, str], Leg] = {}
+        self.dialogs: dict[tuple[str, str], Call] = {}
         self.auth_wait: dict[tuple[str, str], tuple[float, Leg]] = {}
         self.calls = 0
         self.emergency_calls = 0
@@ -173,26 +173,34 @@ class B2BUA:
 
     def on_stray_response(self, resp: Response, flow: Flow, now: float) -> None:
         """A 2xx to our INVITE after its transaction ended: repeat our ACK (§13.2.2.4)."""
-        leg = self.dialogs.get((resp.call_id, resp.from_.tag or ""))
-        if leg is None or leg.is_a:
+        key = (resp.call_id, resp.from_.tag or "")
+        call = self.dialogs.get(key)
+        if call is None or call.b is None or call.b.key() != key:
             return
-        call = leg.call
+        leg = call.b
         if call.state == ANSWERED and call.b_ack is not None and leg.remote_tag == resp.to.tag:
             self.layer.send(leg.flow, call.b_ack, retransmission=True)
 
+    def _leg(self, key: tuple[str, str]) -> tuple[Call, Leg] | None:
+        call = self.dialogs.get(key)
+        if call is None:
+            return None
+        leg = call.a if call.a.key() == key else call.b
+        return None if leg is None else (call, leg)
+
     def on_request(self, req: Request, tx: ServerTransaction | None, now: float) -> None:
-        if tx is None:  # ACK for a 2xx: part of the dialog, not of a transaction
-            leg = self.dialogs.get((req.call_id, req.to.tag or ""))
-            if leg is not None:
-                leg.call.on_ack(leg, req, now)
-            return
         to_tag = req.to.tag
+        if tx is None:  # ACK for a 2xx: part of the dialog, not of a transaction
+            found = self._leg((req.call_id, to_tag or ""))
+            if found is not None:
+                found[0].on_ack(found[1], req, now)
+            return
         if to_tag is not None:
-            leg = self.dialogs.get((req.call_id, to_tag))
-            if leg is None:
+            found = self._leg((req.call_id, to_tag))
+            if found is None:
                 tx.respond(make_response(req, 481), now)
                 return
-            leg.call.on_in_dialog(leg, req, tx, now)
+            found[0].on_in_dialog(found[1], req, tx, now)
             return
         method = req.method
         if method == "INVITE":
@@ -297,10 +305,10 @@ class B2BUA:
         )
         reuse = self._auth_retry_leg(req, now)
         self._admit(call)
-        self.dialogs[call.a.key()] = call.a
+        self.dialogs[call.a.key()] = call
         call.start_b(targets, now, reuse)
         assert call.b is not None
-        self.dialogs[call.b.key()] = call.b
+        self.dialogs[call.b.key()] = call
         log.info(
             "call %s %s -> %s caller=%s presentation=%s reason=%s%s",
             call.id,
@@ -531,8 +539,8 @@ class B2BUA:
         name = call.trunk_in.name
         self.trunk_calls[name] = self.trunk_calls.get(name, 1) - 1
         for leg in (call.a, call.b):
-            if leg is not None and self.dialogs.get((leg.call_id, leg.local_tag)) is leg:
-                del self.dialogs[(leg.call_id, leg.local_tag)]
+            if leg is not None and self.dialogs.get(leg.key()) is call:
+                del self.dialogs[leg.key()]
         ident = call.ident
         answer = call.answered_at
         self.cdr_out.append(
@@ -560,7 +568,7 @@ class B2BUA:
 
     def shutdown(self, now: float) -> None:
         """End every call (drain time is over): BYE both legs, CDRs with ``shutdown``."""
-        calls = {leg.call for leg in self.dialogs.values()}
+        calls = set(self.dialogs.values())
         for call in calls:
             if call.state != ENDED:
                 call.hangup(True, now, reason="shutdown", status=call.status or 503, to_a=True)

@@ -124,7 +124,7 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
-def export(  # noqa: PLR0917 - the command line calls it positionally
+def export(
     config: Config,
     number: str,
     since: str | None,
@@ -154,6 +154,9 @@ def export(  # noqa: PLR0917 - the command line calls it positionally
     except (SinkError, OSError) as exc:
         print(f"sipguard cdr export: {exc}", file=sys.stderr)
         return EXIT_SINK
+    except ValueError as exc:  # e.g. sink: postgres without a dsn
+        print(f"sipguard cdr export: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     records.sort(key=lambda r: (r.start, r.id, _KIND_ORDER[r.kind]))
     rows = [_masked(r, numbers) for r in records]
     e164 = sorted(n for n in numbers if n.startswith("+"))
@@ -208,6 +211,9 @@ def purge(
     except (SinkError, OSError) as exc:
         print(f"sipguard cdr purge: {exc}", file=sys.stderr)
         return EXIT_SINK
+    except ValueError as exc:  # e.g. sink: postgres without a dsn
+        print(f"sipguard cdr purge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     verb = "would remove" if dry_run else "removed"
     print(
         f"retention {cfg.retention_days} days: {verb} records from before "

@@ -280,7 +280,8 @@ class PostgresSink:
         async def q(conn: Any) -> list[Any]:
             rows: list[Any] = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM {TABLE} s WHERE s.kind = 'start'"
-                " AND s.\"start\" >= $1::timestamptz - interval '1 day' AND s.answer >= $1 AND s.answer <= $2"
+                " AND s.\"start\" >= $1::timestamptz - interval '1 day'"
+                " AND s.answer >= $1 AND s.answer <= $2"
                 f" AND left(s.id, {INSTANCE_LEN}) = $3"
                 f" AND NOT EXISTS (SELECT 1 FROM {TABLE} e WHERE e.id = s.id AND e.kind = 'end')"
                 " ORDER BY s.answer, s.id",

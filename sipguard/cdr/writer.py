@@ -219,6 +219,9 @@ class CdrWriter:
     def _step(self, what: str, fn: Callable[[], None]) -> bool:
         try:
             fn()
+        except (SinkError, OSError) as exc:
+            log.error("cdr: %s failed: %s", what, exc)
+            return False
         except Exception:
             log.exception("cdr: %s failed", what)
             return False

@@ -3,7 +3,8 @@
 Bounded: a message (header section plus body) over ``max_message`` bytes is a
 :class:`MessageTooLarge` error, after which the connection must be closed; so is a
 header section without ``Content-Length``, since a stream cannot be re-synchronised
-without it. Each byte is searched once, however the stream is cut.
+without it. Each byte is searched once, however the stream is cut, and the result
+(messages and keep-alive count) does not depend on how it is cut.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ _CLEN_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$
 
 
 class StreamFramer:
-    __slots__ = ("_buf", "_need", "_scan", "max_message", "pings")
+    __slots__ = ("_buf", "_crlfs", "_error", "_need", "_scan", "max_message", "pings")
 
     def __init__(self, max_message: int = 65535) -> None:
         self._buf = bytearray()
         self._scan = 0  # bytes of _buf already searched for the end of the header section
         self._need = 0  # once the header section is read: the whole message's length
+        self._crlfs = 0  # CRLFs seen since the last message or ping (cut-independent)
+        self._error: SipError | None = None  # a framing error not raised yet
         self.max_message = max_message
         self.pings = 0  # RFC 5626 CRLFCRLF keep-alives seen; answer each with one CRLF
 
@@ -30,10 +33,26 @@ class StreamFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return the whole messages now complete, in order."""
+        """Add bytes; return the whole messages now complete, in order.
+
+        A framing error is raised as :class:`SipError` without a status (close the
+        connection). Messages completed before it are returned first: the error is then
+        raised by the next call (``feed(b"")`` asks at once), and by every call after.
+        """
+        if self._error is not None:
+            raise self._error
+        out: list[bytes] = []
+        try:
+            self._feed(data, out)
+        except SipError as exc:
+            self._error = exc
+            if not out:
+                raise
+        return out
+
+    def _feed(self, data: bytes, out: list[bytes]) -> None:
         buf = self._buf
         buf += data
-        out: list[bytes] = []
         while buf:
             if not self._need:
                 if self._scan == 0:
@@ -41,11 +60,14 @@ class StreamFramer:
                     while buf.startswith(b"\r\n", i):
                         i += 2
                     if i:
-                        self.pings += i // 4
+                        crlfs = self._crlfs + i // 2
+                        self.pings += crlfs // 2
+                        self._crlfs = crlfs % 2
                         del buf[:i]
                         continue
                     if buf == b"\r":
                         break  # half a CRLF: wait for the rest
+                    self._crlfs = 0  # a message starts
                 end = buf.find(b"\r\n\r\n", max(0, self._scan - 3))
                 if end < 0:
                     self._scan = len(buf)
@@ -60,7 +82,6 @@ class StreamFramer:
             out.append(bytes(buf[: self._need]))
             del buf[: self._need]
             self._need = self._scan = 0
-        return out
 
     @staticmethod
     def _content_length(buf: bytearray, end: int) -> int:

@@ -62,6 +62,20 @@ COMPACT_FORMS: dict[str, str] = {
     "y": "identity",
 }
 
+# Header name as written -> index key (lower-case long form). A bounded memo: the names
+# come from the network.
+_KEYS: dict[str, str] = {}
+_KEYS_MAX = 4096
+
+
+def _header_key(name: str) -> str:
+    key = name.lower()
+    key = COMPACT_FORMS.get(key, key)
+    if len(_KEYS) < _KEYS_MAX:
+        _KEYS[name] = key
+    return key
+
+
 # Headers whose value may hold several comma-separated entries (RFC 3261 §7.3.1). The
 # others (From, To, Call-ID, CSeq, Date, the authentication headers …) are never split.
 LIST_HEADERS = frozenset(
@@ -110,18 +124,33 @@ LIST_HEADERS = frozenset(
 # Headers that must appear at most once (RFC 3261 §20; RFC 4475 §3.3.8).
 SINGLE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards")
 
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]"
+_TOKEN_RE = re.compile(_TOKEN + r"+\Z")
 _METHOD_RE = _TOKEN_RE
-_VERSION_RE = re.compile(r"SIP/\d+\.\d+\Z", re.I)
-_CSEQ_RE = re.compile(r"(\d+)\s+([A-Za-z0-9\-.!%*_+`'~]+)\Z")
+# \d and \s in ASCII only: a Unicode digit or space is no part of SIP's grammar
+_VERSION_RE = re.compile(r"SIP/\d+\.\d+\Z", re.I | re.A)
+_CSEQ_RE = re.compile(r"(\d+)\s+([A-Za-z0-9\-.!%*_+`'~]+)\Z", re.A)
 _VIA_RE = re.compile(
     r"([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*"
     r"([A-Za-z0-9\-.!%*_+`'~]+)\s+(\[[^\]]*\]|[^\s;:\[\]]+)(?:\s*:\s*(\d+))?\s*(?:;(.*))?\Z",
-    re.S,
+    re.S | re.A,
+)
+# The common Via shape, ASCII only; anything else takes _VIA_RE (which decides errors).
+_VIA_FAST_RE = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) (\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)"
+    r"(?::([0-9]{1,5}))?(?:;([\t -~]*))?\Z"
 )
 # Enough of a Via to send a response back: its protocol, transport and sent-by. Used only
 # to decide whether a malformed request can be answered; its parameters may be broken.
-_VIA_SENT_BY_RE = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*[A-Za-z0-9\-.!%*_+`'~]+\s+[^\s;,]+", re.I)
+# Any SIP version: a request refused with 505 may carry a Via of its own version.
+_VIA_SENT_BY_RE = re.compile(
+    r"\s*SIP\s*/\s*\d+\.\d+\s*/\s*[A-Za-z0-9\-.!%*_+`'~]+\s+[^\s;,]+", re.I | re.A
+)
+# One header line ``Name: value`` of a header section without folding: the name a
+# token, the value without leading or trailing SP/HTAB and without CR or LF.
+_HEADER_LINE_RE = re.compile(
+    f"\r\n({_TOKEN}++)[ \t]*+:[ \t]*+((?:[^\r\n \t](?:[^\r\n]*[^\r\n \t])?)?)[ \t]*+(?=\r\n)"
+)
 MAX_CSEQ = 2**32 - 1
 
 
@@ -168,6 +197,16 @@ class Via:
 
 
 def parse_via(text: str) -> Via:
+    m = _VIA_FAST_RE.match(text)
+    if m is not None:
+        transport, host, port_s, ptext = m.groups()
+        port = None
+        if port_s is not None:
+            port = int(port_s)
+            if not 0 < port <= 65535:
+                raise SipError("invalid port in Via")
+        params = parse_params(ptext, "Via") if ptext is not None else ()
+        return Via(transport.upper(), host.lower(), port, params)
     m = _VIA_RE.match(text.strip())
     if m is None:
         raise SipError("malformed Via")
@@ -175,9 +214,9 @@ def parse_via(text: str) -> Via:
     host, _ = parse_host_port(host_s)
     port = None
     if port_s is not None:
-        port = int(port_s)
-        if not 0 < port <= 65535:
+        if len(port_s) > 5 or not 0 < int(port_s) <= 65535:
             raise SipError("invalid port in Via")
+        port = int(port_s)
     params = parse_params(ptext, "Via") if ptext is not None else ()
     return Via(transport.upper(), host, port, params, f"{name}/{version}".upper())
 
@@ -192,7 +231,10 @@ def parse_cseq(text: str) -> CSeq:
     m = _CSEQ_RE.match(text.strip())
     if m is None:
         raise SipError("malformed CSeq")
-    num = int(m.group(1))
+    digits = m.group(1)
+    if len(digits) > 10 and len(digits.lstrip("0")) > 10:  # never int() a huge string
+        raise SipError("CSeq number out of range")
+    num = int(digits)
     if num > MAX_CSEQ:
         raise SipError("CSeq number out of range")
     return CSeq(num, m.group(2))
@@ -210,9 +252,9 @@ class SipMessage:
         self.headers = tuple(headers)
         self.body = body
         index: dict[str, list[str]] = {}
+        keys = _KEYS
         for name, value in self.headers:
-            key = name.lower()
-            key = COMPACT_FORMS.get(key, key)
+            key = keys.get(name) or _header_key(name)
             lst = index.get(key)
             if lst is None:
                 index[key] = [value]
@@ -253,8 +295,7 @@ class SipMessage:
     def header_items(self) -> Iterator[tuple[str, str, str]]:
         """``(canonical lower-case name, name as written, value)`` for every header line."""
         for name, value in self.headers:
-            key = name.lower()
-            yield COMPACT_FORMS.get(key, key), name, value
+            yield _header_key(name), name, value
 
     # -- typed views -----------------------------------------------------------------------
 
@@ -276,7 +317,7 @@ class SipMessage:
     @property
     def call_id(self) -> str:
         v = self.get("call-id")
-        if not v or any(c in v for c in " \t"):
+        if not v or " " in v or "\t" in v:
             raise SipError("missing or malformed Call-ID")
         return v
 
@@ -336,9 +377,11 @@ class SipMessage:
         if raw is None:
             return None
         raw = raw.strip()
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             raise SipError("malformed Max-Forwards")
-        return min(int(raw), 255)  # an overlarge value is as good as any large one
+        if len(raw) > 3 and len(raw.lstrip("0")) > 3:
+            return 255  # an overlarge value is as good as any large one (RFC 4475 §3.1.2.4)
+        return min(int(raw), 255)
 
     @property
     def content_length(self) -> int | None:
@@ -466,7 +509,7 @@ def _content_length(values: list[str] | None) -> int | None:
     for other in values[1:]:
         if other.strip() != first:
             raise SipError("conflicting Content-Length values")
-    if not first.isdigit() or len(first) > 10:
+    if not (first.isascii() and first.isdigit()) or len(first) > 10:
         raise SipError("malformed Content-Length")
     return int(first)
 
@@ -493,80 +536,43 @@ def parse_message(
     """
     if len(data) > limits.max_message:
         raise MessageTooLarge("message too large", status=None)
-    # RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
-    data = data.lstrip(b"\r\n")
-    end, body_start, bare_lf = _header_end(data)
-    if end < 0:
-        if not (datagram and data.endswith(b"\r\n")):
-            raise SipError("no end of header section", status=None)
-        # a datagram cut right after its last header line: the headers end with it
-        end = body_start = len(data) - 2
-    head = data[:end].decode("utf-8", "surrogateescape")
-    lines = head.split("\n") if bare_lf else head.split(CRLF)
     try:
-        return _build(lines, data, body_start, datagram, limits)
+        return _parse(data, datagram, limits)
     except SipError as exc:
         if exc.status is not None and exc.response is None:
-            if lines[0].startswith("SIP/"):
-                exc.status = None
-            else:
-                try:
-                    headers = _split_headers(lines, _SALVAGE_LIMITS)
-                except SipError:
-                    headers = []
-                attach_response(exc, headers)
+            _answer_or_drop(exc, data)
         raise
 
 
-_SALVAGE_LIMITS = Limits(max_headers=10**6, max_line=10**9)
-
-
-def attach_response(exc: SipError, headers: Iterable[tuple[str, str]]) -> SipError:
-    """Give a request's error its stateless response, or mark it unanswerable (drop)."""
-    if exc.status is not None and exc.response is None:
-        exc.response = _error_response(headers, exc)
-        if exc.response is None:
-            exc.status = None
-    return exc
-
-
-def _split_headers(lines: list[str], limits: Limits) -> list[tuple[str, str]]:
-    headers: list[tuple[str, str]] = []
-    if len(lines) > limits.max_headers + 1:
-        raise MessageTooLarge("too many headers")
-    for line in lines[1:]:
-        if len(line) > limits.max_line:
-            raise MessageTooLarge("header line too long")
-        if line[:1] in (" ", "\t"):
-            if not headers:
-                raise SipError("continuation line before the first header")
-            name, value = headers[-1]
-            headers[-1] = (name, f"{value} {line.strip()}" if value else line.strip())
-            continue
-        name, colon, value = line.partition(":")
-        if not colon:
-            raise SipError("header line without a colon")
-        name = name.rstrip(" \t")
-        if not _TOKEN_RE.match(name):
-            raise SipError("malformed header name")
-        headers.append((name, value.strip(" \t")))
-    return headers
-
-
-def _build(
-    lines: list[str], data: bytes, body_start: int, datagram: bool, limits: Limits
-) -> Request | Response:
-    start = lines[0]
-    if len(start) > limits.max_line:
-        raise MessageTooLarge("start line too long", status=None)
-    headers = _split_headers(lines, limits)
+def _parse(data: bytes, datagram: bool, limits: Limits) -> Request | Response:
+    if data[:1] in (b"\r", b"\n"):
+        # RFC 3261 §7.5: CRLFs before the start line are ignored (keep-alives).
+        data = data.lstrip(b"\r\n")
+    headers: list[tuple[str, str]] | None = None
+    end = data.find(b"\r\n\r\n")
+    if end >= 0:
+        body_start = end + 4
+        # the usual case: CRLF lines, read with one regex when nothing is folded
+        text = data[: end + 2].decode("utf-8", "surrogateescape")
+        sl = text.find(CRLF)
+        start = text[:sl]
+        if len(text) <= limits.max_line and "\r\n " not in text and "\r\n\t" not in text:
+            found = _HEADER_LINE_RE.findall(text, sl)
+            if len(found) == text.count(CRLF, sl) - 1 and len(found) <= limits.max_headers:
+                headers = found
+    if headers is None:
+        lines, body_start = _head_lines(data, datagram)
+        start = lines[0]
+        if len(start) > limits.max_line:
+            raise MessageTooLarge("start line too long", status=None)
+        headers = _split_headers(lines, limits)
     msg: Request | Response
     if start.startswith("SIP/"):
         version, _, rest = start.partition(" ")
         code, _, reason = rest.partition(" ")
         if version != SIP_VERSION:
             raise SipError("unsupported SIP version in response", status=None)
-        if len(code) != 3 or not code.isdigit() or not 100 <= int(code) <= 699:
+        if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] not in "123456":
             raise SipError("malformed status code", status=None)
         if "\r" in reason or "\n" in reason:
             raise SipError("malformed reason phrase", status=None)
@@ -582,8 +588,10 @@ def _build(
             if _VERSION_RE.match(version):
                 raise SipError("SIP version not supported", status=505)
             raise SipError("malformed request line")
+        if "\r" in uri or "\n" in uri:
+            raise SipError("malformed request line")
         msg = Request(method, uri, headers)
-    clen = msg.content_length
+    clen = _content_length(msg._index.get("content-length"))
     available = len(data) - body_start
     if clen is None:
         if not datagram and available:
@@ -594,6 +602,86 @@ def _build(
     if clen:
         msg.body = data[body_start : body_start + clen]
     return msg
+
+
+def _head_lines(data: bytes, datagram: bool) -> tuple[list[str], int]:
+    """The header section's lines (start line first) and where the body starts."""
+    end, body_start, bare_lf = _header_end(data)
+    if end < 0:
+        if not (datagram and data.endswith(b"\r\n")):
+            raise SipError("no end of header section", status=None)
+        # a datagram cut right after its last header line: the headers end with it
+        end = body_start = len(data) - 2
+    head = data[:end].decode("utf-8", "surrogateescape")
+    return (head.split("\n") if bare_lf else head.split(CRLF)), body_start
+
+
+def _answer_or_drop(exc: SipError, data: bytes) -> None:
+    """After a request was refused: attach the stateless answer, or mark it a drop.
+
+    A response is never answered. For a request, the header lines are read again
+    leniently (lines that cannot be read are skipped) to find the Via and dialog headers.
+    """
+    try:
+        lines, _ = _head_lines(data.lstrip(b"\r\n"), True)
+    except SipError:
+        lines = [""]
+    if lines[0].startswith("SIP/"):
+        exc.status = None
+        return
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if headers:
+                name, value = headers[-1]
+                folded = line.strip(" \t")
+                headers[-1] = (name, f"{value} {folded}" if value and folded else value or folded)
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(" \t")
+        if colon and _TOKEN_RE.match(name):
+            headers.append((name, value.strip(" \t")))
+    attach_response(exc, headers)
+
+
+def attach_response(exc: SipError, headers: Iterable[tuple[str, str]]) -> SipError:
+    """Give a request's error its stateless response, or mark it unanswerable (drop)."""
+    if exc.status is not None and exc.response is None:
+        exc.response = _error_response(headers, exc)
+        if exc.response is None:
+            exc.status = None
+    return exc
+
+
+def _split_headers(lines: list[str], limits: Limits) -> list[tuple[str, str]]:
+    """The general reader of header lines: folding, limits, and each error named."""
+    headers: list[tuple[str, str]] = []
+    if len(lines) > limits.max_headers + 1:
+        raise MessageTooLarge("too many headers")
+    for line in lines[1:]:
+        if len(line) > limits.max_line:
+            raise MessageTooLarge("header line too long")
+        if "\r" in line or "\n" in line:
+            # a bare CR or LF would be a line break to the next parser: header injection
+            raise SipError("bare CR or LF in a header line")
+        if line[:1] in (" ", "\t"):
+            if not headers:
+                raise SipError("continuation line before the first header")
+            name, value = headers[-1]
+            folded = line.strip(" \t")
+            value = f"{value} {folded}" if value and folded else value or folded
+            if len(value) > limits.max_line:
+                raise MessageTooLarge("header line too long")
+            headers[-1] = (name, value)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise SipError("header line without a colon")
+        name = name.rstrip(" \t")
+        if not _TOKEN_RE.match(name):
+            raise SipError("malformed header name")
+        headers.append((name, value.strip(" \t")))
+    return headers
 
 
 def _stable_tag(call_id: str, cseq: str) -> str:
@@ -610,10 +698,16 @@ def _error_response(headers: Iterable[tuple[str, str]], exc: SipError) -> bytes 
     """
     wanted: dict[str, list[str]] = {"via": [], "from": [], "to": [], "call-id": [], "cseq": []}
     for name, value in headers:
-        key = name.lower()
-        key = COMPACT_FORMS.get(key, key)
+        key = _header_key(name)
         if key in wanted:
             wanted[key].append(value)
+    # only what a sound message could carry is mirrored: no CR or LF (that would be header
+    # injection into our own answer), nothing over the usual line limit
+    for key, values in wanted.items():
+        sane = [v for v in values if _mirrorable(v)]
+        if key == "via" and len(sane) != len(values):
+            return None  # a Via list we cannot copy whole would misroute the answer
+        wanted[key] = sane
     if not wanted["via"] or not _VIA_SENT_BY_RE.match(wanted["via"][0]):
         return None
     hdrs = [f"Via: {v}" for v in wanted["via"]]
@@ -638,6 +732,10 @@ def _error_response(headers: Iterable[tuple[str, str]], exc: SipError) -> bytes 
     hdrs.append("Content-Length: 0")
     text = CRLF.join([f"{SIP_VERSION} {status} {REASONS.get(status, 'Bad Request')}", *hdrs])
     return (text + CRLF + CRLF).encode("utf-8", "surrogateescape")
+
+
+def _mirrorable(value: str) -> bool:
+    return len(value) <= DEFAULT_LIMITS.max_line and "\r" not in value and "\n" not in value
 
 
 def _quote_safe(text: str) -> str:

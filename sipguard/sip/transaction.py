@@ -16,7 +16,7 @@ Timer values (§17.1.1.1, Table 4), with T1/T2/T4 configurable:
 timer  machine                        value               reliable transport
 ====== ============================== =================== =================
 A      INVITE client, retransmit      T1, doubling        not used
-B      INVITE client, give up         64*T1
+B      INVITE client, give up         64*T1, in Calling
 D      INVITE client, absorb retrans. 32 s                0
 E      non-INVITE client, retransmit  T1, doubling to T2  not used
 F      non-INVITE client, give up     64*T1
@@ -32,6 +32,11 @@ M      INVITE client, Accepted        64*T1               (RFC 6026)
 The INVITE server transaction in *Accepted* also retransmits the 2xx (§13.3.1.4, T1
 doubling to T2) until the TU reports the ACK, so a lost 200 is repeated and an INVITE
 retransmitted after the 2xx is absorbed, never a second call.
+
+Timer B runs only in *Calling* (§17.1.1.2): once a provisional response has come, an
+INVITE may ring for as long as the TU lets it. After the TU CANCELs it, the INVITE gets
+64*T1 for its final response (§9.1). The ``100 Trying`` for an INVITE is the TU's to send
+(it knows whether it will answer within 200 ms, §17.2.1).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from typing import Protocol
 from sipguard.sip.errors import SipError
 from sipguard.sip.message import REASONS, Request, Response, SipMessage, Via
 from sipguard.sip.timers import Timer, TimerHeap
+from sipguard.sip.uri import parse_name_addr
 
 MAGIC_COOKIE = "z9hG4bK"
 
@@ -83,15 +89,17 @@ class State(Enum):
 
 
 S = State
-# (machine, from, to, event, RFC section)
+# (machine, from, to, event, RFC section). Each machine asserts that every state change it
+# makes is a row here; tests/test_sip_transaction.py checks that every row is exercised and
+# draws docs/transactions.md from this table.
 TRANSITIONS: tuple[tuple[str, State, State, str, str], ...] = (
-    ("ICT", S.CALLING, S.PROCEEDING, "1xx", "17.1.1.2"),
+    ("ICT", S.CALLING, S.PROCEEDING, "1xx (stop Timers A and B)", "17.1.1.2"),
     ("ICT", S.CALLING, S.ACCEPTED, "2xx", "RFC 6026 7.2"),
     ("ICT", S.CALLING, S.COMPLETED, "300-699 (send ACK)", "17.1.1.2"),
     ("ICT", S.CALLING, S.TERMINATED, "Timer B / transport error", "17.1.1.2"),
     ("ICT", S.PROCEEDING, S.ACCEPTED, "2xx", "RFC 6026 7.2"),
     ("ICT", S.PROCEEDING, S.COMPLETED, "300-699 (send ACK)", "17.1.1.2"),
-    ("ICT", S.PROCEEDING, S.TERMINATED, "Timer B / transport error", "17.1.1.2"),
+    ("ICT", S.PROCEEDING, S.TERMINATED, "no final 64*T1 after CANCEL / transport error", "9.1"),
     ("ICT", S.COMPLETED, S.TERMINATED, "Timer D", "17.1.1.2"),
     ("ICT", S.ACCEPTED, S.TERMINATED, "Timer M", "RFC 6026 7.2"),
     ("NICT", S.TRYING, S.PROCEEDING, "1xx", "17.1.2.2"),
@@ -102,15 +110,17 @@ TRANSITIONS: tuple[tuple[str, State, State, str, str], ...] = (
     ("NICT", S.COMPLETED, S.TERMINATED, "Timer K", "17.1.2.2"),
     ("IST", S.PROCEEDING, S.ACCEPTED, "TU sends 2xx", "RFC 6026 7.1"),
     ("IST", S.PROCEEDING, S.COMPLETED, "TU sends 300-699", "17.2.1"),
-    ("IST", S.PROCEEDING, S.TERMINATED, "transport error", "17.2.1"),
+    ("IST", S.PROCEEDING, S.TERMINATED, "transport error / TU drops it", "17.2.1"),
     ("IST", S.COMPLETED, S.CONFIRMED, "ACK", "17.2.1"),
-    ("IST", S.COMPLETED, S.TERMINATED, "Timer H", "17.2.1"),
-    ("IST", S.CONFIRMED, S.TERMINATED, "Timer I", "17.2.1"),
-    ("IST", S.ACCEPTED, S.TERMINATED, "Timer L", "RFC 6026 7.1"),
+    ("IST", S.COMPLETED, S.TERMINATED, "Timer H / TU drops it", "17.2.1"),
+    ("IST", S.CONFIRMED, S.TERMINATED, "Timer I / TU drops it", "17.2.1"),
+    ("IST", S.ACCEPTED, S.TERMINATED, "Timer L / TU drops it", "RFC 6026 7.1"),
     ("NIST", S.TRYING, S.PROCEEDING, "TU sends 1xx", "17.2.2"),
     ("NIST", S.TRYING, S.COMPLETED, "TU sends 200-699", "17.2.2"),
+    ("NIST", S.TRYING, S.TERMINATED, "TU drops it", "17.2.2"),
     ("NIST", S.PROCEEDING, S.COMPLETED, "TU sends 200-699", "17.2.2"),
-    ("NIST", S.COMPLETED, S.TERMINATED, "Timer J", "17.2.2"),
+    ("NIST", S.PROCEEDING, S.TERMINATED, "transport error / TU drops it", "17.2.2"),
+    ("NIST", S.COMPLETED, S.TERMINATED, "Timer J / TU drops it", "17.2.2"),
 )
 _ALLOWED = frozenset((m, a, b) for m, a, b, _, _ in TRANSITIONS)
 
@@ -163,7 +173,7 @@ def new_tag() -> str:
 
 
 class Transaction:
-    __slots__ = ("flow", "key", "layer", "machine", "request", "state", "timers")
+    __slots__ = ("_deadline", "_rtx", "flow", "key", "layer", "machine", "request", "state")
 
     machine: str
 
@@ -173,7 +183,10 @@ class Transaction:
         self.request = request
         self.flow = flow
         self.state = State.TRYING
-        self.timers: list[Timer] = []
+        # at most two timers per transaction: the retransmission timer (A, E, G, or the
+        # 2xx's) and the one that ends the state (B, D, F, H, I, J, K, L, M, §9.1 CANCEL)
+        self._rtx: Timer | None = None
+        self._deadline: Timer | None = None
 
     def _to(self, state: State) -> None:
         assert (self.machine, self.state, state) in _ALLOWED, (self.machine, self.state, state)
@@ -183,12 +196,23 @@ class Transaction:
             self.layer._remove(self)
 
     def _cancel_timers(self) -> None:
-        for t in self.timers:
-            t.cancel()
-        self.timers.clear()
+        self._stop_rtx()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
-    def _after(self, delay: float, now: float, fn: Callable[[float], None]) -> None:
-        self.timers.append(self.layer.timers.schedule(now + delay, fn))
+    def _stop_rtx(self) -> None:
+        if self._rtx is not None:
+            self._rtx.cancel()
+            self._rtx = None
+
+    def _retransmit_at(self, when: float, fn: Callable[[float], None]) -> None:
+        self._rtx = self.layer.timers.schedule(when, fn)  # the previous one has fired
+
+    def _deadline_at(self, when: float, fn: Callable[[float], None]) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.layer.timers.schedule(when, fn)
 
     @property
     def terminated(self) -> bool:
@@ -198,7 +222,15 @@ class Transaction:
 class ClientTransaction(Transaction):
     """INVITE (ICT) or non-INVITE (NICT) client transaction, by the request's method."""
 
-    __slots__ = ("_data", "_interval", "ack", "cancel_pending", "owner", "provisional_seen")
+    __slots__ = (
+        "_data",
+        "_interval",
+        "ack",
+        "cancel_pending",
+        "cancel_sent",
+        "owner",
+        "provisional_seen",
+    )
 
     def __init__(
         self,
@@ -215,7 +247,8 @@ class ClientTransaction(Transaction):
         self._interval = layer.t.t1
         self.ack: bytes | None = None
         self.provisional_seen = False
-        self.cancel_pending = False
+        self.cancel_pending = False  # CANCEL asked for before any provisional (§9.1)
+        self.cancel_sent = False
 
     @property
     def is_invite(self) -> bool:
@@ -226,26 +259,25 @@ class ClientTransaction(Transaction):
         self.state = State.CALLING if self.is_invite else State.TRYING
         self.layer.send(self.flow, self._data)
         if not self.flow.reliable:
-            self._after(t.t1, now, self._retransmit)  # Timer A / E
-        self._after(64 * t.t1, now, self._timeout)  # Timer B / F
+            self._retransmit_at(now + t.t1, self._retransmit)  # Timer A / E
+        self._deadline_at(now + 64 * t.t1, self._timeout)  # Timer B / F
 
     def _retransmit(self, now: float) -> None:
-        if self.state not in (State.CALLING, State.TRYING, State.PROCEEDING):
-            return
-        if self.state is State.PROCEEDING and self.is_invite:
-            return  # Timer A stops on a provisional response (§17.1.1.2)
+        """Timer A (INVITE, Calling only) or Timer E (non-INVITE, Trying and Proceeding)."""
+        self._rtx = None
         self.layer.send(self.flow, self._data, retransmission=True)
-        self._interval = self._interval * 2
-        if not self.is_invite:
-            # Timer E doubles up to T2; in Proceeding it fires every T2 (§17.1.2.2)
-            self._interval = min(self._interval, self.layer.t.t2)
-            if self.state is State.PROCEEDING:
-                self._interval = self.layer.t.t2
-        self._after(self._interval, now, self._retransmit)
+        if self.is_invite:
+            self._interval *= 2  # Timer A doubles without a cap (§17.1.1.2)
+        elif self.state is State.PROCEEDING:
+            self._interval = self.layer.t.t2  # Timer E every T2 in Proceeding (§17.1.2.2)
+        else:
+            self._interval = min(self._interval * 2, self.layer.t.t2)
+        self._retransmit_at(now + self._interval, self._retransmit)
 
     def _timeout(self, now: float) -> None:
-        if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
-            self.fail(now)
+        """Timer B or F, or no final response 64*T1 after our CANCEL (§9.1)."""
+        self._deadline = None
+        self.fail(now)
 
     def fail(self, now: float) -> None:
         """Timer B/F fired or the transport failed: terminate and tell the owner (408)."""
@@ -264,6 +296,9 @@ class ClientTransaction(Transaction):
             if status < 200:
                 if state in (State.CALLING, State.PROCEEDING):
                     if state is State.CALLING:
+                        # Timer A stops, and so does Timer B: it only runs in Calling
+                        # (§17.1.1.2); a ringing INVITE waits for its final response
+                        self._cancel_timers()
                         self._to(State.PROCEEDING)
                     self.provisional_seen = True
                     if self.cancel_pending:
@@ -275,7 +310,7 @@ class ClientTransaction(Transaction):
                 if state in (State.CALLING, State.PROCEEDING):
                     self._cancel_timers()
                     self._to(State.ACCEPTED)
-                    self._after(64 * self.layer.t.t1, now, self._end)  # Timer M
+                    self._deadline_at(now + 64 * self.layer.t.t1, self._end)  # Timer M
                 # every 2xx, first or retransmitted, from any fork, goes to the TU (6026)
                 self._deliver(resp, now)
                 return
@@ -284,7 +319,8 @@ class ClientTransaction(Transaction):
                 self.ack = self._build_ack(resp)
                 self.layer.send(self.flow, self.ack)
                 self._to(State.COMPLETED)
-                self._after(0 if self.flow.reliable else self.layer.t.d, now, self._end)  # D
+                d = 0 if self.flow.reliable else self.layer.t.d
+                self._deadline_at(now + d, self._end)  # Timer D
                 self._deliver(resp, now)
             elif state is State.COMPLETED and self.ack is not None:
                 self.layer.send(self.flow, self.ack, retransmission=True)
@@ -299,7 +335,8 @@ class ClientTransaction(Transaction):
             return
         self._cancel_timers()
         self._to(State.COMPLETED)
-        self._after(0 if self.flow.reliable else self.layer.t.t4, now, self._end)  # Timer K
+        k = 0 if self.flow.reliable else self.layer.t.t4
+        self._deadline_at(now + k, self._end)  # Timer K
         self._deliver(resp, now)
 
     def _deliver(self, resp: Response, now: float) -> None:
@@ -307,15 +344,16 @@ class ClientTransaction(Transaction):
             self.owner.on_response(self, resp, now)
 
     def _end(self, now: float) -> None:
-        if self.state is not State.TERMINATED:
-            self._to(State.TERMINATED)
-            self.owner = None
+        """Timer D, K or M."""
+        self._deadline = None
+        self._to(State.TERMINATED)
+        self.owner = None
 
     def _build_ack(self, resp: Response) -> bytes:
         """The ACK for a non-2xx final response (§17.1.1.3): same branch, the response's To."""
         req = self.request
         headers = [
-            ("Via", req.get("via") or ""),
+            ("Via", _top_via_text(req)),
             ("Max-Forwards", "70"),
             ("From", req.get("from") or ""),
             ("To", resp.get("to") or ""),
@@ -327,18 +365,26 @@ class ClientTransaction(Transaction):
         return Request("ACK", req.uri, headers).to_bytes()
 
 
+def _top_via_text(req: Request) -> str:
+    """The top Via entry as written (an ACK or CANCEL carries exactly that one, §9.1)."""
+    vias = req.get_all("via")
+    return vias[0] if vias else ""
+
+
 class ServerTransaction(Transaction):
     """INVITE (IST) or non-INVITE (NIST) server transaction."""
 
-    __slots__ = ("_interval", "last", "last_status", "owner")
+    __slots__ = ("_interval", "acked", "last", "last_status", "last_to", "owner")
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, ...], request: Request, flow: Flow):
         super().__init__(layer, key, request, flow)
         self.machine = "IST" if request.method == "INVITE" else "NIST"
         self.state = State.PROCEEDING if self.machine == "IST" else State.TRYING
         self.owner: ServerOwner | None = None
-        self.last: bytes | None = None
+        self.last: bytes | None = None  # the response to repeat
         self.last_status = 0
+        self.last_to: str | None = None  # its To header (the tag a CANCEL's 200 reuses)
+        self.acked = False  # the TU reported the ACK for our 2xx (Accepted)
         self._interval = layer.t.t1
 
     @property
@@ -348,9 +394,9 @@ class ServerTransaction(Transaction):
     def respond(self, resp: Response | bytes, now: float, status: int | None = None) -> None:
         """Send a response (a :class:`Response`, or bytes with its ``status``)."""
         if isinstance(resp, Response):
-            data, status = resp.to_bytes(), resp.status
+            data, status, to = resp.to_bytes(), resp.status, resp.get("to")
         else:
-            data = resp
+            data, to = resp, None
             if status is None:
                 raise ValueError("status is required with a response given as bytes")
         state = self.state
@@ -360,40 +406,42 @@ class ServerTransaction(Transaction):
                     self.last = data  # a 2xx from another fork: retransmit this one
                     self.layer.send(self.flow, data)
                 return
-            self.last, self.last_status = data, status
+            self.last, self.last_status, self.last_to = data, status, to
             self.layer.send(self.flow, data)
             if status < 200:
                 return
             t = self.layer.t
+            self._interval = t.t1
             if status < 300:
                 self._to(State.ACCEPTED)
-                self._interval = t.t1
                 if not self.flow.reliable:
-                    self._after(t.t1, now, self._retransmit)  # 2xx retransmission (§13.3.1.4)
-                self._after(64 * t.t1, now, self._timer_l)
+                    self._retransmit_at(now + t.t1, self._retransmit)  # 2xx (§13.3.1.4)
+                self._deadline_at(now + 64 * t.t1, self._timer_l)
             else:
                 self._to(State.COMPLETED)
                 if not self.flow.reliable:
-                    self._after(t.t1, now, self._retransmit)  # Timer G
-                self._after(64 * t.t1, now, self._timer_h)
+                    self._retransmit_at(now + t.t1, self._retransmit)  # Timer G
+                self._deadline_at(now + 64 * t.t1, self._timer_h)
             return
         if state not in (State.TRYING, State.PROCEEDING):
             return
-        self.last, self.last_status = data, status
+        self.last, self.last_status, self.last_to = data, status, to
         self.layer.send(self.flow, data)
         if status < 200:
             if state is State.TRYING:
                 self._to(State.PROCEEDING)
             return
         self._to(State.COMPLETED)
-        self._after(0 if self.flow.reliable else 64 * self.layer.t.t1, now, self._end)  # J
+        j = 0 if self.flow.reliable else 64 * self.layer.t.t1
+        self._deadline_at(now + j, self._end)  # Timer J
 
     def _retransmit(self, now: float) -> None:
-        if self.state not in (State.COMPLETED, State.ACCEPTED) or self.last is None:
-            return
+        """Timer G (Completed), or the 2xx's retransmission (Accepted): T1 doubling to T2."""
+        self._rtx = None
+        assert self.last is not None
         self.layer.send(self.flow, self.last, retransmission=True)
         self._interval = min(self._interval * 2, self.layer.t.t2)
-        self._after(self._interval, now, self._retransmit)
+        self._retransmit_at(now + self._interval, self._retransmit)
 
     def retransmitted(self, now: float) -> None:
         """The request came again: repeat the last response (absorbed in Accepted)."""
@@ -407,37 +455,37 @@ class ServerTransaction(Transaction):
         if self.state is State.COMPLETED:
             self._cancel_timers()
             self._to(State.CONFIRMED)
-            self._after(0 if self.flow.reliable else self.layer.t.t4, now, self._end)  # Timer I
+            i = 0 if self.flow.reliable else self.layer.t.t4
+            self._deadline_at(now + i, self._end)  # Timer I
         elif self.state is State.ACCEPTED:
             # stop retransmitting the 2xx; stay to absorb INVITE retransmissions (Timer L)
-            for t in self.timers:
-                if t.callback == self._retransmit:
-                    t.cancel()
-            self.last_status = -self.last_status  # remembers that the ACK came
+            self._stop_rtx()
+            self.acked = True
 
     def _timer_h(self, now: float) -> None:
-        if self.state is State.COMPLETED:
-            self._to(State.TERMINATED)
+        """No ACK for our non-2xx final response in 64*T1 (§17.2.1)."""
+        self._deadline = None
+        self._to(State.TERMINATED)
+        self.owner = None
 
     def _timer_l(self, now: float) -> None:
-        if self.state is State.ACCEPTED:
-            acked = self.last_status < 0
-            self._to(State.TERMINATED)
-            owner, self.owner = self.owner, None
-            if not acked and owner is not None:
-                owner.on_ack_timeout(self, now)
+        self._deadline = None
+        self._to(State.TERMINATED)
+        owner, self.owner = self.owner, None
+        if not self.acked and owner is not None:
+            owner.on_ack_timeout(self, now)
 
     def _end(self, now: float) -> None:
-        if self.state is not State.TERMINATED:
-            self._to(State.TERMINATED)
-            self.owner = None
+        """Timer I or J."""
+        self._deadline = None
+        self._to(State.TERMINATED)
+        self.owner = None
 
     def terminate(self) -> None:
-        """Forget the transaction now (its owner is gone)."""
-        self._cancel_timers()
-        self.state = State.TERMINATED
+        """Forget the transaction now (its owner is gone, or the transport failed)."""
         self.owner = None
-        self.layer._remove(self)
+        if self.state is not State.TERMINATED:
+            self._to(State.TERMINATED)
 
 
 def server_key(req: Request, via: Via) -> tuple[str, ...]:
@@ -510,8 +558,13 @@ class TransactionLayer:
         return tx
 
     def cancel(self, tx: ClientTransaction, now: float) -> None:
-        """CANCEL a pending INVITE (§9.1): at once after a provisional, else when one comes."""
+        """CANCEL a pending INVITE (§9.1): at once after a provisional, else when one comes.
+
+        Only once per INVITE; a no-op once its final response has come.
+        """
         if not tx.is_invite or tx.state not in (State.CALLING, State.PROCEEDING):
+            return
+        if tx.cancel_sent or tx.cancel_pending:
             return
         if tx.provisional_seen:
             self.send_cancel(tx, now)
@@ -519,9 +572,11 @@ class TransactionLayer:
             tx.cancel_pending = True
 
     def send_cancel(self, tx: ClientTransaction, now: float) -> None:
+        """Send the CANCEL for ``tx`` (§9.1): its top Via (same branch), Request-URI, Call-ID,
+        From, To, Route and CSeq number; then give the INVITE 64*T1 for its final response."""
         req = tx.request
         headers = [
-            ("Via", req.get("via") or ""),
+            ("Via", _top_via_text(req)),
             ("Max-Forwards", "70"),
             ("From", req.get("from") or ""),
             ("To", req.get("to") or ""),
@@ -531,7 +586,11 @@ class TransactionLayer:
         headers += [("Route", r) for r in req.get_lines("route")]
         headers.append(("Content-Length", "0"))
         cancel = Request("CANCEL", req.uri, headers)
+        tx.cancel_sent = True
         self.send_request(cancel, tx.flow, _CANCEL_SINK, now)
+        if tx.state is State.PROCEEDING:
+            # §9.1: no final response 64*T1 after the CANCEL: consider it cancelled
+            tx._deadline_at(now + 64 * self.t.t1, tx._timeout)
 
     def receive_response(self, resp: Response, flow: Flow, now: float) -> None:
         via = resp.top_via
@@ -570,18 +629,26 @@ class TransactionLayer:
     def _receive_cancel(
         self, cancel: Request, key: tuple[str, ...], flow: Flow, now: float
     ) -> None:
-        ckey = (*key[:-1], "CANCEL")
-        ctx = self.server.get(ckey)
+        """CANCEL (§9.2): its own non-INVITE server transaction, matched to the INVITE's."""
+        ctx = self.server.get(key)
         if ctx is not None:
             ctx.retransmitted(now)
             return
-        ctx = ServerTransaction(self, ckey, cancel, flow)
-        self.server[ckey] = ctx
-        invite_tx = self.server.get(key)
-        if invite_tx is None or not invite_tx.is_invite:
-            ctx.respond(make_response(cancel, 481), now)
+        ctx = ServerTransaction(self, key, cancel, flow)
+        self.server[key] = ctx
+        invite_tx = self.server.get((*key[:-1], "INVITE"))
+        if invite_tx is None:
+            # §8.2.6.2: a response to a request without a To tag gets one
+            ctx.respond(make_response(cancel, 481, to_tag=new_tag()), now)
             return
-        ctx.respond(make_response(cancel, 200), now)
+        # §9.2: the 200 to the CANCEL SHOULD carry the To tag of the INVITE's responses
+        tag = None
+        if invite_tx.last_to is not None:
+            try:
+                tag = parse_name_addr(invite_tx.last_to).tag
+            except SipError:
+                tag = None
+        ctx.respond(make_response(cancel, 200, to_tag=tag or new_tag()), now)
         if invite_tx.state is State.PROCEEDING and invite_tx.owner is not None:
             invite_tx.owner.on_cancel(invite_tx, cancel, now)
 

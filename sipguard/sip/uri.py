@@ -15,11 +15,30 @@ Params = tuple[tuple[str, str | None], ...]
 
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
 # hostname, IPv4, or bracketed IPv6 (RFC 5118 §4.10: the 3-colon form is tolerated)
-_HOST_RE = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?|[A-Za-z0-9])\Z")
+_HOST = r"\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?"
+_HOST_RE = re.compile(f"(?:{_HOST})\\Z")
 _USER_BAD = re.compile(r"[\x00-\x20\"<>\x7f@]")
-_TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]"
+_TOKEN_RE = re.compile(_TOKEN + r"+\Z")
 _PARAM_VALUE_BAD = re.compile(r"[\x00-\x20\"<>,\x7f]")
+_QUOTED_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"\Z', re.S)
 _HEX = "0123456789abcdefABCDEF"
+
+# Fast paths for the common shapes; whatever they do not match takes the general code,
+# which alone decides what is an error. Printable ASCII only, so that no Unicode
+# whitespace or digit can make the two disagree (tests/test_sip_properties.py checks it).
+# A parameter value: printable ASCII but SP " , ; < > (and, inside a URI, ? @).
+_PVALUE = r"[!#-+\--:=?-~]"
+_URI_PVALUE = r"[!#-+\--:=A-~]"
+_PARAM_ITEM_RE = re.compile(f";({_TOKEN}+)(?:=({_PVALUE}+))?(?=;|\\Z)")
+_SIP_URI_RE = re.compile(
+    r"([Ss][Ii][Pp][Ss]?):"
+    r"(?:([^\x00-\x20\"<>\x7f@:]+)(?::([^\x00-\x20\"<>\x7f@]*))?@)?"
+    f"({_HOST})"
+    r"(?::([0-9]{1,5}))?"
+    f"((?:;{_TOKEN}+(?:={_URI_PVALUE}+)?)*)"
+    r"(?:\?([!#-;=?-~]*))?\Z"
+)
 
 
 def unescape(text: str) -> str:
@@ -40,17 +59,24 @@ def unescape(text: str) -> str:
 
 
 def parse_params(text: str, what: str) -> Params:
-    """``;a=b;c`` (leading ``;`` already removed) into ((name, value|None), ...)."""
+    """``;a=b;c`` (leading ``;`` already removed) into ((name, value|None), ...).
+
+    Names and values may have LWS around them; a value is a token-like word or a quoted
+    string (which may hold ``;`` and ``,``).
+    """
+    items = _PARAM_ITEM_RE.findall(";" + text)
+    if len(items) == text.count(";") + 1:  # every parameter is of the plain shape
+        return tuple([(k, v or None) for k, v in items])
     out: list[tuple[str, str | None]] = []
-    for part in text.split(";"):
+    for part in _split_params(text, what):
         name, eq, value = part.partition("=")
-        name = name.strip()
+        name = name.strip(" \t")
         if not name or not _TOKEN_RE.match(name):
             raise SipError(f"malformed {what} parameter")
         if eq:
-            value = value.strip()
+            value = value.strip(" \t")
             if value.startswith('"'):
-                if len(value) < 2 or not value.endswith('"'):
+                if not _QUOTED_STRING_RE.match(value):
                     raise SipError(f"unbalanced quotes in {what} parameter")
             elif not value or _PARAM_VALUE_BAD.search(value):
                 raise SipError(f"malformed {what} parameter value")
@@ -58,6 +84,33 @@ def parse_params(text: str, what: str) -> Params:
         else:
             out.append((name, None))
     return tuple(out)
+
+
+def _split_params(text: str, what: str) -> list[str]:
+    """Split at ``;`` outside quoted strings."""
+    if '"' not in text:
+        return text.split(";")
+    out: list[str] = []
+    in_q = False
+    start = i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if in_q:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_q = False
+        elif c == '"':
+            in_q = True
+        elif c == ";":
+            out.append(text[start:i])
+            start = i + 1
+        i += 1
+    if in_q:
+        raise SipError(f"unbalanced quotes in {what} parameter")
+    out.append(text[start:])
+    return out
 
 
 def format_params(params: Params) -> str:
@@ -120,7 +173,7 @@ class Uri:
 
 
 def _parse_port(text: str) -> int:
-    if not text.isdigit() or len(text) > 5 or not 0 < int(text) <= 65535:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 0 < int(text) <= 65535:
         raise SipError("invalid port in URI")
     return int(text)
 
@@ -145,6 +198,16 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
 
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raise :class:`SipError` (400) if it is malformed."""
+    m = _SIP_URI_RE.match(text)
+    if m is not None:
+        scheme, user, password, host, port_s, ptext, headers = m.groups()
+        port = None
+        if port_s is not None:
+            port = int(port_s)
+            if not 0 < port <= 65535:
+                raise SipError("invalid port in URI")
+        params = parse_params(ptext[1:], "URI") if ptext else ()
+        return Uri(scheme.lower(), user, password, host.lower(), port, params, headers)
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):
         raise SipError("malformed URI")
@@ -211,10 +274,21 @@ class NameAddr:
 
 
 _QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+# The common ``"Display" <sip:…>;tag=…`` and ``Token words <…>`` shapes, ASCII only.
+_NAME_ADDR_RE = re.compile(
+    r'(?:("(?:[ !#-\[\]-~]|\\[ -~])*")[ \t]*|'
+    f"({_TOKEN}+(?:[ \\t]+{_TOKEN}+)*)[ \\t]*)?"
+    r"<([!#-;=?-~]+)>(;[\t -~]*[!-~])?\Z"
+)
 
 
 def parse_name_addr(text: str) -> NameAddr:
     """Parse one name-addr or addr-spec with header parameters (RFC 3261 §20.10, §25.1)."""
+    m = _NAME_ADDR_RE.match(text)
+    if m is not None:
+        quoted, words, uri_text, rest = m.groups()
+        params = parse_params(rest[1:], "header") if rest else ()
+        return NameAddr(parse_uri(uri_text), quoted or words, params)
     s = text.strip()
     display: str | None = None
     if s.startswith('"'):

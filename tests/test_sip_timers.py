@@ -1,0 +1,210 @@
+"""The timer heap: one deadline for the whole stack, fired with an explicit ``now``."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+from sipguard.sip.timers import TimerHeap
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    def cb(self, name: str):  # type: ignore[no-untyped-def]
+        def fire(now: float) -> None:
+            self.calls.append((name, now))
+
+        return fire
+
+
+def test_empty_heap_has_no_deadline_and_fires_nothing() -> None:
+    heap = TimerHeap()
+    assert heap.next_deadline() is None
+    assert heap.fire(1e9) == 0
+    assert len(heap) == 0
+
+
+def test_timers_fire_earliest_first_with_the_now_given() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    heap.schedule(3.0, rec.cb("c"))
+    heap.schedule(1.0, rec.cb("a"))
+    heap.schedule(2.0, rec.cb("b"))
+    assert heap.next_deadline() == 1.0
+    assert len(heap) == 3
+    assert heap.fire(10.0) == 3
+    assert rec.calls == [("a", 10.0), ("b", 10.0), ("c", 10.0)]
+    assert heap.next_deadline() is None
+    assert len(heap) == 0
+
+
+def test_equal_deadlines_fire_in_scheduling_order() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    for name in "xyzw":
+        heap.schedule(5.0, rec.cb(name))
+    heap.fire(5.0)
+    assert [n for n, _ in rec.calls] == list("xyzw")
+
+
+def test_a_timer_fires_at_exactly_its_deadline_not_before() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    heap.schedule(1.5, rec.cb("t"))
+    assert heap.fire(1.4999999) == 0
+    assert rec.calls == []
+    now = heap.next_deadline()
+    assert now == 1.5
+    assert heap.fire(now) == 1
+    assert rec.calls == [("t", 1.5)]
+
+
+def test_fire_runs_only_what_is_due() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    heap.schedule(1.0, rec.cb("a"))
+    heap.schedule(2.0, rec.cb("b"))
+    assert heap.fire(1.0) == 1
+    assert rec.calls == [("a", 1.0)]
+    assert heap.next_deadline() == 2.0
+
+
+def test_a_cancelled_timer_never_fires_and_is_not_the_deadline() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    first = heap.schedule(1.0, rec.cb("a"))
+    heap.schedule(2.0, rec.cb("b"))
+    first.cancel()
+    assert not first.active
+    assert len(heap) == 1
+    assert heap.next_deadline() == 2.0
+    assert heap.fire(5.0) == 1
+    assert rec.calls == [("b", 5.0)]
+
+
+def test_cancel_is_idempotent_and_a_no_op_after_firing() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    t = heap.schedule(1.0, rec.cb("a"))
+    heap.fire(1.0)
+    t.cancel()
+    t.cancel()
+    assert len(heap) == 0
+    u = heap.schedule(2.0, rec.cb("b"))
+    u.cancel()
+    u.cancel()
+    assert len(heap) == 0
+    assert heap.next_deadline() is None
+    assert rec.calls == [("a", 1.0)]
+
+
+def test_cancelling_every_timer_leaves_no_deadline() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    timers = [heap.schedule(float(i), rec.cb(str(i))) for i in range(5)]
+    for t in timers:
+        t.cancel()
+    assert heap.next_deadline() is None
+    assert heap.fire(100.0) == 0
+    assert rec.calls == []
+
+
+def test_a_callback_may_schedule_timers_due_now_and_later() -> None:
+    heap, rec = TimerHeap(), Recorder()
+
+    def first(now: float) -> None:
+        rec.calls.append(("first", now))
+        heap.schedule(now, rec.cb("same-now"))  # due at once: runs in this fire()
+        heap.schedule(now + 1.0, rec.cb("later"))
+
+    heap.schedule(1.0, first)
+    assert heap.fire(1.0) == 2
+    assert rec.calls == [("first", 1.0), ("same-now", 1.0)]
+    assert heap.next_deadline() == 2.0
+    heap.fire(2.0)
+    assert rec.calls[-1] == ("later", 2.0)
+
+
+def test_a_callback_may_cancel_another_due_timer() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    victim = None
+
+    def killer(now: float) -> None:
+        rec.calls.append(("killer", now))
+        assert victim is not None
+        victim.cancel()
+
+    heap.schedule(1.0, killer)
+    victim = heap.schedule(1.0, rec.cb("victim"))
+    assert heap.fire(1.0) == 1
+    assert rec.calls == [("killer", 1.0)]
+
+
+def test_a_callback_may_cancel_itself_while_running() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    box = []
+
+    def self_cancel(now: float) -> None:
+        rec.calls.append(("self", now))
+        box[0].cancel()  # already fired: nothing happens
+
+    box.append(heap.schedule(1.0, self_cancel))
+    heap.fire(1.0)
+    assert rec.calls == [("self", 1.0)]
+    assert len(heap) == 0
+
+
+def test_cancel_drops_the_callback_at_once() -> None:
+    heap = TimerHeap()
+
+    class Owner:
+        def cb(self, now: float) -> None:
+            return None
+
+    owner = Owner()
+    ref = weakref.ref(owner)
+    t = heap.schedule(100.0, owner.cb)
+    t.cancel()
+    del owner
+    gc.collect()
+    assert ref() is None  # the heap entry no longer keeps the owner alive
+
+
+def test_cancelled_timers_do_not_pile_up() -> None:
+    """Long timers cancelled early (a call's maximum duration) are compacted away."""
+    heap, rec = TimerHeap(), Recorder()
+    keep = [heap.schedule(10_000.0 + i, rec.cb(f"k{i}")) for i in range(100)]
+    for i in range(10_000):
+        heap.schedule(3600.0 + i, rec.cb("x")).cancel()
+    assert len(heap) == 100
+    assert len(heap._heap) <= 2 * len(keep) + 1
+    assert heap.next_deadline() == 10_000.0
+    assert heap.fire(20_000.0) == 100
+    assert [n for n, _ in rec.calls] == [f"k{i}" for i in range(100)]
+
+
+def test_compaction_while_firing_keeps_order_and_due_timers() -> None:
+    """A callback that cancels many timers (compacting the heap) during fire()."""
+    heap, rec = TimerHeap(), Recorder()
+    doomed = [heap.schedule(50.0 + i, rec.cb("doomed")) for i in range(200)]
+
+    def purge(now: float) -> None:
+        rec.calls.append(("purge", now))
+        for t in doomed:
+            t.cancel()
+
+    heap.schedule(1.0, purge)
+    heap.schedule(2.0, rec.cb("after-1"))
+    heap.schedule(2.0, rec.cb("after-2"))
+    heap.schedule(300.0, rec.cb("late"))
+    assert heap.fire(400.0) == 4
+    assert rec.calls == [("purge", 400.0), ("after-1", 400.0), ("after-2", 400.0), ("late", 400.0)]
+    assert len(heap) == 0
+    assert heap.next_deadline() is None
+
+
+def test_len_counts_pending_timers_through_mixed_operations() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    timers = [heap.schedule(float(i), rec.cb(str(i))) for i in range(10)]
+    for t in timers[::2]:
+        t.cancel()
+    assert len(heap) == 5
+    assert heap.next_deadline() == 1.0
+    heap.fire(4.0)  # 1 and 3 run
+    assert len(heap) == 3
+    assert [n for n, _ in rec.calls] == ["1", "3"]
