@@ -3,6 +3,11 @@
 Used by the scenario tests (no sockets, no sleeps: a lost datagram is one not delivered)
 and by ``benchmarks/b2bua.py``. The messages are what SIPp's built-in ``uac``/``uas``
 scenarios send, so the benchmark measures the same work as a SIPp load run.
+
+Besides the caller (127.0.0.3, trunk ``customers``) and the callee (127.0.0.2, trunk
+``pbx``), a test may use further peers (:data:`PEER2` at 127.0.0.4, :data:`PSAP` at
+127.0.0.5) with a configuration of its own: what sipguard sends them is kept in
+:attr:`Wire.others`, and :meth:`Wire.from_peer` delivers what they send.
 """
 
 from __future__ import annotations
@@ -16,8 +21,13 @@ from sipguard.config.model import Config
 from sipguard.sip.message import Request, Response, parse_message
 from sipguard.sip.transaction import Flow
 
-CALLER = ("127.0.0.3", 5062)
-CALLEE = ("127.0.0.2", 5080)
+Addr = tuple[str, int]
+CALLER: Addr = ("127.0.0.3", 5062)
+CALLEE: Addr = ("127.0.0.2", 5080)
+PEER2: Addr = ("127.0.0.4", 5080)  # a second target, or a redirect target
+PSAP: Addr = ("127.0.0.5", 5080)  # an emergency trunk
+STRANGER: Addr = ("192.0.2.9", 5060)  # no trunk's source
+OTHER_PEERS = frozenset({PEER2, PSAP, STRANGER})
 
 CONFIG = """
 listen:
@@ -44,33 +54,65 @@ SDP = (
     b"v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\n"
     b"t=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
 )
+SDP_CALLEE = (
+    b"v=0\r\no=user2 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\n"
+    b"t=0 0\r\nm=audio 7000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+)
 
 
 def default_config(extra: str = "") -> Config:
     return load_config_text(CONFIG + extra, "<callsim>")
 
 
-def invite(n: int, user: str = "0201234567", headers: str = "", body: bytes = SDP) -> bytes:
-    h, p = CALLER
+def config_text(text: str) -> Config:
+    """A whole configuration of a test's own (YAML text)."""
+    return load_config_text(text, "<callsim>")
+
+
+def invite(
+    n: int,
+    user: str = "0201234567",
+    headers: str = "",
+    body: bytes = SDP,
+    *,
+    from_user: str = "+31201234567",
+    from_tag: str | None = None,
+    cseq: int = 1,
+    branch: str | None = None,
+    contact: str | None = None,
+    max_forwards: int = 70,
+    addr: Addr = CALLER,
+) -> bytes:
+    """The caller's INVITE (call ``n``); ``headers`` are extra header lines (CRLF ended)."""
+    h, p = addr
+    tag = from_tag or f"{n}SIPpTag001"
+    br = branch or f"z9hG4bK-{n}-{cseq}-0"
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
     text = (
         f"INVITE sip:{user}@127.0.0.1:5060 SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-{n}-1-0\r\n"
-        f"From: sipp <sip:+31201234567@{h}:{p}>;tag={n}SIPpTag001\r\n"
+        f"Via: SIP/2.0/UDP {h}:{p};branch={br}\r\n"
+        f"From: sipp <sip:{from_user}@{h}:{p}>;tag={tag}\r\n"
         f"To: <sip:{user}@127.0.0.1:5060>\r\n"
         f"Call-ID: {n}-sim@{h}\r\n"
-        "CSeq: 1 INVITE\r\n"
-        f"Contact: sip:sipp@{h}:{p}\r\n"
-        "Max-Forwards: 70\r\n"
+        f"CSeq: {cseq} INVITE\r\n"
+        f"Contact: {contact or f'sip:sipp@{h}:{p}'}\r\n"
+        f"Max-Forwards: {max_forwards}\r\n"
         "Subject: Performance Test\r\n"
         f"{headers}"
-        "Content-Type: application/sdp\r\n"
+        f"{ctype}"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return text.encode() + body
 
 
 def in_dialog(
-    method: str, resp: Response, cseq: int, n: int, branch: str, body: bytes = b""
+    method: str,
+    resp: Response,
+    cseq: int,
+    n: int,
+    branch: str,
+    body: bytes = b"",
+    extra: str = "",
 ) -> bytes:
     """A request of the caller within the dialog the response ``resp`` established."""
     h, p = CALLER
@@ -83,22 +125,28 @@ def in_dialog(
         f"Call-ID: {resp.call_id}\r\n"
         f"CSeq: {cseq} {method}\r\n"
         f"Contact: sip:sipp@{h}:{p}\r\n"
-        "Max-Forwards: 70\r\n"
+        f"Max-Forwards: 70\r\n{extra}"
         f"{ctype}Content-Length: {len(body)}\r\n\r\n"
     )
     return text.encode() + body
 
 
 def response_to(
-    req: Request, status: int, reason: str, to_tag: str | None, body: bytes = b"", extra: str = ""
+    req: Request,
+    status: int,
+    reason: str,
+    to_tag: str | None,
+    body: bytes = b"",
+    extra: str = "",
+    contact: Addr = CALLEE,
 ) -> bytes:
-    """The callee's response to a request (Via, From, To, Call-ID, CSeq copied)."""
+    """A peer's response to a request (Via, From, To, Call-ID, CSeq copied)."""
     vias = "".join(f"Via: {v}\r\n" for v in req.get_lines("via"))
     to = req.get("to") or ""
     if to_tag and ";tag=" not in to:
         to += f";tag={to_tag}"
     ctype = "Content-Type: application/sdp\r\n" if body else ""
-    h, p = CALLEE
+    h, p = contact
     text = (
         f"SIP/2.0 {status} {reason}\r\n{vias}"
         f"From: {req.get('from')}\r\nTo: {to}\r\nCall-ID: {req.call_id}\r\n"
@@ -108,20 +156,32 @@ def response_to(
     return text.encode() + body
 
 
-def callee_request(method: str, invite_req: Request, to_tag: str, cseq: int, n: int) -> bytes:
+def callee_request(
+    method: str,
+    invite_req: Request,
+    to_tag: str,
+    cseq: int,
+    n: int,
+    body: bytes = b"",
+    extra: str = "",
+    addr: Addr = CALLEE,
+) -> bytes:
     """A request of the callee within the B-leg dialog (e.g. its BYE)."""
-    h, p = CALLEE
+    h, p = addr
     contact = invite_req.contacts[0].uri
+    ctype = "Content-Type: application/sdp\r\n" if body else ""
     text = (
         f"{method} {contact} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-callee-{n}-{cseq}\r\n"
+        f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-callee-{n}-{cseq}-{method}\r\n"
         f"From: {invite_req.get('to')};tag={to_tag}\r\n"
         f"To: {invite_req.get('from')}\r\n"
         f"Call-ID: {invite_req.call_id}\r\n"
         f"CSeq: {cseq} {method}\r\n"
-        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        f"Contact: <sip:{h}:{p}>\r\n"
+        f"Max-Forwards: 70\r\n{extra}"
+        f"{ctype}Content-Length: {len(body)}\r\n\r\n"
     )
-    return text.encode()
+    return text.encode() + body
 
 
 @dataclass
@@ -133,6 +193,8 @@ class Wire:
     core: B2BUA = field(init=False)
     to_caller: list[bytes] = field(default_factory=list)
     to_callee: list[bytes] = field(default_factory=list)
+    # what was sent to PEER2, PSAP: by address
+    others: dict[Addr, list[bytes]] = field(default_factory=dict)
     drop: Callable[[Flow, bytes], bool] | None = None  # True: the datagram is lost
 
     def __post_init__(self) -> None:
@@ -146,14 +208,21 @@ class Wire:
         self.core.receive(data, Flow("udp", 0, *CALLEE), self.now)
         self.flush()
 
+    def from_peer(self, addr: Addr, data: bytes) -> None:
+        self.core.receive(data, Flow("udp", 0, *addr), self.now)
+        self.flush()
+
     def flush(self) -> None:
         for flow, data in self.core.outbox:
             if self.drop is not None and self.drop(flow, data):
                 continue
-            if (flow.host, flow.port) == CALLER:
+            addr = (flow.host, flow.port)
+            if addr == CALLER:
                 self.to_caller.append(data)
-            elif (flow.host, flow.port) == CALLEE:
+            elif addr == CALLEE:
                 self.to_callee.append(data)
+            elif addr in OTHER_PEERS:
+                self.others.setdefault(addr, []).append(data)
             else:
                 raise AssertionError(f"sent to an unexpected address {flow}")
         self.core.outbox.clear()
@@ -179,6 +248,51 @@ class Wire:
         msgs = [parse_message(d) for d in self.to_callee]
         self.to_callee.clear()
         return msgs
+
+    def take(self, addr: Addr) -> list[Request | Response]:
+        """What was sent to a peer (caller, callee or another) since the last take."""
+        if addr == CALLER:
+            return self.take_caller()
+        if addr == CALLEE:
+            return self.take_callee()
+        return [parse_message(d) for d in self.others.pop(addr, [])]
+
+
+def requests(msgs: list[Request | Response], method: str | None = None) -> list[Request]:
+    return [m for m in msgs if isinstance(m, Request) and (method is None or m.method == method)]
+
+
+def responses(msgs: list[Request | Response], status: int | None = None) -> list[Response]:
+    return [m for m in msgs if isinstance(m, Response) and (status is None or m.status == status)]
+
+
+@dataclass
+class Established:
+    """A call answered and ACKed: what each side needs for its in-dialog requests."""
+
+    n: int
+    b_invite: Request  # the INVITE the callee received
+    a_ok: Response  # the 200 the caller received
+    callee_tag: str
+
+
+def establish(
+    wire: Wire,
+    n: int,
+    data: bytes | None = None,
+    ok_extra: str = "",
+    ok_body: bytes = SDP_CALLEE,
+) -> Established:
+    """INVITE, 180, 200, ACK: a call in progress (the messages so far are taken)."""
+    wire.from_caller(data if data is not None else invite(n))
+    (b_inv,) = requests(wire.take_callee(), "INVITE")
+    tag = f"callee{n}"
+    wire.from_callee(response_to(b_inv, 180, "Ringing", tag))
+    wire.from_callee(response_to(b_inv, 200, "OK", tag, ok_body, extra=ok_extra))
+    (ok,) = responses(wire.take_caller(), 200)
+    wire.from_caller(in_dialog("ACK", ok, 1, n, f"z9hG4bK-{n}-ack"))
+    wire.take_callee()
+    return Established(n, b_inv, ok, tag)
 
 
 def basic_call(wire: Wire, n: int, hold: float = 0.0) -> None:

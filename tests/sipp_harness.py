@@ -518,6 +518,35 @@ class SippResult:
     def messages(self, limit: int = 20000) -> str:
         return self._read("_messages.log", limit)
 
+    def traced(self) -> list[TracedMessage]:
+        """Every message SIPp sent and received, from its ``-trace_msg`` log."""
+        return parse_message_log(self._read("_messages.log", 1 << 30))
+
+    def ladder(self) -> str:
+        """The messages as a short ladder: ``> INVITE (1 INVITE)``, ``< 200 (1 INVITE)``."""
+        out = []
+        for m in self.traced():
+            arrow = ">" if m.direction == "sent" else "<"
+            what = str(m.status) if m.status is not None else (m.method or "?")
+            out.append(f"{arrow} {what} ({m.header('cseq')})")
+        return "\n".join(out)
+
+    def invite_finals(self) -> list[int]:
+        """Final statuses received for INVITEs, in order, retransmissions left out."""
+        seen: set[tuple[str, int]] = set()
+        out: list[int] = []
+        for m in self.traced():
+            if m.direction != "received" or m.status is None or m.status < 200:
+                continue
+            cseq = m.header("cseq")
+            if not cseq.upper().endswith("INVITE"):
+                continue
+            key = (cseq, m.status)
+            if key not in seen:
+                seen.add(key)
+                out.append(m.status)
+        return out
+
     def errors(self, limit: int = 8000) -> str:
         return self._read("_errors.log", limit)
 
@@ -534,9 +563,81 @@ class SippResult:
             f"--- SIPp {self.name}: exit {rc} ({SIPP_EXIT.get(rc or 0, '?')}), "
             f"successful={self.successful} failed={self.failed} "
             f"failures={self.failure_counters()} retrans={self.retransmissions}\n"
+            f"--- ladder ({self.name}):\n{self.ladder()}\n"
             f"--- errors:\n{self.errors()}\n--- screen:\n{self.screen()}\n"
             f"--- stdout/stderr:\n{self.output()}\n--- messages:\n{self.messages()}\n"
         )
+
+
+@dataclass
+class TracedMessage:
+    """One SIP message from a SIPp ``-trace_msg`` log."""
+
+    direction: str  # "sent" or "received"
+    start_line: str
+    headers: list[tuple[str, str]]
+    body: str
+
+    @property
+    def status(self) -> int | None:
+        if self.start_line.startswith("SIP/2.0 "):
+            with contextlib.suppress(ValueError, IndexError):
+                return int(self.start_line.split()[1])
+        return None
+
+    @property
+    def method(self) -> str | None:
+        return None if self.status is not None else self.start_line.split(" ", 1)[0]
+
+    def header(self, name: str) -> str:
+        """The first value of header ``name`` (compact forms not expanded), or ''."""
+        values = self.header_all(name)
+        return values[0] if values else ""
+
+    def header_all(self, name: str) -> list[str]:
+        low = name.lower()
+        return [v for n, v in self.headers if n.lower() == low]
+
+    def head(self) -> str:
+        """Start line and headers as text (no body)."""
+        return "\n".join([self.start_line, *(f"{n}: {v}" for n, v in self.headers)])
+
+
+_TRACE_SEP = "-----------------------------------------------"
+
+
+def parse_message_log(text: str) -> list[TracedMessage]:
+    """Split a SIPp ``-trace_msg`` log into messages (UDP and TCP, sent and received)."""
+    out: list[TracedMessage] = []
+    for block in text.split(_TRACE_SEP)[1:]:
+        lines = block.split("\n")
+        # lines[0]: the date; lines[1]: "UDP message sent (N bytes):" / "... received [N] bytes :"
+        if len(lines) < 4:
+            continue
+        what = lines[1]
+        if " message " not in what:
+            continue
+        direction = "sent" if " sent" in what else "received"
+        rest = lines[2:]
+        while rest and not rest[0].strip():
+            rest = rest[1:]
+        if not rest:
+            continue
+        start = rest[0].strip()
+        headers: list[tuple[str, str]] = []
+        i = 1
+        while i < len(rest) and rest[i].strip():
+            line = rest[i].rstrip("\r")
+            if line[:1] in (" ", "\t") and headers:
+                n, v = headers[-1]
+                headers[-1] = (n, v + " " + line.strip())
+            else:
+                n, _, v = line.partition(":")
+                headers.append((n.strip(), v.strip()))
+            i += 1
+        body = "\n".join(x.rstrip("\r") for x in rest[i + 1 :]).strip()
+        out.append(TracedMessage(direction, start, headers, body))
+    return out
 
 
 class Sipp:

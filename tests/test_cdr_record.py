@@ -127,6 +127,15 @@ def test_unanswered_end_record() -> None:
     assert data["status"] == 486
 
 
+def test_builders_never_fail_on_a_clock_that_steps_back() -> None:
+    s = _start(start=T0, answer=T0 - 0.004)
+    assert s.answer == s.start
+    e = _end(start=T0, answer=T0 - 0.004, end=T0 - 1.0)
+    assert e.answer == e.start == e.end and e.duration_ms == 0
+    e = _end(start=T0, answer=None, end=T0 - 1.0, status=487, end_reason="cancel")
+    assert e.end == e.start and e.duration_ms == 0
+
+
 def test_end_of_start_record() -> None:
     start = _start()
     end = end_of(

@@ -109,6 +109,7 @@ def test_torn_line_never_fails_start_up(tmp_path: Path) -> None:
     assert f.read_text() == s1.to_json() + "\n"  # cut off
     (e,) = [r for r in all_records(tmp_path) if r["kind"] == "end"]
     assert e["id"] == s1.id and e["end_reason"] == "crash_recovered"
+    assert e["end"] == format_ts(DAY + 200)  # the repair is no sign of life
 
 
 def test_nothing_to_recover_on_a_first_start(tmp_path: Path) -> None:

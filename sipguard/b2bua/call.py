@@ -238,9 +238,10 @@ class Relay:
                 # the offer was in our re-INVITE: the answer is here, ACK at once
                 self.ack = call.ack_bytes(self.to_leg, resp.cseq.number, b"")
                 call.core.layer.send(self.to_leg.flow, self.ack)
-            else:
-                # the answer will come in the other side's ACK (late offer re-INVITE)
-                call.pending_ack[self.from_leg.is_a] = self
+            # else the answer will come in the other side's ACK (late offer re-INVITE);
+            # either way that ACK must reach the server transaction, or our 2xx is
+            # retransmitted until Timer L (§13.3.1.4)
+            call.pending_ack[self.from_leg.is_a] = self
         if status >= 200 and method in ("INVITE", "UPDATE"):
             call.offer_pending = False
             if status < 300:
@@ -275,8 +276,10 @@ class Relay:
         call.hangup(not self.from_leg.is_a, now, reason="timeout", status=408)
 
     def ack_from_peer(self, req: Request, now: float) -> None:
-        """The other side's ACK for the relayed 2xx carries the answer: pass it on."""
+        """The other side's ACK for the relayed 2xx: stops our 2xx; an answer goes on."""
         self.inbound.ack_received(now)
+        if self.ack is not None:
+            return  # the offer was in the re-INVITE: its 2xx was ACKed on arrival
         self.ack = self.call.ack_bytes(self.to_leg, self.to_leg.local_seq, req.body)
         self.call.core.layer.send(self.to_leg.flow, self.ack)
 
@@ -330,6 +333,7 @@ class Call:
         "config",
         "core",
         "emergency",
+        "forks",
         "held_final",
         "id",
         "ident",
@@ -389,6 +393,7 @@ class Call:
         self.offer_pending = False
         self.pending_ack: dict[bool, Relay] = {}  # by "ACK arrives on the A-leg"
         self.redirects = 0
+        self.forks: dict[str, bytes] | None = None  # To tag -> our ACK, of 2xx we BYEd
         self.auth_retry = False  # this INVITE answers a challenge relayed from the B-leg
         # reliable provisional responses towards the caller (RFC 3262)
         self.a_rseq = 0
@@ -745,6 +750,14 @@ class Call:
         """A 2xx we will not use: ACK it and end that dialog with BYE (§13.2.2.4)."""
         b = self.b
         assert b is not None
+        tag = resp.to.tag or ""
+        if self.forks is None:
+            self.forks = {}
+        forks = self.forks
+        if tag in forks:
+            # that 2xx again (our ACK was lost): ACK it again, BYE it only once (§13.2.2.4)
+            self.core.layer.send(b.flow, forks[tag], retransmission=True)
+            return
         fork = Leg(self.core, False, b.call_id, b.flow)
         fork.local_tag = b.local_tag
         fork.local_uri = b.local_uri
@@ -754,7 +767,8 @@ class Call:
         fork.remote_target = str(contacts[0].uri) if contacts else b.remote_target
         fork.route_set = list(reversed(resp.get_all("record-route")))
         fork.local_seq = resp.cseq.number
-        self.core.layer.send(fork.flow, self.ack_bytes(fork, resp.cseq.number, b""))
+        forks[tag] = self.ack_bytes(fork, resp.cseq.number, b"")
+        self.core.layer.send(fork.flow, forks[tag])
         fork.send(fork.request("BYE"), IGNORE, now)
 
     # -- in-dialog requests ----------------------------------------------------------------
@@ -774,6 +788,10 @@ class Call:
             return
         if method == "PRACK" and leg.is_a:
             self.on_prack(req, stx, now)
+            return
+        if method == "REFER":
+            # never relayed: a transfer would send the call anywhere (issue 3: 403)
+            stx.respond(make_response(req, 403), now)
             return
         b = self.b
         if self.state == ENDED or b is None or b.remote_tag is None:

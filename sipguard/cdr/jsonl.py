@@ -119,13 +119,15 @@ class AppendFile:
 
 def repair_tail(path: str) -> int:
     """Cut a torn last line (bytes after the last newline, left by a crash mid-write) off
-    ``path``. Returns the number of bytes removed; never raises for a missing file."""
+    ``path``. Returns the number of bytes removed; never raises for a missing file. The
+    file keeps its modification time: crash recovery reads it as the last sign of life."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return 0
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
         pos = size
         keep = 0
         while pos > 0:
@@ -140,6 +142,8 @@ def repair_tail(path: str) -> int:
             return 0
         os.ftruncate(fd, keep)
         os.fsync(fd)
+        with contextlib.suppress(OSError):
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
         log.warning(
             "cdr: removed a torn last line (%d bytes) from %s", size - keep, os.path.basename(path)
         )

@@ -22,7 +22,6 @@ Conventions for the fields SPEC §6 leaves open:
 
 from __future__ import annotations
 
-import calendar
 import json
 import re
 import secrets
@@ -30,6 +29,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final, Literal, cast
 
 SCHEMA_VERSION: Final = 1
@@ -99,6 +99,7 @@ _NUMBER_RE: Final = re.compile(r"\+?[0-9*#]{0,32}|urn:service:sos(?:\.[a-z0-9-]+
 _TRUNK_RE: Final = re.compile(r"[^\s\x00-\x1f\x7f]{1,128}")
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 _MS: Final = timedelta(milliseconds=1)
 
 
@@ -123,12 +124,24 @@ def format_ts(seconds: float) -> str:
     return format_ms(epoch_ms(seconds))
 
 
+@lru_cache(maxsize=64)
+def _day_ms(day: str) -> int:
+    """Epoch milliseconds of a UTC midnight ``YYYY-MM-DD`` (validated by the calendar)."""
+    return (date.fromisoformat(day).toordinal() - _EPOCH_ORDINAL) * 86_400_000
+
+
 def parse_ms(ts: str) -> int:
-    """A record timestamp (exact form) to epoch milliseconds; ValueError otherwise."""
+    """A record timestamp (exact form) to epoch milliseconds; ValueError otherwise.
+
+    On the per-call path (every record is checked when built), so it does its own
+    arithmetic instead of ``time.strptime``.
+    """
     if _TS_RE.fullmatch(ts) is None:
         raise ValueError(f"not a CDR timestamp (YYYY-MM-DDTHH:MM:SS.mmmZ): {ts!r}")
-    whole = time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")
-    return calendar.timegm(whole) * 1000 + int(ts[20:23])
+    hour, minute, second = int(ts[11:13]), int(ts[14:16]), int(ts[17:19])
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError(f"not a CDR timestamp (time of day out of range): {ts!r}")
+    return _day_ms(ts[:10]) + ((hour * 60 + minute) * 60 + second) * 1000 + int(ts[20:23])
 
 
 def ts_to_datetime(ts: str) -> datetime:
@@ -284,7 +297,9 @@ def start_record(
     start: float,
     answer: float,
 ) -> CdrRecord:
-    """The ``start`` record of an answered call; ``start``/``answer`` are epoch seconds."""
+    """The ``start`` record of an answered call; ``start``/``answer`` are epoch seconds
+    (an ``answer`` before ``start``, a wall clock that stepped back, counts as ``start``)."""
+    start_ms = epoch_ms(start)
     return CdrRecord(
         v=SCHEMA_VERSION,
         id=call_id,
@@ -295,8 +310,8 @@ def start_record(
         callee=callee,
         presentation=presentation,
         emergency=emergency,
-        start=format_ts(start),
-        answer=format_ts(answer),
+        start=format_ms(start_ms),
+        answer=format_ms(max(epoch_ms(answer), start_ms)),
         end=None,
         duration_ms=None,
         status=200,
@@ -320,9 +335,11 @@ def end_record(
     end_reason: EndReason,
 ) -> CdrRecord:
     """The ``end`` record of any call attempt; times are epoch seconds (``answer`` None if
-    the call was never answered). ``duration_ms`` is computed here."""
+    the call was never answered). ``duration_ms`` is computed here. Times out of order (a
+    wall clock that stepped back) are clamped: never an answer before the start or an end
+    before the answer, so building a record never fails on the clock."""
     start_ms = epoch_ms(start)
-    answer_ms = epoch_ms(answer) if answer is not None else None
+    answer_ms = max(epoch_ms(answer), start_ms) if answer is not None else None
     end_ms = max(epoch_ms(end), answer_ms if answer_ms is not None else start_ms)
     return CdrRecord(
         v=SCHEMA_VERSION,

@@ -125,7 +125,8 @@ class CdrWriter:
                 log.error("cdr: record submitted after close; not written")
                 return
             self._queue.append(record)
-            self._wake.set()
+            if not self._wake.is_set():
+                self._wake.set()
         except Exception:
             log.exception("cdr: submit failed")
 

@@ -37,6 +37,7 @@ from sipguard.config.model import (
     CdrConfig,
     ClirCodes,
     Config,
+    Dns,
     IPNetwork,
     Limits,
     Listen,
@@ -46,6 +47,7 @@ from sipguard.config.model import (
     SipTimers,
     Trunk,
     TrunkLimits,
+    dns_server_address,
 )
 from sipguard.policy.numbers import cli_pattern_can_match, is_e164
 
@@ -325,6 +327,14 @@ def _host_port(regex: re.Pattern[str], text: str) -> bool:
     return m["port"] is None or 1 <= int(m["port"]) <= 65535
 
 
+def _is_dns_server(text: str) -> bool:
+    try:
+        dns_server_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 _PORT = _rule(lambda v: 1 <= v <= 65535, "port {v} out of range 1-65535")
 _NON_NEGATIVE = _rule(lambda v: v >= 0, "must be 0 or more, got {v}")
 _POSITIVE = _rule(lambda v: v > 0, "must be more than 0, got {v}")
@@ -360,6 +370,9 @@ _CHECKS: dict[tuple[type, str], Check] = {
     (RtpEngine, "control"): _rule(
         lambda v: _host_port(_RTPENGINE, v), "expected udp:HOST:PORT, got {v!r}"
     ),
+    (Dns, "servers"): _rule(_is_dns_server, "expected an IP address or IP:PORT, got {v!r}"),
+    (Dns, "refresh_min"): _POSITIVE,
+    (Dns, "refresh_max"): _POSITIVE,
     (SipTimers, "t1"): _POSITIVE,
     (SipTimers, "t2"): _POSITIVE,
     (SipTimers, "t4"): _POSITIVE,
@@ -423,6 +436,11 @@ def _sip_problems(sip: SipTimers) -> Iterator[tuple[str, str]]:
         yield "t2", f"must not be less than t1 ({sip.t1:g})"
     if 0 < sip.session_expires < sip.min_se:
         yield "session_expires", f"must be 0 (off) or at least min_se ({sip.min_se})"
+
+
+def _dns_problems(dns: Dns) -> Iterator[tuple[str, str]]:
+    if dns.refresh_max < dns.refresh_min:
+        yield "refresh_max", f"must not be less than refresh_min ({dns.refresh_min:g})"
 
 
 def _numbering_problems(plan: Numbering) -> Iterator[tuple[str, str]]:
@@ -492,6 +510,7 @@ _OBJECT_CHECKS: dict[type, Problems] = {
     CdrConfig: _cdr_problems,
     ClirCodes: _clir_problems,
     SipTimers: _sip_problems,
+    Dns: _dns_problems,
     Numbering: _numbering_problems,
     Trunk: _trunk_problems,
     Config: _config_problems,

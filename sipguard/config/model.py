@@ -77,6 +77,41 @@ class RtpEngine:
 
 
 @dataclass(frozen=True, slots=True)
+class Dns:
+    """How trunk targets given by name are resolved (RFC 3263: NAPTR, SRV, A/AAAA)."""
+
+    servers: tuple[str, ...] = ()  # "IP" or "IP:PORT" ("[v6]:PORT"); none: the system resolver
+    # answers are looked up again when their TTL runs out, within these bounds (seconds)
+    refresh_min: float = 30.0
+    refresh_max: float = 3600.0
+
+
+def dns_server_address(text: str) -> tuple[str, int]:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` of a DNS server; raise ``ValueError``."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"invalid DNS server {text!r}")
+        if rest:
+            port = _dns_port(text, rest[1:])
+    elif text.count(":") == 1:  # IPv4:PORT (a bare IPv6 address has two colons or more)
+        host, _, port_text = text.partition(":")
+        port = _dns_port(text, port_text)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"invalid DNS server {text!r}: an IP address or IP:PORT") from None
+    return str(address), port
+
+
+def _dns_port(text: str, port: str) -> int:
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"invalid port in DNS server {text!r}")
+    return int(port)
+
+
+@dataclass(frozen=True, slots=True)
 class SipTimers:
     """RFC 3261 timer base values and the B2BUA's own call timers (all in seconds)."""
 
@@ -149,6 +184,7 @@ class Config:
     sip: SipTimers = field(default_factory=SipTimers)
     drain_seconds: float = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    dns: Dns = field(default_factory=Dns)
 
     def match_trunk(self, listen_index: int, source_ip: IPAddress) -> Trunk | None:
         """The trunk a new request belongs to (SPEC §2), or None: refuse with 403.
