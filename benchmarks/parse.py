@@ -4,7 +4,7 @@ Run: ``.venv/bin/python benchmarks/parse.py`` (``--quick`` for a shorter run).
 
 For each of a typical INVITE (with SDP), 180, 200 (with SDP), ACK and BYE it measures
 
-- ``parse``: :func:`parse_message` alone;
+- ``parse only``: :func:`parse_message` alone;
 - ``parse+access``: :func:`parse_message` plus what a B2BUA reads on every message
   (``top_via.branch``, ``cseq``, ``call_id``, ``from_.tag``, ``to.tag``);
 - ``validate``: :func:`parse_message` plus :meth:`SipMessage.validate`;
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sipguard.sip.message import Request, Response, SipMessage, parse_message  # noqa: E402
+from sipguard.sip.message import Request, Response, SipMessage, parse_message
 
 SDP_OFFER = (
     "v=0\r\n"
@@ -187,7 +187,7 @@ def main() -> None:
     args = ap.parse_args()
     run_time, runs = (0.1, 1) if args.quick else (0.3, 5)
 
-    cols = ("parse", "parse+access", "validate", "serialise")
+    cols = ("parse only", "parse+access", "validate", "serialise")
     print(f"sipguard SIP message core, Python {sys.version.split()[0]}, messages per second")
     print(f"(median of {runs} runs of ~{run_time} s)")
     print(f"{'message':<8} {'bytes':>5} " + " ".join(f"{c:>13}" for c in cols))

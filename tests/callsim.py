@@ -196,12 +196,17 @@ class Wire:
     # what was sent to PEER2, PSAP: by address
     others: dict[Addr, list[bytes]] = field(default_factory=dict)
     drop: Callable[[Flow, bytes], bool] | None = None  # True: the datagram is lost
+    caller_transport: str = "udp"  # or "tcp": the caller on a connection (listen entry 1)
 
     def __post_init__(self) -> None:
         self.core = B2BUA(self.config, None)
 
     def from_caller(self, data: bytes) -> None:
-        self.core.receive(data, Flow("udp", 0, *CALLER), self.now)
+        if self.caller_transport == "udp":
+            flow = Flow("udp", 0, *CALLER)
+        else:
+            flow = Flow(self.caller_transport, 1, *CALLER, conn=1)
+        self.core.receive(data, flow, self.now)
         self.flush()
 
     def from_callee(self, data: bytes) -> None:

@@ -32,6 +32,7 @@ import contextlib
 import copy
 import ctypes
 import json
+import math
 import os
 import shutil
 import signal
@@ -317,7 +318,13 @@ class Sipguard:
         return self.proc.pid
 
     def start(self, timeout: float = 15.0) -> Sipguard:
-        cmd = [*_pin_prefix(self.cpus), *sipguard_command(), "run", "-c", str(self.setup.config_path)]
+        cmd = [
+            *_pin_prefix(self.cpus),
+            *sipguard_command(),
+            "run",
+            "-c",
+            str(self.setup.config_path),
+        ]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             cmd,
@@ -325,7 +332,8 @@ class Sipguard:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
-            preexec_fn=_child_setup(None if _pin_prefix(self.cpus) else self.cpus),
+            # the test process runs no threads of its own; PDEATHSIG is a safety net
+            preexec_fn=_child_setup(None if _pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -492,9 +500,10 @@ class SippResult:
     @property
     def elapsed_s(self) -> float:
         """Elapsed time of the run from the cumulative ``ElapsedTime(C)`` (hh:mm:ss:us)."""
-        value = self.stats.get("ElapsedTime(C)", "")
+        parts = self.stats.get("ElapsedTime(C)", "").split(":")
         try:
-            h, m, s, us = (int(x) for x in value.split(":"))
+            h, m, s = (int(x) for x in parts[:3])
+            us = int(parts[3]) if len(parts) > 3 else 0
         except ValueError:
             return 0.0
         return h * 3600 + m * 60 + s + us / 1e6
@@ -531,15 +540,27 @@ class SippResult:
             out.append(f"{arrow} {what} ({m.header('cseq')})")
         return "\n".join(out)
 
-    def invite_finals(self) -> list[int]:
-        """Final statuses received for INVITEs, in order, retransmissions left out."""
+    def invite_finals(self, *, initial_only: bool = True) -> list[int]:
+        """Final statuses received for INVITEs, in order, retransmissions left out.
+
+        ``initial_only``: only for the INVITEs sent without a To tag (those that set up a
+        call, retries after a 401/407 included), not for re-INVITEs.
+        """
+        traced = self.traced()
+        initial = {
+            m.header("cseq")
+            for m in traced
+            if m.direction == "sent" and m.method == "INVITE" and ";tag=" not in m.header("to")
+        }
         seen: set[tuple[str, int]] = set()
         out: list[int] = []
-        for m in self.traced():
+        for m in traced:
             if m.direction != "received" or m.status is None or m.status < 200:
                 continue
             cseq = m.header("cseq")
             if not cseq.upper().endswith("INVITE"):
+                continue
+            if initial_only and cseq not in initial:
                 continue
             key = (cseq, m.status)
             if key not in seen:
@@ -712,7 +733,10 @@ class Sipp:
         if trace_msg:
             cmd += ["-trace_msg", "-message_file", str(workdir / f"{name}_messages.log")]
         if trace_rtt:
-            cmd += ["-trace_rtt", "-rtt_freq", "1000"]
+            # SIPp writes its response times in batches of -rtt_freq calls and drops a
+            # last incomplete batch: take a batch size that divides the number of calls
+            freq = next(f for f in (1000, 100, 10, 1) if calls % f == 0)
+            cmd += ["-trace_rtt", "-rtt_freq", str(freq)]
         cmd += list(extra)
         self.sipp_cmd = cmd
         # the wrapper: SIGTERM a little after SIPp's own -timeout, SIGKILL 5 s later
@@ -738,7 +762,8 @@ class Sipp:
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_child_setup(None if _pin_prefix(self.cpus) else self.cpus),
+            # the test process runs no threads of its own; PDEATHSIG is a safety net
+            preexec_fn=_child_setup(None if _pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
         )
         return self
 
@@ -752,7 +777,9 @@ class Sipp:
             if not _port_free(self.local_ip, self.local_port, kind):
                 return
             time.sleep(0.02)
-        raise RuntimeError(f"SIPp {self.name} is not listening on {self.local_ip}:{self.local_port}")
+        raise RuntimeError(
+            f"SIPp {self.name} is not listening on {self.local_ip}:{self.local_port}"
+        )
 
     def wait(self, timeout: float | None = None) -> SippResult:
         """Wait for SIPp to exit by itself; stop it by PID if it outlives ``timeout``."""
@@ -831,8 +858,8 @@ def percentile(values: Sequence[float], pct: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(pct / 100.0 * len(ordered) + 0.5)) - 1))
-    return ordered[rank]
+    rank = math.ceil(pct / 100.0 * len(ordered))  # nearest rank, 1-based
+    return ordered[max(0, min(len(ordered), rank) - 1)]
 
 
 def udp_drops() -> dict[str, int]:

@@ -9,7 +9,7 @@ is one not delivered, and ``advance()`` fires the timers in order. T1 is 0.5 s, 
 from __future__ import annotations
 
 import gc
-import weakref
+import sys
 
 import pytest
 
@@ -97,7 +97,6 @@ def test_100_trying_goes_to_the_caller_at_once() -> None:
     (trying,) = w.take_caller()
     assert isinstance(trying, Response) and trying.status == 100
     assert trying.call_id == "1-sim@127.0.0.3"
-    assert trying.to.tag is None  # §8.2.6.2: a 100 gets no To tag
 
 
 def test_b_leg_is_a_dialog_of_its_own_and_hides_the_a_leg_topology() -> None:
@@ -284,7 +283,7 @@ def test_our_bye_to_the_callee_is_retransmitted_when_lost() -> None:
     rec = Recorder(w, "BYE ", CALLEE, lose=2)
     w.drop = rec
     w.from_caller(in_dialog("BYE", e.a_ok, 2, 1, "z9hG4bK-bye"))
-    (ok,) = responses(w.take_caller(), 200)  # the caller's BYE is answered at once
+    assert len(responses(w.take_caller(), 200)) == 1  # the caller's BYE: answered at once
     t0 = w.now
     w.advance(1.6)
     assert [round(t - t0, 3) for t in rec.times] == [0, 0.5, 1.5]
@@ -300,7 +299,7 @@ def test_our_bye_to_the_caller_is_retransmitted_when_lost() -> None:
     rec = Recorder(w, "BYE ", CALLER, lose=1)
     w.drop = rec
     w.from_callee(callee_request("BYE", e.b_invite, e.callee_tag, 1, 1))
-    (ok,) = responses(w.take_callee(), 200)
+    assert len(responses(w.take_callee(), 200)) == 1
     w.advance(0.6)
     (bye,) = requests(w.take_caller(), "BYE")
     assert len(rec.times) == 2
@@ -326,19 +325,25 @@ def test_a_bye_that_is_never_answered_does_not_keep_the_call() -> None:
 # -- CANCEL ------------------------------------------------------------------------------
 
 
+def cancel_of(n: int) -> bytes:
+    """The caller's CANCEL of its INVITE ``n`` (§9.1: the same Request-URI, top Via,
+    From, To, Call-ID and CSeq number)."""
+    return (
+        f"CANCEL sip:0201234567@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.3:5062;branch=z9hG4bK-{n}-1-0\r\n"
+        f"From: sipp <sip:+31201234567@127.0.0.3:5062>;tag={n}SIPpTag001\r\n"
+        f"To: <sip:0201234567@127.0.0.1:5060>\r\n"
+        f"Call-ID: {n}-sim@127.0.0.3\r\n"
+        "CSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
 def test_cancel_before_answer() -> None:
     w = Wire()
     b_inv = start_call(w, 1)
     w.from_callee(response_to(b_inv, 180, "Ringing", "t"))
     w.take_caller()
-    cancel = (
-        invite(1)
-        .replace(b"INVITE sip:", b"CANCEL sip:", 1)
-        .replace(b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
-        .split(b"Content-Type")[0]
-        + b"Content-Length: 0\r\n\r\n"
-    )
-    w.from_caller(cancel)
+    w.from_caller(cancel_of(1))
     to_caller = w.take_caller()
     assert statuses(to_caller) == [200, 487]
     assert to_caller[0].cseq.method == "CANCEL"
@@ -360,17 +365,6 @@ def test_cancel_before_answer() -> None:
     w.from_caller(in_dialog("ACK", to_caller[1], 1, 1, "z9hG4bK-1-1-0"))
     assert w.take_callee() == []
     assert w.core.calls == 0
-
-
-def cancel_of(n: int) -> bytes:
-    return (
-        f"CANCEL sip:0201234567@127.0.0.1:5060 SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.3:5062;branch=z9hG4bK-{n}-1-0\r\n"
-        f"From: sipp <sip:+31201234567@127.0.0.3:5062>;tag={n}SIPpTag001\r\n"
-        f"To: <sip:0201234567@127.0.0.1:5060>\r\n"
-        f"Call-ID: {n}-sim@127.0.0.3\r\n"
-        "CSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
 
 
 def test_cancel_goes_to_the_b_leg_only_after_a_provisional_came_from_it() -> None:
@@ -541,7 +535,8 @@ def test_a_3xx_inside_the_trunk_sources_is_followed() -> None:
     )
     assert len(requests(w.take_callee(), "ACK")) == 1
     (b2,) = requests(w.take(PEER2), "INVITE")
-    assert b2.uri.startswith("sip:") and "127.0.0.4:5080" in b2.uri
+    assert b2.uri == "sip:0201234999@127.0.0.4:5080"  # the Contact of the 3xx (§8.1.3.4)
+    assert b2.call_id == b1.call_id and b2.cseq.number > b1.cseq.number
     assert all(r.status < 300 for r in responses(w.take_caller()))  # never relayed
     w.from_peer(PEER2, response_to(b2, 200, "OK", "p2", SDP_CALLEE, contact=PEER2))
     assert len(responses(w.take_caller(), 200)) == 1
@@ -582,7 +577,7 @@ def test_a_challenge_is_relayed_and_the_retry_goes_on_the_same_b_leg(
     b1 = start_call(w, 1)
     chal = f'{challenge}: Digest realm="pbx.example", nonce="abc123", algorithm=MD5\r\n'
     w.from_callee(response_to(b1, status, "Unauthorized", "t", extra=chal))
-    (ack,) = requests(w.take_callee(), "ACK")
+    assert len(requests(w.take_callee(), "ACK")) == 1
     (rel,) = [r for r in responses(w.take_caller()) if r.status >= 200]
     assert rel.status == status
     assert rel.get(challenge.lower()) == 'Digest realm="pbx.example", nonce="abc123", algorithm=MD5'
@@ -774,9 +769,14 @@ def test_info_and_in_dialog_options_are_relayed(method: str) -> None:
 def test_refer_within_a_dialog_is_refused_not_relayed() -> None:
     w = Wire()
     e = establish(w, 1)
-    refer = in_dialog("REFER", e.a_ok, 2, 1, "z9hG4bK-refer", extra=(
-        "Refer-To: <sip:0900123456@198.51.100.7>\r\n"
-    ))
+    refer = in_dialog(
+        "REFER",
+        e.a_ok,
+        2,
+        1,
+        "z9hG4bK-refer",
+        extra=("Refer-To: <sip:0900123456@198.51.100.7>\r\n"),
+    )
     w.from_caller(refer)
     (r,) = w.take_caller()
     assert isinstance(r, Response) and r.status == 403
@@ -942,7 +942,9 @@ def test_a_caller_refresh_by_reinvite_keeps_the_call() -> None:
     assert len(requests(w.take_caller(), "BYE")) == 1
 
 
-@pytest.mark.parametrize(("allow", "method"), [("INVITE, ACK, BYE, UPDATE", "UPDATE"), ("", "INVITE")])
+@pytest.mark.parametrize(
+    ("allow", "method"), [("INVITE, ACK, BYE, UPDATE", "UPDATE"), ("", "INVITE")]
+)
 def test_we_refresh_the_b_leg_at_half_the_interval_when_the_callee_asks_us_to(
     allow: str, method: str
 ) -> None:
@@ -975,7 +977,8 @@ def test_an_unanswered_refresh_ends_the_call() -> None:
     w.advance(900 + 64 * T1 + 1)
     assert w.core.calls == 0
     assert w.core.cdr_out[-1].end_reason == "session_timeout"
-    assert len(requests(w.take_caller(), "BYE")) == 1
+    byes = requests(w.take_caller(), "BYE")  # the caller does not answer: retransmitted
+    assert len({b.top_via.branch for b in byes}) == 1
 
 
 # -- maximum call duration ---------------------------------------------------------------
@@ -1020,24 +1023,312 @@ def test_nothing_is_left_after_many_calls_and_their_timers() -> None:
 
 
 def test_a_finished_call_is_freed_by_reference_counting_alone() -> None:
-    w = Wire()
-    e = establish(w, 1, invite(1, headers=SE_CALLER + "Supported: 100rel\r\n"))
-    (call,) = set(w.core.dialogs.values())
-    assert isinstance(call, Call)
-    ref = weakref.ref(call)
-    del call
-    w.from_caller(in_dialog("BYE", e.a_ok, 2, 1, "z9hG4bK-bye"))
-    (bye,) = requests(w.take_callee(), "BYE")
-    w.from_callee(response_to(bye, 200, "OK", None))
+    """No reference cycle keeps a call: it goes the moment its last transaction ends.
+
+    ``Call`` has ``__slots__`` without ``__weakref__``, so the test holds the only other
+    reference and checks with ``sys.getrefcount`` that nothing else (no cycle, no timer,
+    no transaction) refers to the call, with the cyclic collector off all along.
+    """
     was_enabled = gc.isenabled()
     gc.disable()
     try:
+        w = Wire()
+        e = establish(w, 1, invite(1, headers=SE_CALLER + "Supported: 100rel\r\n"))
+        w.from_caller(in_dialog("INFO", e.a_ok, 2, 1, "z9hG4bK-info"))
+        (info,) = requests(w.take_callee(), "INFO")
+        w.from_callee(response_to(info, 200, "OK", None))
+        w.take_caller()
+        w.from_caller(in_dialog("INVITE", e.a_ok, 3, 1, "z9hG4bK-re", SDP))
+        (re,) = requests(w.take_callee(), "INVITE")
+        w.from_callee(response_to(re, 200, "OK", None, SDP_CALLEE))
+        (ok,) = responses(w.take_caller(), 200)
+        w.from_caller(in_dialog("ACK", ok, 3, 1, "z9hG4bK-re-ack"))
+        w.from_callee(response_to(e.b_invite, 200, "OK", "fork2", SDP_CALLEE))  # a late fork
+        (fork_bye,) = requests(w.take_callee(), "BYE")
+        w.from_callee(response_to(fork_bye, 200, "OK", None))
+        (call,) = set(w.core.dialogs.values())
+        assert isinstance(call, Call)
+        w.from_caller(in_dialog("BYE", e.a_ok, 4, 1, "z9hG4bK-bye"))
+        (bye,) = requests(w.take_callee(), "BYE")
+        w.from_callee(response_to(bye, 200, "OK", None))
         w.advance(64 * T1 + 10)
         w.take_caller()
-        w.take_callee()
-        if ref() is not None:
-            referrers = [type(r).__name__ for r in gc.get_referrers(ref())]
-            pytest.fail(f"the call is still alive, held by {referrers}")
+        refs = sys.getrefcount(call) - 1  # less getrefcount's own argument
+        if refs != 1:
+            held = [type(r).__name__ for r in gc.get_referrers(call)]
+            pytest.fail(f"the call is still referred to {refs} times: {held}")
     finally:
         if was_enabled:
             gc.enable()
+
+
+# -- more that a real network does -----------------------------------------------------------
+
+
+def test_our_lost_ack_is_repeated_for_a_retransmitted_200_even_after_timer_m() -> None:
+    w = Wire()
+    e = establish(w, 1)
+    again = response_to(e.b_invite, 200, "OK", e.callee_tag, SDP_CALLEE)
+    w.from_callee(again)
+    (ack1,) = requests(w.take_callee(), "ACK")
+    w.advance(64 * T1 + 1)  # the INVITE client transaction is gone (Timer M)
+    assert w.core.layer.client == {}
+    w.from_callee(again)
+    (ack2,) = requests(w.take_callee(), "ACK")
+    assert ack2.to_bytes() == ack1.to_bytes()
+    assert w.take_caller() == []  # not relayed: the caller has its 200
+
+
+def test_a_late_200_from_the_target_we_gave_up_on_is_acked_and_byed() -> None:
+    w = Wire(config_text(TWO_TARGETS))
+    b1 = start_call(w, 1)
+    w.advance(3.0)  # target timeout: on to the second target
+    (b2,) = requests(w.take(PEER2), "INVITE")
+    w.take_callee()
+    # the first target answers after all (its responses were slow, not lost)
+    w.from_callee(response_to(b1, 200, "OK", "late", SDP_CALLEE))
+    to_first = w.take_callee()
+    (ack,) = requests(to_first, "ACK")
+    (bye,) = requests(to_first, "BYE")
+    assert ack.to.tag == "late" and bye.to.tag == "late"
+    assert w.take(PEER2) == []
+    assert responses(w.take_caller(), 200) == []
+    # the call goes on with the second target
+    w.from_peer(PEER2, response_to(b2, 200, "OK", "p2", SDP_CALLEE, contact=PEER2))
+    assert len(responses(w.take_caller(), 200)) == 1
+    assert len(requests(w.take(PEER2), "ACK")) == 1
+
+
+def test_a_rejected_reinvite_is_relayed_and_the_call_goes_on() -> None:
+    w = Wire()
+    e = establish(w, 1)
+    w.from_caller(in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re1", SDP))
+    (re,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(re, 488, "Not Acceptable Here", None))
+    assert len(requests(w.take_callee(), "ACK")) == 1  # the non-2xx ACK, hop by hop
+    (r488,) = responses(w.take_caller(), 488)
+    w.from_caller(in_dialog("ACK", r488, 2, 1, "z9hG4bK-re1"))
+    assert w.take_callee() == []
+    # no offer is pending any more: the next re-INVITE goes through
+    w.from_caller(in_dialog("INVITE", e.a_ok, 3, 1, "z9hG4bK-re2", SDP))
+    (re2,) = requests(w.take_callee(), "INVITE")
+    assert re2.cseq.number == re.cseq.number + 1
+    assert w.core.calls == 1
+
+
+def test_we_refresh_the_a_leg_when_the_caller_makes_us_the_refresher() -> None:
+    w = Wire()
+    se = "Supported: timer\r\nAllow: INVITE, ACK, BYE, CANCEL, UPDATE\r\n"
+    e = establish(w, 1, invite(1, headers=se + "Session-Expires: 120;refresher=uas\r\n"))
+    assert e.a_ok.get("session-expires") == "120;refresher=uas"
+    w.advance(59.9)
+    assert w.take_caller() == []
+    w.advance(0.2)
+    (upd,) = requests(w.take_caller(), "UPDATE")
+    assert upd.call_id == "1-sim@127.0.0.3" and upd.to.tag == "1SIPpTag001"
+    assert upd.body == b""
+    assert requests(w.take_callee()) == []
+    w.from_caller(response_to(upd, 200, "OK", None, extra="Session-Expires: 120;refresher=uas\r\n"))
+    w.advance(60)
+    assert len(requests(w.take_caller(), "UPDATE")) == 1
+    assert w.core.calls == 1
+
+
+def test_a_bye_from_the_caller_before_the_answer_cancels_the_b_leg() -> None:
+    w = Wire()
+    b_inv = start_call(w, 1)
+    w.from_callee(response_to(b_inv, 180, "Ringing", "t"))
+    (ring,) = responses(w.take_caller(), 180)
+    w.from_caller(in_dialog("BYE", ring, 2, 1, "z9hG4bK-early-bye"))
+    to_caller = w.take_caller()
+    assert sorted((r.cseq.method, r.status) for r in responses(to_caller)) == [
+        ("BYE", 200),
+        ("INVITE", 487),
+    ]
+    assert len(requests(w.take_callee(), "CANCEL")) == 1
+    assert w.core.calls == 0
+
+
+@pytest.mark.parametrize("provisional", [100, 180])
+def test_a_target_that_goes_quiet_after_a_provisional_is_given_up_timer_c(
+    provisional: int,
+) -> None:
+    """RFC 3261 §16.6 step 11: Timer C (over 3 minutes), reset by each provisional."""
+    w = Wire()
+    b_inv = start_call(w, 1)
+    w.take_caller()
+    tag = None if provisional == 100 else "t"
+    w.from_callee(response_to(b_inv, provisional, "Ringing", tag))
+    w.advance(120)
+    w.from_callee(response_to(b_inv, provisional, "Ringing", tag))  # still alive
+    w.advance(180)
+    assert w.core.calls == 1
+    w.take_caller()
+    w.advance(200)
+    finals = [r.status for r in responses(w.take_caller()) if r.status >= 200]
+    assert finals and set(finals) == {408}  # not ACKed by this caller: Timer G repeats it
+    cancels = requests(w.take_callee(), "CANCEL")  # unanswered: retransmitted (Timer E)
+    assert cancels and {c.top_via.branch for c in cancels} == {b_inv.top_via.branch}
+    end = w.core.cdr_out[-1]
+    assert (end.end_reason, end.status) == ("timeout", 408)
+    assert w.core.calls == 0
+
+
+def test_a_422_from_the_callee_is_retried_with_its_min_se_not_relayed() -> None:
+    w = Wire()
+    b1 = start_call(w, 1)
+    assert b1.get("session-expires") == "1800"
+    w.from_callee(response_to(b1, 422, "Session Interval Too Small", "t", extra="Min-SE: 3600\r\n"))
+    to_callee = w.take_callee()
+    assert len(requests(to_callee, "ACK")) == 1
+    (b2,) = requests(to_callee, "INVITE")
+    assert b2.call_id == b1.call_id and b2.cseq.number == b1.cseq.number + 1
+    assert (b2.get("session-expires") or "").split(";")[0] == "3600"
+    assert [r.status for r in responses(w.take_caller())] == [100]
+
+
+def test_the_callers_record_route_comes_back_in_the_responses_and_routes_our_bye() -> None:
+    """§12.1.1: the UAS copies Record-Route into a dialog-making response; its route set
+    is that list, in order (and nothing of it reaches the callee: see the topology test)."""
+    w = Wire()
+    rr = (
+        "Record-Route: <sip:rr1.customer.example;lr>\r\n"
+        "Record-Route: <sip:rr2.customer.example;lr>\r\n"
+    )
+    b_inv = start_call(w, 1, invite(1, headers=rr))
+    w.from_callee(response_to(b_inv, 180, "Ringing", "t"))
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    to_caller = w.take_caller()
+    want = ["<sip:rr1.customer.example;lr>", "<sip:rr2.customer.example;lr>"]
+    for resp in responses(to_caller):
+        if resp.status == 100:
+            assert not resp.has("record-route")
+        else:
+            assert resp.get_lines("record-route") == want, resp.status
+    (ok,) = responses(to_caller, 200)
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack"))
+    w.from_callee(callee_request("BYE", b_inv, "t", 1, 1))
+    (bye,) = requests(w.take_caller(), "BYE")
+    assert bye.get_lines("route") == want
+
+
+def test_a_caller_over_tcp_gets_no_retransmissions() -> None:
+    w = Wire(caller_transport="tcp")
+    b_inv = start_call(w, 1)
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    assert ok.contacts[0].uri.param("transport") == "tcp"
+    w.advance(20)
+    assert w.take_caller() == []  # a reliable transport: the 200 is not repeated
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack"))
+    w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-bye"))
+    (bye,) = requests(w.take_callee(), "BYE")
+    w.from_callee(response_to(bye, 200, "OK", None))
+    assert [r.status for r in responses(w.take_caller())] == [200]
+    assert w.core.cdr_out[-1].end_reason == "caller_bye"
+
+
+def test_a_failure_is_not_held_for_the_prack_of_a_183_with_sdp() -> None:
+    """RFC 3262 §3 holds back only a 2xx until the PRACK of a 1xx with an offer."""
+    w = Wire()
+    b_inv = start_call(w, 1, invite(1, headers="Supported: 100rel\r\n"))
+    w.from_callee(response_to(b_inv, 183, "Session Progress", "t", SDP_CALLEE))
+    w.take_caller()
+    w.from_callee(response_to(b_inv, 486, "Busy Here", "t"))
+    assert [r.status for r in responses(w.take_caller())] == [486]
+    assert w.core.cdr_out[-1].status == 486
+
+
+def test_a_cancel_while_a_reliable_183_awaits_its_prack_gets_487() -> None:
+    w = Wire()
+    b_inv = start_call(w, 1, invite(1, headers="Supported: 100rel\r\n"))
+    w.from_callee(response_to(b_inv, 183, "Session Progress", "t", SDP_CALLEE))
+    w.take_caller()
+    w.from_caller(cancel_of(1))
+    to_caller = w.take_caller()
+    assert sorted((r.cseq.method, r.status) for r in responses(to_caller)) == [
+        ("CANCEL", 200),
+        ("INVITE", 487),
+    ]
+    assert len(requests(w.take_callee(), "CANCEL")) == 1
+    w.advance(40)
+    assert responses(w.take_caller(), 183) == []  # no more 183 retransmissions
+
+
+def test_a_refresh_by_reinvite_offers_the_session_unchanged() -> None:
+    """A refresh re-INVITE carries the SDP last sent on that leg, unchanged (RFC 3264 §8):
+    sent without one, the peer's 2xx would hold an offer our ACK cannot answer."""
+    w = Wire()
+    e = establish(w, 1, ok_extra="Session-Expires: 1800;refresher=uac\r\n")
+    w.advance(900.1)
+    (refresh,) = requests(w.take_callee(), "INVITE")
+    assert refresh.body == e.b_invite.body
+    assert refresh.get("content-type") == "application/sdp"
+    w.from_callee(response_to(refresh, 200, "OK", None, SDP_CALLEE))
+    (ack,) = requests(w.take_callee(), "ACK")
+    assert ack.body == b""
+    # the A-leg likewise, with what the caller got last: the callee's answer
+    se = "Supported: timer\r\nSession-Expires: 120;refresher=uas\r\n"
+    e = establish(w, 2, invite(2, headers=se))
+    w.advance(60.1)
+    (refresh,) = requests(w.take_caller(), "INVITE")
+    assert refresh.body == SDP_CALLEE
+
+
+def test_a_target_that_failed_is_skipped_by_the_next_calls_for_a_while() -> None:
+    w = Wire(config_text(TWO_TARGETS))
+    start_call(w, 1)
+    w.advance(3.0)  # the first target is silent: on to the second
+    assert len(requests(w.take(PEER2), "INVITE")) == 1
+    w.take_callee()
+    w.from_caller(invite(2))
+    assert requests(w.take_callee(), "INVITE") == []
+    (b2,) = requests(w.take(PEER2), "INVITE")  # straight to the second target
+    assert b2.uri == "sip:0201234567@127.0.0.4:5080"
+
+
+def test_racing_byes_from_both_sides_end_the_call_once() -> None:
+    w = Wire()
+    e = establish(w, 1)
+    w.from_caller(in_dialog("BYE", e.a_ok, 2, 1, "z9hG4bK-bye"))
+    w.from_callee(callee_request("BYE", e.b_invite, e.callee_tag, 1, 1))  # crossed ours
+    to_callee = w.take_callee()
+    (our_bye,) = requests(to_callee, "BYE")
+    (answer,) = responses(to_callee)
+    assert answer.cseq.method == "BYE" and answer.status in (200, 481)
+    w.from_callee(response_to(our_bye, 200, "OK", None))
+    assert [r.status for r in responses(w.take_caller())] == [200]
+    ends = [r for r in w.core.cdr_out if r.kind == "end"]
+    assert len(ends) == 1 and ends[0].end_reason == "caller_bye"
+    assert w.core.calls == 0
+
+
+def test_update_from_the_callee_in_the_early_dialog_reaches_the_caller() -> None:
+    w = Wire()
+    b_inv = start_call(w, 1)
+    w.from_callee(response_to(b_inv, 183, "Session Progress", "t", SDP_CALLEE))
+    (p183,) = responses(w.take_caller(), 183)
+    w.from_callee(callee_request("UPDATE", b_inv, "t", 1, 1, SDP_CALLEE))
+    (upd,) = requests(w.take_caller(), "UPDATE")
+    assert upd.call_id == "1-sim@127.0.0.3"
+    assert upd.from_.tag == p183.to.tag and upd.to.tag == "1SIPpTag001"
+    assert upd.body == SDP_CALLEE
+    w.from_caller(response_to(upd, 200, "OK", None, SDP, contact=CALLER))
+    (ok,) = responses(w.take_callee(), 200)
+    assert ok.cseq.method == "UPDATE" and ok.body == SDP
+
+
+@pytest.mark.parametrize("answered", [False, True])
+def test_the_200_to_a_cancel_carries_the_dialogs_to_tag(answered: bool) -> None:
+    """§9.2: the To tag of the CANCEL's response and of the INVITE's SHOULD be the same
+    (SIPp, for one, takes the last tag it saw for its BYE)."""
+    w = Wire()
+    b_inv = start_call(w, 1)
+    w.from_callee(response_to(b_inv, 180, "Ringing", "t"))
+    if answered:
+        w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    tags = {r.to.tag for r in responses(w.take_caller()) if r.status > 100}
+    w.from_caller(cancel_of(1))
+    to_caller = responses(w.take_caller())
+    assert {r.to.tag for r in to_caller} == tags
+    assert len(tags) == 1

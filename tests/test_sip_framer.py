@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,7 +48,7 @@ def feed_all(chunks: list[bytes], framer: StreamFramer | None = None) -> list[by
 
 def cut(data: bytes, points: list[int]) -> list[bytes]:
     bounds = [0, *sorted(set(points)), len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def test_whole() -> None:
@@ -215,10 +218,8 @@ def test_arbitrary_bytes_only_sip_errors(data: bytes, points: list[int]) -> None
     try:
         for chunk in cut(data, [p for p in points if p <= len(data)]):
             for msg in framer.feed(chunk):
-                try:
+                with contextlib.suppress(SipError):
                     parse_message(msg, datagram=False).validate()
-                except SipError:
-                    pass
     except SipError:
         pass
     assert framer.buffered <= 2000 + len(data)
@@ -226,7 +227,7 @@ def test_arbitrary_bytes_only_sip_errors(data: bytes, points: list[int]) -> None
 
 @settings(max_examples=100, deadline=None)
 @given(
-    st.lists(st.sampled_from(MESSAGES + [b"\r\n\r\n", b"\r\n"]), max_size=8),
+    st.lists(st.sampled_from([*MESSAGES, b"\r\n\r\n", b"\r\n"]), max_size=8),
     st.lists(st.integers(min_value=0, max_value=3000), max_size=30),
 )
 def test_random_streams_same_whole_bytewise_and_cut(parts: list[bytes], points: list[int]) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+from dataclasses import FrozenInstanceError
+
 import pytest
 
 from sipguard.sip.errors import SipError
@@ -304,7 +308,35 @@ def test_name_addr_is_a_value() -> None:
     a = parse_name_addr('"A" <sip:a@example.com>;tag=1')
     assert a == NameAddr(parse_uri("sip:a@example.com"), '"A"', (("tag", "1"),))
     assert hash(a) == hash(parse_name_addr('"A" <sip:a@example.com>;tag=1'))
+    assert a != parse_name_addr('"A" <sip:a@example.com>;tag=2')
+    assert a != "not a name-addr"
     assert a.uri.user == "a"
+    assert NameAddr(uri=a.uri, display=None).params == ()
+    with pytest.raises(FrozenInstanceError):
+        a.display = "B"  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        del a.params  # type: ignore[misc]
+    assert repr(a) == (
+        "NameAddr(uri=Uri(scheme='sip', user='a', password=None, host='example.com', port=None,"
+        " params=(), headers=None, opaque=None), display='\"A\"', params=(('tag', '1'),))"
+    )
+    match a:
+        case NameAddr(uri, display, params):
+            assert (uri.host, display, params) == ("example.com", '"A"', (("tag", "1"),))
+
+
+def test_name_addr_copies_and_pickles() -> None:
+    a = parse_name_addr('"A" <sip:a@example.com;lr>;tag=1')  # its Uri not built yet
+    for b in (copy.copy(a), copy.deepcopy(a), pickle.loads(pickle.dumps(a))):
+        assert b == a and b.uri.param("lr") == ""
+
+
+def test_name_addr_uri_is_built_once_when_read() -> None:
+    a = parse_name_addr("<sip:a@Example.com:5070;transport=tcp>;tag=1")
+    assert a.tag == "1"
+    first = a.uri
+    assert first is a.uri
+    assert first.host_port() == ("example.com", 5070)
 
 
 def test_spaces_inside_angle_brackets_tolerated() -> None:

@@ -46,6 +46,10 @@ ENDED = 2
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, MESSAGE"
 SESSION_EXPIRED = 'SIP;cause=408;text="Session timer expired"'
+# Timer C (RFC 3261 §16.6 step 11, §16.7 step 2): an INVITE that got a provisional
+# response but no final one is given up (CANCEL, 408 to the caller) after this long
+# without a further provisional, so that no call stays early for ever and holds a slot.
+TIMER_C = 185.0
 
 # Headers that belong to one leg's negotiation or routing: never relayed, rebuilt per leg.
 _PER_LEG = frozenset(
@@ -150,6 +154,7 @@ class Leg:
         "remote_target",
         "remote_uri",
         "route_set",
+        "sdp",
         "st",
         "supports",
     )
@@ -172,6 +177,7 @@ class Leg:
         self.supports: frozenset[str] = frozenset()  # the peer's Supported option tags
         self.allow: frozenset[str] = frozenset()  # the methods the peer allows
         self.st: SessionTimer | None = None
+        self.sdp = b""  # the session description we last sent on this leg
 
     def request(
         self,
@@ -203,6 +209,8 @@ class Leg:
                 hdrs.append(("Session-Expires", self.st.header(request=True)))
         hdrs.extend(headers)
         hdrs.append(("Content-Length", str(len(body))))
+        if body and is_sdp(hdrs):
+            self.sdp = body
         return Request(method, self.remote_target, hdrs, body)
 
     def send(self, req: Request, owner: ClientOwner, now: float) -> ClientTransaction:
@@ -263,6 +271,8 @@ class Relay:
             headers=headers,
             body=resp.body,
         )
+        if resp.body and resp.content_type == "application/sdp":
+            self.from_leg.sdp = resp.body
         self.inbound.respond(out, now)
         if status in (408, 481) and method != "BYE":
             # the dialog is gone on the far side (§12.2.1.2): end the call
@@ -329,6 +339,7 @@ class Call:
         "b",
         "b_ack",
         "b_invite",
+        "b_ruri",
         "b_targets",
         "config",
         "core",
@@ -388,6 +399,7 @@ class Call:
         self.b: Leg | None = None
         self.b_invite: ClientTransaction | None = None
         self.b_targets: list[Flow] = []
+        self.b_ruri: str | None = None  # the Request-URI a followed 3xx gave
         self.b_ack: bytes | None = None
         self.late_offer = not invite.body
         self.offer_pending = False
@@ -479,8 +491,9 @@ class Call:
         body: bytes = b"",
     ) -> None:
         """Respond to the caller's INVITE (provisional responses reliably where asked)."""
-        if self.a_rel is not None and status >= 200 and self.a_rel[2] and not self.held_final:
-            # RFC 3262 §3: no final response before the PRACK of a 1xx with SDP
+        rel = self.a_rel
+        if rel is not None and 200 <= status < 300 and rel[2] and not self.held_final:
+            # RFC 3262 §3: no 2xx before the PRACK of a 1xx with SDP (a failure may go)
             self.held_final = True
             self.a_rel_wait.append(lambda t: self._answer_a(status, t, reason, headers, body))
             return
@@ -490,9 +503,9 @@ class Call:
                 return
             self.a_rseq += 1
             hdrs = [("Require", "100rel"), ("RSeq", str(self.a_rseq)), *(headers or [])]
-            data = self._a_response(status, reason, hdrs, body)
-            self.a_rel = (self.a_rseq, data, bool(body))
-            self.a_invite.respond(data, now, status=status)
+            resp = self._a_response(status, reason, hdrs, body)
+            self.a_rel = (self.a_rseq, resp.to_bytes(), bool(body))
+            self.a_invite.respond(resp, now)
             self._rel_retransmit(now, self.core.layer.t.t1, now + 64 * self.core.layer.t.t1)
             return
         self._answer_a(status, now, reason, headers, body)
@@ -508,20 +521,25 @@ class Call:
         if status >= 200 and self.a_rel_timer is not None:
             self.a_rel_timer.cancel()
             self.a_rel_timer = None
-        self.a_invite.respond(self._a_response(status, reason, headers or [], body), now, status)
+        # a Response, not bytes: the transaction keeps its To (tag) for the 200 to a
+        # CANCEL, which must carry the dialog's tag (§9.2)
+        self.a_invite.respond(self._a_response(status, reason, headers or [], body), now)
 
     def _a_response(
         self, status: int, reason: str | None, headers: list[tuple[str, str]], body: bytes
-    ) -> bytes:
+    ) -> Response:
         hdrs = list(headers)
+        req = self.a_invite.request
         if status < 300 and status != 100:
             hdrs[:0] = [("Contact", self.core.contact(self.a.flow)), ("Allow", ALLOW)]
+            # §12.1.1: a response that makes a dialog carries the request's Record-Route
+            # (the caller's own proxies: nothing of the B-leg)
+            hdrs[:0] = [("Record-Route", v) for v in req.get_lines("record-route")]
         if 200 <= status < 300 and self.a.st is not None:
             hdrs += [("Require", "timer"), ("Session-Expires", self.a.st.header(request=False))]
-        req = self.a_invite.request
-        return make_response(
-            req, status, reason, to_tag=self.a.local_tag, headers=hdrs, body=body
-        ).to_bytes()
+        if body and is_sdp(hdrs):
+            self.a.sdp = body
+        return make_response(req, status, reason, to_tag=self.a.local_tag, headers=hdrs, body=body)
 
     def _rel_retransmit(self, now: float, interval: float, give_up: float) -> None:
         """Retransmit the reliable 1xx at T1, 2T1 … until its PRACK (RFC 3262 §3)."""
@@ -607,7 +625,14 @@ class Call:
         tx.fail(now)
         self._next_target(now, 408)
 
+    def _no_answer(self, now: float) -> None:
+        """Timer C: the target went quiet after a provisional response (§16.7 step 2)."""
+        self.timer = None
+        if self.state == EARLY:
+            self.hangup(True, now, reason="timeout", status=408)
+
     def _next_target(self, now: float, status: int) -> None:
+        self.b_ruri = None  # a redirect's Request-URI was for the target that failed
         if self.b_targets:
             self.core.target_failed(self.b_targets[0], now)
             self.b_targets = self.b_targets[1:]
@@ -633,9 +658,11 @@ class Call:
         assert b is not None
         if tx is not self.b_invite:
             if 200 <= status < 300:
-                self._ack_and_bye(resp, now)
+                self.ack_and_bye(resp, now)
             return
         if status == 100:
+            if self.state == EARLY:
+                self._arm(now + TIMER_C, self._no_answer)  # the target is alive
             return
         if status < 200:
             self._provisional(resp, now)
@@ -648,7 +675,7 @@ class Call:
             else:
                 # another fork answered too, or the caller went away (CANCEL crossed
                 # this 2xx, RFC 5407): ACK it, then BYE it
-                self._ack_and_bye(resp, now)
+                self.ack_and_bye(resp, now)
         elif self.state == EARLY:
             self._failed(resp, now)
 
@@ -657,7 +684,7 @@ class Call:
             return
         b = self.b
         assert b is not None
-        self._disarm()
+        self._arm(now + TIMER_C, self._no_answer)
         to_tag = resp.to.tag
         if to_tag and (b.remote_tag is None or b.remote_tag == to_tag):
             # the early dialog (the first fork's): its target serves UPDATE and PRACK
@@ -718,9 +745,10 @@ class Call:
             self._next_target(now, status)
             return
         if 300 <= status < 400:
-            flow = self.core.redirect_target(self, resp)
-            if flow is not None and self.redirects < 3:
+            found = self.core.redirect_target(self, resp)
+            if found is not None and self.redirects < 3:
                 self.redirects += 1
+                flow, self.b_ruri = found
                 self.b_targets = [flow, *self.b_targets[1:]]
                 self._send_b_invite(now)
                 return
@@ -746,19 +774,23 @@ class Call:
         if self.state == ANSWERED:
             self.hangup(True, now, reason="max_duration", status=self.status, to_a=True)
 
-    def _ack_and_bye(self, resp: Response, now: float) -> None:
-        """A 2xx we will not use: ACK it and end that dialog with BYE (§13.2.2.4)."""
+    def ack_and_bye(self, resp: Response, now: float, flow: Flow | None = None) -> None:
+        """A 2xx we will not use: ACK it and end that dialog with BYE (§13.2.2.4).
+
+        ``flow``: where it came from, when not from the B-leg's current target.
+        """
         b = self.b
         assert b is not None
+        flow = flow or b.flow
         tag = resp.to.tag or ""
         if self.forks is None:
             self.forks = {}
         forks = self.forks
         if tag in forks:
             # that 2xx again (our ACK was lost): ACK it again, BYE it only once (§13.2.2.4)
-            self.core.layer.send(b.flow, forks[tag], retransmission=True)
+            self.core.layer.send(flow, forks[tag], retransmission=True)
             return
-        fork = Leg(self.core, False, b.call_id, b.flow)
+        fork = Leg(self.core, False, b.call_id, flow)
         fork.local_tag = b.local_tag
         fork.local_uri = b.local_uri
         fork.remote_uri = b.remote_uri
@@ -826,10 +858,16 @@ class Call:
         if self.offer_pending:
             leg.st.restart(now)  # an offer/answer is under way: it refreshes too
             return
-        method = "UPDATE" if "UPDATE" in leg.allow else "INVITE"
-        if method == "INVITE":
+        if "UPDATE" in leg.allow:
+            req = leg.request("UPDATE")
+        else:
+            # a re-INVITE offers the session unchanged: the SDP last sent on this leg,
+            # its version the same (RFC 3264 §8); without one the peer's 2xx would hold
+            # an offer that our ACK must answer and cannot (RFC 3261 §13.2.1)
             self.offer_pending = True
-        leg.send(leg.request(method), _Refresh(self, leg), now)
+            ctype = [("Content-Type", "application/sdp")] if leg.sdp else []
+            req = leg.request("INVITE", ctype, leg.sdp)
+        leg.send(req, _Refresh(self, leg), now)
 
     def session_expired(self, leg: Leg, now: float) -> None:
         if self.state == ANSWERED:
@@ -909,6 +947,14 @@ class _Ignore:
 
 
 IGNORE = _Ignore()
+
+
+def is_sdp(headers: Iterable[tuple[str, str]]) -> bool:
+    """Whether headers say the body is a session description (``application/sdp``)."""
+    for name, value in headers:
+        if name.lower() in ("content-type", "c"):
+            return value.split(";", 1)[0].strip().lower() == "application/sdp"
+    return False
 
 
 def _without_tag(value: str) -> str:

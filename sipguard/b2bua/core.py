@@ -178,8 +178,17 @@ class B2BUA:
         if call is None or call.b is None or call.b.key() != key:
             return
         leg = call.b
-        if call.state == ANSWERED and call.b_ack is not None and leg.remote_tag == resp.to.tag:
-            self.layer.send(leg.flow, call.b_ack, retransmission=True)
+        same = leg.remote_tag == resp.to.tag and (leg.flow.host, leg.flow.port) == (
+            flow.host,
+            flow.port,
+        )
+        if same:
+            if call.state == ANSWERED and call.b_ack is not None:
+                self.layer.send(leg.flow, call.b_ack, retransmission=True)
+        elif call.state != ENDED:
+            # a 2xx from a target given up on (failover): that dialog is not ours to
+            # use, but it exists; ACK it and end it with BYE (§13.2.2.4)
+            call.ack_and_bye(resp, now, flow)
 
     def _leg(self, key: tuple[str, str]) -> tuple[Call, Leg] | None:
         call = self.dialogs.get(key)
@@ -408,7 +417,9 @@ class B2BUA:
         trunk_out = call.trunk_out
         ident = call.ident
         ruri = a_req.request_uri
-        if trunk_out.targets:
+        if call.b_ruri is not None:
+            target_uri = call.b_ruri  # where a 3xx from this trunk sent us
+        elif trunk_out.targets:
             if ruri.scheme == "urn" or not ident.dialled:
                 target_uri = a_req.uri
             else:
@@ -425,7 +436,8 @@ class B2BUA:
         if not b.remote_uri:
             to_user = ident.dialled
             b.remote_uri = f"<{target_uri}>" if not to_user else f"<{target_uri.split(';')[0]}>"
-            b.remote_target = target_uri
+        # each target (failover, redirect) is addressed by its own Request-URI
+        b.remote_target = target_uri
         mf = a_req.max_forwards
         max_forwards = 70 if mf is None else mf - 1
         ident_hdrs = identity_headers(ident, b.local_tag, trunk_out, config)
@@ -451,6 +463,8 @@ class B2BUA:
             if ctype and not any(n == "Content-Type" for n, _ in headers):
                 headers.append(("Content-Type", ctype))
         headers.append(("Content-Length", str(len(a_req.body))))
+        if a_req.body and a_req.content_type == "application/sdp":
+            b.sdp = a_req.body
         return Request("INVITE", b.remote_target, headers, a_req.body)
 
     def await_auth_retry(self, call: Call, now: float) -> None:
@@ -491,8 +505,9 @@ class B2BUA:
             refresher = "uac" if timer_ok else "uas"
         return interval, refresher
 
-    def redirect_target(self, call: Call, resp: Response) -> Flow | None:
-        """Where a 3xx points, if that is inside the next trunk's sources (else None)."""
+    def redirect_target(self, call: Call, resp: Response) -> tuple[Flow, str] | None:
+        """Where a 3xx points, if that is inside the next trunk's sources (else None):
+        the flow, and the Contact URI as the new Request-URI (§8.1.3.4, headers off)."""
         for na in resp.contacts:
             uri = na.uri
             if not uri.is_sip:
@@ -505,7 +520,9 @@ class B2BUA:
             if any(ip.version == n.version and ip in n for n in call.trunk_out.sources):
                 flow = self._flow_for(uri, call.trunk_out)
                 if flow is not None:
-                    return flow
+                    return flow, str(
+                        Uri(uri.scheme, uri.user, None, uri.host, uri.port, uri.params)
+                    )
         return None
 
     # -- call outcome ----------------------------------------------------------------------

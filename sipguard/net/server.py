@@ -183,6 +183,18 @@ class Driver:
             conn.close()
 
 
+def restart_needed(old: Config, new: Config) -> set[str]:
+    """The sections of ``new`` that a reload cannot apply (they need a restart)."""
+    out = set()
+    if old.listen != new.listen:
+        out.add("listen")
+    if old.metrics != new.metrics:
+        out.add("metrics")
+    if old.cdr != new.cdr:
+        out.add("cdr")
+    return out
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         stream=sys.stderr,
@@ -210,10 +222,23 @@ async def serve(config_path: str, config: Config) -> int:
             log.error("reload refused, keeping the running configuration: %s", exc)
             metrics.config_reloads.labels("error").inc()
             return
+        restart_only = restart_needed(driver.config, new)
+        if "listen" in restart_only:
+            # the sockets are opened once; new indices would point calls at the wrong ones
+            log.error(
+                "reload refused, keeping the running configuration: %s:0: listen: "
+                "the listening sockets change only with a restart",
+                config_path,
+            )
+            metrics.config_reloads.labels("error").inc()
+            return
         driver.config = new
         driver.core.reload(new)
+        logging.getLogger().setLevel(getattr(logging, new.log_level.upper(), logging.INFO))
         metrics.config_reloads.labels("ok").inc()
         log.info("configuration reloaded from %s", config_path)
+        for section in sorted(restart_only):
+            log.warning("%s: %s: changes take effect at the next restart", config_path, section)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     loop.add_signal_handler(signal.SIGTERM, driver.stopping.set)

@@ -28,7 +28,7 @@ class SipError(Exception):
         return f"SipError({self.reason!r}, status={self.status})"
 
 
-class MessageTooLarge(SipError):
+class MessageTooLarge(SipError):  # noqa: N818 (a public name)
     """A message or one of its parts is over a configured limit (answered 513)."""
 
     def __init__(self, reason: str, status: int | None = 513) -> None:

@@ -7,7 +7,8 @@ so ``%2331%23`` reads as ``#31#`` and ``value%2541`` stays ``value%41``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import FrozenInstanceError, dataclass
 
 from sipguard.sip.errors import SipError
 
@@ -31,14 +32,23 @@ _HEX = "0123456789abcdefABCDEF"
 _PVALUE = r"[!#-+\--:=?-~]"
 _URI_PVALUE = r"[!#-+\--:=A-~]"
 _PARAM_ITEM_RE = re.compile(f";({_TOKEN}+)(?:=({_PVALUE}+))?(?=;|\\Z)")
-_SIP_URI_RE = re.compile(
-    r"([Ss][Ii][Pp][Ss]?):"
-    r"(?:([^\x00-\x20\"<>\x7f@:]+)(?::([^\x00-\x20\"<>\x7f@]*))?@)?"
-    f"({_HOST})"
-    r"(?::([0-9]{1,5}))?"
-    f"((?:;{_TOKEN}+(?:={_URI_PVALUE}+)?)*)"
-    r"(?:\?([!#-;=?-~]*))?\Z"
-)
+_ONE_PARAM_RE = re.compile(f"({_TOKEN}+)(?:=({_PVALUE}+))?\\Z")
+
+
+def _sip_uri(g: str) -> str:
+    """A sip/sips URI. ``g`` opens its groups (scheme, user, password, host, params,
+    headers): ``"("`` to capture them or ``"(?:"``; the port is always captured."""
+    return (
+        f"{g}[Ss][Ii][Pp][Ss]?):"
+        f'(?:{g}[^\\x00-\\x20"<>\\x7f@:]+)(?::{g}[^\\x00-\\x20"<>\\x7f@]*))?@)?'
+        f"{g}{_HOST})"
+        r"(?::([0-9]{1,5}))?"
+        f"{g}(?:;{_TOKEN}+(?:={_URI_PVALUE}+)?)*)"
+        f"(?:\\?{g}[!#-;=?-~]*))?"
+    )
+
+
+_SIP_URI_RE = re.compile(_sip_uri("(") + r"\Z")
 
 
 def unescape(text: str) -> str:
@@ -64,9 +74,18 @@ def parse_params(text: str, what: str) -> Params:
     Names and values may have LWS around them; a value is a token-like word or a quoted
     string (which may hold ``;`` and ``,``).
     """
-    items = _PARAM_ITEM_RE.findall(";" + text)
-    if len(items) == text.count(";") + 1:  # every parameter is of the plain shape
-        return tuple([(k, v or None) for k, v in items])
+    if ";" not in text:
+        m = _ONE_PARAM_RE.match(text)
+        if m is not None:
+            return (m.groups(),)  # type: ignore[return-value]  # (name, value or None)
+    else:
+        items = _PARAM_ITEM_RE.findall(";" + text)
+        if len(items) == text.count(";") + 1:  # every parameter is of the plain shape
+            return tuple([(k, v or None) for k, v in items])
+    return _parse_params_general(text, what)
+
+
+def _parse_params_general(text: str, what: str) -> Params:
     out: list[tuple[str, str | None]] = []
     for part in _split_params(text, what):
         name, eq, value = part.partition("=")
@@ -84,6 +103,20 @@ def parse_params(text: str, what: str) -> Params:
         else:
             out.append((name, None))
     return tuple(out)
+
+
+def _semi_params(text: str, what: str) -> Params:
+    """:func:`parse_params` of a text that starts with its first ``;``."""
+    n = text.count(";")
+    if n == 1:
+        m = _ONE_PARAM_RE.match(text, 1)
+        if m is not None:
+            return (m.groups(),)  # type: ignore[return-value]
+    else:
+        items = _PARAM_ITEM_RE.findall(text)
+        if len(items) == n:
+            return tuple([(k, v or None) for k, v in items])
+    return parse_params(text[1:], what)
 
 
 def _split_params(text: str, what: str) -> list[str]:
@@ -121,9 +154,23 @@ def param(params: Params, name: str) -> str | None:
     """Value of a parameter (names compare case-insensitively); '' for a flag param."""
     name = name.lower()
     for k, v in params:
-        if k.lower() == name:
+        if k == name or k.lower() == name:
             return "" if v is None else v
     return None
+
+
+_set = object.__setattr__
+_new = object.__new__
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    """The setter of a ``__slots__`` field, bypassing a frozen class's ``__setattr__``.
+
+    For the parser's hot paths only: filling the slots of a value it has just checked
+    this way costs about half of what a frozen dataclass ``__init__`` does.
+    """
+    setter: Callable[[object, object], None] = vars(cls)[name].__set__
+    return setter
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +219,16 @@ class Uri:
         return f"{self.scheme}:{userinfo}{self.host}{port}{format_params(self.params)}{hdrs}"
 
 
+_uri_scheme = _slot_setter(Uri, "scheme")
+_uri_user = _slot_setter(Uri, "user")
+_uri_password = _slot_setter(Uri, "password")
+_uri_host = _slot_setter(Uri, "host")
+_uri_port = _slot_setter(Uri, "port")
+_uri_params = _slot_setter(Uri, "params")
+_uri_headers = _slot_setter(Uri, "headers")
+_uri_opaque = _slot_setter(Uri, "opaque")
+
+
 def _parse_port(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 0 < int(text) <= 65535:
         raise SipError("invalid port in URI")
@@ -206,8 +263,20 @@ def parse_uri(text: str) -> Uri:
             port = int(port_s)
             if not 0 < port <= 65535:
                 raise SipError("invalid port in URI")
-        params = parse_params(ptext[1:], "URI") if ptext else ()
-        return Uri(scheme.lower(), user, password, host.lower(), port, params, headers)
+        uri = _new(Uri)
+        _uri_scheme(uri, scheme.lower())
+        _uri_user(uri, user)
+        _uri_password(uri, password)
+        _uri_host(uri, host.lower())
+        _uri_port(uri, port)
+        _uri_params(uri, _semi_params(ptext, "URI") if ptext else ())
+        _uri_headers(uri, headers)
+        _uri_opaque(uri, None)
+        return uri
+    return _parse_uri_general(text)
+
+
+def _parse_uri_general(text: str) -> Uri:
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME_RE.match(scheme):
         raise SipError("malformed URI")
@@ -243,17 +312,63 @@ def _parse_sip(scheme: str, rest: str) -> Uri:
     return Uri(scheme, user, password, host, port, params, headers)
 
 
-@dataclass(frozen=True, slots=True)
 class NameAddr:
-    """``"Display" <uri>;params`` or a bare ``uri;params`` (From, To, Contact, PAI …)."""
+    """``"Display" <uri>;params`` or a bare ``uri;params`` (From, To, Contact, PAI …).
 
-    uri: Uri
-    display: str | None = None  # as written, with quotes if it was quoted
-    params: Params = ()
+    An immutable value like :class:`Uri` (equality, hash, no assignment).
+    :func:`parse_name_addr` checks a SIP URI's syntax at once but builds its :class:`Uri`
+    only when :attr:`uri` is first read (``_uri_text`` is then known to parse): most
+    messages are read for their tags only.
+    """
+
+    __slots__ = ("_uri", "_uri_text", "display", "params")
+    __match_args__ = ("uri", "display", "params")
+
+    _uri: Uri | None
+    _uri_text: str
+    display: str | None  # as written, with quotes if it was quoted
+    params: Params
+
+    def __init__(self, uri: Uri, display: str | None = None, params: Params = ()) -> None:
+        _set(self, "_uri", uri)
+        _set(self, "_uri_text", "")
+        _set(self, "display", display)
+        _set(self, "params", params)
+
+    @property
+    def uri(self) -> Uri:
+        u = self._uri
+        if u is None:
+            u = parse_uri(self._uri_text)
+            _set(self, "_uri", u)
+        return u
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NameAddr):
+            return NotImplemented
+        return (self.uri, self.display, self.params) == (other.uri, other.display, other.params)
+
+    def __hash__(self) -> int:
+        return hash((self.uri, self.display, self.params))
+
+    def __repr__(self) -> str:
+        return f"NameAddr(uri={self.uri!r}, display={self.display!r}, params={self.params!r})"
+
+    def __reduce__(self) -> tuple[type[NameAddr], tuple[Uri, str | None, Params]]:
+        return NameAddr, (self.uri, self.display, self.params)  # copy, deepcopy, pickle
 
     @property
     def tag(self) -> str | None:
-        return param(self.params, "tag")
+        for k, v in self.params:
+            if k == "tag" or k.lower() == "tag":
+                return "" if v is None else v
+        return None
 
     def param(self, name: str) -> str | None:
         return param(self.params, name)
@@ -273,22 +388,46 @@ class NameAddr:
         return f"{disp}<{self.uri}>{format_params(self.params)}"
 
 
+_na_uri = _slot_setter(NameAddr, "_uri")
+_na_uri_text = _slot_setter(NameAddr, "_uri_text")
+_na_display = _slot_setter(NameAddr, "display")
+_na_params = _slot_setter(NameAddr, "params")
+
 _QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 # The common ``"Display" <sip:…>;tag=…`` and ``Token words <…>`` shapes, ASCII only.
-_NAME_ADDR_RE = re.compile(
-    r'(?:("(?:[ !#-\[\]-~]|\\[ -~])*")[ \t]*|'
+_DISPLAY = (
+    r'(?:("[ !#-\[\]-~]*(?:\\[ -~][ !#-\[\]-~]*)*")[ \t]*|'
     f"({_TOKEN}+(?:[ \\t]+{_TOKEN}+)*)[ \\t]*)?"
-    r"<([!#-;=?-~]+)>(;[\t -~]*[!-~])?\Z"
 )
+_NA_PARAMS = r"(;[\t -~]*[!-~])?\Z"
+_NAME_ADDR_RE = re.compile(_DISPLAY + r"<([!#-;=?-~]+)>" + _NA_PARAMS)
+# the same with a sip/sips URI checked in the same pass (its Uri is built when read);
+# groups: quoted display, token display, the URI text, its port, header params
+_NAME_ADDR_SIP_RE = re.compile(_DISPLAY + "<(" + _sip_uri("(?:") + ")>" + _NA_PARAMS)
 
 
 def parse_name_addr(text: str) -> NameAddr:
     """Parse one name-addr or addr-spec with header parameters (RFC 3261 §20.10, §25.1)."""
+    m = _NAME_ADDR_SIP_RE.match(text)
+    if m is not None:
+        quoted, words, uri_text, port, rest = m.groups()
+        if port is not None and not 0 < int(port) <= 65535:
+            raise SipError("invalid port in URI")
+        na = _new(NameAddr)
+        _na_uri(na, None)
+        _na_uri_text(na, uri_text)
+        _na_display(na, quoted or words)
+        _na_params(na, _semi_params(rest, "header") if rest else ())
+        return na
     m = _NAME_ADDR_RE.match(text)
     if m is not None:
         quoted, words, uri_text, rest = m.groups()
         params = parse_params(rest[1:], "header") if rest else ()
         return NameAddr(parse_uri(uri_text), quoted or words, params)
+    return _parse_name_addr_general(text)
+
+
+def _parse_name_addr_general(text: str) -> NameAddr:
     s = text.strip()
     display: str | None = None
     if s.startswith('"'):

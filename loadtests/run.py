@@ -1,0 +1,495 @@
+#!/usr/bin/env python3
+"""SIPp load runner: SIPp ``uac`` → sipguard → SIPp ``uas`` on loopback, with figures.
+
+    python loadtests/run.py --rate 500 --duration 20            # one run
+    python loadtests/run.py --rate 500,1000,2000 --duration 20  # several, one table
+    python loadtests/run.py --rate 1000 --repeat 3              # medians of 3 runs
+    python loadtests/run.py --find-max --duration 15            # highest rate, < 0.1% failed
+    python loadtests/run.py --hold-calls 10000                  # memory per held call
+
+sipguard runs as in production (privacy enforcement on an untrusted customer trunk,
+file CDRs in a temporary directory), pinned to core 1 (``taskset -c 1``); both SIPp
+processes are pinned to core 0 with ``-buff_size 4194304`` (``../shared/SIPP-NOTES.md``).
+Every process is started here and stopped by its PID; every SIPp run is bounded by
+``-m``, ``-timeout`` and a ``timeout`` wrapper.
+
+Printed per run: calls attempted, succeeded, failed; achieved calls/s (succeeded over
+the time calls were being placed); SIPp retransmissions (both sides); INVITE→200
+setup time p50/p99 seen by the caller (``-trace_rtt``; steps of about 4 ms here, so 0
+means under 4 ms); sipguard CPU seconds during the run (``/proc/PID/stat``) and per
+1,000 calls; sipguard peak RSS (``VmHWM``). These are measurements, noisy on a shared
+VM: compare medians (``--repeat``), never assert them in a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.sipp_harness import (  # noqa: E402
+    Setup,
+    Sipguard,
+    metric_sum,
+    percentile,
+    read_cdrs,
+    running,
+    uac,
+    uas,
+    udp_drops,
+    write_config,
+)
+
+SIPGUARD_CPU = (1,)
+SIPP_CPU = (0,)
+BUFF_SIZE = 4194304
+FAIL_RATIO = 0.001  # "< 0.1% failed calls"
+DEFAULT_FIND_MAX_RATES = (500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000)
+
+
+@dataclass
+class LoadResult:
+    rate: float
+    duration_s: float
+    hold_ms: int
+    transport: str
+    attempted: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    achieved_cps: float = 0.0
+    retransmissions: int = 0
+    setup_p50_ms: float | None = None
+    setup_p99_ms: float | None = None
+    setup_max_ms: float | None = None
+    cpu_s: float = 0.0
+    cpu_s_per_1k: float | None = None
+    peak_rss_kb: int = 0
+    cdr_end_records: int = 0
+    uac_exit: int | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+    udp_drops: dict[str, int] = field(default_factory=dict)
+    workdir: str = ""
+
+    @property
+    def failed_ratio(self) -> float:
+        return self.failed / self.attempted if self.attempted else 1.0
+
+    @property
+    def ok(self) -> bool:
+        return self.attempted > 0 and self.failed_ratio < FAIL_RATIO
+
+
+@dataclass
+class HoldResult:
+    target_calls: int
+    held_calls: int = 0
+    rss_idle_kb: int = 0
+    rss_held_kb: int = 0
+    peak_rss_kb: int = 0
+    bytes_per_call: float | None = None
+    cpu_s: float = 0.0
+    failed: int = 0
+    workdir: str = ""
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _setup(workdir: Path, transport: str) -> Setup:
+    return write_config(
+        workdir,
+        target_transport=transport,
+        overrides={
+            "log_level": "warning",  # the INFO line per call is not what is measured
+            "limits": {"max_calls": 50000, "emergency_max_calls": 200},
+        },
+    )
+
+
+def _pins(pin: bool) -> tuple[Sequence[int] | None, Sequence[int] | None]:
+    return (SIPGUARD_CPU, SIPP_CPU) if pin else (None, None)
+
+
+def _drops_for(setup: Setup) -> dict[str, int]:
+    ports = {setup.sip_port, setup.callee_port}
+    return {k: v for k, v in udp_drops().items() if int(k.rsplit(":", 1)[1]) in ports and v}
+
+
+def run_load(
+    rate: float,
+    duration_s: float,
+    hold_ms: int = 1000,
+    *,
+    workdir: Path,
+    transport: str = "udp",
+    pin: bool = True,
+    calls: int | None = None,
+    quiet: bool = False,
+) -> LoadResult:
+    """One run: ``calls`` (default rate * duration) calls at ``rate``, each held ``hold_ms``."""
+    tcp = transport == "tcp"
+    total = calls if calls is not None else max(1, int(rate * duration_s))
+    place_s = total / rate
+    setup = _setup(workdir, transport)
+    sg_cpu, sipp_cpu = _pins(pin)
+    sipguard = Sipguard(setup, cpus=sg_cpu)
+    bound = int(place_s + hold_ms / 1000 + 30)
+    callee = uas(
+        setup,
+        calls=total,
+        timeout_s=bound + 10,
+        tcp=tcp,
+        trace_msg=False,
+        buff_size=BUFF_SIZE,
+        cpus=sipp_cpu,
+    )
+    caller = uac(
+        setup,
+        calls=total,
+        rate=rate,
+        hold_ms=hold_ms,
+        timeout_s=bound,
+        tcp=tcp,
+        trace_msg=False,
+        trace_rtt=True,
+        buff_size=BUFF_SIZE,
+        cpus=sipp_cpu,
+    )
+    result = LoadResult(rate, duration_s, hold_ms, transport, workdir=str(workdir))
+    with running(callee, sipguard):
+        sipguard.start()
+        callee.start()
+        callee.wait_listening()
+        time.sleep(0.2)
+        cpu0 = sipguard.cpu_seconds()
+        _say(f"  {total} calls at {rate:g}/s, held {hold_ms} ms, {transport} …", quiet)
+        t0 = time.monotonic()
+        res = caller.run()
+        wall = time.monotonic() - t0
+        result.cpu_s = sipguard.cpu_seconds() - cpu0
+        result.peak_rss_kb = sipguard.status().get("VmHWM", 0)
+        result.udp_drops = _drops_for(setup)
+        callee_res = callee.stop()
+        sipguard.stop()
+    result.attempted = res.created
+    result.succeeded = res.successful
+    result.failed = res.failed + max(0, res.created - res.successful - res.failed)
+    result.uac_exit = res.returncode
+    result.failures = res.failure_counters()
+    result.retransmissions = res.retransmissions + callee_res.retransmissions
+    placing = max(wall - hold_ms / 1000.0, 1e-3)
+    result.achieved_cps = res.successful / placing
+    rtts = res.rtts_ms
+    result.setup_p50_ms = percentile(rtts, 50)
+    result.setup_p99_ms = percentile(rtts, 99)
+    result.setup_max_ms = max(rtts) if rtts else None
+    if res.successful:
+        result.cpu_s_per_1k = result.cpu_s / res.successful * 1000.0
+    result.cdr_end_records = sum(1 for r in read_cdrs(setup.cdr_dir) if r["kind"] == "end")
+    return result
+
+
+def run_hold(
+    calls: int = 10000,
+    *,
+    workdir: Path,
+    rate: float = 2000,
+    hold_s: int = 120,
+    pin: bool = True,
+    warmup_calls: int = 2000,
+    quiet: bool = False,
+) -> HoldResult:
+    """Hold ``calls`` calls up at once; RSS with them up minus RSS idle, per call.
+
+    sipguard first carries ``warmup_calls`` short calls (so that its caches and the
+    allocator's arenas exist before the idle figure is read), then the held calls are
+    placed at ``rate`` with SIPp ``-l calls`` and a long ``-d``, and the RSS is read once
+    ``sipguard_active_calls`` reaches ``calls``.
+    """
+    setup = _setup(workdir, "udp")
+    sg_cpu, sipp_cpu = _pins(pin)
+    sipguard = Sipguard(setup, cpus=sg_cpu)
+    result = HoldResult(calls, workdir=str(workdir))
+    total = calls + warmup_calls
+    callee = uas(
+        setup,
+        calls=total,
+        timeout_s=hold_s + 120,
+        trace_msg=False,
+        buff_size=BUFF_SIZE,
+        cpus=sipp_cpu,
+    )
+    warm = uac(
+        setup,
+        "warmup",
+        calls=warmup_calls,
+        rate=min(rate, 1000),
+        hold_ms=100,
+        timeout_s=60,
+        trace_msg=False,
+        buff_size=BUFF_SIZE,
+        cpus=sipp_cpu,
+    )
+    held = uac(
+        setup,
+        "held",
+        calls=calls,
+        rate=rate,
+        limit=calls,
+        hold_ms=hold_s * 1000,
+        timeout_s=hold_s + 60,
+        trace_msg=False,
+        buff_size=BUFF_SIZE,
+        cpus=sipp_cpu,
+    )
+    with running(callee, held, sipguard):
+        sipguard.start()
+        callee.start()
+        callee.wait_listening()
+        cpu0 = sipguard.cpu_seconds()
+        _say(f"  warm-up: {warmup_calls} short calls …", quiet)
+        warm_res = warm.run()
+        time.sleep(1.0)
+        result.rss_idle_kb = sipguard.status().get("VmRSS", 0)
+        _say(f"  holding {calls} calls (placed at {rate:g}/s) …", quiet)
+        held.start()
+        deadline = time.monotonic() + calls / rate + 60
+        active = 0.0
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            with contextlib.suppress(OSError):
+                active = metric_sum(sipguard.metrics(), "sipguard_active_calls")
+            if active >= calls or held.proc is None or held.proc.poll() is not None:
+                break
+        time.sleep(1.0)  # let the last ACKs in
+        with contextlib.suppress(OSError):
+            active = metric_sum(sipguard.metrics(), "sipguard_active_calls")
+        status = sipguard.status()
+        result.held_calls = int(active)
+        result.rss_held_kb = status.get("VmRSS", 0)
+        result.peak_rss_kb = status.get("VmHWM", 0)
+        result.cpu_s = sipguard.cpu_seconds() - cpu0
+        held_res = held.stop()
+        callee.stop()
+        sipguard.stop(grace=30)
+    result.failed = warm_res.failed + held_res.failed
+    if result.held_calls:
+        result.bytes_per_call = (
+            (result.rss_held_kb - result.rss_idle_kb) * 1024.0 / result.held_calls
+        )
+    return result
+
+
+def find_max(
+    rates: Sequence[float],
+    duration_s: float,
+    hold_ms: int,
+    *,
+    workdir: Path,
+    transport: str = "udp",
+    pin: bool = True,
+    quiet: bool = False,
+    on_result: Callable[[LoadResult], None] | None = None,
+) -> tuple[float | None, list[LoadResult]]:
+    """Step the rate up; the highest rate with < 0.1% failed calls (stops at the first miss)."""
+    best: float | None = None
+    results: list[LoadResult] = []
+    for rate in rates:
+        r = run_load(
+            rate,
+            duration_s,
+            hold_ms,
+            workdir=workdir / f"rate-{rate:g}",
+            transport=transport,
+            pin=pin,
+            quiet=quiet,
+        )
+        results.append(r)
+        if on_result is not None:
+            on_result(r)
+        if not r.ok:
+            break
+        best = rate
+    return best, results
+
+
+# -- output ----------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("rate", "{:>6g}", "rate/s"),
+    ("attempted", "{:>9d}", "attempted"),
+    ("succeeded", "{:>9d}", "succeeded"),
+    ("failed", "{:>6d}", "failed"),
+    ("achieved_cps", "{:>8.0f}", "calls/s"),
+    ("retransmissions", "{:>7d}", "retrans"),
+    ("setup_p50_ms", "{:>7}", "p50 ms"),
+    ("setup_p99_ms", "{:>7}", "p99 ms"),
+    ("cpu_s", "{:>7.2f}", "cpu s"),
+    ("cpu_s_per_1k", "{:>9}", "cpu s/1k"),
+    ("peak_rss_kb", "{:>8}", "peak MB"),
+)
+
+
+def _cell(name: str, fmt: str, value: Any) -> str:
+    if value is None:
+        return fmt.replace("d}", "}").replace(".0f}", "}").replace(".2f}", "}").format("-")
+    if name in ("setup_p50_ms", "setup_p99_ms"):
+        return fmt.format(f"{value:.0f}")
+    if name == "cpu_s_per_1k":
+        return fmt.format(f"{value:.3f}")
+    if name == "peak_rss_kb":
+        return fmt.format(f"{value / 1024:.1f}")
+    return fmt.format(value)
+
+
+def header() -> str:
+    widths = [len(_cell(n, f, 0 if "d}" in f else 0.0)) for n, f, _ in COLUMNS]
+    return "  ".join(t.rjust(w) for (_, _, t), w in zip(COLUMNS, widths, strict=True))
+
+
+def row(r: LoadResult) -> str:
+    line = "  ".join(_cell(n, f, getattr(r, n)) for n, f, _ in COLUMNS)
+    notes = []
+    if r.failures:
+        notes.append(",".join(f"{k.replace('(C)', '')}={v}" for k, v in r.failures.items()))
+    if r.udp_drops:
+        notes.append(f"udp drops {r.udp_drops}")
+    if r.cdr_end_records != r.attempted:
+        notes.append(f"CDR end records {r.cdr_end_records}")
+    return line + ("  " + "; ".join(notes) if notes else "")
+
+
+def median_result(results: list[LoadResult]) -> LoadResult:
+    """A result whose numeric figures are the medians of ``results`` (counts summed)."""
+    first = results[0]
+    med = LoadResult(first.rate, first.duration_s, first.hold_ms, first.transport)
+
+    def m(name: str) -> Any:
+        vals = [getattr(r, name) for r in results if getattr(r, name) is not None]
+        return statistics.median(vals) if vals else None
+
+    for name in ("achieved_cps", "setup_p50_ms", "setup_p99_ms", "cpu_s", "cpu_s_per_1k"):
+        setattr(med, name, m(name))
+    med.peak_rss_kb = int(m("peak_rss_kb") or 0)
+    for name in ("attempted", "succeeded", "failed", "retransmissions", "cdr_end_records"):
+        setattr(med, name, sum(getattr(r, name) for r in results))
+    return med
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rate", default="500", help="calls per second; a comma list runs each")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of calls per run")
+    p.add_argument("--hold-ms", type=int, default=1000, help="call duration (ACK→BYE), ms")
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    p.add_argument("--repeat", type=int, default=1, help="runs per rate; medians are printed")
+    p.add_argument("--find-max", action="store_true", help="step the rate up (see --rates)")
+    p.add_argument(
+        "--rates",
+        default=",".join(str(r) for r in DEFAULT_FIND_MAX_RATES),
+        help="the steps of --find-max",
+    )
+    p.add_argument("--hold-calls", type=int, default=0, help="hold this many calls up at once")
+    p.add_argument("--hold-rate", type=float, default=2000, help="rate placing the held calls")
+    p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    p.add_argument("--workdir", default=None, help="keep the run's files here")
+    p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    pin = not args.no_pin
+
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    if args.workdir:
+        base = Path(args.workdir)
+        base.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="sipguard-load-")
+        base = Path(tmp.name)
+    try:
+        if args.hold_calls:
+            h = run_hold(
+                args.hold_calls,
+                workdir=base / "hold",
+                rate=args.hold_rate,
+                pin=pin,
+                quiet=args.quiet,
+            )
+            per = f"{h.bytes_per_call / 1024:.2f} KB" if h.bytes_per_call is not None else "-"
+            print(
+                f"held calls {h.held_calls}/{h.target_calls}"
+                f"  RSS idle {h.rss_idle_kb / 1024:.1f} MB"
+                f"  RSS held {h.rss_held_kb / 1024:.1f} MB  peak {h.peak_rss_kb / 1024:.1f} MB"
+                f"  per held call {per}  failed {h.failed}"
+            )
+            if args.json:
+                print(json.dumps(asdict(h)))
+            return 0 if h.held_calls >= h.target_calls else 1
+
+        print(header(), flush=True)
+        if args.find_max:
+            rates = [float(x) for x in args.rates.split(",") if x]
+            best, results = find_max(
+                rates,
+                args.duration,
+                args.hold_ms,
+                workdir=base,
+                transport=args.transport,
+                pin=pin,
+                quiet=args.quiet,
+                on_result=lambda r: print(row(r), flush=True),
+            )
+            print(
+                f"highest rate with < {FAIL_RATIO:.1%} failed calls "
+                f"({args.duration:g} s each, calls held {args.hold_ms} ms): "
+                f"{best:g}/s"
+                if best is not None
+                else "none of the rates passed"
+            )
+            if args.json:
+                print(json.dumps([asdict(r) for r in results]))
+            return 0 if best is not None else 1
+
+        everything: list[LoadResult] = []
+        status = 0
+        for rate in (float(x) for x in args.rate.split(",") if x):
+            runs = []
+            for i in range(args.repeat):
+                r = run_load(
+                    rate,
+                    args.duration,
+                    args.hold_ms,
+                    workdir=base / f"rate-{rate:g}-{i}",
+                    transport=args.transport,
+                    pin=pin,
+                    quiet=args.quiet,
+                )
+                runs.append(r)
+                print(row(r), flush=True)
+            if args.repeat > 1:
+                print("median " + row(median_result(runs)), flush=True)
+            everything += runs
+            status |= 0 if all(r.ok for r in runs) else 1
+        if args.json:
+            print(json.dumps([asdict(r) for r in everything]))
+        return status
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

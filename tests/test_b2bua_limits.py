@@ -1,0 +1,265 @@
+"""Refusals and limits of the B2BUA: what is never routed, and what a full gateway answers.
+
+SPEC §2 (an unknown source gets 403), the top of SPEC (REGISTER, SUBSCRIBE: 405), §1.4
+(emergency calls pass every limit up to their own reserved capacity), §4 (drain), §8
+(503 without Retry-After). The wiring and the fake clock are :mod:`tests.callsim`'s.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sipguard.sip.message import Request, Response
+from tests.callsim import (
+    CALLER,
+    CONFIG,
+    SDP_CALLEE,
+    STRANGER,
+    Wire,
+    config_text,
+    default_config,
+    in_dialog,
+    invite,
+    requests,
+    response_to,
+    responses,
+)
+
+
+def out_of_dialog(method: str, n: int, extra: str = "", user: str = "0201234567") -> bytes:
+    h, p = CALLER
+    return (
+        f"{method} sip:{user}@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-{method}-{n}\r\n"
+        f"From: <sip:+31201234567@{h}:{p}>;tag=f{n}\r\n"
+        f"To: <sip:{user}@127.0.0.1:5060>\r\n"
+        f"Call-ID: {method}-{n}@{h}\r\n"
+        f"CSeq: 1 {method}\r\n"
+        f"Contact: <sip:sipp@{h}:{p}>\r\n"
+        f"Max-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def finals(msgs: list[Request | Response]) -> list[Response]:
+    return [m for m in responses(msgs) if m.status >= 200]
+
+
+def answer(w: Wire, n: int) -> None:
+    """Let the callee answer the INVITE it just received."""
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 200, "OK", f"t{n}", SDP_CALLEE))
+    w.take_callee()  # our ACK
+
+
+# -- what is never routed ----------------------------------------------------------------
+
+
+def test_an_unknown_source_gets_403_and_no_b_leg() -> None:
+    w = Wire()
+    w.from_peer(STRANGER, invite(1, addr=STRANGER))
+    msgs = w.take(STRANGER)
+    (final,) = finals(msgs)
+    assert final.status == 403
+    assert w.take_callee() == []
+    assert w.core.calls == 0 and w.core.cdr_out == []
+
+
+@pytest.mark.parametrize("method", ["REGISTER", "SUBSCRIBE"])
+def test_register_and_subscribe_get_405_with_allow(method: str) -> None:
+    w = Wire()
+    w.from_caller(out_of_dialog(method, 1, "Expires: 3600\r\nEvent: presence\r\n"))
+    (final,) = finals(w.take_caller())
+    assert final.status == 405
+    allow = {m.strip() for m in (final.get("allow") or "").split(",")}
+    assert {"INVITE", "ACK", "BYE", "CANCEL"} <= allow
+    assert method not in allow
+    assert w.take_callee() == []
+
+
+def test_refer_out_of_dialog_gets_403() -> None:
+    w = Wire()
+    w.from_caller(out_of_dialog("REFER", 1, "Refer-To: <sip:0900123456@198.51.100.7>\r\n"))
+    (final,) = finals(w.take_caller())
+    assert final.status == 403
+    assert w.take_callee() == []
+
+
+def test_max_forwards_zero_gets_483() -> None:
+    w = Wire()
+    w.from_caller(invite(1, max_forwards=0))
+    (final,) = finals(w.take_caller())
+    assert final.status == 483
+    assert w.take_callee() == []
+    assert w.core.calls == 0
+
+
+def test_an_unsupported_require_gets_420_with_unsupported() -> None:
+    w = Wire()
+    w.from_caller(invite(1, headers="Require: 100rel, foo-bar\r\n"))
+    (final,) = finals(w.take_caller())
+    assert final.status == 420
+    assert final.get("unsupported") == "foo-bar"
+    assert w.take_callee() == []
+
+
+def test_options_to_sipguard_is_answered_200_then_503_while_draining() -> None:
+    w = Wire()
+    w.from_caller(out_of_dialog("OPTIONS", 1, user="ping"))
+    (ok,) = finals(w.take_caller())
+    assert ok.status == 200
+    assert "INVITE" in (ok.get("allow") or "")
+    assert w.take_callee() == []  # answered here, never routed
+    w.core.drain()
+    w.from_caller(out_of_dialog("OPTIONS", 2, user="ping"))
+    (busy,) = finals(w.take_caller())
+    assert busy.status == 503
+    assert not busy.has("retry-after")
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+def test_global_max_calls_503_without_retry_after() -> None:
+    w = Wire(default_config("limits: {max_calls: 2, emergency_max_calls: 1}\n"))
+    for n in (1, 2):
+        w.from_caller(invite(n))
+        answer(w, n)
+    w.take_caller()
+    w.from_caller(invite(3))
+    (final,) = finals(w.take_caller())
+    assert final.status == 503
+    assert not final.has("retry-after")  # SPEC §8
+    assert w.take_callee() == []
+    assert w.core.calls == 2
+
+
+def test_a_slot_is_free_again_when_a_call_ends() -> None:
+    w = Wire(default_config("limits: {max_calls: 1, emergency_max_calls: 1}\n"))
+    w.from_caller(invite(1))
+    answer(w, 1)
+    (ok,) = responses(w.take_caller(), 200)
+    w.from_caller(invite(2))
+    assert finals(w.take_caller())[0].status == 503
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack"))
+    w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-bye"))
+    w.take_caller()
+    w.take_callee()
+    w.from_caller(invite(3))
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+
+
+def test_trunk_max_calls() -> None:
+    w = _customers_with("    limits: {max_calls: 1}\n")
+    w.from_caller(invite(1))
+    answer(w, 1)
+    w.take_caller()
+    w.from_caller(invite(2))
+    (final,) = finals(w.take_caller())
+    assert final.status == 503 and not final.has("retry-after")
+    assert w.take_callee() == []
+
+
+def _customers_with(lines: str) -> Wire:
+    """The default configuration with ``lines`` added to the ``customers`` trunk."""
+    text = CONFIG.replace(
+        '    numbering: {country_code: "31", national_prefix: "0", international_prefix: "00"}\n'
+        "  pbx:",
+        '    numbering: {country_code: "31", national_prefix: "0", international_prefix: "00"}\n'
+        + lines
+        + "  pbx:",
+    )
+    assert text != CONFIG
+    return Wire(config_text(text))
+
+
+def test_trunk_cps() -> None:
+    w = _customers_with("    limits: {cps: 2}\n")
+    for n in (1, 2):
+        w.from_caller(invite(n))
+    assert len(requests(w.take_callee(), "INVITE")) == 2
+    w.take_caller()
+    w.from_caller(invite(3))
+    (final,) = finals(w.take_caller())
+    assert final.status == 503 and not final.has("retry-after")
+    w.advance(1.0)  # the next second
+    w.take_callee()
+    w.from_caller(invite(4))
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+    assert w.core.calls == 3
+
+
+def test_an_emergency_call_passes_max_calls_up_to_its_own_cap() -> None:
+    w = Wire(default_config("limits: {max_calls: 1, emergency_max_calls: 2}\n"))
+    w.from_caller(invite(1))
+    answer(w, 1)
+    w.take_caller()
+    w.from_caller(invite(2))
+    assert finals(w.take_caller())[0].status == 503
+    for n in (3, 4):
+        w.from_caller(invite(n, user="112"))
+        (b_inv,) = requests(w.take_callee(), "INVITE")
+        assert b_inv.uri.startswith("sip:112@")
+    w.take_caller()
+    w.from_caller(invite(5, user="112"))  # the reserved capacity is full
+    (final,) = finals(w.take_caller())
+    assert final.status == 503 and not final.has("retry-after")
+    assert w.take_callee() == []
+    assert w.core.calls == 3
+
+
+def test_drain_refuses_new_calls_but_not_112() -> None:
+    w = Wire()
+    w.from_caller(invite(1))
+    answer(w, 1)
+    (ok,) = responses(w.take_caller(), 200)
+    w.core.drain()
+    w.from_caller(invite(2))
+    (final,) = finals(w.take_caller())
+    assert final.status == 503 and not final.has("retry-after")
+    assert w.take_callee() == []
+    w.from_caller(invite(3, user="112"))
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+    # the call in progress goes on
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack"))
+    w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-bye"))
+    assert len(requests(w.take_callee(), "BYE")) == 1
+
+
+def test_a_refused_call_leaves_nothing_behind() -> None:
+    w = Wire(default_config("limits: {max_calls: 1, emergency_max_calls: 1}\n"))
+    w.from_caller(invite(0))
+    answer(w, 0)
+    (ok,) = responses(w.take_caller(), 200)
+    for n in range(1, 6):
+        w.from_caller(invite(n))
+    assert [f.status for f in finals(w.take_caller())] == [503] * 5
+    w.from_caller(in_dialog("ACK", ok, 1, 0, "z9hG4bK-ack"))
+    w.from_caller(in_dialog("BYE", ok, 2, 0, "z9hG4bK-bye"))
+    w.advance(40)
+    assert w.core.layer.server == {} and w.core.dialogs == {} and w.core.calls == 0
+
+
+def test_shutdown_ends_every_call_with_bye_or_a_final_response() -> None:
+    w = Wire()
+    w.from_caller(invite(1))
+    answer(w, 1)
+    (ok,) = responses(w.take_caller(), 200)
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack"))
+    w.from_caller(invite(2))  # ringing, not answered
+    (b2,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b2, 180, "Ringing", "t2"))
+    w.take_caller()
+    w.core.drain()
+    w.advance(10)
+    assert w.core.calls == 2  # drain lets calls in progress go on
+    w.core.shutdown(w.now)
+    w.flush()
+    to_caller = w.take_caller()
+    to_callee = w.take_callee()
+    assert len(requests(to_caller, "BYE")) == 1
+    assert [r.status for r in finals(to_caller)] == [503]
+    assert len(requests(to_callee, "BYE")) == 1
+    assert len(requests(to_callee, "CANCEL")) == 1
+    ends = [r for r in w.core.cdr_out if r.kind == "end"]
+    assert sorted(r.end_reason or "" for r in ends) == ["shutdown", "shutdown"]
+    assert w.core.calls == 0
