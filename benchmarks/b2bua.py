@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.callsim import Wire, basic_call  # noqa: E402
+from tests.callsim import Wire, basic_call
 
 MESSAGES_PER_CALL = 14  # received and sent by the B2BUA: 7 on each leg
 

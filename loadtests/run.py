@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the steps of --find-max",
     )
     p.add_argument("--hold-calls", type=int, default=0, help="hold this many calls up at once")
-    p.add_argument("--hold-rate", type=float, default=2000, help="rate placing the held calls")
+    p.add_argument("--hold-rate", type=float, default=500, help="rate placing the held calls")
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     p.add_argument("--workdir", default=None, help="keep the run's files here")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")

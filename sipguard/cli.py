@@ -57,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sipguard.cdr import admin
 
         if args.cdr_command == "export":
-            return admin.export(config, args.number, args.since, args.until, args.format, args.output)
+            return admin.export(
+                config, args.number, args.since, args.until, args.format, args.output
+            )
         return admin.purge(config, dry_run=args.dry_run)
     return 2  # pragma: no cover - argparse enforces the choices
 

@@ -8,6 +8,7 @@ Each received datagram or framed stream message goes to :meth:`Driver.feed` with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -39,10 +40,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER)
-            except OSError:
-                pass
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
         sock.setblocking(False)
@@ -91,13 +90,14 @@ class StreamConnection(asyncio.Protocol):
         self.pending: list[bytes] = []
         self.closed = False
         self.flow = Flow(transport_name, index, host, port, self.id)
+        self.connecting: asyncio.Task[None] | None = None
 
     def start_connect(self, listen: Listen) -> None:
         loop = asyncio.get_running_loop()
         ctx: ssl.SSLContext | None = None
         if self.transport == "tls":
             ctx = ssl.create_default_context()
-        loop.create_task(self._connect(ctx))
+        self.connecting = loop.create_task(self._connect(ctx))
 
     async def _connect(self, ctx: ssl.SSLContext | None) -> None:
         loop = asyncio.get_running_loop()
@@ -115,10 +115,8 @@ class StreamConnection(asyncio.Protocol):
         self.stream = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         for data in self.pending:
             self.stream.write(data)  # type: ignore[union-attr]
         self.pending.clear()
@@ -127,16 +125,26 @@ class StreamConnection(asyncio.Protocol):
         try:
             messages = self.framer.feed(data)
         except SipError as exc:
-            log.info("closing %s connection from %s: %s", self.transport, self.host, exc.reason)
-            self.driver.core.parse_errors += 1
-            self.driver.metrics.parse_errors.inc()
-            self.close()
+            self._framing_error(exc)
             return
         if self.framer.pings:
             self.framer.pings = 0
             self.send(b"\r\n")  # RFC 5626 §4.4.1 pong
         for msg in messages:
             self.driver.feed(msg, self.flow)
+        if messages:
+            # a framing error after good messages is raised on the next feed: look now
+            try:
+                self.framer.feed(b"")
+            except SipError as exc:
+                self._framing_error(exc)
+
+    def _framing_error(self, exc: SipError) -> None:
+        """A stream that cannot be framed is closed (RFC 3261 §18.3); counted."""
+        log.info("closing %s connection from %s: %s", self.transport, self.host, exc.reason)
+        self.driver.core.parse_errors += 1
+        self.driver.metrics.parse_errors.inc()
+        self.close()
 
     def send(self, data: bytes) -> None:
         if self.closed:

@@ -7,8 +7,8 @@ B2BUA needs (Via, From, To, CSeq, Contact, Privacy, P-Asserted-Identity …) are
 first access and cached. The common shapes (an unfolded CRLF header section, a plain Via,
 ``"Name" <sip:…>;tag=…``, ``1 INVITE``) are read by single regular expressions; anything
 else takes the general code, which alone decides errors (the property tests check that
-both agree). ``benchmarks/parse.py`` measures it. :meth:`SipMessage.validate` forces every typed view, so a caller
-that wants the whole message checked up front can have it.
+both agree). ``benchmarks/parse.py`` measures it. :meth:`SipMessage.validate` forces
+every typed view, so a caller that wants the whole message checked up front can have it.
 
 A malformed message raises :class:`~sipguard.sip.errors.SipError`. When the message is a
 request whose Via, From, To, Call-ID and CSeq can be read, the error carries a ready-made
