@@ -24,7 +24,6 @@ VM: compare medians (``--repeat``), never assert them in a test.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -96,9 +95,12 @@ class HoldResult:
     target_calls: int
     held_calls: int = 0
     rss_idle_kb: int = 0
-    rss_held_kb: int = 0
+    rss_filled_kb: int = 0  # as soon as every call is up
+    rss_held_kb: int = 0  # after the settle time: the set-up transactions are gone
     peak_rss_kb: int = 0
     bytes_per_call: float | None = None
+    bytes_per_call_filled: float | None = None
+    settle_s: float = 0.0
     cpu_s: float = 0.0
     failed: int = 0
     workdir: str = ""
@@ -207,24 +209,26 @@ def run_hold(
     calls: int = 10000,
     *,
     workdir: Path,
-    rate: float = 2000,
-    hold_s: int = 120,
+    rate: float = 500,
+    settle_s: float = 35.0,
     pin: bool = True,
-    warmup_calls: int = 2000,
+    warmup_calls: int = 200,
     quiet: bool = False,
 ) -> HoldResult:
     """Hold ``calls`` calls up at once; RSS with them up minus RSS idle, per call.
 
-    sipguard first carries ``warmup_calls`` short calls (so that its caches and the
-    allocator's arenas exist before the idle figure is read), then the held calls are
-    placed at ``rate`` with SIPp ``-l calls`` and a long ``-d``, and the RSS is read once
-    ``sipguard_active_calls`` reaches ``calls``.
+    sipguard first carries ``warmup_calls`` short calls (imports, caches), then the RSS
+    is read idle; the held calls are placed at ``rate`` with SIPp ``-l calls`` and a long
+    ``-d``. The RSS is read when ``sipguard_active_calls`` reaches ``calls`` ("filled")
+    and again ``settle_s`` later ("held"): by then the set-up transactions of the calls
+    have ended (64*T1 = 32 s), and what is left is what a call costs while it is up.
     """
     setup = _setup(workdir, "udp")
     sg_cpu, sipp_cpu = _pins(pin)
     sipguard = Sipguard(setup, cpus=sg_cpu)
-    result = HoldResult(calls, workdir=str(workdir))
+    result = HoldResult(calls, settle_s=settle_s, workdir=str(workdir))
     total = calls + warmup_calls
+    hold_s = int(calls / rate + settle_s + 60)
     callee = uas(
         setup,
         calls=total,
@@ -237,7 +241,7 @@ def run_hold(
         setup,
         "warmup",
         calls=warmup_calls,
-        rate=min(rate, 1000),
+        rate=min(rate, 200),
         hold_ms=100,
         timeout_s=60,
         trace_msg=False,
@@ -256,6 +260,13 @@ def run_hold(
         buff_size=BUFF_SIZE,
         cpus=sipp_cpu,
     )
+
+    def active() -> float:
+        try:
+            return metric_sum(sipguard.metrics(), "sipguard_active_calls")
+        except OSError:
+            return -1.0
+
     with running(callee, held, sipguard):
         sipguard.start()
         callee.start()
@@ -265,21 +276,21 @@ def run_hold(
         warm_res = warm.run()
         time.sleep(1.0)
         result.rss_idle_kb = sipguard.status().get("VmRSS", 0)
-        _say(f"  holding {calls} calls (placed at {rate:g}/s) …", quiet)
+        _say(f"  placing {calls} calls at {rate:g}/s …", quiet)
         held.start()
         deadline = time.monotonic() + calls / rate + 60
-        active = 0.0
+        up = 0.0
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            with contextlib.suppress(OSError):
-                active = metric_sum(sipguard.metrics(), "sipguard_active_calls")
-            if active >= calls or held.proc is None or held.proc.poll() is not None:
+            up = active()
+            if up >= calls or held.proc is None or held.proc.poll() is not None:
                 break
-        time.sleep(1.0)  # let the last ACKs in
-        with contextlib.suppress(OSError):
-            active = metric_sum(sipguard.metrics(), "sipguard_active_calls")
+        time.sleep(1.0)  # the last ACKs
+        result.rss_filled_kb = sipguard.status().get("VmRSS", 0)
+        _say(f"  {up:.0f} calls up; settling {settle_s:g} s …", quiet)
+        time.sleep(settle_s)
+        result.held_calls = int(active())
         status = sipguard.status()
-        result.held_calls = int(active)
         result.rss_held_kb = status.get("VmRSS", 0)
         result.peak_rss_kb = status.get("VmHWM", 0)
         result.cpu_s = sipguard.cpu_seconds() - cpu0
@@ -287,10 +298,10 @@ def run_hold(
         callee.stop()
         sipguard.stop(grace=30)
     result.failed = warm_res.failed + held_res.failed
-    if result.held_calls:
-        result.bytes_per_call = (
-            (result.rss_held_kb - result.rss_idle_kb) * 1024.0 / result.held_calls
-        )
+    if result.held_calls > 0:
+        n = result.held_calls
+        result.bytes_per_call = (result.rss_held_kb - result.rss_idle_kb) * 1024.0 / n
+        result.bytes_per_call_filled = (result.rss_filled_kb - result.rss_idle_kb) * 1024.0 / n
     return result
 
 
@@ -405,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--hold-calls", type=int, default=0, help="hold this many calls up at once")
     p.add_argument("--hold-rate", type=float, default=500, help="rate placing the held calls")
+    p.add_argument("--hold-settle", type=float, default=35.0, help="seconds before the RSS read")
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     p.add_argument("--workdir", default=None, help="keep the run's files here")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
@@ -425,15 +437,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.hold_calls,
                 workdir=base / "hold",
                 rate=args.hold_rate,
+                settle_s=args.hold_settle,
                 pin=pin,
                 quiet=args.quiet,
             )
-            per = f"{h.bytes_per_call / 1024:.2f} KB" if h.bytes_per_call is not None else "-"
+
+            def kb(v: float | None) -> str:
+                return f"{v / 1024:.1f} KB" if v is not None else "-"
+
             print(
-                f"held calls {h.held_calls}/{h.target_calls}"
-                f"  RSS idle {h.rss_idle_kb / 1024:.1f} MB"
-                f"  RSS held {h.rss_held_kb / 1024:.1f} MB  peak {h.peak_rss_kb / 1024:.1f} MB"
-                f"  per held call {per}  failed {h.failed}"
+                f"held calls {h.held_calls}/{h.target_calls}  failed {h.failed}\n"
+                f"RSS idle {h.rss_idle_kb / 1024:.1f} MB"
+                f"  all calls up {h.rss_filled_kb / 1024:.1f} MB"
+                f"  {h.settle_s:g} s later {h.rss_held_kb / 1024:.1f} MB"
+                f"  peak {h.peak_rss_kb / 1024:.1f} MB\n"
+                f"per held call: {kb(h.bytes_per_call)} once settled"
+                f" ({kb(h.bytes_per_call_filled)} as the last call came up)"
             )
             if args.json:
                 print(json.dumps(asdict(h)))

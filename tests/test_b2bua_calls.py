@@ -428,10 +428,37 @@ def test_no_provisional_in_target_timeout_fails_the_call_well_before_timer_b() -
     assert final.status in (408, 503)
     end = w.core.cdr_out[-1]
     assert end.status == final.status and end.end_reason in ("timeout", "rejected")
-    # and the dead INVITE is retransmitted no more
-    w.advance(40)
-    assert requests(w.take_callee(), "INVITE") == []
     assert w.core.calls == 0
+    # the INVITE itself is left to its transaction: Timer B ends its retransmissions
+    w.advance(64 * T1)
+    w.take_callee()
+    w.advance(60)
+    assert w.take_callee() == []
+    assert w.core.layer.client == {}
+
+
+@pytest.mark.parametrize("late", [180, 200])
+def test_a_target_given_up_that_answers_late_is_cancelled_or_acked_and_byed(late: int) -> None:
+    """The caller has its 408; the callee must not keep a ringing or answered call."""
+    w = Wire()
+    b_inv = start_call(w, 1)
+    w.advance(3.1)  # past sip.target_timeout (3 s)
+    assert [r.status for r in responses(w.take_caller())] == [100, 408]
+    w.take_callee()
+    w.from_callee(response_to(b_inv, late, "Late", "late", SDP_CALLEE))
+    to_callee = w.take_callee()
+    if late == 180:
+        (cancel,) = requests(to_callee, "CANCEL")
+        assert cancel.top_via.branch == b_inv.top_via.branch
+        w.from_callee(response_to(cancel, 200, "OK", "late"))
+        w.from_callee(response_to(b_inv, 487, "Request Terminated", "late"))
+        assert len(requests(w.take_callee(), "ACK")) == 1
+    else:
+        (ack,) = requests(to_callee, "ACK")
+        (bye,) = requests(to_callee, "BYE")
+        assert ack.to.tag == "late" and bye.to.tag == "late"
+    assert w.take_caller() == []  # the caller heard the end already
+    assert [r.end_reason for r in w.core.cdr_out] == ["timeout"]
 
 
 def test_failover_to_the_second_target_when_the_first_is_silent() -> None:
@@ -1332,3 +1359,82 @@ def test_the_200_to_a_cancel_carries_the_dialogs_to_tag(answered: bool) -> None:
     to_caller = responses(w.take_caller())
     assert {r.to.tag for r in to_caller} == tags
     assert len(tags) == 1
+
+
+def test_a_bye_from_the_callee_in_the_early_dialog_gets_481_and_the_call_rings_on() -> None:
+    """§15: the callee MUST NOT send BYE on an early dialog."""
+    w = Wire()
+    b_inv = start_call(w, 1)
+    w.from_callee(response_to(b_inv, 180, "Ringing", "t"))
+    w.take_caller()
+    w.from_callee(callee_request("BYE", b_inv, "t", 1, 1))
+    assert statuses(w.take_callee()) == [481]
+    assert w.take_caller() == []
+    assert w.core.calls == 1
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    assert len(responses(w.take_caller(), 200)) == 1
+
+
+def test_a_reinvite_gets_100_trying_at_once() -> None:
+    w = Wire()
+    e = establish(w, 1)
+    w.from_caller(in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re", SDP))
+    assert statuses(w.take_caller()) == [100]
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+    w.from_callee(callee_request("INVITE", e.b_invite, e.callee_tag, 1, 1, SDP_CALLEE))
+    assert statuses(w.take_callee()) == [491]  # ours is pending: glare, at once
+
+
+def test_a_reinvite_from_the_callee_before_the_callers_ack_waits_for_that_ack() -> None:
+    """§14.1: no INVITE on the A-leg while the first INVITE there awaits its ACK."""
+    w = Wire()
+    b_inv = start_call(w, 1)
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    w.take_callee()
+    w.from_callee(callee_request("INVITE", b_inv, "t", 1, 1, SDP_CALLEE))
+    assert statuses(w.take_callee()) == [100]
+    assert requests(w.take_caller(), "INVITE") == []
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack"))
+    (re,) = requests(w.take_caller(), "INVITE")
+    w.from_caller(response_to(re, 200, "OK", None, SDP, contact=CALLER))
+    assert len(requests(w.take_caller(), "ACK")) == 1
+    assert statuses(w.take_callee()) == [200]
+
+
+def test_a_held_reinvite_gets_481_when_the_call_ends_first() -> None:
+    w = Wire()
+    b_inv = start_call(w, 1)
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    w.take_callee()
+    w.from_callee(callee_request("INVITE", b_inv, "t", 1, 1, SDP_CALLEE))
+    w.take_callee()
+    w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-bye"))
+    to_callee = w.take_callee()
+    assert [r.status for r in responses(to_callee)] == [481]
+    assert len(requests(to_callee, "BYE")) == 1
+
+
+def test_a_malformed_ack_is_never_answered() -> None:
+    w = Wire()
+    e = establish(w, 1)
+    bad = callee_request("ACK", e.b_invite, e.callee_tag, 2, 1).replace(
+        b"CSeq: 2 ACK", b"CSeq: 2 INVITE"
+    )
+    w.from_callee(bad.replace(b"ACK sip:", b"ACK sip:sip:", 1))
+    w.from_callee(bad)
+    assert w.take_callee() == [] and w.take_caller() == []
+    assert w.core.parse_errors == 2
+
+
+def test_a_fork_that_answers_after_timer_m_is_acked_and_byed() -> None:
+    w = Wire()
+    e = establish(w, 1)
+    w.advance(64 * T1 + 1)  # our INVITE client transaction is gone
+    w.from_callee(response_to(e.b_invite, 200, "OK", "fork2", SDP_CALLEE))
+    to_callee = w.take_callee()
+    (ack,) = requests(to_callee, "ACK")
+    (bye,) = requests(to_callee, "BYE")
+    assert ack.to.tag == "fork2" and bye.to.tag == "fork2"
+    assert w.take_caller() == [] and w.core.calls == 1

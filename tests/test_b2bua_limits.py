@@ -263,3 +263,14 @@ def test_shutdown_ends_every_call_with_bye_or_a_final_response() -> None:
     ends = [r for r in w.core.cdr_out if r.kind == "end"]
     assert sorted(r.end_reason or "" for r in ends) == ["shutdown", "shutdown"]
     assert w.core.calls == 0
+
+
+def test_an_invite_without_contact_gets_400_and_no_b_leg() -> None:
+    """§8.1.1.8: an INVITE MUST carry a Contact; without one no dialog can be made."""
+    w = Wire()
+    data = invite(1).replace(b"Contact: sip:sipp@127.0.0.3:5062\r\n", b"")
+    assert b"Contact" not in data
+    w.from_caller(data)
+    (final,) = finals(w.take_caller())
+    assert final.status == 400
+    assert w.take_callee() == [] and w.core.calls == 0

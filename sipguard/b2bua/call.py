@@ -346,6 +346,7 @@ class Call:
         "emergency",
         "forks",
         "held_final",
+        "held_reinvite",
         "id",
         "ident",
         "late_offer",
@@ -413,6 +414,8 @@ class Call:
         self.a_rel_timer: Timer | None = None
         self.a_rel_wait: list[Callable[[float], None]] = []  # held until the PRACK comes
         self.held_final = False
+        # the callee's re-INVITE that came before the caller's ACK (§14.1): relayed then
+        self.held_reinvite: tuple[Leg, Request, ServerTransaction] | None = None
         self.timer: Timer | None = None
         stx.owner = self
 
@@ -586,6 +589,9 @@ class Call:
             if self.late_offer and b is not None and self.b_ack is None and self.b_invite:
                 self.b_ack = self.ack_bytes(b, self.b_invite.request.cseq.number, req.body)
                 self.core.layer.send(b.flow, self.b_ack)
+            held, self.held_reinvite = self.held_reinvite, None
+            if held is not None:
+                self._relay(*held, now)
             return
         relay = self.pending_ack.pop(leg.is_a, None)
         if relay is not None:
@@ -621,8 +627,9 @@ class Call:
         tx = self.b_invite
         if self.state != EARLY or tx is None or tx.provisional_seen:
             return
-        tx.owner = None
-        tx.fail(now)
+        # not forgotten: CANCELled as soon as it may be (§9.1), and a 2xx that comes late
+        # after all is ACKed and ended with BYE (§13.2.2.4) rather than left answered
+        self.core.layer.cancel(tx, now)
         self._next_target(now, 408)
 
     def _no_answer(self, now: float) -> None:
@@ -657,8 +664,8 @@ class Call:
         b = self.b
         assert b is not None
         if tx is not self.b_invite:
-            if 200 <= status < 300:
-                self.ack_and_bye(resp, now)
+            if 200 <= status < 300:  # from a target given up on (target_timeout)
+                self.ack_and_bye(resp, now, tx.flow)
             return
         if status == 100:
             if self.state == EARLY:
@@ -814,6 +821,10 @@ class Call:
         if method != "PRACK" or cseq > leg.remote_seq:
             leg.remote_seq = cseq
         if method == "BYE":
+            if not leg.is_a and self.state == EARLY:
+                # §15: the callee MUST NOT send BYE in an early dialog; the call rings on
+                stx.respond(make_response(req, 481), now)
+                return
             stx.respond(make_response(req, 200), now)
             reason = "caller_bye" if leg.is_a else "callee_bye"
             self.hangup(leg.is_a, now, reason=reason, status=self.status or 487, by=req)
@@ -829,6 +840,22 @@ class Call:
         if self.state == ENDED or b is None or b.remote_tag is None:
             stx.respond(make_response(req, 481), now)
             return
+        if method == "INVITE" and not self.offer_pending:
+            waiting = not leg.is_a and not self.a_invite.acked
+            if waiting and self.held_reinvite is not None:
+                stx.respond(make_response(req, 491), now)  # one is held already
+                return
+            # §17.2.1: the relayed answer may take longer than 200 ms (glare: 491 at once)
+            stx.respond(make_response(req, 100), now)
+            if waiting:
+                # §14.1: no new INVITE on the A-leg while its first one awaits the ACK
+                self.held_reinvite = (leg, req, stx)
+                return
+        self._relay(leg, req, stx, now)
+
+    def _relay(self, leg: Leg, req: Request, stx: ServerTransaction, now: float) -> None:
+        """Relay an in-dialog request to the other leg (an offer: unless one is pending)."""
+        method = req.method
         if method in ("INVITE", "UPDATE"):
             if self.offer_pending:
                 stx.respond(make_response(req, 491), now)  # glare (§14.1, RFC 3311 §5.2)
@@ -927,6 +954,9 @@ class Call:
             self.a_rel_timer = None
         self.a_rel_wait = []
         self.pending_ack.clear()
+        held, self.held_reinvite = self.held_reinvite, None
+        if held is not None:
+            held[2].respond(make_response(held[1], 481), now)  # the dialog is gone
         # transactions that outlive the call must not keep it (and its messages) alive:
         # only an unanswered B-leg INVITE keeps its owner, to ACK and BYE a 2xx that
         # crosses our CANCEL (RFC 5407 §3.1.2)

@@ -119,7 +119,8 @@ class B2BUA:
             self.parse_errors += 1
             if self.metrics is not None:
                 self.metrics.parse_errors.inc()
-            if exc.response is not None:
+            if exc.response is not None and not data.lstrip(b"\r\n").startswith(b"ACK "):
+                # an ACK is never answered, not even a malformed one (§17.1.1.3, §17.2.1)
                 self.layer.send(flow, exc.response)
             log.debug("malformed message from %s: %s", flow.transport, exc.reason)
             return
@@ -186,8 +187,9 @@ class B2BUA:
             if call.state == ANSWERED and call.b_ack is not None:
                 self.layer.send(leg.flow, call.b_ack, retransmission=True)
         elif call.state != ENDED:
-            # a 2xx from a target given up on (failover): that dialog is not ours to
-            # use, but it exists; ACK it and end it with BYE (§13.2.2.4)
+            # a 2xx of another fork, after our INVITE transaction ended (Timer M): that
+            # dialog is not ours to use, but it exists; ACK it and end it with BYE
+            # (§13.2.2.4)
             call.ack_and_bye(resp, now, flow)
 
     def _leg(self, key: tuple[str, str]) -> tuple[Call, Leg] | None:
@@ -265,6 +267,10 @@ class B2BUA:
         mf = req.max_forwards
         if mf is not None and mf <= 0:
             self._reject(tx, 483, "too_many_hops", now)
+            return
+        if not req.contacts:
+            # §8.1.1.8: an INVITE MUST carry a Contact (where the dialog's requests go)
+            self._reject(tx, 400, "bad_request", now, reason="Missing Contact")
             return
         ruri = req.request_uri
         if ruri.scheme not in ("sip", "sips", "tel", "urn"):
