@@ -1438,3 +1438,37 @@ def test_a_fork_that_answers_after_timer_m_is_acked_and_byed() -> None:
     (bye,) = requests(to_callee, "BYE")
     assert ack.to.tag == "fork2" and bye.to.tag == "fork2"
     assert w.take_caller() == [] and w.core.calls == 1
+
+
+# -- what the peers' free text may carry ----------------------------------------------------
+
+
+def test_a_reason_phrase_reaches_an_untrusted_caller_only_as_the_standard_one() -> None:
+    """A reason phrase is free text (it can name a person or an address): towards the
+    untrusted caller the standard phrase replaces it."""
+    w = Wire()
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 486, "Busy: Bob Smith at 192.0.2.55", "t1"))
+    (final,) = [r for r in responses(w.take_caller()) if r.status >= 200]
+    assert final.status == 486 and final.reason == "Busy Here"
+
+
+def test_an_in_dialog_request_carries_max_forwards_decremented() -> None:
+    """Loop detection across the B2BUA (RFC 7332): in-dialog requests too."""
+    w = Wire()
+    est = establish(w, 1)
+    w.from_caller(
+        in_dialog("INFO", est.a_ok, 2, 1, "z9hG4bK-info-mf").replace(
+            b"Max-Forwards: 70", b"Max-Forwards: 9"
+        )
+    )
+    (b_info,) = requests(w.take_callee(), "INFO")
+    assert b_info.max_forwards == 8
+    w.from_caller(
+        in_dialog("INFO", est.a_ok, 3, 1, "z9hG4bK-info-mf0").replace(
+            b"Max-Forwards: 70", b"Max-Forwards: 0"
+        )
+    )
+    assert [r.status for r in responses(w.take_caller()) if r.status >= 200][-1] == 483
+    assert requests(w.take_callee(), "INFO") == []

@@ -274,3 +274,52 @@ def test_an_invite_without_contact_gets_400_and_no_b_leg() -> None:
     (final,) = finals(w.take_caller())
     assert final.status == 400
     assert w.take_callee() == [] and w.core.calls == 0
+
+
+# -- every call attempt has its end record (SPEC §6), refused ones included ---------------
+
+
+def _end_records(w: Wire) -> list[dict[str, object]]:
+    recs = [r.to_dict() for r in w.core.cdr_out if r.kind == "end"]
+    w.core.cdr_out.clear()
+    return recs
+
+
+def test_a_call_refused_by_a_limit_has_an_end_record_with_reason_limit() -> None:
+    w = Wire(default_config("limits: {max_calls: 1, emergency_max_calls: 1}\n"))
+    w.from_caller(invite(1))
+    answer(w, 1)
+    w.take_caller()
+    w.core.cdr_out.clear()
+    w.from_caller(invite(2))
+    assert finals(w.take_caller())[0].status == 503
+    (rec,) = _end_records(w)
+    assert rec["end_reason"] == "limit" and rec["status"] == 503
+    assert rec["answer"] is None and rec["duration_ms"] == 0
+    assert rec["trunk_in"] == "customers" and rec["trunk_out"] == "pbx"
+    assert rec["caller"] == "+31201234567" and rec["callee"] == "+31201234567"
+
+
+def test_a_cli_reject_refusal_has_an_end_record_with_the_claimed_number() -> None:
+    w = _customers_with("    cli_policy: reject\n")
+    w.from_caller(invite(1, from_user="+49301234567"))
+    assert finals(w.take_caller())[0].status == 403
+    (rec,) = _end_records(w)
+    assert rec["end_reason"] == "rejected" and rec["status"] == 403
+    assert rec["caller"] == "+49301234567"
+    assert rec["presentation"] == "restricted"  # never shown in a callee's export
+
+
+def test_an_unknown_source_writes_no_record() -> None:
+    w = Wire()
+    w.from_peer(STRANGER, invite(1, addr=STRANGER))
+    assert w.core.cdr_out == []
+
+
+def test_a_dialled_name_is_billed_as_an_empty_callee_not_a_crash() -> None:
+    w = Wire()
+    w.from_caller(invite(1, user="alice"))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 486, "Busy Here", "t1"))
+    (rec,) = _end_records(w)
+    assert rec["callee"] == "" and rec["status"] == 486

@@ -185,6 +185,7 @@ class Leg:
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
         cseq: int | None = None,
+        max_forwards: int = 70,
     ) -> Request:
         """A request within this dialog (§12.2.1.1), from us."""
         if cseq is None:
@@ -194,7 +195,7 @@ class Leg:
         to = f"{self.remote_uri};tag={self.remote_tag}" if self.remote_tag else self.remote_uri
         hdrs = [
             ("Via", core.via(self.flow)),
-            ("Max-Forwards", "70"),
+            ("Max-Forwards", str(max_forwards)),
             ("From", f"{self.local_uri};tag={self.local_tag}"),
             ("To", to),
             ("Call-ID", self.call_id),
@@ -266,7 +267,7 @@ class Relay:
         out = make_response(
             self.inbound.request,
             status,
-            resp.reason,
+            call.phrase(resp, towards_a=self.from_leg.is_a),
             to_tag=self.from_leg.local_tag,
             headers=headers,
             body=resp.body,
@@ -359,6 +360,7 @@ class Call:
         "timer",
         "trunk_in",
         "trunk_out",
+        "wall_answer",
         "wall_start",
     )
 
@@ -386,6 +388,7 @@ class Call:
         self.started_at = now
         self.wall_start = core.wall(now)
         self.answered_at: float | None = None
+        self.wall_answer: float | None = None  # the same answer time in both CDR records
         self.a_invite = stx
         a = self.a = Leg(core, True, invite.call_id, stx.flow)
         a.remote_tag = invite.from_.tag
@@ -418,6 +421,7 @@ class Call:
         self.held_reinvite: tuple[Leg, Request, ServerTransaction] | None = None
         self.timer: Timer | None = None
         stx.owner = self
+        stx.local_tag = a.local_tag
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -454,6 +458,15 @@ class Call:
             allowlist=trunk.header_allowlist | auth,
         )
         return [(canonical_name(n), v) for n, v in out]
+
+    def phrase(self, resp: Response, *, towards_a: bool) -> str | None:
+        """The reason phrase to relay: the peer's own only towards a trusted trunk.
+
+        A reason phrase is free text and can name a person, a number or an address;
+        towards an untrusted trunk the standard phrase for the status is used instead.
+        """
+        trunk = self.trunk_in if towards_a else self.trunk_out
+        return resp.reason if trunk.trusted else None
 
     def ack_bytes(self, leg: Leg, cseq: int, body: bytes) -> bytes:
         headers = [("Content-Type", "application/sdp")] if body else []
@@ -704,7 +717,7 @@ class Call:
                 rack = f"{(resp.get('rseq') or '').strip()} {resp.cseq.number} INVITE"
                 b.send(b.request("PRACK", [("RAck", rack)]), self, now)
         headers = self.relay_headers(resp, towards_a=True, response=True)
-        self.answer_a(resp.status, now, resp.reason, headers, resp.body)
+        self.answer_a(resp.status, now, self.phrase(resp, towards_a=True), headers, resp.body)
 
     def _answered(self, resp: Response, now: float) -> None:
         b = self.b
@@ -725,7 +738,7 @@ class Call:
         self.status = resp.status
         self._start_session_timers(resp, now)
         headers = self.relay_headers(resp, towards_a=True, response=True)
-        self.answer_a(resp.status, now, resp.reason, headers, resp.body)
+        self.answer_a(resp.status, now, self.phrase(resp, towards_a=True), headers, resp.body)
         self.core.call_answered(self, now)
         limit = self.config.sip.max_call_duration
         if limit > 0:
@@ -773,7 +786,7 @@ class Call:
         if status in (401, 407):
             self.core.await_auth_retry(self, now)
         headers = self.relay_headers(resp, towards_a=True, response=True)
-        self.answer_a(status, now, resp.reason, headers, resp.body)
+        self.answer_a(status, now, self.phrase(resp, towards_a=True), headers, resp.body)
         self.finish(now, "rejected", status)
 
     def _max_duration(self, now: float) -> None:
@@ -840,6 +853,10 @@ class Call:
         if self.state == ENDED or b is None or b.remote_tag is None:
             stx.respond(make_response(req, 481), now)
             return
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            stx.respond(make_response(req, 483), now)  # loop detection (RFC 7332 §3)
+            return
         if method == "INVITE" and not self.offer_pending:
             waiting = not leg.is_a and not self.a_invite.acked
             if waiting and self.held_reinvite is not None:
@@ -873,7 +890,8 @@ class Call:
             self.offer_pending = True
         other = self.other(leg)
         headers = self.relay_headers(req, towards_a=not leg.is_a)
-        out = other.request(method, headers, req.body)
+        mf = req.max_forwards
+        out = other.request(method, headers, req.body, max_forwards=70 if mf is None else mf - 1)
         other.send(out, Relay(self, leg, other, stx), now)
 
     # -- session timers --------------------------------------------------------------------

@@ -288,33 +288,57 @@ class B2BUA:
             ident = identify(req, trunk, config)
         except CallRefusedError as exc:
             self._reject(tx, exc.status, exc.label, now, reason=exc.reason)
+            self._refused_cdr(
+                trunk,
+                trunk.route_to,
+                exc.caller,
+                exc.callee,
+                "restricted",
+                False,
+                exc.status,
+                "rejected",
+                now,
+            )
             return
         decision = ident.decision
         emergency = decision.emergency
-        route = trunk.emergency_target() if emergency else trunk.route_to
-        trunk_out = config.trunks.get(route) if route else None
-        if trunk_out is None:
-            self._reject(tx, 404, "no_route", now)
-            return
-        refused = self._limit(trunk, emergency, now)
-        if refused is not None:
-            self._reject(tx, 503, refused, now)
-            self._count_call(trunk.name, trunk_out.name, "limit")
-            return
-        media_anchored = False
-        r = refusal(decision, ident.facts, trunk_out, media_anchored)
-        if r is not None:
-            self._reject(tx, r.status, r.label, now, reason=r.phrase)
-            self._count_call(trunk.name, trunk_out.name, "rejected")
-            return
-        targets = self._targets(trunk_out, ruri, emergency, now)
-        if not targets:
-            self._reject(tx, 503 if trunk_out.targets else 403, "no_target", now)
-            return
         if self.metrics is not None:
             self.metrics.presentation.labels(decision.presentation, decision.reason).inc()
             if emergency:
                 self.metrics.emergency_calls.inc()
+        route = trunk.emergency_target() if emergency else trunk.route_to
+        trunk_out = config.trunks.get(route) if route else None
+
+        def refuse(status: int, label: str, end_reason: str, phrase: str | None = None) -> None:
+            self._reject(tx, status, label, now, reason=phrase)
+            self._refused_cdr(
+                trunk,
+                route,
+                ident.caller,
+                ident.callee,
+                decision.presentation,
+                emergency,
+                status,
+                end_reason,
+                now,
+            )
+
+        if trunk_out is None:
+            refuse(404, "no_route", "rejected")
+            return
+        refused = self._limit(trunk, emergency, now)
+        if refused is not None:
+            refuse(503, refused, "limit")
+            return
+        media_anchored = False
+        r = refusal(decision, ident.facts, trunk_out, media_anchored)
+        if r is not None:
+            refuse(r.status, r.label, "rejected", r.phrase)
+            return
+        targets = self._targets(trunk_out, ruri, emergency, now)
+        if not targets:
+            refuse(503 if trunk_out.targets else 403, "no_target", "rejected")
+            return
         call = Call(
             self, make_call_id(self.instance), config, trunk, trunk_out, ident, req, tx, now
         )
@@ -537,8 +561,41 @@ class B2BUA:
         if self.metrics is not None:
             self.metrics.calls.labels(trunk_in, trunk_out, result).inc()
 
+    def _refused_cdr(
+        self,
+        trunk_in: Trunk,
+        trunk_out: str | None,
+        caller: str,
+        callee: str,
+        presentation: str,
+        emergency: bool,
+        status: int,
+        end_reason: str,
+        now: float,
+    ) -> None:
+        """The end record of a call attempt refused before it had a B-leg (SPEC §6)."""
+        wall = self.wall(now)
+        self.cdr_out.append(
+            end_record(
+                call_id=make_call_id(self.instance),
+                trunk_in=trunk_in.name,
+                trunk_out=trunk_out,
+                caller=caller,
+                callee=callee,
+                presentation=presentation,  # type: ignore[arg-type]
+                emergency=emergency,
+                start=wall,
+                answer=None,
+                end=wall,
+                status=status,
+                end_reason=end_reason,  # type: ignore[arg-type]
+            )
+        )
+        self._count_call(trunk_in.name, trunk_out or "", end_reason)
+
     def call_answered(self, call: Call, now: float) -> None:
         ident = call.ident
+        call.wall_answer = self.wall(now)
         self.cdr_out.append(
             start_record(
                 call_id=call.id,
@@ -549,7 +606,7 @@ class B2BUA:
                 presentation=ident.decision.presentation,
                 emergency=call.emergency,
                 start=call.wall_start,
-                answer=self.wall(now),
+                answer=call.wall_answer,
             )
         )
         if self.metrics is not None:
@@ -576,7 +633,7 @@ class B2BUA:
                 presentation=ident.decision.presentation,
                 emergency=call.emergency,
                 start=call.wall_start,
-                answer=None if answer is None else self.wall(answer),
+                answer=call.wall_answer,
                 end=self.wall(now),
                 status=call.status,
                 end_reason=end_reason,  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sipguard.cdr.record import is_cdr_number
 from sipguard.config.model import Config, Trunk
 from sipguard.policy.decision import CallFacts, Decision, decide, facts_from
 from sipguard.policy.headers import anonymous_from, presented_identity
@@ -22,11 +23,13 @@ from sipguard.sip.uri import NameAddr, Uri
 class CallRefusedError(Exception):
     """The call is refused before a B-leg exists: answer the A-leg with this status."""
 
-    def __init__(self, status: int, reason: str, label: str) -> None:
+    def __init__(self, status: int, reason: str, label: str, caller: str = "") -> None:
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
         self.label = label  # sipguard_rejected_total{reason}
+        self.caller = caller  # the number the caller claimed, for the CDR ("" if none)
+        self.callee = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +80,7 @@ def establish_caller(req: Request, trunk: Trunk, emergency: bool) -> tuple[str, 
         if trunk.default_cli:
             return trunk.default_cli, True
         if emergency:
-            return "anonymous", True
+            return "", True  # unknown: never refused, never presented
         raise CallRefusedError(403, "Forbidden", "no_caller_identity")
     claimed = _first_number(req.name_addrs("p-preferred-identity"), trunk)
     if claimed is None or not cli_matches(claimed, trunk.allowed_cli):
@@ -89,12 +92,26 @@ def establish_caller(req: Request, trunk: Trunk, emergency: bool) -> tuple[str, 
     if claimed is not None:
         return claimed, False
     if trunk.cli_policy == "reject" and not emergency:
-        raise CallRefusedError(403, "Forbidden", "cli_not_allowed")
+        raise CallRefusedError(403, "Forbidden", "cli_not_allowed", _claimed(req, trunk))
     if trunk.default_cli:
         return trunk.default_cli, True
     if emergency:
-        return "anonymous", True
-    raise CallRefusedError(403, "Forbidden", "cli_not_allowed")
+        return "", True  # unknown: never refused, never presented
+    raise CallRefusedError(403, "Forbidden", "cli_not_allowed", _claimed(req, trunk))
+
+
+def _claimed(req: Request, trunk: Trunk) -> str:
+    """The number an untrusted caller claimed (for the CDR of a refused call), or ''."""
+    return (
+        _first_number(req.name_addrs("p-preferred-identity"), trunk)
+        or _first_number([req.from_], trunk)
+        or ""
+    )
+
+
+def billing_number(value: str) -> str:
+    """``value`` if a CDR may carry it as caller or callee, else '' (SPEC §6: numbers)."""
+    return value if is_cdr_number(value) else ""
 
 
 def identify(req: Request, trunk: Trunk, config: Config) -> CallIdentity:
@@ -113,7 +130,19 @@ def identify(req: Request, trunk: Trunk, config: Config) -> CallIdentity:
         remote_party_id=req.get_lines("remote-party-id"),
         priority=req.get_lines("priority"),
     )
-    caller, spoofed = establish_caller(req, trunk, facts0.emergency)
+    dialled = rest if rest is not None else ""
+    if rest is None:
+        callee = req.uri  # urn:service:sos…
+    elif facts0.emergency:
+        callee = clean_number(rest)
+    else:
+        callee = to_e164(rest, trunk.numbering) or clean_number(rest)
+    callee = billing_number(callee)
+    try:
+        caller, spoofed = establish_caller(req, trunk, facts0.emergency)
+    except CallRefusedError as exc:
+        exc.callee = callee
+        raise
     facts = CallFacts(
         trunk_in=trunk,
         caller=caller,
@@ -123,13 +152,6 @@ def identify(req: Request, trunk: Trunk, config: Config) -> CallIdentity:
         rpid_privacy=facts0.rpid_privacy,
         psap_callback=facts0.psap_callback,
     )
-    dialled = rest if rest is not None else ""
-    if rest is None:
-        callee = req.uri  # urn:service:sos…
-    elif facts.emergency:
-        callee = clean_number(rest)
-    else:
-        callee = to_e164(rest, trunk.numbering) or clean_number(rest)
     return CallIdentity(caller, dialled, callee, facts, decide(facts), spoofed)
 
 

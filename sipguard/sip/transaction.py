@@ -374,7 +374,7 @@ def _top_via_text(req: Request) -> str:
 class ServerTransaction(Transaction):
     """INVITE (IST) or non-INVITE (NIST) server transaction."""
 
-    __slots__ = ("_interval", "acked", "last", "last_status", "last_to", "owner")
+    __slots__ = ("_interval", "acked", "last", "last_status", "last_to", "local_tag", "owner")
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, ...], request: Request, flow: Flow):
         super().__init__(layer, key, request, flow)
@@ -384,6 +384,8 @@ class ServerTransaction(Transaction):
         self.last: bytes | None = None  # the response to repeat
         self.last_status = 0
         self.last_to: str | None = None  # its To header (the tag a CANCEL's 200 reuses)
+        # the To tag the TU gives its responses, where it sends them as bytes (§9.2)
+        self.local_tag: str | None = None
         self.acked = False  # the TU reported the ACK for our 2xx (Accepted)
         self._interval = layer.t.t1
 
@@ -642,8 +644,8 @@ class TransactionLayer:
             ctx.respond(make_response(cancel, 481, to_tag=new_tag()), now)
             return
         # §9.2: the 200 to the CANCEL SHOULD carry the To tag of the INVITE's responses
-        tag = None
-        if invite_tx.last_to is not None:
+        tag = invite_tx.local_tag
+        if tag is None and invite_tx.last_to is not None:
             try:
                 tag = parse_name_addr(invite_tx.last_to).tag
             except SipError:
