@@ -433,8 +433,41 @@ def test_no_provisional_in_target_timeout_fails_the_call_well_before_timer_b() -
     w.advance(64 * T1)
     w.take_callee()
     w.advance(60)
-    assert w.take_callee() == []
-    assert w.core.layer.client == {}
+    # from then on the silent target only gets OPTIONS probes (sip.probe_interval)
+    probes = w.take_callee()
+    assert probes and {m.method for m in requests(probes)} == {"OPTIONS"}
+    assert all(tx.request.method == "OPTIONS" for tx in w.core.layer.client.values())
+
+
+def test_a_failed_target_is_skipped_until_it_answers_a_probe() -> None:
+    """Issue 3: a dead target is not tried again until it answers OPTIONS."""
+    cfg = config_text(
+        CONFIG.replace(
+            'targets: ["sip:127.0.0.2:5080"]',
+            'targets: ["sip:127.0.0.2:5080", "sip:127.0.0.4:5080"]',
+        ).replace("sources: [127.0.0.2/32]", "sources: [127.0.0.2/32, 127.0.0.4/32]")
+    )
+    w = Wire(cfg)
+    b_inv = start_call(w, 1)
+    w.from_callee(response_to(b_inv, 503, "Service Unavailable", "t1"))
+    (second,) = requests(w.take(PEER2), "INVITE")  # failover to the second target
+    w.from_peer(PEER2, response_to(second, 486, "Busy Here", "t2"))
+    w.take_caller()
+    w.take(PEER2)
+    # the next call goes straight to the second target: the first is down
+    w.from_caller(invite(2))
+    assert requests(w.take_callee(), "INVITE") == []
+    (nxt,) = requests(w.take(PEER2), "INVITE")
+    w.from_peer(PEER2, response_to(nxt, 486, "Busy Here", "t3"))
+    w.take_caller()
+    # a probe after sip.probe_interval; its answer brings the first target back
+    w.advance(5.0)
+    (probe,) = requests(w.take_callee(), "OPTIONS")
+    assert probe.uri == "sip:127.0.0.2:5080"
+    w.from_callee(response_to(probe, 200, "OK", "p"))
+    assert w.core.down == {}
+    w.from_caller(invite(3))
+    assert len(requests(w.take_callee(), "INVITE")) == 1
 
 
 @pytest.mark.parametrize("late", [180, 200])
@@ -1042,6 +1075,10 @@ def test_nothing_is_left_after_many_calls_and_their_timers() -> None:
     w.from_callee(response_to(b_inv, 486, "Busy Here", "t"))
     start_call(w, 102)
     w.advance(64 * T1 + 40)
+    # the target that timed out is probed until it answers: answer, and all is gone
+    for probe in requests(w.take_callee(), "OPTIONS")[-1:]:
+        w.from_callee(response_to(probe, 200, "OK", "p"))
+    w.advance(64 * T1)
     assert w.core.calls == 0
     assert w.core.dialogs == {}
     assert w.core.layer.client == {}

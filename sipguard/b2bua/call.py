@@ -49,7 +49,6 @@ SESSION_EXPIRED = 'SIP;cause=408;text="Session timer expired"'
 # Timer C (RFC 3261 §16.6 step 11, §16.7 step 2): an INVITE that got a provisional
 # response but no final one is given up (CANCEL, 408 to the caller) after this long
 # without a further provisional, so that no call stays early for ever and holds a slot.
-TIMER_C = 185.0
 
 # Headers that belong to one leg's negotiation or routing: never relayed, rebuilt per leg.
 _PER_LEG = frozenset(
@@ -682,7 +681,7 @@ class Call:
             return
         if status == 100:
             if self.state == EARLY:
-                self._arm(now + TIMER_C, self._no_answer)  # the target is alive
+                self._arm(now + self.config.sip.no_answer_timeout, self._no_answer)
             return
         if status < 200:
             self._provisional(resp, now)
@@ -704,7 +703,7 @@ class Call:
             return
         b = self.b
         assert b is not None
-        self._arm(now + TIMER_C, self._no_answer)
+        self._arm(now + self.config.sip.no_answer_timeout, self._no_answer)
         to_tag = resp.to.tag
         if to_tag and (b.remote_tag is None or b.remote_tag == to_tag):
             # the early dialog (the first fork's): its target serves UPDATE and PRACK

@@ -22,8 +22,10 @@ from sipguard.policy.decision import refusal
 from sipguard.policy.numbers import mask
 from sipguard.sip.errors import SipError
 from sipguard.sip.message import Limits, Request, Response, canonical_name, parse_message
+from sipguard.sip.timers import Timer
 from sipguard.sip.transaction import (
     IDS,
+    ClientTransaction,
     Flow,
     ServerTransaction,
     Timers,
@@ -45,6 +47,45 @@ class LocalAddress:
     transport: str
     host: str  # as written in Via and Contact (IPv6 bracketed)
     port: int
+
+
+class Prober:
+    """OPTIONS to a target that failed, every ``probe_interval``, until any answer comes.
+
+    Any response counts as alive (the target's SIP stack answers); a timeout or a
+    transport error keeps it down.
+    """
+
+    __slots__ = ("core", "flow", "timer")
+
+    def __init__(self, core: B2BUA, flow: Flow, now: float) -> None:
+        self.core = core
+        self.flow = flow
+        self.timer: Timer | None = None
+        self._schedule(now)
+
+    def _schedule(self, now: float) -> None:
+        interval = self.core.config.sip.probe_interval
+        self.timer = self.core.layer.timers.schedule(now + interval, self._probe)
+
+    def _probe(self, now: float) -> None:
+        self.timer = None
+        if self.core.down.get(self.flow) is not self:
+            return
+        self.core.layer.send_request(self.core.options(self.flow), self.flow, self, now)
+
+    def on_response(self, tx: ClientTransaction, resp: Response, now: float) -> None:
+        if resp.status >= 200:
+            self.core.target_alive(self.flow)
+
+    def on_timeout(self, tx: ClientTransaction, now: float) -> None:
+        if self.core.down.get(self.flow) is self:
+            self._schedule(now)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class B2BUA:
@@ -72,7 +113,9 @@ class B2BUA:
         self.wall_offset = wall_offset  # wall clock = now + wall_offset (set by the driver)
         self.instance = instance or new_instance_tag()
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
-        self.down_until: dict[Flow, float] = {}
+        self.down: dict[Flow, Prober] = {}
+        self.resolved: dict[str, list[tuple[str, str, int]]] = {}
+        self._target_flows: dict[str, list[Flow]] = {}
         self.min_se_override: dict[str, int] = {}
         self.stats_in: dict[str, int] = {}
         self.stats_out: dict[str, int] = {}
@@ -97,6 +140,8 @@ class B2BUA:
     def reload(self, config: Config) -> None:
         """New policy for new calls; calls in progress keep theirs."""
         self.config = config
+        self.layer.t = self._timers(config)
+        self._target_flows.clear()
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
 
     def drain(self) -> None:
@@ -393,23 +438,44 @@ class B2BUA:
             self.trunk_cps[trunk.name] = (sec, count + 1)
         return None
 
+    def set_targets(self, resolved: dict[str, list[tuple[str, str, int]]]) -> None:
+        """Where each configured target URI resolves to (RFC 3263, done by the driver)."""
+        self.resolved = resolved
+        self._target_flows.clear()
+
+    def trunk_targets(self, trunk: Trunk) -> list[Flow]:
+        """Every next hop of a trunk's ``targets``, in order, resolved (cached)."""
+        flows = self._target_flows.get(trunk.name)
+        if flows is None:
+            flows = []
+            for t in trunk.targets:
+                entries = self.resolved.get(t)
+                if entries is None:  # not resolved (yet): an address literal needs no DNS
+                    flow = self._flow_for(parse_uri(t), trunk)
+                    if flow is not None:
+                        flows.append(flow)
+                    continue
+                for transport, host, port in entries:
+                    flow = self._flow_on(transport, host, port, trunk)
+                    if flow is not None and flow not in flows:
+                        flows.append(flow)
+            self._target_flows[trunk.name] = flows
+        return flows
+
     def _targets(self, trunk_out: Trunk, ruri: Uri, emergency: bool, now: float) -> list[Flow]:
-        """Where the B-leg INVITE may go, in order (SPEC §5: never an open relay)."""
-        out: list[Flow] = []
+        """Where the B-leg INVITE may go, in order (SPEC §5: never an open relay).
+
+        A target that failed is skipped until it answers an OPTIONS probe; when every
+        target is down they are all tried (and an emergency call tries the down ones
+        after the live ones) rather than failing at once.
+        """
         if trunk_out.targets:
-            for t in trunk_out.targets:
-                flow = self._flow_for(parse_uri(t), trunk_out)
-                if flow is None:
-                    continue
-                if not emergency and self.down_until.get(flow, 0.0) > now:
-                    continue
-                out.append(flow)
-            if not out and trunk_out.targets:
-                # every target is marked down: try them all rather than fail at once
-                out = [
-                    f for t in trunk_out.targets if (f := self._flow_for(parse_uri(t), trunk_out))
-                ]
-            return out
+            flows = self.trunk_targets(trunk_out)
+            down = self.down
+            live = [f for f in flows if f not in down]
+            if not live or emergency:
+                return live + [f for f in flows if f in down]
+            return live
         if not ruri.is_sip:
             return []
         host, _ = ruri.host_port()
@@ -427,6 +493,11 @@ class B2BUA:
         if uri.scheme == "sips":
             transport = "tls"
         host, port = uri.host_port(5061 if transport == "tls" else 5060)
+        return self._flow_on(transport, host, port, trunk)
+
+    def _flow_on(self, transport: str, host: str, port: int, trunk: Trunk) -> Flow | None:
+        """A flow to ``host:port`` from the first listen entry that fits (transport, family,
+        trunk)."""
         v6 = ":" in host
         for i, listen in enumerate(self.config.listen):
             if listen.transport != transport or (":" in listen.address) != v6:
@@ -437,7 +508,36 @@ class B2BUA:
         return None
 
     def target_failed(self, flow: Flow, now: float) -> None:
-        self.down_until[flow] = now + 30.0
+        """A target gave no answer, a 503, or a transport error: probe it until it answers."""
+        if flow in self.down:
+            return
+        log.warning(
+            "target %s %s:%d is down; probing it with OPTIONS", flow.transport, flow.host, flow.port
+        )
+        self.down[flow] = Prober(self, flow, now)
+
+    def target_alive(self, flow: Flow) -> None:
+        prober = self.down.pop(flow, None)
+        if prober is not None:
+            prober.stop()
+            log.info("target %s %s:%d answers again", flow.transport, flow.host, flow.port)
+
+    def options(self, flow: Flow) -> Request:
+        """An OPTIONS request of our own to a next hop (a health probe)."""
+        host = f"[{flow.host}]" if ":" in flow.host else flow.host
+        uri = f"sip:{host}:{flow.port}"
+        if flow.transport != "udp":
+            uri += f";transport={flow.transport}"
+        hdrs = [
+            ("Via", self.via(flow)),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:sipguard@{self.config.identity_domain}>;tag={IDS.next()}"),
+            ("To", f"<{uri}>"),
+            ("Call-ID", self.new_call_id()),
+            ("CSeq", "1 OPTIONS"),
+            ("Content-Length", "0"),
+        ]
+        return Request("OPTIONS", uri, hdrs)
 
     def build_b_invite(self, call: Call, flow: Flow, cseq: int) -> Request:
         b = call.b
@@ -645,6 +745,15 @@ class B2BUA:
             self.metrics.active_calls.set(self.calls)
             if answer is None:
                 self.metrics.call_setup.observe(now - call.started_at)
+
+    def streams_in_use(self) -> set[tuple[str, str, int]]:
+        """(transport, host, port) of every TCP/TLS peer a call in progress uses."""
+        out: set[tuple[str, str, int]] = set()
+        for call in self.dialogs.values():
+            for leg in (call.a, call.b):
+                if leg is not None and leg.flow.reliable:
+                    out.add((leg.flow.transport, leg.flow.host, leg.flow.port))
+        return out
 
     def shutdown(self, now: float) -> None:
         """End every call (drain time is over): BYE both legs, CDRs with ``shutdown``."""

@@ -128,6 +128,10 @@ class SipTimers:
     # idle TCP connections with no call on them are closed after this time
     tcp_idle_timeout: float = 120.0
     max_message_bytes: int = 65535
+    # a call that rings this long with no answer is ended (RFC 3261 §16.6 Timer C, > 3 min)
+    no_answer_timeout: float = 185.0
+    # a target that failed is probed with OPTIONS this often until it answers
+    probe_interval: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

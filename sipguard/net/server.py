@@ -8,14 +8,13 @@ and keeps exactly one ``call_at`` armed for the core's next deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import os
 import signal
-import socket
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from sipguard.b2bua.core import B2BUA
@@ -23,13 +22,12 @@ from sipguard.cdr.writer import CdrWriter
 from sipguard.config.loader import ConfigError, load_config
 from sipguard.config.model import Config
 from sipguard.metrics import Metrics
+from sipguard.net.dns import TargetResolver
 from sipguard.net.httpd import MetricsServer
 from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
 from sipguard.sip.transaction import Flow
 
 log = logging.getLogger("sipguard")
-
-UDP_RCVBUF = 8 * 1024 * 1024
 
 
 class Driver:
@@ -135,6 +133,30 @@ class Driver:
         conn.start_connect(self.config.listen[flow.local])
         return conn
 
+    def close_idle(self) -> int:
+        """Close TCP/TLS connections idle for ``tcp_idle_timeout`` that no call uses."""
+        limit = self.config.sip.tcp_idle_timeout
+        now = self.loop.time()
+        idle = [c for c in self.conns.values() if now - c.last_active > limit]
+        if not idle:
+            return 0
+        in_use = self.core.streams_in_use()
+        closed = 0
+        for conn in idle:
+            if (conn.transport, conn.host, conn.port) not in in_use:
+                conn.close()
+                closed += 1
+        return closed
+
+    async def sweep(self) -> None:
+        """Housekeeping every few seconds: idle stream connections."""
+        while True:
+            await asyncio.sleep(min(10.0, max(0.5, self.config.sip.tcp_idle_timeout / 4)))
+            try:
+                self.close_idle()
+            except Exception:
+                log.exception("internal error in the connection sweep")
+
     def connection_failed(self, conn: StreamConnection) -> None:
         """A connection we opened could not be made: fail its client transactions now."""
         now = self.loop.time()
@@ -183,6 +205,10 @@ class Driver:
             conn.close()
 
 
+def loop_create(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(coro)
+
+
 def restart_needed(old: Config, new: Config) -> set[str]:
     """The sections of ``new`` that a reload cannot apply (they need a restart)."""
     out = set()
@@ -209,6 +235,17 @@ async def serve(config_path: str, config: Config) -> int:
     writer.start()
     driver = Driver(config, metrics, writer)
     await driver.start()
+    resolver = TargetResolver.from_config(config.dns)
+
+    def set_targets(resolved: dict[str, list[tuple[str, str, int]]]) -> None:
+        driver.core.set_targets(resolved)
+
+    def start_dns(cfg: Config) -> asyncio.Task[None]:
+        set_targets(resolver.snapshot(cfg))
+        return asyncio.get_running_loop().create_task(resolver.run(cfg, set_targets))
+
+    dns_task = start_dns(config)
+    sweep_task = loop_create(driver.sweep())
     httpd: MetricsServer | None = None
     if config.metrics is not None:
         httpd = MetricsServer(metrics, driver)
@@ -232,8 +269,12 @@ async def serve(config_path: str, config: Config) -> int:
             )
             metrics.config_reloads.labels("error").inc()
             return
+        nonlocal dns_task
         driver.config = new
         driver.core.reload(new)
+        dns_task.cancel()
+        resolver.reconfigure(new.dns)
+        dns_task = start_dns(new)
         logging.getLogger().setLevel(getattr(logging, new.log_level.upper(), logging.INFO))
         metrics.config_reloads.labels("ok").inc()
         log.info("configuration reloaded from %s", config_path)
@@ -260,6 +301,8 @@ async def serve(config_path: str, config: Config) -> int:
         driver.core.shutdown(loop.time())
         driver.flush()
         await asyncio.sleep(0.2)  # let the BYEs go out
+    dns_task.cancel()
+    sweep_task.cancel()
     driver.close()
     if httpd is not None:
         await httpd.close()
@@ -281,8 +324,3 @@ def run(config: Config, config_path: str = "config/sipguard.yaml") -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
-
-
-def _unused(*_: Any) -> None:  # pragma: no cover
-    with contextlib.suppress(Exception):
-        socket.socket().close()

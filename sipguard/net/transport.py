@@ -91,6 +91,7 @@ class StreamConnection(asyncio.Protocol):
         self.closed = False
         self.flow = Flow(transport_name, index, host, port, self.id)
         self.connecting: asyncio.Task[None] | None = None
+        self.last_active = asyncio.get_running_loop().time()
 
     def start_connect(self, listen: Listen) -> None:
         loop = asyncio.get_running_loop()
@@ -122,6 +123,7 @@ class StreamConnection(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self.driver.loop.time()
         try:
             messages = self.framer.feed(data)
         except SipError as exc:
@@ -152,6 +154,7 @@ class StreamConnection(asyncio.Protocol):
         if self.stream is None:
             self.pending.append(data)
             return
+        self.last_active = self.driver.loop.time()
         if self.stream.get_write_buffer_size() > MAX_STREAM_BACKLOG:
             log.warning("peer %s is not reading; closing the connection", self.host)
             self.close()
