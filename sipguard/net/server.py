@@ -29,6 +29,25 @@ from sipguard.sip.transaction import Flow
 
 log = logging.getLogger("sipguard")
 
+# the ``kind`` label of sipguard_sip_messages_total: a method we know or a status class;
+# anything else (a peer may send any token as a method) is "other", so that a label never
+# carries what a peer wrote (SPEC §6: no number, no address) and the series stay few
+_METHODS = (
+    "INVITE ACK BYE CANCEL OPTIONS REGISTER SUBSCRIBE NOTIFY PUBLISH MESSAGE INFO UPDATE "
+    "PRACK REFER"
+).split()
+KINDS: frozenset[str] = frozenset([*_METHODS, "1xx", "2xx", "3xx", "4xx", "5xx", "6xx"])
+_OUT_KIND: dict[bytes, str] = {m.encode() + b" ": m for m in _METHODS}
+_OUT_STATUS: dict[int, str] = {ord(str(c)): f"{c}xx" for c in range(1, 7)}
+
+
+def message_kind(data: bytes) -> str:
+    """The ``kind`` of an outgoing message from its first bytes: method or status class."""
+    if data.startswith(b"SIP/2.0 "):
+        return _OUT_STATUS.get(data[8], "other") if len(data) > 8 else "other"
+    sp = data.find(b" ", 0, 16)
+    return _OUT_KIND.get(data[: sp + 1], "other") if sp > 0 else "other"
+
 
 class Driver:
     """Feeds the core, flushes its output, arms its timer. One per process."""
@@ -99,6 +118,9 @@ class Driver:
             self._armed = deadline
 
     def send(self, flow: Flow, data: bytes) -> None:
+        kind = message_kind(data)
+        out = self.core.stats_out
+        out[kind] = out.get(kind, 0) + 1
         if flow.transport == "udp":
             ep = self.udp.get(flow.local)
             if ep is not None:
@@ -172,10 +194,11 @@ class Driver:
         m = self.metrics
         for direction, counts in (("in", core.stats_in), ("out", core.stats_out)):
             seen = self._exported.setdefault(direction, {})
-            for kind, n in counts.items():
+            for kind, n in list(counts.items()):
                 delta = n - seen.get(kind, 0)
                 if delta:
-                    m.sip_messages.labels(direction, kind).inc(delta)
+                    label = kind if kind in KINDS else "other"
+                    m.sip_messages.labels(direction, label).inc(delta)
                     seen[kind] = n
         delta = core.layer.retransmissions - self._exported_rtx
         if delta:

@@ -288,7 +288,7 @@ def _parse_cseq_general(text: str) -> CSeq:
 class SipMessage:
     """A request or a response. Immutable once built: a rewrite builds a new message."""
 
-    __slots__ = ("_cache", "_index", "body", "headers")
+    __slots__ = ("_cache", "_idx", "body", "headers")
 
     headers: tuple[tuple[str, str], ...]
     body: bytes
@@ -296,6 +296,16 @@ class SipMessage:
     def __init__(self, headers: Iterable[tuple[str, str]], body: bytes = b"") -> None:
         self.headers = tuple(headers)
         self.body = body
+        # built on first use: a message we build only to send is never indexed
+        self._idx: dict[str, list[str]] | None = None
+        self._cache: dict[str, object] = {}
+
+    @property
+    def _index(self) -> dict[str, list[str]]:
+        index = self._idx
+        return self._build_index() if index is None else index
+
+    def _build_index(self) -> dict[str, list[str]]:
         index: dict[str, list[str]] = {}
         keys = _KEYS
         for name, value in self.headers:
@@ -304,26 +314,26 @@ class SipMessage:
             except KeyError:
                 key = _header_key(name)
             index.setdefault(key, []).append(value)
-        self._index = index
-        self._cache: dict[str, object] = {}
+        self._idx = index
+        return index
 
     # -- raw access ---------------------------------------------------------------------
 
     def has(self, name: str) -> bool:
-        return name in self._index
+        return name in (self._idx or self._build_index())
 
     def get(self, name: str) -> str | None:
         """First raw value of a header (``name`` lower-case, long form)."""
-        values = self._index.get(name)
+        values = (self._idx or self._build_index()).get(name)
         return values[0] if values else None
 
     def get_lines(self, name: str) -> list[str]:
         """Every raw header line value of ``name``, in order, not split at commas."""
-        return self._index.get(name, [])
+        return (self._idx or self._build_index()).get(name, [])
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``; list headers are split at commas outside quotes."""
-        lines = self._index.get(name)
+        lines = (self._idx or self._build_index()).get(name)
         if not lines:
             return []
         if name not in LIST_HEADERS:

@@ -510,6 +510,17 @@ def server_key(req: Request, via: Via) -> tuple[str, ...]:
     )
 
 
+def _own_branch(req: Request) -> str:
+    """The branch of a request we built: its Via comes first, read without parsing it."""
+    name, value = req.headers[0] if req.headers else ("", "")
+    if name == "Via" and "," not in value:
+        i = value.find(";branch=")
+        if i >= 0:
+            j = value.find(";", i + 8)
+            return value[i + 8 : j if j >= 0 else len(value)].strip()
+    return req.top_via.branch or ""
+
+
 class TransactionLayer:
     """All transactions of one stack: matching, timers, and the outbox."""
 
@@ -552,8 +563,8 @@ class TransactionLayer:
         """
         if req.method == "ACK":
             raise ValueError("ACK is sent without a transaction")
-        branch = req.top_via.branch or ""
-        key = (branch, req.cseq.method)
+        branch = _own_branch(req)
+        key = (branch, req.method)
         tx = ClientTransaction(self, key, req, flow, owner)
         self.client[key] = tx
         tx.start(now)
