@@ -162,11 +162,11 @@ def ack_for(request: bytes, response: bytes) -> bytes:
 class UdpPeer:
     """A UDP socket on 127.0.0.3 (or ``host``) that talks to sipguard."""
 
-    def __init__(self, host: str = CALLER_IP) -> None:
+    def __init__(self, host: str = CALLER_IP, port: int = 0) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-        self.sock.bind((host, 0))
+        self.sock.bind((host, port))
         self.local: tuple[str, int] = self.sock.getsockname()[:2]
 
     def send(self, data: bytes, dest: tuple[str, int]) -> None:
@@ -368,3 +368,545 @@ def test_drain_time_runs_out_calls_ended_with_bye_on_both_legs(tmp_path: Path) -
         assert r["status"] == 200 and r["answer"] is not None, r
         # ended at the drain deadline, not at the hold time
         assert r["duration_ms"] < hold_ms - 5000, r
+
+
+# -- 2. the metrics endpoint (SPEC §7) ---------------------------------------------------------
+
+SPEC_METRICS: dict[str, tuple[str, set[str]]] = {
+    # name (as exported): (type, label names)
+    "sipguard_calls_total": ("counter", {"trunk_in", "trunk_out", "result"}),
+    "sipguard_active_calls": ("gauge", set()),
+    "sipguard_presentation_total": ("counter", {"decision", "reason"}),
+    "sipguard_emergency_calls_total": ("counter", set()),
+    "sipguard_sip_messages_total": ("counter", {"direction", "kind"}),
+    "sipguard_rejected_total": ("counter", {"reason"}),
+    "sipguard_parse_errors_total": ("counter", set()),
+    "sipguard_cdr_records_total": ("counter", {"sink", "result"}),
+    "sipguard_config_reloads_total": ("counter", {"result"}),
+}
+
+# a label value never carries a number or an address (SPEC §6)
+PHONE_LIKE = re.compile(r"\d{4,}|\+\d")
+IPV4_LIKE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+IPV6_LIKE = re.compile(r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:")
+
+
+def scrape_samples(sg: Sipguard) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of /metrics as (name, labels, value), parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(sg.url("/metrics"), timeout=5.0) as r:
+        text = r.read().decode()
+    out = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.append((s.name, dict(s.labels), float(s.value)))
+    return out
+
+
+def test_metrics_endpoint_has_every_spec_metric_and_no_identifying_label(tmp_path: Path) -> None:
+    calls = 5
+    setup = write_config(tmp_path)
+    sg = Sipguard(setup)
+    callee = uas(setup, calls=calls, timeout_s=20)
+    caller = uac(setup, calls=calls, rate=20, hold_ms=100, timeout_s=20)
+    peer = UdpPeer()
+    dest = sipguard_addr(setup)
+    with running(callee, caller, sg):
+        sg.start()
+        callee.start()
+        callee.wait_listening()
+        result = caller.run()
+        # a refused request, a malformed one, a request with a method of digits, a reload
+        resp = peer.transact(sip_request("REGISTER", local=peer.local), dest)
+        assert resp is not None and status_of(resp) == 405, resp
+        peer.send(b"\x00garbage 127.0.0.3 +31201234567\r\n\r\n", dest)
+        odd = sip_request("OPTIONS", local=peer.local).replace(b"OPTIONS", b"X31201234567")
+        resp = peer.transact(odd, dest)
+        assert resp is not None and status_of(resp) in (400, 501), resp
+        os.kill(sg.pid, signal.SIGHUP)
+        assert wait_for(
+            lambda: metric_sum(sg.metrics(), "sipguard_config_reloads_total", result="ok") == 1,
+            5.0,
+        ), sg.log_tail()
+        assert wait_for(lambda: active_calls(sg) == 0, 5.0)
+        assert wait_for(
+            lambda: metric_sum(sg.metrics(), "sipguard_cdr_records_total", result="written")
+            >= 2 * calls,
+            5.0,
+        ), sg.log_tail()
+        samples = scrape_samples(sg)
+    peer.close()
+    assert result.successful == calls, context(sg, result)
+
+    by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for name, labels, value in samples:
+        by_name.setdefault(name, []).append((labels, value))
+    for name, (_, label_names) in SPEC_METRICS.items():
+        assert name in by_name, f"{name} missing from /metrics: {sorted(by_name)}"
+        for labels, _ in by_name[name]:
+            assert set(labels) == label_names, (name, labels)
+    # the histogram: buckets (ending in +Inf), _sum and _count
+    buckets = by_name.get("sipguard_call_setup_seconds_bucket", [])
+    assert buckets and buckets[-1][0]["le"] == "+Inf", buckets
+    assert buckets[-1][1] >= calls, buckets
+    assert by_name["sipguard_call_setup_seconds_count"][0][1] >= calls
+    assert "sipguard_call_setup_seconds_sum" in by_name
+
+    def value(name: str, **labels: str) -> float:
+        return sum(
+            v for lab, v in by_name.get(name, []) if all(lab.get(k) == x for k, x in labels.items())
+        )
+
+    assert value("sipguard_calls_total", trunk_in="customers", trunk_out="pbx") == calls
+    assert value("sipguard_presentation_total", decision="allowed") == calls
+    assert value("sipguard_rejected_total", reason="method_not_allowed") == 1
+    assert value("sipguard_parse_errors_total") >= 1
+    assert value("sipguard_cdr_records_total", sink="file", result="written") == 2 * calls
+    assert value("sipguard_config_reloads_total", result="ok") == 1
+    assert value("sipguard_active_calls") == 0
+    # messages are counted in both directions: the caller's INVITE in, the callee's out
+    for direction in ("in", "out"):
+        for kind in ("INVITE", "ACK", "BYE", "2xx"):
+            assert value("sipguard_sip_messages_total", direction=direction, kind=kind) >= calls, (
+                direction,
+                kind,
+                by_name["sipguard_sip_messages_total"],
+            )
+    assert value("sipguard_sip_messages_total", direction="out", kind="1xx") >= calls
+    assert value("sipguard_sip_messages_total", direction="out", kind="4xx") >= 1  # the 405
+    kinds = {lab["kind"] for lab, _ in by_name["sipguard_sip_messages_total"]}
+    assert "X31201234567" not in kinds, kinds
+
+    # no label value anywhere looks like a phone number or an IP address
+    for name, labels, _ in samples:
+        for key, text in labels.items():
+            if key == "le":
+                continue
+            assert not PHONE_LIKE.search(text), (name, labels)
+            assert not IPV4_LIKE.search(text), (name, labels)
+            assert not IPV6_LIKE.search(text), (name, labels)
+
+
+# -- 3. malformed input never hurts the others (SPEC §8) ------------------------------------
+
+
+def rfc4475_invalid() -> list[tuple[str, str, bytes]]:
+    """(name, parser_must, bytes) of the RFC 4475 messages classed ``invalid``."""
+    out = []
+    rows = (RFC4475 / "index.tsv").read_text().splitlines()
+    head = rows[0].split("\t")
+    for row in rows[1:]:
+        f = dict(zip(head, row.split("\t"), strict=False))
+        if f["class"] == "invalid":
+            out.append((f["name"], f["parser_must"], (RFC4475 / f["file"]).read_bytes()))
+    return out
+
+
+# what a correct element answers to each invalid *request* that it must reject
+RFC4475_STATUS: dict[str, set[int]] = {
+    "badvers": {505},
+    "mismatch02": {400, 501},
+}
+RFC4475_RESPONSES = {"scalarlg", "bigcode"}  # responses: dropped, never answered
+RFC4475_STREAM_FRAMING = {"clerr", "ncl", "mcl01"}  # over TCP: the connection may close
+# over TCP these wait for bytes that never come: clerr (a body shorter than its
+# Content-Length) and baddn (the archive's copy ends without the empty line)
+RFC4475_NO_ANSWER_ON_TCP = {"clerr", "baddn"}
+
+
+def protos_cases(step: int, sender: tuple[str, int], to: str) -> list[tuple[bytes, bytes]]:
+    """Every ``step``-th PROTOS c07-sip case as (request, teardown CANCEL), placeholders
+    filled in as its README says (Content-Length last)."""
+    host, port = sender
+    out = []
+    with tarfile.open(PROTOS / "cases.tar.xz") as tar:
+        names = sorted(m.name for m in tar.getmembers() if m.isfile())
+        for i, name in enumerate(names):
+            if i % step:
+                continue
+            f = tar.extractfile(name)
+            assert f is not None
+            raw = f.read()
+            pdus = []
+            rest = raw
+            while rest:
+                n, _, rest = rest.partition(b" ")
+                pdus.append(rest[: int(n)])
+                rest = rest[int(n) :]
+            case = name.rsplit("/", 1)[-1]
+            filled = []
+            for pdu in pdus:
+                for k, v in (
+                    (b"<To>", to.encode()),
+                    (b"<From>", f"+31201234567@{host}".encode()),
+                    (b"<From-Address>", host.encode()),
+                    (b"<From-IP>", host.encode()),
+                    (b"<Local-Port>", str(port).encode()),
+                    (b"<Branch-ID>", f"x{case}".encode()),
+                    (b"<Call-ID>", f"protos{case}".encode()),
+                    (b"<CSeq>", b"1"),
+                    (b"<Teardown-Method>", b"CANCEL"),
+                ):
+                    pdu = pdu.replace(k, v)
+                _, sep, body = pdu.partition(b"\r\n\r\n")
+                pdu = pdu.replace(b"<Content-Length>", str(len(body) if sep else 0).encode())
+                filled.append(pdu)
+            out.append((filled[0], filled[1] if len(filled) > 1 else b""))
+    return out
+
+
+def garbage(rng: random.Random, n: int) -> list[bytes]:
+    out = [
+        b"",
+        b"\r\n\r\n",
+        b"INVITE\r\n\r\n",
+        b"SIP/2.0 200\r\n\r\n",
+        b"INVITE sip:x SIP/2.0\r\nVia: \r\n\r\n",
+        b"OPTIONS sip:127.0.0.1 SIP/2.0\r\n" + b"X: " + b"a" * 3000 + b"\r\n\r\n",
+        b"\xff\xfe" * 200,
+        sip_request("INVITE", local=(CALLER_IP, 5)).split(b"\r\n\r\n")[0][:-40],  # truncated
+    ]
+    while len(out) < n:
+        out.append(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 1400))))
+    return out
+
+
+def udp_fuzz(
+    dest: tuple[str, int], msgs: list[bytes], results: dict[str, Any], load: Sipp, port: int
+) -> None:
+    """A burst of ``msgs`` from one socket; then the RFC 4475 messages from a socket each."""
+    peer = UdpPeer(port=port)
+    try:
+        got: list[bytes] = []
+        for i, m in enumerate(msgs):
+            peer.send(m, dest)
+            if i % 10 == 9:
+                time.sleep(0.01)  # a burst, but not one that overflows the socket buffers
+                got.extend(peer.recv_all(0.0))
+        results["udp_overlap"] = load.proc is not None and load.proc.poll() is None
+        got.extend(peer.recv_all(1.0))
+        results["udp_sent"] = len(msgs)
+        results["udp_statuses"] = Counter(status_of(m) for m in got)
+        statuses: dict[str, int | None] = {}
+        for name, _, data in rfc4475_invalid():
+            one = UdpPeer()
+            try:
+                wait = 0.3 if name in RFC4475_RESPONSES else 2.0
+                resp = one.transact(data, dest, timeout=wait)
+                statuses[name] = None if resp is None else status_of(resp)
+            finally:
+                one.close()
+        results["rfc4475_udp"] = statuses
+    finally:
+        peer.close()
+
+
+def distinct(data: bytes, tag: bytes) -> bytes:
+    """The same message as another transaction and call: branch and Call-ID prefixed."""
+    data = data.replace(b"branch=z9hG4bK", b"branch=z9hG4bK" + tag)
+    return re.sub(rb"(?im)^((?:call-id|i)[ \t]*:[ \t]*)", rb"\g<1>" + tag, data)
+
+
+def tcp_fuzz(
+    dest: tuple[str, int], protos: list[bytes], results: dict[str, Any], load: Sipp
+) -> None:
+    """RFC 4475 invalid messages and PROTOS cases, each on its own TCP connection."""
+    statuses: dict[str, tuple[int | None, bool]] = {}
+    t0 = time.monotonic()
+    for name, _, data in rfc4475_invalid():
+        with socket.create_connection(dest, timeout=2.0, source_address=(CALLER_IP, 0)) as s:
+            s.sendall(distinct(data, b"tcp-"))
+            got, closed = b"", False
+            silent = name in RFC4475_NO_ANSWER_ON_TCP or name in RFC4475_RESPONSES
+            deadline = time.monotonic() + (0.3 if silent else 2.0)
+            while not closed and time.monotonic() < deadline:
+                chunk, closed = tcp_read_until_closed(s, 0.05)
+                got += chunk
+                if any((status_of(m) or 0) >= 200 for m in re.split(rb"(?=SIP/2\.0 )", got)):
+                    break
+            finals = [
+                st for m in re.split(rb"(?=SIP/2\.0 )", got) if (st := status_of(m)) and st >= 200
+            ]
+            statuses[name] = (finals[0] if finals else None, closed)
+    results["tcp_overlap"] = load.proc is not None and load.proc.poll() is None
+    results["rfc4475_tcp"] = statuses
+    left_open = 0
+    results["tcp_rfc4475_s"] = round(time.monotonic() - t0, 2)
+    for data in protos:
+        with socket.create_connection(dest, timeout=2.0, source_address=(CALLER_IP, 0)) as s:
+            s.sendall(data)
+            _, closed = tcp_read_until_closed(s, 0.05)
+            left_open += not closed
+    results["protos_tcp_left_open"] = left_open
+
+
+def test_malformed_input_never_disturbs_valid_calls(tmp_path: Path) -> None:
+    calls, rate = 250, 50
+    max_bytes = 16384
+    setup = write_config(tmp_path, overrides={"sip": {"max_message_bytes": max_bytes}})
+    sg = Sipguard(setup)
+    # the fuzz INVITEs that parse become calls too: the callee takes any number of them
+    callee = uas(setup, calls=100_000, timeout_s=40, trace_msg=False)
+    caller = uac(setup, calls=calls, rate=rate, hold_ms=200, timeout_s=25, trace_msg=False)
+    dest = sipguard_addr(setup)
+    results: dict[str, Any] = {}
+    rng = random.Random(4475)
+    # the UDP burst: garbage, and a sample of PROTOS cases (each with its CANCEL)
+    fuzz_port = free_port(CALLER_IP)
+    burst = garbage(rng, 60)
+    for i, (req, teardown) in enumerate(
+        protos_cases(15, (CALLER_IP, fuzz_port), f"0201234567@{dest[0]}:{dest[1]}")
+    ):
+        burst += [req, teardown] if teardown else [req]
+        if i % 20 == 0:
+            burst += garbage(rng, 3)
+    tcp_protos = [
+        distinct(req + teardown, b"tcp-")
+        for req, teardown in protos_cases(90, (CALLER_IP, 5060), f"0201234567@{dest[0]}")
+    ]
+    with running(callee, caller, sg):
+        sg.start()
+        callee.start()
+        callee.wait_listening()
+        before = sg.metrics()
+        caller.start()
+        time.sleep(0.5)
+        threads = [
+            threading.Thread(
+                target=udp_fuzz, args=(dest, burst, results, caller, fuzz_port), daemon=True
+            ),
+            threading.Thread(target=tcp_fuzz, args=(dest, tcp_protos, results, caller), daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(40)
+        result = caller.wait(30)
+        assert sg.proc is not None and sg.proc.poll() is None, sg.log_tail()
+        assert sg.healthy()
+        after = sg.metrics()
+
+        # an oversized datagram: dropped (no answer) and counted
+        peer = UdpPeer()
+        big = sip_request("OPTIONS", local=peer.local, extra=(("X-Pad", "p" * max_bytes),))
+        assert max_bytes < len(big) < 65000
+        resp = peer.transact(big, dest, timeout=0.5)
+        assert resp is None, resp
+        errors_big = sg.metrics().get("sipguard_parse_errors_total", 0)
+        # and sipguard still answers
+        resp = peer.transact(sip_request("OPTIONS", local=peer.local), dest)
+        peer.close()
+        assert resp is not None and status_of(resp) == 200, sg.log_tail()
+        callee.stop()
+    ctx = f"{result.describe()}\n{sg.log_tail(60)}\n{json.dumps(results, default=str)[:4000]}"
+    assert all(not t.is_alive() for t in threads), ctx
+    assert results["udp_overlap"] and results["tcp_overlap"], "no overlap with the load: " + ctx
+    assert result.successful == calls and result.failed == 0, ctx
+
+    parse_errors = after.get("sipguard_parse_errors_total", 0) - before.get(
+        "sipguard_parse_errors_total", 0
+    )
+    assert parse_errors >= 50, ctx
+    assert errors_big == after.get("sipguard_parse_errors_total", 0) + 1, ctx
+    assert results["udp_statuses"].get(400, 0) >= 20, ctx
+
+    for name, must, _ in rfc4475_invalid():
+        st = results["rfc4475_udp"][name]
+        st_tcp, closed = results["rfc4475_tcp"][name]
+        if name in RFC4475_RESPONSES:
+            assert st is None and st_tcp is None, (name, st, st_tcp)
+            continue
+        want = RFC4475_STATUS.get(name, {400})
+        if must == "reject":
+            assert st in want, (name, "udp", st)
+            if name in RFC4475_STREAM_FRAMING:
+                # a broken stream cannot be answered: closed, or still waiting for bytes
+                assert st_tcp in want or closed or name in RFC4475_NO_ANSWER_ON_TCP, (
+                    name,
+                    "tcp",
+                    st_tcp,
+                    closed,
+                )
+            else:
+                assert st_tcp in want, (name, "tcp", st_tcp)
+        else:  # reject-or-liberal: a 400, or the request handled as it is; never silence
+            assert st is not None, (name, "udp")
+            if name not in RFC4475_NO_ANSWER_ON_TCP:
+                assert st_tcp is not None, (name, "tcp")
+
+
+# -- 4. TCP: the idle sweep and broken framing -----------------------------------------------
+
+
+def tcp_established() -> set[tuple[tuple[str, int], tuple[str, int]]]:
+    """(local, remote) of every established IPv4 TCP connection, from /proc/net/tcp."""
+    out = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 4 or parts[3] != "01":
+            continue
+        ends = []
+        for hexaddr in parts[1:3]:
+            ip, port = hexaddr.split(":")
+            ends.append((socket.inet_ntoa(bytes.fromhex(ip)[::-1]), int(port, 16)))
+        out.add((ends[0], ends[1]))
+    return out
+
+
+def sipguard_streams(setup: Setup) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+    """sipguard's established connections: (peers on its port, peers it connected to)."""
+    accepted, opened = set(), set()
+    for local, remote in tcp_established():
+        if local == (SIPGUARD_IP, setup.sip_port):
+            accepted.add(remote)
+        elif local[0] == SIPGUARD_IP and remote == (CALLEE_IP, setup.callee_port):
+            opened.add(remote)
+    return accepted, opened
+
+
+def tcp_connect(setup: Setup) -> socket.socket:
+    return socket.create_connection(
+        sipguard_addr(setup), timeout=2.0, source_address=(CALLER_IP, 0)
+    )
+
+
+def test_tcp_idle_connection_closed_broken_framing_closed_and_counted(tmp_path: Path) -> None:
+    idle = 1.0
+    setup = write_config(tmp_path, overrides={"sip": {"tcp_idle_timeout": idle}})
+    sg = Sipguard(setup)
+    with running(sg):
+        sg.start()
+        good = tcp_connect(setup)
+        bad = tcp_connect(setup)
+        local = good.getsockname()[:2]
+        resp = tcp_transact(good, sip_request("OPTIONS", local=local, transport="TCP"))
+        assert resp is not None and status_of(resp) == 200, sg.log_tail()
+        errors = sg.metrics().get("sipguard_parse_errors_total", 0)
+
+        # a stream without Content-Length cannot be framed: closed at once, and counted
+        broken = sip_request("OPTIONS", local=bad.getsockname()[:2], transport="TCP")
+        broken = broken.replace(b"Content-Length: 0\r\n", b"")
+        bad.sendall(broken)
+        got, closed = tcp_read_until_closed(bad, 2.0)
+        assert closed, (got, sg.log_tail())
+        assert sg.metrics().get("sipguard_parse_errors_total", 0) == errors + 1
+        # the other connection goes on
+        resp = tcp_transact(good, sip_request("OPTIONS", local=local, transport="TCP"))
+        assert resp is not None and status_of(resp) == 200, sg.log_tail()
+
+        # and, once idle with no call on it, it is closed after the idle timeout
+        t0 = time.monotonic()
+        got, closed = tcp_read_until_closed(good, idle * 4 + 2)
+        after = time.monotonic() - t0
+        good.close()
+        bad.close()
+        assert closed, sg.log_tail()
+        assert idle * 0.9 <= after <= idle * 3 + 1, after
+        assert sg.healthy()
+
+
+def test_tcp_connection_of_a_live_call_is_never_closed_as_idle(tmp_path: Path) -> None:
+    idle, hold_ms = 1.0, 3500
+    setup = write_config(
+        tmp_path, target_transport="tcp", overrides={"sip": {"tcp_idle_timeout": idle}}
+    )
+    sg = Sipguard(setup)
+    callee = uas(setup, calls=1, timeout_s=20, tcp=True)
+    caller = uac(setup, calls=1, hold_ms=hold_ms, timeout_s=20, tcp=True)
+    with running(callee, caller, sg):
+        sg.start()
+        callee.start()
+        callee.wait_listening()
+        caller.start()
+        assert wait_for(lambda: active_calls(sg) == 1, 5.0), context(sg)
+        first = sipguard_streams(setup)
+        # well past the idle timeout and a few sweeps, the call's connections are there
+        time.sleep(idle * 2.5)
+        later = sipguard_streams(setup)
+        result = caller.wait(15)
+        callee_result = callee.wait(10)
+    ctx = f"{result.describe()}\n{callee_result.describe()}\n{sg.log_tail(60)}"
+    assert result.successful == 1 and result.failed == 0, ctx
+    assert callee_result.successful == 1, ctx
+    assert len(first[0]) == 1 and len(first[1]) == 1, (first, ctx)
+    assert later == first, (first, later, ctx)
+
+
+# -- 5. IPv6 ----------------------------------------------------------------------------------
+
+
+def free_port6() -> int:
+    """A port free for UDP and TCP on ::1."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as t:
+                t.bind(("::1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port on ::1")
+
+
+def udp6_bound(port: int) -> bool:
+    for line in Path("/proc/net/udp6").read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 1 and parts[1].endswith(f":{port:04X}"):
+            return True
+    return False
+
+
+def ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback")
+def test_call_over_ipv6(tmp_path: Path) -> None:
+    p_customers, p_pbx, p_callee, p_caller = (free_port6() for _ in range(4))
+    setup = write_config(
+        tmp_path,
+        overrides={
+            # caller and callee are both ::1: each trunk gets its own port
+            "listen": [
+                {"transport": "udp", "address": "::1", "port": p_customers, "trunks": ["customers"]},
+                {"transport": "udp", "address": "::1", "port": p_pbx, "trunks": ["pbx"]},
+            ],
+            "trunks": {
+                "customers": {"sources": ["::1/128"]},
+                "pbx": {"sources": ["::1/128"], "targets": [f"sip:[::1]:{p_callee}"]},
+            },
+        },
+    )
+    sg = Sipguard(setup)
+    common: dict[str, Any] = {"workdir": tmp_path, "local_ip": "::1", "timeout_s": 15}
+    callee = Sipp("uas6", "uas", local_port=p_callee, calls=1, **common)
+    caller = Sipp(
+        "uac6", "uac", local_port=p_caller, remote=f"[::1]:{p_customers}", calls=1, **common
+    )
+    with running(callee, caller, sg):
+        sg.start()
+        callee.start()
+        assert wait_for(lambda: udp6_bound(p_callee), 5.0)
+        result = caller.run()
+        callee_result = callee.wait(10)
+        exit_code = sg.stop()
+    ctx = f"{result.describe()}\n{callee_result.describe()}\n{sg.log_tail(60)}"
+    assert result.successful == 1 and result.failed == 0, ctx
+    assert callee_result.successful == 1, ctx
+    assert exit_code == 0, ctx
+    # the B-leg left from the pbx port, with its own Via and Contact on [::1]
+    invite = next(m for m in callee_result.traced() if m.method == "INVITE")
+    assert invite.header("via").startswith(f"SIP/2.0/UDP [::1]:{p_pbx};"), invite.head()
+    assert f"[::1]:{p_pbx}" in invite.header("contact"), invite.head()
+    assert f"[::1]:{p_caller}" not in invite.head(), invite.head()
+    records = read_cdrs(setup.cdr_dir)
+    assert Counter(r["kind"] for r in records) == {"start": 1, "end": 1}, records
+    assert records[-1]["end_reason"] == "caller_bye", records

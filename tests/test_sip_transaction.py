@@ -1243,13 +1243,14 @@ def test_cancel_crossing_the_200() -> None:
     tx = pair.a.send_request(invite, pair.to_b, owner, 0.0)
     pair.flush(0.0)
     [stx] = invites
+    rec = stx.owner  # an ACKed transaction lets go of its owner: keep it here
     stx.respond(make_response(invite, 180, to_tag="t"), 0.0)
     pair.flush(0.0)
     # both sent at 1.0, neither seen by the other side yet
     pair.a.cancel(tx, 1.0)
     stx.respond(make_response(invite, 200, to_tag="t"), 1.0)
     pair.flush(1.0)
-    assert isinstance(stx.owner, ServerRec) and stx.owner.cancels == []
+    assert isinstance(rec, ServerRec) and rec.cancels == []
     assert [e[1] for e in owner.events] == [180, 200]
     assert (1.0, "CANCEL") in pair.lines("a>b")
     assert pair.lines("b>a").count((1.0, "SIP/2.0 200 OK")) == 2  # to the CANCEL and INVITE

@@ -573,15 +573,6 @@ PAIRS: list[Pair] = [
         cdr_ends=((503, "rejected"),),
     ),
     Pair(
-        "unavailable-503-server-drop-one",
-        "failure",
-        SERVER / "uac-drop-one-503.xml",
-        DATA / "uas-fail.xml",
-        uas_status=(503, "Service Unavailable"),
-        finals=(503,),
-        cdr_ends=((503, "rejected"),),
-    ),
-    Pair(
         "decline-603",
         "failure",
         SRF / "uac-spammer-expect-603.xml",

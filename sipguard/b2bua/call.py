@@ -329,6 +329,7 @@ class Call:
 
     __slots__ = (
         "a",
+        "a_cseq",
         "a_invite",
         "a_rel",
         "a_rel_timer",
@@ -389,6 +390,7 @@ class Call:
         self.answered_at: float | None = None
         self.wall_answer: float | None = None  # the same answer time in both CDR records
         self.a_invite = stx
+        self.a_cseq = invite.cseq.number  # the transaction forgets its INVITE once ACKed
         a = self.a = Leg(core, True, invite.call_id, stx.flow)
         a.remote_tag = invite.from_.tag
         a.remote_seq = invite.cseq.number
@@ -595,7 +597,7 @@ class Call:
 
     def on_ack(self, leg: Leg, req: Request, now: float) -> None:
         """An ACK for a 2xx on ``leg``: ours to absorb, or the answer to pass on."""
-        if leg.is_a and req.cseq.number == self.a_invite.request.cseq.number:
+        if leg.is_a and req.cseq.number == self.a_cseq:
             self.a_invite.ack_received(now)
             b = self.b
             if self.late_offer and b is not None and self.b_ack is None and self.b_invite:

@@ -310,6 +310,7 @@ class ClientTransaction(Transaction):
                 if state in (State.CALLING, State.PROCEEDING):
                     self._cancel_timers()
                     self._to(State.ACCEPTED)
+                    self._data = b""  # no more retransmissions: free the bytes
                     self._deadline_at(now + 64 * self.layer.t.t1, self._end)  # Timer M
                 # every 2xx, first or retransmitted, from any fork, goes to the TU (6026)
                 self._deliver(resp, now)
@@ -319,6 +320,7 @@ class ClientTransaction(Transaction):
                 self.ack = self._build_ack(resp)
                 self.layer.send(self.flow, self.ack)
                 self._to(State.COMPLETED)
+                self._data = b""  # no more retransmissions: free the bytes
                 d = 0 if self.flow.reliable else self.layer.t.d
                 self._deadline_at(now + d, self._end)  # Timer D
                 self._deliver(resp, now)
@@ -335,6 +337,7 @@ class ClientTransaction(Transaction):
             return
         self._cancel_timers()
         self._to(State.COMPLETED)
+        self._data = b""  # no more retransmissions: free the bytes
         k = 0 if self.flow.reliable else self.layer.t.t4
         self._deadline_at(now + k, self._end)  # Timer K
         self._deliver(resp, now)
@@ -463,6 +466,11 @@ class ServerTransaction(Transaction):
             # stop retransmitting the 2xx; stay to absorb INVITE retransmissions (Timer L)
             self._stop_rtx()
             self.acked = True
+            # what is left of the transaction is its key: free the INVITE and the 2xx, so
+            # that 64*T1 of answered calls do not keep their messages (memory per call)
+            self.last = None
+            self.request = _ABSORBED
+            self.owner = None
 
     def _timer_h(self, now: float) -> None:
         """No ACK for our non-2xx final response in 64*T1 (§17.2.1)."""
@@ -519,6 +527,10 @@ def _own_branch(req: Request) -> str:
             j = value.find(";", i + 8)
             return value[i + 8 : j if j >= 0 else len(value)].strip()
     return req.top_via.branch or ""
+
+
+# what an ACKed INVITE server transaction keeps in place of its INVITE
+_ABSORBED = Request("INVITE", "sip:absorbed.invalid", ())
 
 
 class TransactionLayer:
