@@ -323,3 +323,27 @@ def test_a_dialled_name_is_billed_as_an_empty_callee_not_a_crash() -> None:
     w.from_callee(response_to(b_inv, 486, "Busy Here", "t1"))
     (rec,) = _end_records(w)
     assert rec["callee"] == "" and rec["status"] == 486
+
+
+def test_a_merged_request_gets_482() -> None:
+    """The same INVITE (Call-ID, From tag, CSeq) arriving by a second path is a merged
+    request (RFC 3261 §8.2.2.2): 482, never a second call."""
+    w = Wire()
+    first = invite(1)
+    w.from_caller(first)
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+    w.take_caller()
+    second = first.replace(b"branch=z9hG4bK-1-1-0", b"branch=z9hG4bK-other-path")
+    w.from_caller(second)
+    (final,) = finals(w.take_caller())
+    assert final.status == 482
+    assert w.take_callee() == []
+    assert w.core.calls == 1
+
+
+def test_a_method_token_never_becomes_a_metric_label() -> None:
+    w = Wire()
+    w.from_caller(out_of_dialog("X31201234567", 1))
+    w.take_caller()
+    assert "X31201234567" not in w.core.stats_in
+    assert w.core.stats_in.get("other") == 1

@@ -250,3 +250,98 @@ def test_iter_records_by_start_and_number(tmp_path: Path) -> None:
     only = frozenset({"+31209999999"})
     assert [r.id for r in sink.iter_records(None, None, only)] == [rec(2).id]
     sink.close()
+
+
+def test_restart_on_a_clock_behind_never_reopens_a_past_day(tmp_path: Path) -> None:
+    """A restart soon after midnight on a clock a little behind (NTP not yet synced):
+    yesterday's file, which a newer one has closed, is never written again."""
+    cfg = CdrConfig(path=str(tmp_path))
+    sink = FileSink(cfg, clock=Clock(DAY - 86400 + 10), writable=True)
+    sink.write_batch([rec(1)])
+    sink.close()
+    sink = FileSink(cfg, clock=Clock(DAY + 10), writable=True)
+    sink.write_batch([rec(2)])
+    sink.close()
+    closed = tmp_path / "cdr-2026-11-27.jsonl"
+    before = closed.read_bytes()
+    sink = FileSink(cfg, clock=Clock(DAY - 5), writable=True)  # 5 s behind midnight
+    sink.write_batch([rec(3)])
+    sink.close()
+    assert closed.read_bytes() == before
+    assert [x["id"] for x in lines(tmp_path / "cdr-2026-11-28.jsonl")] == [rec(2).id, rec(3).id]
+
+
+def test_restart_ignores_a_day_file_far_in_the_future(tmp_path: Path) -> None:
+    """A file a wrong clock dated years ahead is not written to after a restart: records
+    there would escape the retention until that day."""
+    (tmp_path / "cdr-2030-01-01.jsonl").write_text(rec(9).to_json() + "\n")
+    sink = FileSink(CdrConfig(path=str(tmp_path)), clock=Clock(DAY + 10), writable=True)
+    sink.write_batch([rec(1)])
+    sink.close()
+    assert len(lines(tmp_path / "cdr-2030-01-01.jsonl")) == 1
+    assert [x["id"] for x in lines(tmp_path / "cdr-2026-11-28.jsonl")] == [rec(1).id]
+
+
+def test_failed_fsync_always_is_retried_without_doubles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync: always. A failed fsync fails the batch (the writer keeps and retries it);
+    the batch is cut back off, so the retry does not store it twice."""
+    sink = FileSink(CdrConfig(path=str(tmp_path), fsync="always"), clock=Clock(DAY), writable=True)
+    sink.write_batch([rec(1)])
+    real = os.fsync
+
+    def failing(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(SinkError):
+        sink.write_batch([rec(2), rec(3)])
+    monkeypatch.setattr(os, "fsync", real)
+    sink.write_batch([rec(2), rec(3)])
+    sink.close()
+    assert [x["id"] for x in lines(tmp_path / "cdr-2026-11-28.jsonl")] == [
+        rec(i).id for i in (1, 2, 3)
+    ]
+
+
+def test_failed_fsync_batch_does_not_fail_the_written_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsync: batch. The records are written; a failed periodic fsync is logged and
+    tried again, never reported as a failed write (whose retry would double them)."""
+    mono = Clock(0.0)
+    sink = FileSink(
+        CdrConfig(path=str(tmp_path), fsync="batch"), clock=Clock(DAY), writable=True,
+        monotonic=mono,
+    )  # fmt: skip
+    sink.write_batch([rec(1)])
+    real = os.fsync
+
+    def failing(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    mono.t = 5.0  # a fsync is due
+    assert sink.write_batch([rec(2)]).written == 1
+    monkeypatch.setattr(os, "fsync", real)
+    sink.close()
+    assert [x["id"] for x in lines(tmp_path / "cdr-2026-11-28.jsonl")] == [rec(1).id, rec(2).id]
+
+
+def test_cdr_files_are_not_world_readable(tmp_path: Path) -> None:
+    """Usage data is personal data: day files 0640, the directory 0750 (umask 022)."""
+    old = os.umask(0o022)
+    try:
+        d = tmp_path / "cdr"
+        sink = FileSink(CdrConfig(path=str(d)), clock=Clock(DAY), writable=True)
+        sink.write_batch([rec(1)])
+        sink.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(d.stat().st_mode) == 0o750
+    assert stat.S_IMODE((d / "cdr-2026-11-28.jsonl").stat().st_mode) == 0o640

@@ -290,3 +290,83 @@ def test_start_recovers_open_calls(tmp_path: Path) -> None:
     assert ends[0]["end_reason"] == "crash_recovered"
     assert ends[0]["duration_ms"] == 30000
     assert counter(metrics, "file", "written") == 2
+
+
+def test_memory_is_bounded_while_refusing(tmp_path: Path) -> None:
+    """on_spool_full: refuse, the sink down: every refused attempt still makes an end
+    record. Past twice max_queue, the records of unanswered, non-emergency attempts are
+    dropped and counted; answered calls and emergency calls are always kept."""
+    sink = FakeSink()
+    sink.fail = SinkError
+    metrics = Metrics()
+    w = CdrWriter(CdrConfig(path=str(tmp_path)), metrics, sink=sink, max_queue=10)
+    w.start()
+    for i in range(100):
+        w.submit(rec(i))  # a flood of refused attempts
+    t = time.time()
+    answered = start_record(
+        call_id=f"0123abcd{999:024x}",
+        trunk_in="customers",
+        trunk_out="pbx",
+        caller="+31201234567",
+        callee="+31207654321",
+        presentation="allowed",
+        emergency=False,
+        start=t,
+        answer=t + 1,
+    )
+    emergency = end_record(
+        call_id=f"0123abcd{998:024x}",
+        trunk_in="customers",
+        trunk_out="pbx",
+        caller="+31201234567",
+        callee="112",
+        presentation="allowed",
+        emergency=True,
+        start=t,
+        answer=None,
+        end=t + 1,
+        status=487,
+        end_reason="cancel",
+    )
+    w.submit(answered)
+    w.submit(emergency)
+    assert w.pending() == 22  # 20 (2 x max_queue) + the two that are always kept
+    assert w.counts["dropped"] == 80
+    assert counter(metrics, "fake", "dropped") == 80
+    assert not w.accepting_calls()
+    sink.fail = None
+    assert w.close(5.0)
+    ids = [r.id for r in sink.records]
+    assert ids == [rec(i).id for i in range(20)] + [answered.id, emergency.id]
+
+
+def test_run_with_the_cdr_directory_held_says_cannot_start(tmp_path: Path) -> None:
+    """A second ``sipguard run`` on the same cdr.path: one line and exit 1, no traceback
+    (StateError is an OSError, which ``run`` reports as "cannot start")."""
+    import subprocess
+    import sys
+
+    from sipguard.cdr.state import DirLock
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "config" / "sipguard.yaml").read_text()
+    cdr = tmp_path / "cdr"
+    assert "  path: var/cdr " in text
+    cfg = tmp_path / "sipguard.yaml"
+    cfg.write_text(text.replace("  path: var/cdr ", f"  path: {cdr} ", 1))
+    lock = DirLock(str(cdr))
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sipguard", "run", "-c", str(cfg)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        lock.release()
+    assert done.returncode == 1, done.stderr
+    assert "cannot start" in done.stderr and "another process is writing CDRs" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -20,7 +20,6 @@ Every process is bounded and stopped by its PID.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import random
@@ -33,7 +32,6 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,6 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
-import yaml
 
 from tests.sipp_harness import (
     CALLEE_IP,
@@ -431,8 +428,10 @@ def test_metrics_endpoint_has_every_spec_metric_and_no_identifying_label(tmp_pat
         ), sg.log_tail()
         assert wait_for(lambda: active_calls(sg) == 0, 5.0)
         assert wait_for(
-            lambda: metric_sum(sg.metrics(), "sipguard_cdr_records_total", result="written")
-            >= 2 * calls,
+            lambda: (
+                metric_sum(sg.metrics(), "sipguard_cdr_records_total", result="written")
+                >= 2 * calls
+            ),
             5.0,
         ), sg.log_tail()
         samples = scrape_samples(sg)
@@ -440,8 +439,8 @@ def test_metrics_endpoint_has_every_spec_metric_and_no_identifying_label(tmp_pat
     assert result.successful == calls, context(sg, result)
 
     by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for name, labels, value in samples:
-        by_name.setdefault(name, []).append((labels, value))
+    for name, labels, sample in samples:
+        by_name.setdefault(name, []).append((labels, sample))
     for name, (_, label_names) in SPEC_METRICS.items():
         assert name in by_name, f"{name} missing from /metrics: {sorted(by_name)}"
         for labels, _ in by_name[name]:
@@ -536,7 +535,8 @@ def protos_cases(step: int, sender: tuple[str, int], to: str) -> list[tuple[byte
                 rest = rest[int(n) :]
             case = name.rsplit("/", 1)[-1]
             filled = []
-            for pdu in pdus:
+            for template in pdus:
+                pdu = template
                 for k, v in (
                     (b"<To>", to.encode()),
                     (b"<From>", f"+31201234567@{host}".encode()),
@@ -645,10 +645,12 @@ def test_malformed_input_never_disturbs_valid_calls(tmp_path: Path) -> None:
     calls, rate = 250, 50
     max_bytes = 16384
     setup = write_config(tmp_path, overrides={"sip": {"max_message_bytes": max_bytes}})
-    sg = Sipguard(setup)
+    sg = Sipguard(setup, cpus=(1,))  # pinned as in SIPP-NOTES (gotcha 1)
     # the fuzz INVITEs that parse become calls too: the callee takes any number of them
-    callee = uas(setup, calls=100_000, timeout_s=40, trace_msg=False)
-    caller = uac(setup, calls=calls, rate=rate, hold_ms=200, timeout_s=25, trace_msg=False)
+    callee = uas(setup, calls=100_000, timeout_s=40, trace_msg=False, cpus=(0,))
+    caller = uac(
+        setup, calls=calls, rate=rate, hold_ms=200, timeout_s=25, trace_msg=False, cpus=(0,)
+    )
     dest = sipguard_addr(setup)
     results: dict[str, Any] = {}
     rng = random.Random(4475)
@@ -676,7 +678,9 @@ def test_malformed_input_never_disturbs_valid_calls(tmp_path: Path) -> None:
             threading.Thread(
                 target=udp_fuzz, args=(dest, burst, results, caller, fuzz_port), daemon=True
             ),
-            threading.Thread(target=tcp_fuzz, args=(dest, tcp_protos, results, caller), daemon=True),
+            threading.Thread(
+                target=tcp_fuzz, args=(dest, tcp_protos, results, caller), daemon=True
+            ),
         ]
         for t in threads:
             t.start()
@@ -876,7 +880,12 @@ def test_call_over_ipv6(tmp_path: Path) -> None:
         overrides={
             # caller and callee are both ::1: each trunk gets its own port
             "listen": [
-                {"transport": "udp", "address": "::1", "port": p_customers, "trunks": ["customers"]},
+                {
+                    "transport": "udp",
+                    "address": "::1",
+                    "port": p_customers,
+                    "trunks": ["customers"],
+                },
                 {"transport": "udp", "address": "::1", "port": p_pbx, "trunks": ["pbx"]},
             ],
             "trunks": {
@@ -910,3 +919,155 @@ def test_call_over_ipv6(tmp_path: Path) -> None:
     records = read_cdrs(setup.cdr_dir)
     assert Counter(r["kind"] for r in records) == {"start": 1, "end": 1}, records
     assert records[-1]["end_reason"] == "caller_bye", records
+
+
+# -- 6. a trunk target given by name (RFC 3263) ----------------------------------------------
+
+
+class DnsServer:
+    """A tiny authoritative DNS server on 127.0.0.1 (UDP), in a thread.
+
+    ``records``: {(name, type): [rdata text]}; as the one in test_net_dns.py.
+    """
+
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], list[str]] = {}
+        self.queries: list[tuple[str, str]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((SIPGUARD_IP, 0))
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def add(self, name: str, kind: str, *rdatas: str) -> None:
+        self.records[name.lower(), kind] = list(rdatas)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except (TimeoutError, OSError):
+                continue
+            try:
+                self.sock.sendto(self._answer(data), addr)
+            except Exception:  # a bad query must not stop the server
+                continue
+
+    def _answer(self, data: bytes) -> bytes:
+        query = dns.message.from_wire(data)
+        question = query.question[0]
+        name = question.name.to_text().lower()
+        kind = dns.rdatatype.to_text(question.rdtype)
+        self.queries.append((name, kind))
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        if (name, kind) in self.records:
+            rrset = dns.rrset.from_text_list(
+                question.name, 60, dns.rdataclass.IN, question.rdtype, self.records[name, kind]
+            )
+            response.answer.append(rrset)
+        elif not any(n == name for n, _ in self.records):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        return bytes(response.to_wire())
+
+    def __enter__(self) -> DnsServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def dns_setup(tmp_path: Path, zone: DnsServer, **sip: Any) -> Setup:
+    return write_config(
+        tmp_path,
+        overrides={
+            "dns": {"servers": [f"{SIPGUARD_IP}:{zone.port}"]},
+            "sip": sip,
+            "trunks": {"pbx": {"targets": ["sip:pbx.test"]}},
+        },
+    )
+
+
+def wait_resolved(sg: Sipguard) -> None:
+    assert wait_for(lambda: "dns: sip:pbx.test ->" in sg.log_tail(200), 5.0), sg.log_tail()
+
+
+def test_target_by_name_naptr_srv_a(tmp_path: Path) -> None:
+    with DnsServer() as zone:
+        setup = dns_setup(tmp_path, zone)
+        zone.add("pbx.test.", "NAPTR", '10 50 "s" "SIP+D2U" "" _sip._udp.pbx.test.')
+        zone.add("_sip._udp.pbx.test.", "SRV", f"10 0 {setup.callee_port} uas.pbx.test.")
+        zone.add("uas.pbx.test.", "A", CALLEE_IP)
+        sg = Sipguard(setup)
+        callee = uas(setup, calls=1, timeout_s=15)
+        caller = uac(setup, calls=1, timeout_s=15)
+        with running(callee, caller, sg):
+            sg.start()
+            wait_resolved(sg)
+            callee.start()
+            callee.wait_listening()
+            result = caller.run()
+            callee_result = callee.wait(10)
+    ctx = f"{result.describe()}\n{callee_result.describe()}\n{sg.log_tail(60)}"
+    assert result.successful == 1 and result.failed == 0, ctx
+    assert callee_result.successful == 1, ctx
+    assert {("pbx.test.", "NAPTR"), ("_sip._udp.pbx.test.", "SRV")} <= set(zone.queries)
+    assert ("uas.pbx.test.", "A") in zone.queries
+
+
+def test_target_by_name_fails_over_to_second_srv_and_probes_the_dead_one(tmp_path: Path) -> None:
+    dead_port = free_port(CALLEE_IP)  # nothing listens there (until the probe check below)
+    with DnsServer() as zone:
+        setup = dns_setup(tmp_path, zone, target_timeout=1.0, probe_interval=0.5)
+        zone.add("pbx.test.", "NAPTR", '10 50 "s" "SIP+D2U" "" _sip._udp.pbx.test.')
+        zone.add(
+            "_sip._udp.pbx.test.",
+            "SRV",
+            f"10 0 {dead_port} dead.pbx.test.",
+            f"20 0 {setup.callee_port} uas.pbx.test.",
+        )
+        zone.add("dead.pbx.test.", "A", CALLEE_IP)
+        zone.add("uas.pbx.test.", "A", CALLEE_IP)
+        sg = Sipguard(setup)
+        callee = uas(setup, calls=1, timeout_s=15)
+        caller = uac(setup, calls=1, timeout_s=15)
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with running(callee, caller, sg), contextlib.closing(probe):
+            sg.start()
+            wait_resolved(sg)
+            callee.start()
+            callee.wait_listening()
+            result = caller.run()
+            callee_result = callee.wait(10)
+            # the dead target is probed with OPTIONS until it answers (the INVITE given up
+            # on may still be retransmitted there: no CANCEL before a 1xx, RFC 3261 §9.1)
+            probe.bind((CALLEE_IP, dead_port))
+            got = []
+            deadline = time.monotonic() + 6.0
+            while (left := deadline - time.monotonic()) > 0:
+                probe.settimeout(left)
+                data, addr = probe.recvfrom(65536)
+                got.append(data.split(b" ", 1)[0])
+                if data.startswith(b"OPTIONS sip:"):
+                    break
+            assert data.startswith(b"OPTIONS sip:"), got
+            assert addr[0] == SIPGUARD_IP
+            probe.sendto(
+                b"SIP/2.0 200 OK\r\n"
+                + b"".join(
+                    f"{n}: {header(data, n)}\r\n".encode()
+                    for n in ("Via", "From", "To", "Call-ID", "CSeq")
+                )
+                + b"Content-Length: 0\r\n\r\n",
+                addr,
+            )
+            assert wait_for(lambda: "answers again" in sg.log_tail(100), 3.0), sg.log_tail()
+    ctx = f"{result.describe()}\n{callee_result.describe()}\n{sg.log_tail(60)}"
+    assert result.successful == 1 and result.failed == 0, ctx
+    assert callee_result.successful == 1, ctx
+    log = sg.log_tail(200)
+    assert f"target udp {CALLEE_IP}:{dead_port} is down" in log, log

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from sipguard.b2bua.identity import CallIdentity
 from sipguard.config.model import Config, Trunk
+from sipguard.policy.body import filter_body
 from sipguard.policy.headers import copy_headers
 from sipguard.sip.message import Request, Response, SipMessage, canonical_name
 from sipguard.sip.timers import Timer
@@ -69,6 +70,10 @@ _PER_LEG = frozenset(
 _AUTH_CHALLENGE = frozenset({"www-authenticate", "proxy-authenticate"})
 _AUTH_CREDENTIALS = frozenset({"authorization", "proxy-authorization"})
 _NO_AUTH: frozenset[str] = frozenset()
+# what describes a body: goes when the policy leaves nothing of the body to relay
+_CONTENT_HEADERS = frozenset(
+    {"content-type", "content-disposition", "content-encoding", "content-language"}
+)
 
 
 def session_expires(msg: SipMessage) -> tuple[int, str | None] | None:
@@ -257,6 +262,7 @@ class Relay:
                     if leg.st is not None:
                         leg.st.restart(now)
         headers = call.relay_headers(resp, towards_a=self.from_leg.is_a, response=True)
+        body = call.relay_body(resp, headers, towards_a=self.from_leg.is_a)
         if method in ("INVITE", "UPDATE") and status < 300:
             headers.insert(0, ("Contact", call.core.contact(self.from_leg.flow)))
             st = self.from_leg.st
@@ -269,10 +275,10 @@ class Relay:
             call.phrase(resp, towards_a=self.from_leg.is_a),
             to_tag=self.from_leg.local_tag,
             headers=headers,
-            body=resp.body,
+            body=body,
         )
-        if resp.body and resp.content_type == "application/sdp":
-            self.from_leg.sdp = resp.body
+        if body and resp.content_type == "application/sdp":
+            self.from_leg.sdp = body
         self.inbound.respond(out, now)
         if status in (408, 481) and method != "BYE":
             # the dialog is gone on the far side (§12.2.1.2): end the call
@@ -290,7 +296,8 @@ class Relay:
         self.inbound.ack_received(now)
         if self.ack is not None:
             return  # the offer was in the re-INVITE: its 2xx was ACKed on arrival
-        self.ack = self.call.ack_bytes(self.to_leg, self.to_leg.local_seq, req.body)
+        body = self.call.relay_body(req, [], towards_a=self.to_leg.is_a)
+        self.ack = self.call.ack_bytes(self.to_leg, self.to_leg.local_seq, body)
         self.call.core.layer.send(self.to_leg.flow, self.ack)
 
 
@@ -351,6 +358,7 @@ class Call:
         "id",
         "ident",
         "late_offer",
+        "merge_key",
         "offer_pending",
         "pending_ack",
         "redirects",
@@ -391,6 +399,7 @@ class Call:
         self.wall_answer: float | None = None  # the same answer time in both CDR records
         self.a_invite = stx
         self.a_cseq = invite.cseq.number  # the transaction forgets its INVITE once ACKed
+        self.merge_key = (invite.call_id, invite.from_.tag or "", invite.cseq.number)
         a = self.a = Leg(core, True, invite.call_id, stx.flow)
         a.remote_tag = invite.from_.tag
         a.remote_seq = invite.cseq.number
@@ -451,14 +460,39 @@ class Call:
             if lname not in _PER_LEG
             and (lname in auth or (lname not in _AUTH_CHALLENGE and lname not in _AUTH_CREDENTIALS))
         ]
+        source = self.trunk_out if towards_a else self.trunk_in
         out = copy_headers(
             pairs,
             towards_trusted=trunk.trusted,
             restricted=restricted,
             emergency_to_emergency_trunk=self.emergency and not towards_a,
             allowlist=trunk.header_allowlist | auth,
+            # RFC 7044 §10.1: the caller's Privacy: history (sipguard sends no Privacy
+            # header of its own that would ask the next hop for it)
+            anonymise_history=not towards_a and "history" in self.ident.facts.privacy,
+            from_trusted=source.trusted,
         )
         return [(canonical_name(n), v) for n, v in out]
+
+    def relay_body(
+        self, msg: SipMessage, headers: list[tuple[str, str]], *, towards_a: bool
+    ) -> bytes:
+        """The body of ``msg`` as it may cross to the other leg (:mod:`sipguard.policy.body`):
+        no location but towards the emergency trunk, no caller identity in the SDP of a
+        restricted call. ``headers`` (the relayed ones) lose their ``Content-*`` headers
+        when nothing of the body may go."""
+        body = msg.body
+        if not body:
+            return body
+        out = filter_body(
+            msg.get("content-type"),
+            body,
+            restricted=self.ident.decision.restricted and not towards_a,
+            keep_location=self.emergency and not towards_a,
+        )
+        if not out:
+            headers[:] = [h for h in headers if h[0].lower() not in _CONTENT_HEADERS]
+        return out
 
     def phrase(self, resp: Response, *, towards_a: bool) -> str | None:
         """The reason phrase to relay: the peer's own only towards a trusted trunk.
@@ -601,7 +635,8 @@ class Call:
             self.a_invite.ack_received(now)
             b = self.b
             if self.late_offer and b is not None and self.b_ack is None and self.b_invite:
-                self.b_ack = self.ack_bytes(b, self.b_invite.request.cseq.number, req.body)
+                body = self.relay_body(req, [], towards_a=False)
+                self.b_ack = self.ack_bytes(b, self.b_invite.request.cseq.number, body)
                 self.core.layer.send(b.flow, self.b_ack)
             held, self.held_reinvite = self.held_reinvite, None
             if held is not None:
@@ -718,7 +753,8 @@ class Call:
                 rack = f"{(resp.get('rseq') or '').strip()} {resp.cseq.number} INVITE"
                 b.send(b.request("PRACK", [("RAck", rack)]), self, now)
         headers = self.relay_headers(resp, towards_a=True, response=True)
-        self.answer_a(resp.status, now, self.phrase(resp, towards_a=True), headers, resp.body)
+        body = self.relay_body(resp, headers, towards_a=True)
+        self.answer_a(resp.status, now, self.phrase(resp, towards_a=True), headers, body)
 
     def _answered(self, resp: Response, now: float) -> None:
         b = self.b
@@ -739,7 +775,8 @@ class Call:
         self.status = resp.status
         self._start_session_timers(resp, now)
         headers = self.relay_headers(resp, towards_a=True, response=True)
-        self.answer_a(resp.status, now, self.phrase(resp, towards_a=True), headers, resp.body)
+        body = self.relay_body(resp, headers, towards_a=True)
+        self.answer_a(resp.status, now, self.phrase(resp, towards_a=True), headers, body)
         self.core.call_answered(self, now)
         limit = self.config.sip.max_call_duration
         if limit > 0:
@@ -787,7 +824,8 @@ class Call:
         if status in (401, 407):
             self.core.await_auth_retry(self, now)
         headers = self.relay_headers(resp, towards_a=True, response=True)
-        self.answer_a(status, now, self.phrase(resp, towards_a=True), headers, resp.body)
+        body = self.relay_body(resp, headers, towards_a=True)
+        self.answer_a(status, now, self.phrase(resp, towards_a=True), headers, body)
         self.finish(now, "rejected", status)
 
     def _max_duration(self, now: float) -> None:
@@ -891,8 +929,9 @@ class Call:
             self.offer_pending = True
         other = self.other(leg)
         headers = self.relay_headers(req, towards_a=not leg.is_a)
+        body = self.relay_body(req, headers, towards_a=not leg.is_a)
         mf = req.max_forwards
-        out = other.request(method, headers, req.body, max_forwards=70 if mf is None else mf - 1)
+        out = other.request(method, headers, body, max_forwards=70 if mf is None else mf - 1)
         other.send(out, Relay(self, leg, other, stx), now)
 
     # -- session timers --------------------------------------------------------------------
@@ -945,7 +984,9 @@ class Call:
             return
         extra: list[tuple[str, str]] = []
         if by is not None:
-            extra = [("Reason", r) for r in by.get_lines("reason")]  # RFC 3326, carried over
+            # RFC 3326, carried over like any end-to-end header: its text= is free text,
+            # so it passes the next trunk's allowlist and privacy filter first
+            extra = [h for h in self.relay_headers(by, towards_a=not by_a) if h[0] == "Reason"]
         elif reason == "session_timeout":
             extra = [("Reason", SESSION_EXPIRED)]
         bye_a = (not by_a) or to_a or both

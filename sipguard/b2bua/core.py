@@ -40,6 +40,11 @@ log = logging.getLogger("sipguard.b2bua")
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, MESSAGE"
 SUPPORTED = "100rel, replaces, timer"
 AUTH_RETRY_WINDOW = 32.0
+KNOWN_KINDS = frozenset(
+    ALLOW.replace(" ", "").split(",")
+    + ["REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER"]
+    + [f"{c}xx" for c in range(1, 7)]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,9 @@ class B2BUA:
         self.outbox = self.layer.outbox
         self.cdr_out: list[CdrRecord] = []
         self.dialogs: dict[tuple[str, str], Call] = {}
+        # (Call-ID, From tag, CSeq) of the INVITEs that made calls: a merged request
+        # (the same INVITE by another path) is refused with 482 (§8.2.2.2)
+        self.invites: dict[tuple[str, str, int], Call] = {}
         self.auth_wait: dict[tuple[str, str], tuple[float, Leg]] = {}
         self.calls = 0
         self.emergency_calls = 0
@@ -186,6 +194,10 @@ class B2BUA:
                 self.layer.send(flow, make_response(msg, exc.status or 400).to_bytes())
 
     def _count_in(self, kind: str) -> None:
+        # a peer chooses the method token: only known ones become metric labels (a bounded
+        # set that can never carry a number), the rest count as "other"
+        if kind not in KNOWN_KINDS:
+            kind = "other"
         self.stats_in[kind] = self.stats_in.get(kind, 0) + 1
 
     @staticmethod
@@ -303,6 +315,9 @@ class B2BUA:
     # -- a new call ------------------------------------------------------------------------
 
     def _new_call(self, req: Request, tx: ServerTransaction, now: float) -> None:
+        if (req.call_id, req.from_.tag or "", req.cseq.number) in self.invites:
+            self._reject(tx, 482, "loop_detected", now)  # a merged request (§8.2.2.2)
+            return
         config = self.config
         ip = ipaddress.ip_address(tx.flow.host)
         trunk = config.match_trunk(tx.flow.local, ip)
@@ -390,6 +405,7 @@ class B2BUA:
         reuse = self._auth_retry_leg(req, now)
         self._admit(call)
         self.dialogs[call.a.key()] = call
+        self.invites[call.merge_key] = call
         call.start_b(targets, now, reuse)
         assert call.b is not None
         self.dialogs[call.b.key()] = call
@@ -588,14 +604,15 @@ class B2BUA:
             headers.append(("Session-Expires", str(max(se, config.sip.min_se))))
             headers.append(("Min-SE", str(config.sip.min_se)))
         headers.extend(call.relay_headers(a_req, towards_a=False))
-        if a_req.body:
+        body = call.relay_body(a_req, headers, towards_a=False)  # SDP identity, location
+        if body:
             ctype = a_req.get("content-type")
             if ctype and not any(n == "Content-Type" for n, _ in headers):
                 headers.append(("Content-Type", ctype))
-        headers.append(("Content-Length", str(len(a_req.body))))
-        if a_req.body and a_req.content_type == "application/sdp":
-            b.sdp = a_req.body
-        return Request("INVITE", b.remote_target, headers, a_req.body)
+        headers.append(("Content-Length", str(len(body))))
+        if body and a_req.content_type == "application/sdp":
+            b.sdp = body
+        return Request("INVITE", b.remote_target, headers, body)
 
     def await_auth_retry(self, call: Call, now: float) -> None:
         """The next hop challenged the INVITE: keep the B-leg for the caller's retry."""
@@ -721,6 +738,8 @@ class B2BUA:
         for leg in (call.a, call.b):
             if leg is not None and self.dialogs.get(leg.key()) is call:
                 del self.dialogs[leg.key()]
+        if self.invites.get(call.merge_key) is call:
+            del self.invites[call.merge_key]
         ident = call.ident
         answer = call.answered_at
         self.cdr_out.append(

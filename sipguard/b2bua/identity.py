@@ -129,6 +129,7 @@ def identify(req: Request, trunk: Trunk, config: Config) -> CallIdentity:
         privacy=req.get_lines("privacy"),
         remote_party_id=req.get_lines("remote-party-id"),
         priority=req.get_lines("priority"),
+        to_user=_user_of(req.to.uri),
     )
     dialled = rest if rest is not None else ""
     if rest is None:
@@ -170,7 +171,9 @@ def identity_headers(
                     f"<{presented_identity(ident.caller, config.identity_domain)}>",
                 )
             )
-        out.append(("Privacy", "id"))
+        # an emergency call whose caller is unknown has nothing to present, but asks for
+        # no privacy either: id/user/header are dropped on an emergency call (SPEC §3)
+        out.append(("Privacy", "none" if decision.emergency else "id"))
         return out
     uri = presented_identity(ident.caller, config.identity_domain)
     out = [("From", f"<{uri}>;tag={from_tag}")]

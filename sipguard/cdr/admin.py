@@ -1,19 +1,31 @@
-"""``sipguard cdr export`` and ``sipguard cdr purge`` (SPEC open_sink41.5).
+"""``sipguard cdr export`` and ``sipguard cdr purge`` (SPEC §1.5, §4).
 
 Export: every record where the number is the caller or the callee, from either sink, as
 JSON (``{"number", "matched_numbers", "since", "until", "generated", "records": [...]}``)
 or CSV (a header row, then one row per record). The number may be given in any form the
-trunks' numbering understands (``0201234567``, ``+31 20 123 4567``, ``0031201234567``).
+trunks' numbering understands (``0201234567``, ``+31 20 123 4567``, ``0031201234567``):
+it is normalised by the same functions that made the records' numbers
+(:func:`sipguard.policy.numbers.to_e164`, :func:`~sipguard.policy.numbers.clean_number`).
+A national form that two trunks' numberings read as two different E.164 numbers is
+refused (give it in E.164): an export must never hold another person's usage data.
 Where the number is the callee and the caller withheld theirs (``presentation:
-restricted``), the caller field reads ``withheld`` (GDPR art. 15(4)); a subscriber's own
+restricted``), the caller field, and ``trunk_in`` (the trunk the call came from, which can
+name the caller's company PBX), read ``withheld`` (GDPR art. 15(4)); a subscriber's own
 number always shows. ``--since``/``--until`` are ``YYYY-MM-DD`` (midnight UTC) or ISO
 8601 timestamps (UTC unless they carry an offset) and select on the call's ``start``:
 ``since`` inclusive, ``until`` exclusive (``--until 2026-12-01`` ends with November).
+A record stored twice (same ``(id, kind)``) is exported once. The file (``-o``) is
+written whole or not at all, readable by its owner only (0600), and replaces a file of
+that name rather than writing through it.
 
 Purge: deletes what is older than the retention (see :mod:`sipguard.cdr.retention`) and
 prints what it removed; ``--dry-run`` prints what it would remove and removes nothing.
 
-Exit status: 0 done, 1 the sink failed (database unreachable, disk error), 2 bad argument.
+With the file sink, ``cdr.path`` must exist (a relative path is read from the current
+directory): otherwise both commands fail rather than answer "no records".
+
+Exit status: 0 done, 1 the sink failed (database unreachable, disk error, no CDR
+directory), 2 bad argument.
 """
 
 from __future__ import annotations
@@ -24,7 +36,9 @@ import io
 import json
 import os
 import re
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
@@ -34,41 +48,44 @@ from sipguard.cdr.record import FIELDS, CdrRecord, datetime_to_ts, format_ts
 from sipguard.cdr.registry import open_sink
 from sipguard.cdr.retention import purge as purge_sink
 from sipguard.cdr.sink import SinkError
-from sipguard.config.model import Config, Numbering
+from sipguard.config.model import CdrConfig, Config, Numbering
+from sipguard.policy.numbers import clean_number, is_e164, to_e164
 
 WITHHELD: Final = "withheld"
 EXIT_OK: Final = 0
 EXIT_SINK: Final = 1
 EXIT_USAGE: Final = 2
 
-_SEPARATORS: Final = re.compile(r"[\s\-./()\u00a0]")
+# What people put between digits beyond RFC 3966's visual separators (which
+# clean_number drops): any white space (also no-break space) and '/' (020/1234567).
+_EXTRA_SEPARATORS: Final = re.compile(r"[\s/]")
 _NUMBER: Final = re.compile(r"\+?[0-9]{2,32}")
 _KIND_ORDER: Final = {"start": 0, "end": 1}
 
 
-def _normalise_candidates(number: str, numberings: Iterable[Numbering]) -> frozenset[str]:
-    """The forms of ``number`` that records may hold: E.164 by each trunk numbering, and
-    the number as given (without visual separators). ValueError if it is not a number."""
-    s = _SEPARATORS.sub("", number.strip())
-    if s.lower().startswith("tel:"):
-        s = s[4:]
+def export_numbers(number: str, numberings: Iterable[Numbering]) -> frozenset[str]:
+    """The forms of ``number`` that records may hold: its E.164 form under the trunks'
+    numberings (by :func:`~sipguard.policy.numbers.to_e164`, as the B2BUA made the
+    records' numbers) and the number as given (a callee that no numbering could convert
+    is recorded as dialled). ValueError if it is not a number, or if the numberings read
+    it as two different E.164 numbers (two people: give it in E.164)."""
+    text = number.strip()
+    if text[:4].lower() == "tel:":
+        text = text[4:]
+    s = clean_number(_EXTRA_SEPARATORS.sub("", text))
     if _NUMBER.fullmatch(s) is None:
         raise ValueError(f"not a telephone number: {number!r}")
     if s.startswith("+"):
+        if not is_e164(s):
+            raise ValueError(f"not an E.164 number: {number!r}")
         return frozenset({s})
-    out = {s}
-    for n in numberings:
-        if n.international_prefix and s.startswith(n.international_prefix):
-            rest = s[len(n.international_prefix) :]
-            if rest:
-                out.add("+" + rest)
-        elif n.country_code and n.national_prefix and s.startswith(n.national_prefix):
-            rest = s[len(n.national_prefix) :]
-            if rest:
-                out.add("+" + n.country_code + rest)
-        elif n.country_code and not n.national_prefix:
-            out.add("+" + n.country_code + s)
-    return frozenset(out)
+    e164 = {n for n in (to_e164(s, numbering) for numbering in numberings) if n is not None}
+    if len(e164) > 1:
+        raise ValueError(
+            f"{number!r} is a different number under different trunks' numbering "
+            f"({', '.join(sorted(e164))}): give it in E.164"
+        )
+    return frozenset({s, *e164})
 
 
 def parse_bound(text: str | None) -> str | None:
@@ -100,20 +117,64 @@ def _numberings(config: Config) -> list[Numbering]:
 def _masked(rec: CdrRecord, numbers: frozenset[str]) -> dict[str, Any]:
     data = rec.to_dict()
     if rec.presentation == "restricted" and rec.caller not in numbers:
-        data["caller"] = WITHHELD  # the subscriber is the callee: the caller stays withheld
+        # the subscriber is the callee: the caller stays withheld, and so does the trunk
+        # the call came from (a customer's PBX trunk names the caller's company)
+        data["caller"] = WITHHELD
+        data["trunk_in"] = WITHHELD
     return data
+
+
+def _unique(records: Iterable[CdrRecord]) -> list[CdrRecord]:
+    """Each ``(id, kind)`` once (a record stored twice is one record)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[CdrRecord] = []
+    for rec in records:
+        if rec.key not in seen:
+            seen.add(rec.key)
+            out.append(rec)
+    return out
+
+
+def _check_store(cfg: CdrConfig) -> None:
+    """OSError if the file sink's directory is not there (a wrong ``-c``, or a relative
+    ``cdr.path`` read from another directory): an export must not say "no records"."""
+    if cfg.sink == "file" and not os.path.isdir(cfg.path):
+        where = cfg.path
+        if not os.path.isabs(where):
+            where += f" (= {os.path.abspath(where)})"
+        raise OSError(f"cdr.path {where} is not a directory: no CDRs there")
 
 
 @contextlib.contextmanager
 def _open_output(output: str) -> Iterator[IO[str]]:
+    """Where the export goes. A file is written to a temporary file beside it (0600,
+    personal data: readable by its owner only) and renamed over ``output`` once complete:
+    never a partial export, never the mode of a file that was there, never through a
+    symbolic link. A device or pipe (``/dev/stdout``) is written to as it is."""
     if output == "-":
         yield sys.stdout
         sys.stdout.flush()
         return
-    # Personal data: readable by its owner only.
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w", encoding="utf-8", newline="") as f:
-        yield f
+    try:
+        st: os.stat_result | None = os.stat(output)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        with open(output, "w", encoding="utf-8", newline="") as f:
+            yield f
+        return
+    directory = os.path.dirname(output) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".sipguard-export-", dir=directory)  # mode 0600
+    try:
+        with open(fd, "w", encoding="utf-8", newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _csv_value(value: Any) -> str:
@@ -136,7 +197,7 @@ def export(
 ) -> int:
     """Write every record about ``number`` to ``output`` (``-``: stdout); exit status."""
     try:
-        numbers = _normalise_candidates(number, _numberings(config))
+        numbers = export_numbers(number, _numberings(config))
         since_ts = parse_bound(since)
         until_ts = parse_bound(until)
     except ValueError as exc:
@@ -146,9 +207,10 @@ def export(
         print(f"sipguard cdr export: unknown format {fmt!r}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        _check_store(config.cdr)
         sink = open_sink(config.cdr)
         try:
-            records = list(sink.iter_records(since_ts, until_ts, numbers))
+            records = _unique(sink.iter_records(since_ts, until_ts, numbers))
         finally:
             sink.close()
     except (SinkError, OSError) as exc:
@@ -160,7 +222,7 @@ def export(
     records.sort(key=lambda r: (r.start, r.id, _KIND_ORDER[r.kind]))
     rows = [_masked(r, numbers) for r in records]
     e164 = sorted(n for n in numbers if n.startswith("+"))
-    shown = e164[0] if len(e164) == 1 else _SEPARATORS.sub("", number.strip())
+    shown = e164[0] if e164 else min(numbers)
 
     if fmt == "json":
         doc = {
@@ -201,6 +263,7 @@ def purge(
     out = out if out is not None else sys.stdout
     cfg = config.cdr
     try:
+        _check_store(cfg)
         sink = open_sink(cfg)
         try:
             summary = purge_sink(

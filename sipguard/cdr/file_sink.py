@@ -2,10 +2,11 @@
 
 Files are ``<cdr.path>/cdr-YYYY-MM-DD.jsonl``, named after the UTC day on which the
 records were *written* (not the day of the call): the file being appended to is always
-today's, a past day's file is never opened for writing again, and retention can delete
-whole files. A call's start and end records may therefore sit in two files (a call over
-midnight). Only the newest file may end in a torn line after a crash; the writer cuts it
-off when it opens the sink.
+today's, a past day's file is never opened for writing again (not after a restart
+either: a clock up to a day behind the newest file keeps writing to that file), and
+retention can delete whole files. A call's start and end records may therefore sit in
+two files (a call over midnight). Only the newest file may end in a torn line after a
+crash; the writer cuts it off when it opens the sink.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Final
 
 from sipguard.cdr.jsonl import (
@@ -32,6 +33,9 @@ from sipguard.config.model import CdrConfig
 
 log = logging.getLogger("sipguard.cdr")
 
+# At start-up, how far the clock may be behind the newest day file and records still go
+# there (a restart soon after midnight on a clock that is a little behind).
+MAX_CLOCK_LAG: Final = timedelta(days=1)
 _DAY_FILE_RE: Final = re.compile(r"cdr-(\d{4}-\d{2}-\d{2})\.jsonl")
 
 
@@ -82,19 +86,32 @@ class FileSink:
         self._monotonic = monotonic
         self._writable = writable
         self._cur: AppendFile | None = None
+        # the newest day written to: the file being appended to, or at start-up the newest
+        # file there is (a clock behind it, after a restart, must not reopen an older one)
         self._cur_day: date | None = None
         if writable:
             ensure_dir(self._dir)
             files = day_files(self._dir)
             if files:
                 repair_tail(files[-1][1])  # the file a crash may have torn
+                newest = files[-1][0]
+                today = datetime.fromtimestamp(clock(), UTC).date()
+                if newest - today <= MAX_CLOCK_LAG:
+                    self._cur_day = newest
+                else:  # a file from a clock that was far ahead: it would hold records
+                    # beyond the retention until that day; follow the clock instead
+                    log.warning(
+                        "cdr: the newest CDR file (%s) is %d days ahead of the clock",
+                        os.path.basename(files[-1][1]),
+                        (newest - today).days,
+                    )
 
     # -- writing -------------------------------------------------------------------------
 
     def _today(self) -> date:
         day = datetime.fromtimestamp(self._clock(), UTC).date()
         if self._cur_day is not None and day < self._cur_day:
-            return self._cur_day  # the clock stepped back: never reopen a past day
+            return self._cur_day  # the clock stepped back: never reopen a past day's file
         return day
 
     def write_batch(self, records: Sequence[CdrRecord]) -> WriteResult:

@@ -72,22 +72,32 @@ class AppendFile:
 
     def write(self, data: bytes) -> None:
         """Append ``data`` whole, or (OSError) not at all: a failed write is cut back off,
-        so that a retry neither doubles records nor leaves a torn line."""
+        so that a retry neither doubles records nor leaves a torn line. With ``always``
+        the fsync is part of the write (a failed fsync cuts the batch off too: the caller
+        keeps and retries it); with ``batch`` a failed fsync is logged and tried again at
+        the next :meth:`tick`, the records being written (a retry would double them)."""
         before = os.fstat(self._fd).st_size
         view = memoryview(data)
         try:
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
+            if self.policy == "always":
+                os.fsync(self._fd)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, before)
             raise
-        self._dirty = True
         if self.policy == "always":
-            self.sync()
-        elif self.policy == "batch":
-            self.tick()
+            self._dirty = False
+            self._last_sync = self._monotonic()
+            return
+        self._dirty = True
+        if self.policy == "batch":
+            try:
+                self.tick()
+            except OSError as exc:
+                log.error("cdr: fsync of %s failed: %s", os.path.basename(self.path), exc)
 
     def tick(self) -> None:
         """A due ``batch`` fsync."""

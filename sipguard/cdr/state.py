@@ -23,8 +23,10 @@ LOCK_FILE: Final = "lock"
 _INSTANCE_RE: Final = re.compile(r"[0-9a-f]{8}")
 
 
-class StateError(Exception):
-    """The CDR directory cannot be used (another writer holds it, or it is not writable)."""
+class StateError(OSError):
+    """The CDR directory cannot be used (another writer holds it, or it is not writable).
+    An OSError, so that ``sipguard run`` says "cannot start: …" and exits 1 like for any
+    other resource it cannot have, instead of a traceback."""
 
 
 def write_heartbeat(path: str, wall: float) -> None:

@@ -24,6 +24,13 @@ the calls that are already up can still end and be billed. With ``on_spool_full:
 the writer goes on taking calls and, past :data:`MAX_QUEUE` waiting records, drops and
 counts them (``sipguard_cdr_records_total{result="dropped"}``).
 
+Memory stays bounded under either policy: while calls are refused, every refused attempt
+still makes an end record, so a flood of INVITEs during a long outage would grow the
+queue without end. Past ``HARD_QUEUE_FACTOR * max_queue`` waiting records, ``submit``
+drops (and counts) the end records of attempts that were never answered and are not
+emergency calls (duration 0: nothing to bill); the records of answered calls and of
+emergency calls are always kept.
+
 Metrics: ``sipguard_cdr_records_total{sink, result}`` with result ``written`` (stored for
 good: in the file, or in the database), ``spooled`` (waiting in the spool), ``dropped``,
 and ``failed`` (records of a write attempt that failed; they are retried).
@@ -67,6 +74,7 @@ RETENTION_SECONDS: Final = 24 * 3600.0
 RETENTION_RETRY_SECONDS: Final = 3600.0
 MAX_BATCH: Final = 1000
 MAX_QUEUE: Final = 100_000
+HARD_QUEUE_FACTOR: Final = 2
 RESULTS: Final = ("written", "spooled", "dropped", "failed")
 
 
@@ -90,6 +98,9 @@ class CdrWriter:
         self._do_recover = recover
         self._do_retention = retention
         self._max_queue = max_queue
+        self._hard_queue = HARD_QUEUE_FACTOR * max_queue
+        self._shedding = False
+        self._count_lock = threading.Lock()
         self._lock = DirLock(cfg.path)
         try:
             self.instance = instance_tag(cfg.path)
@@ -124,11 +135,29 @@ class CdrWriter:
                 self._count("failed", 1)
                 log.error("cdr: record submitted after close; not written")
                 return
+            if (
+                record.answer is None
+                and not record.emergency
+                and len(self._queue) + len(self._backlog) >= self._hard_queue
+            ):
+                self._shed()
+                return
             self._queue.append(record)
             if not self._wake.is_set():
                 self._wake.set()
         except Exception:
             log.exception("cdr: submit failed")
+
+    def _shed(self) -> None:
+        """Drop the record of an unanswered attempt: too many records wait (memory)."""
+        self._count("dropped", 1)
+        if not self._shedding:
+            self._shedding = True
+            log.error(
+                "cdr: %d records wait to be stored; dropping the records of unanswered "
+                "call attempts until they can be",
+                self.pending(),
+            )
 
     def accepting_calls(self) -> bool:
         """False while records cannot be stored, or too many wait (``on_spool_full:
@@ -255,6 +284,8 @@ class CdrWriter:
             return False
         del self._backlog[: len(batch)]
         self._account(result)
+        if self._shedding and self.pending() < self._max_queue:
+            self._shedding = False
         if self._refusing:
             log.warning("cdr: records are stored again; taking new calls")
         self._refusing = False
@@ -317,6 +348,7 @@ class CdrWriter:
     def _count(self, result: str, n: int) -> None:
         if n <= 0:
             return
-        self.counts[result] += n
+        with self._count_lock:  # the event loop (submit) and the worker both count
+            self.counts[result] += n
         if self._metrics is not None:
             self._metrics.cdr_records.labels(sink=self.sink_name, result=result).inc(n)

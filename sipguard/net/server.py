@@ -33,9 +33,21 @@ log = logging.getLogger("sipguard")
 # anything else (a peer may send any token as a method) is "other", so that a label never
 # carries what a peer wrote (SPEC §6: no number, no address) and the series stay few
 _METHODS = (
-    "INVITE ACK BYE CANCEL OPTIONS REGISTER SUBSCRIBE NOTIFY PUBLISH MESSAGE INFO UPDATE "
-    "PRACK REFER"
-).split()
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "MESSAGE",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "REFER",
+)
 KINDS: frozenset[str] = frozenset([*_METHODS, "1xx", "2xx", "3xx", "4xx", "5xx", "6xx"])
 _OUT_KIND: dict[bytes, str] = {m.encode() + b" ": m for m in _METHODS}
 _OUT_STATUS: dict[int, str] = {ord(str(c)): f"{c}xx" for c in range(1, 7)}

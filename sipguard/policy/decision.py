@@ -317,6 +317,7 @@ def facts_from(
     privacy: Iterable[str] = (),
     remote_party_id: Iterable[str] = (),
     priority: Iterable[str] = (),
+    to_user: str | None = None,
 ) -> tuple[CallFacts, str | None]:
     """Build :class:`CallFacts` from the strings of an INVITE, and the dialled rest.
 
@@ -327,11 +328,20 @@ def facts_from(
     from a trusted trunk (SPEC §2). Returns the facts and ``dialled_user`` without its
     CLIR code (still escaped if it was), to be put back into the Request-URI (and, by the
     same :func:`split_clir_code`, into ``To``).
+
+    ``to_user`` is the user part of ``To`` as it stands. A *withhold* code there counts
+    when the Request-URI has no code of its own: the subscriber dialled it, and a PBX
+    that retargeted the request (RFC 3261 §8.1.1.2: ``To`` keeps what the user asked
+    for) or stripped the code from the Request-URI only must not make the call
+    presented. A *present* code in ``To`` alone never counts (in doubt, withhold).
     """
     clir_code: ClirCode | None = None
     rest = dialled_user
     if dialled_user is not None:
         rest, clir_code = split_clir_code(dialled_user, codes)
+    to_code = None if to_user is None else split_clir_code(to_user, codes)[1]
+    if clir_code is None and to_code == "withhold":
+        clir_code = "withhold"
     emergency = is_sos_urn(request_uri) or (
         rest is not None and is_emergency(rest, emergency_numbers)
     )

@@ -28,6 +28,10 @@ What :func:`copy_headers` lets through, in this order:
    can carry identity (:data:`IDENTITY_HEADERS`, RFC 3323 §4.1) are removed, and
    ``History-Info``/``Diversion`` entries are anonymised (:func:`anonymise_history_info`,
    :func:`anonymise_diversion`).
+7. from an untrusted trunk, ``Priority: psap-callback`` is dropped (never believed, so
+   never passed on to where it would be);
+8. ``Reason`` (RFC 3326) goes towards an untrusted trunk without its free-text ``text``
+   (:func:`reason_without_text`), unless the trunk allowlists it.
 
 The same function cleans responses going back to the caller (the callee's identity and
 location never reach an untrusted caller): pass the caller's trunk and the callee's
@@ -55,6 +59,7 @@ __all__ = [
     "carries_device_identity",
     "copy_headers",
     "presented_identity",
+    "reason_without_text",
     "split_entries",
 ]
 
@@ -193,6 +198,8 @@ _IDENTITY = 2
 _HISTORY = 3
 _DIVERSION = 4
 _AUTH = 5
+_PRIORITY = 6
+_REASON = 7
 
 _CLASS: Final[dict[str, int]] = {
     **dict.fromkeys(NEVER_COPIED, _NEVER),
@@ -202,6 +209,8 @@ _CLASS: Final[dict[str, int]] = {
     "history-info": _HISTORY,
     "diversion": _DIVERSION,
     **dict.fromkeys(AUTH, _AUTH),
+    "priority": _PRIORITY,
+    "reason": _REASON,
 }
 
 
@@ -218,6 +227,7 @@ def copy_headers(
     emergency_to_emergency_trunk: bool = False,
     allowlist: frozenset[str] = frozenset(),
     anonymise_history: bool = False,
+    from_trusted: bool = True,
 ) -> list[tuple[str, str]]:
     """The A-leg headers to put into the B-leg message, in their order (see module doc).
 
@@ -229,6 +239,11 @@ def copy_headers(
     ``emergency_to_emergency_trunk``: an emergency call towards its emergency trunk, where
     the location headers go too. ``anonymise_history``: ``Privacy: history`` (RFC 7044
     §10.1) asks for ``History-Info`` anonymity also on a call that presents its number.
+    ``from_trusted``: the message comes from a trusted trunk. From an untrusted one,
+    ``Priority: psap-callback`` is never believed (SPEC §2), so it is not passed on
+    either, where the next hop would believe it and let the call through its
+    anonymous-call rejection (RFC 7090, Security Considerations: a provider removes the
+    PSAP call-back marking it cannot verify).
     """
     out: list[tuple[str, str]] = []
     classes = _CLASS
@@ -245,6 +260,12 @@ def copy_headers(
         elif cls == _AUTH:
             if key not in allowlist:
                 continue
+        elif cls == _REASON:
+            if not towards_trusted and key not in allowlist:
+                # the cause says why (RFC 3326); its text= is free text
+                value = reason_without_text(value)
+                if not value:
+                    continue
         else:
             if not towards_trusted and key not in default and key not in allowlist:
                 continue
@@ -256,6 +277,8 @@ def copy_headers(
                     value = ", ".join(anonymise_history_info([value]))
             elif cls == _DIVERSION and restricted:
                 value = ", ".join(anonymise_diversion([value]))
+            elif cls == _PRIORITY and not from_trusted and value.strip().lower() == "psap-callback":
+                continue
         if _DEVICE_ID.search(value) is not None:
             continue
         out.append((name, value))
@@ -311,6 +334,34 @@ def _anonymise(values: Iterable[str], keep: frozenset[str]) -> list[str]:
                     kept.append(f"{pname}={pval}" if eq else pname)
             out.append(";".join(kept))
     return out
+
+
+_REASON_PROTOCOL = re.compile(r"[A-Za-z0-9.!%*_+`'~-]{1,32}")
+_CAUSE = re.compile(r"[0-9]{1,5}")
+
+
+def reason_without_text(value: str) -> str:
+    """A ``Reason`` value with only each entry's protocol and cause (RFC 3326 §2).
+
+    ``Q.850;cause=16;text="Alice hung up"`` -> ``Q.850;cause=16``. The ``text`` (free
+    text, which can name a person or a number) and every other parameter go; an entry
+    whose protocol or cause is not a plain token goes whole. ``""`` when none is left.
+    """
+    out: list[str] = []
+    for entry in split_entries(value):
+        protocol, _, params = entry.partition(";")
+        protocol = protocol.strip()
+        if _REASON_PROTOCOL.fullmatch(protocol) is None:
+            continue
+        cause = None
+        for part in params.split(";"):
+            pname, _, pval = part.partition("=")
+            if pname.strip().lower() == "cause" and _CAUSE.fullmatch(pval.strip()):
+                cause = pval.strip()
+                break
+        if cause is not None:
+            out.append(f"{protocol};cause={cause}")
+    return ", ".join(out)
 
 
 _HISTORY_PARAMS: Final = frozenset({"index", "rc", "mp", "np"})
