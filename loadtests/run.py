@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -423,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     pin = not args.no_pin
+    # SIGTERM (e.g. from a `timeout` wrapper) unwinds like Ctrl-C, so that every process
+    # started here is stopped by its PID on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if args.workdir:

@@ -25,6 +25,7 @@ from tests.callsim import (
     Wire,
     callee_request,
     config_text,
+    establish,
     in_dialog,
     invite,
     requests,
@@ -529,3 +530,170 @@ def test_a_reload_applies_to_new_calls_only() -> None:
     assert (bye.get("from") or "").startswith(f"<sip:{CALLER_NUMBER}@")
     end = [r for r in w.core.cdr_out if r.kind == "end"][-1]
     assert end.presentation == "allowed"
+
+
+# -- review regressions: what a withheld caller's phone puts elsewhere --------------------
+
+SDP_WITH_IDENTITY = SDP.replace(b"o=user1 ", f"o={CALLER_NUMBER} ".encode()).replace(
+    b"s=-\r\n",
+    f"s=Call from {CALLER_NUMBER}\r\np=+31 20 123 4567\r\ne=alice@example.com\r\n".encode(),
+)
+
+
+def sdp_lines(msg: Request | Response) -> list[bytes]:
+    return msg.body.split(b"\r\n")
+
+
+def test_the_sdp_of_a_withheld_call_carries_no_identity_also_in_a_session_refresh() -> None:
+    """o= username, s=, p=, e= are the SDP's From and Subject (RFC 4566 §5.2-§5.6)."""
+    w = wire(pbx_trusted=False)
+    b_inv = b_leg(w, invite(1, user="#31#" + DIALLED, body=SDP_WITH_IDENTITY))
+    assert b"o=- 53655765 2353687637 IN IP4 127.0.0.3" in sdp_lines(b_inv)
+    assert b"s=-" in sdp_lines(b_inv)
+    assert b"c=IN IP4 127.0.0.3" in sdp_lines(b_inv)  # the media address: media: pass
+    assert int(b_inv.get("content-length") or "") == len(b_inv.body)
+    for secret in (b"201234567", b"20 123", b"alice"):
+        assert secret not in b_inv.body
+    # the callee refreshes nothing: we do, by re-INVITE (no UPDATE allowed), with the
+    # SDP we sent, i.e. the anonymised one, its o= line unchanged (RFC 3264 §8)
+    ok_extra = "Session-Expires: 120;refresher=uac\r\nRequire: timer\r\n"
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE, extra=ok_extra))
+    (ok,) = responses(w.take_caller(), 200)
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack"))
+    # a re-INVITE of the caller's own is anonymised the same way
+    w.from_caller(in_dialog("INVITE", ok, 2, 1, "z9hG4bK-re", SDP_WITH_IDENTITY))
+    (re,) = requests(w.take_callee(), "INVITE")
+    assert re.body == b_inv.body
+    w.from_callee(response_to(re, 200, "OK", None, SDP_CALLEE))
+    (ok2,) = responses(w.take_caller(), 200)
+    w.from_caller(in_dialog("ACK", ok2, 2, 1, "z9hG4bK-re-ack"))
+    w.take_callee()
+    w.advance(61)
+    refreshes = requests(w.take_callee(), "INVITE")  # and its retransmissions
+    assert refreshes and all(r.body == b_inv.body for r in refreshes)
+
+
+def test_the_sdp_of_a_presented_call_is_relayed_as_it_is() -> None:
+    w = wire()
+    b_inv = b_leg(w, invite(1, user=DIALLED, body=SDP_WITH_IDENTITY))
+    assert b_inv.body == SDP_WITH_IDENTITY
+
+
+def test_a_late_offer_answer_in_the_ack_is_anonymised_too() -> None:
+    w = wire()
+    b_inv = b_leg(w, invite(1, user="#31#" + DIALLED, body=b""))
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    ack = in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack", SDP_WITH_IDENTITY)
+    w.from_caller(ack)
+    (b_ack,) = requests(w.take_callee(), "ACK")
+    assert b"o=- 53655765" in b_ack.body and CALLER_DIGITS.encode() not in b_ack.body
+
+
+PIDF = (
+    b'<?xml version="1.0"?>\r\n<presence xmlns="urn:ietf:params:xml:ns:pidf" '
+    b'entity="pres:+31201234567@customer.example"><tuple id="t"><status><geopriv>'
+    b"<location-info><pos>52.37 4.89</pos></location-info></geopriv></status></tuple>"
+    b"</presence>"
+)
+
+
+def with_location(data: bytes, sdp: bytes = SDP) -> bytes:
+    """The caller's INVITE with its SDP and a PIDF-LO (RFC 6442 location by value)."""
+    body = (
+        b"--b1\r\nContent-Type: application/sdp\r\n\r\n" + sdp + b"\r\n"
+        b"--b1\r\nContent-Type: application/pidf+xml\r\nContent-ID: <loc@customer.example>"
+        b"\r\n\r\n" + PIDF + b"\r\n--b1--\r\n"
+    )
+    head = data.split(b"\r\n\r\n", 1)[0]
+    head = head.replace(
+        b"Content-Type: application/sdp", b"Content-Type: multipart/mixed;boundary=b1"
+    ).replace(f"Content-Length: {len(sdp)}".encode(), f"Content-Length: {len(body)}".encode())
+    return head + b"\r\nGeolocation: <cid:loc@customer.example>\r\n\r\n" + body
+
+
+def test_location_by_value_reaches_only_the_emergency_service() -> None:
+    w = wire()
+    b_inv = b_leg(w, with_location(invite(1, user=DIALLED)))
+    assert b"52.37" not in b_inv.body and b"pidf" not in b_inv.body
+    assert SDP in b_inv.body  # the session goes on
+    assert int(b_inv.get("content-length") or "") == len(b_inv.body)
+    assert_absent([b_inv], "Geolocation")
+    # a withheld call: no location, and no number in the SDP part either
+    b_inv = b_leg(w, with_location(invite(2, user="#31#" + DIALLED), SDP_WITH_IDENTITY))
+    assert b"52.37" not in b_inv.body and CALLER_DIGITS.encode() not in b_inv.body
+    # the emergency service gets it all
+    b_inv = b_leg(w, with_location(invite(3, user="#31#112")), peer=PSAP)
+    assert PIDF in b_inv.body
+    assert b_inv.get("geolocation") == "<cid:loc@customer.example>"
+
+
+def test_the_callees_location_body_does_not_reach_the_caller() -> None:
+    w = wire()
+    b_inv = b_leg(w, invite(1, user=DIALLED))
+    body = (
+        b"--b2\r\nContent-Type: application/sdp\r\n\r\n" + SDP_CALLEE + b"\r\n"
+        b"--b2\r\nContent-Type: application/pidf+xml\r\n\r\n" + PIDF + b"\r\n--b2--\r\n"
+    )
+    resp = response_to(b_inv, 200, "OK", "t", body).replace(
+        b"Content-Type: application/sdp", b"Content-Type: multipart/mixed;boundary=b2"
+    )
+    w.from_callee(resp)
+    (ok,) = responses(w.take_caller(), 200)
+    assert b"52.37" not in ok.body and SDP_CALLEE in ok.body
+    assert int(ok.get("content-length") or "") == len(ok.body)
+
+
+def test_a_bye_reason_loses_its_free_text_towards_an_untrusted_trunk() -> None:
+    """RFC 3326 Reason: the cause goes on, the text (free text) passes no allowlist."""
+    w = wire(pbx_trusted=False)
+    e = establish(w, 1, invite(1, user="#31#" + DIALLED))
+    reason = f'Reason: Q.850;cause=16;text="Alice {CALLER_NUMBER} hung up"\r\n'
+    w.from_caller(in_dialog("BYE", e.a_ok, 2, 1, "z9hG4bK-bye", extra=reason))
+    (bye,) = requests(w.take_callee(), "BYE")
+    assert bye.get_lines("reason") == ["Q.850;cause=16"]
+    assert_absent([bye], CALLER_DIGITS, "Alice")
+
+
+def test_a_psap_callback_claim_from_an_untrusted_trunk_is_not_passed_on() -> None:
+    """Never believed (SPEC §2), so never handed to a trusted trunk that would believe it."""
+    w = wire()
+    e = establish(w, 1, invite(1, user=DIALLED, headers="Priority: psap-callback\r\n"))
+    assert not e.b_invite.has("priority")
+    w.from_caller(in_dialog("INFO", e.a_ok, 2, 1, "z9hG4bK-i", extra="Priority: psap-callback\r\n"))
+    (info,) = requests(w.take_callee(), "INFO")
+    assert not info.has("priority")
+
+
+def test_privacy_history_anonymises_history_info_on_a_presented_call() -> None:
+    """RFC 7044 §10.1: ``Privacy: history``. sipguard sends no Privacy header that would
+    ask the next hop for it, so it anonymises itself."""
+    w = wire()
+    extra = "Privacy: history\r\nHistory-Info: <sip:+31205550123@pbx.example>;index=1\r\n"
+    b_inv = b_leg(w, invite(1, user=DIALLED, headers=extra))
+    assert (b_inv.get("from") or "").startswith(f"<sip:{CALLER_NUMBER}@")  # presented
+    assert b_inv.get("history-info") == "<sip:anonymous@anonymous.invalid>;index=1"
+
+
+@pytest.mark.parametrize("code", ["#31#", "%2331%23"])
+def test_a_withhold_code_in_to_only_withholds(code: str) -> None:
+    """The PBX stripped the code from the Request-URI (or retargeted): To still shows
+    what the subscriber dialled, and a code there withholds; it is gone from To too."""
+    w = wire(pbx_trusted=False)
+    data = invite(1, user=DIALLED).replace(
+        f"To: <sip:{DIALLED}@".encode(), f"To: <sip:{code}{DIALLED}@".encode()
+    )
+    b_inv, seen = whole_call(w, data)
+    assert (b_inv.get("from") or "").startswith(ANONYMOUS_FROM)
+    assert b_inv.to.uri.user == DIALLED
+    assert_absent(seen, CALLER_DIGITS, "#31#", "%2331%23")
+
+
+def test_an_emergency_call_of_an_unknown_caller_asks_for_no_privacy() -> None:
+    """No number to present (untrusted trunk, no default_cli), but id is still dropped."""
+    text = policy().replace('    default_cli: "+31201234000"\n', "", 1)
+    w = Wire(config_text(text))
+    b_inv = b_leg(w, invite(1, user="#31#112", from_user="+4930123456"), peer=PSAP)
+    assert (b_inv.get("from") or "").startswith(ANONYMOUS_FROM)
+    assert b_inv.get("privacy") == "none"
+    assert_absent([b_inv], "4930123456")

@@ -320,6 +320,35 @@ def test_dialled_strings(
         assert decision.reason == reason
 
 
+@pytest.mark.parametrize(
+    ("ruri_user", "to_user", "reason"),
+    [
+        # the code in To only (a PBX retargeted, or stripped the Request-URI only): the
+        # subscriber dialled it, so it withholds
+        ("0201234567", "#31#0201234567", "withhold_code"),
+        ("0201234567", "%2331%230201234567", "withhold_code"),
+        ("0201234567", "%2331%23%30201234567", "withhold_code"),
+        # a present code in To only never presents (in doubt, withhold)
+        ("0201234567", "*31#0201234567", "restricted_default"),
+        # the Request-URI's own code wins
+        ("*31#0201234567", "#31#0201234567", "present_code"),
+        # the emergency override is decided on the Request-URI and comes first
+        ("112", "#31#112", "emergency"),
+    ],
+)
+def test_a_withhold_code_in_to_alone_withholds(ruri_user: str, to_user: str, reason: str) -> None:
+    f, _ = facts_from(
+        trunk_in=trunk("restricted"),
+        caller=CALLER,
+        request_uri=f"sip:{ruri_user}@sg",
+        dialled_user=ruri_user,
+        codes=CODES,
+        emergency_numbers=EMERGENCY,
+        to_user=to_user,
+    )
+    assert decide(f).reason == reason
+
+
 def test_star31_in_permanent_mode() -> None:
     d, f, rest = build("sip:*31#0201234567@sg", "*31#0201234567", presentation="permanent")
     assert f.clir_code == "present"

@@ -20,6 +20,7 @@ from sipguard.policy.headers import (
     carries_device_identity,
     copy_headers,
     presented_identity,
+    reason_without_text,
     split_entries,
 )
 
@@ -85,6 +86,7 @@ def test_untrusted_allowed_only_allowlist() -> None:
         "allow",
         "session-expires",
         "min-se",
+        "reason",  # its cause only (test_reason_towards_an_untrusted_trunk_loses_its_text)
     ]
 
 
@@ -277,7 +279,7 @@ _NAMES = st.one_of(
             | IDENTITY_HEADERS
             | LOCATION_AND_DEVICE
             | AUTH
-            | {"history-info", "diversion"}
+            | {"history-info", "diversion", "reason", "priority"}
         )
     ),
     st.text(max_size=12),
@@ -291,6 +293,7 @@ _HEADERS = st.lists(st.tuples(_NAMES, st.text(max_size=40)), max_size=12)
     st.booleans(),
     st.booleans(),
     st.frozensets(st.text(max_size=12), max_size=3),
+    st.booleans(),
 )
 def test_copy_headers_invariants(
     headers: list[tuple[str, str]],
@@ -298,6 +301,7 @@ def test_copy_headers_invariants(
     restricted: bool,
     emergency: bool,
     allowlist: frozenset[str],
+    from_trusted: bool,
 ) -> None:
     out = copy_headers(
         headers,
@@ -305,6 +309,7 @@ def test_copy_headers_invariants(
         restricted=restricted,
         emergency_to_emergency_trunk=emergency,
         allowlist=allowlist,
+        from_trusted=from_trusted,
     )
     got = {n.lower() for n, _ in out}
     assert not got & NEVER_COPIED
@@ -312,11 +317,60 @@ def test_copy_headers_invariants(
     if not emergency:
         assert not got & LOCATION
     if not trusted:
-        assert got <= DEFAULT_ALLOWLIST | allowlist | (LOCATION if emergency else frozenset())
+        location = LOCATION if emergency else frozenset()
+        assert got <= DEFAULT_ALLOWLIST | allowlist | location | {"reason"}
+        if "reason" not in allowlist:
+            reasons = [v for n, v in out if n.lower() == "reason"]
+            assert all('"' not in v and "text=" not in v.lower() for v in reasons)
+    if not from_trusted:
+        assert all(v.strip().lower() != "psap-callback" for n, v in out if n.lower() == "priority")
     assert not got & (AUTH - allowlist)
     if restricted:
         assert not got & IDENTITY_HEADERS
     assert not any(carries_device_identity(v) for _, v in out)
+
+
+def test_psap_callback_priority_passes_only_from_a_trusted_trunk() -> None:
+    headers = [("priority", "psap-callback"), ("priority", "urgent")]
+    out = copy_headers(headers, towards_trusted=True, restricted=False, from_trusted=False)
+    assert out == [("priority", "urgent")]
+    out = copy_headers(headers, towards_trusted=True, restricted=False, from_trusted=True)
+    assert out == headers
+    out = copy_headers(
+        [("Priority", " PSAP-Callback ")],
+        towards_trusted=True,
+        restricted=False,
+        from_trusted=False,
+    )
+    assert out == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('Q.850;cause=16;text="Alice +31201234567 hung up"', "Q.850;cause=16"),
+        ('SIP ; cause=200 ; text="Call completed elsewhere"', "SIP;cause=200"),
+        ('Q.850;text="x;cause=7;y";cause=17', "Q.850;cause=17"),
+        ('SIP;cause=487, Q.850;cause=31;text="a, b"', "SIP;cause=487, Q.850;cause=31"),
+        ('SIP;text="no cause"', ""),
+        ("Q.850;cause=+31201234567", ""),
+        ("<sip:+31201234567@x>;cause=1", ""),
+    ],
+)
+def test_reason_without_text(value: str, expected: str) -> None:
+    assert reason_without_text(value) == expected
+
+
+def test_reason_towards_an_untrusted_trunk_loses_its_text() -> None:
+    headers = [("reason", 'Q.850;cause=16;text="Alice +31201234567"')]
+    out = copy_headers(headers, towards_trusted=False, restricted=False)
+    assert out == [("reason", "Q.850;cause=16")]
+    assert copy_headers(headers, towards_trusted=True, restricted=True) == headers
+    out = copy_headers(
+        headers, towards_trusted=False, restricted=False, allowlist=frozenset({"reason"})
+    )
+    assert out == headers  # the operator's choice
+    assert copy_headers([("reason", 'SIP;text="x"')], towards_trusted=False, restricted=False) == []
 
 
 # --- History-Info and Diversion ------------------------------------------------------------

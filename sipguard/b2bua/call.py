@@ -346,6 +346,7 @@ class Call:
         "auth_retry",
         "b",
         "b_ack",
+        "b_cseq",
         "b_invite",
         "b_ruri",
         "b_targets",
@@ -398,6 +399,7 @@ class Call:
         self.answered_at: float | None = None
         self.wall_answer: float | None = None  # the same answer time in both CDR records
         self.a_invite = stx
+        self.b_cseq = 0
         self.a_cseq = invite.cseq.number  # the transaction forgets its INVITE once ACKed
         self.merge_key = (invite.call_id, invite.from_.tag or "", invite.cseq.number)
         a = self.a = Leg(core, True, invite.call_id, stx.flow)
@@ -408,8 +410,8 @@ class Call:
         contacts = invite.contacts
         a.remote_target = str(contacts[0].uri) if contacts else str(invite.from_.uri)
         a.route_set = list(invite.get_all("record-route"))
-        a.supports = invite.tokens("supported") | invite.tokens("require")
-        a.allow = frozenset(m.upper() for m in invite.tokens("allow"))
+        a.supports = _interned(invite.tokens("supported") | invite.tokens("require"))
+        a.allow = _interned(frozenset(m.upper() for m in invite.tokens("allow")))
         self.b: Leg | None = None
         self.b_invite: ClientTransaction | None = None
         self.b_targets: list[Flow] = []
@@ -636,7 +638,7 @@ class Call:
             b = self.b
             if self.late_offer and b is not None and self.b_ack is None and self.b_invite:
                 body = self.relay_body(req, [], towards_a=False)
-                self.b_ack = self.ack_bytes(b, self.b_invite.request.cseq.number, body)
+                self.b_ack = self.ack_bytes(b, self.b_cseq, body)
                 self.core.layer.send(b.flow, self.b_ack)
             held, self.held_reinvite = self.held_reinvite, None
             if held is not None:
@@ -666,6 +668,7 @@ class Call:
         b.flow = flow
         b.remote_tag = None
         b.local_seq += 1
+        self.b_cseq = b.local_seq  # the INVITE's: PRACKs in the early dialog move local_seq
         req = self.core.build_b_invite(self, flow, b.local_seq)
         self.b_invite = b.send(req, self, now)
         self._arm(now + self.config.sip.target_timeout, self._target_timeout)
@@ -765,10 +768,10 @@ class Call:
         if contacts:
             b.remote_target = str(contacts[0].uri)
         b.route_set = list(reversed(resp.get_all("record-route")))
-        b.supports = resp.tokens("supported") | resp.tokens("require")
-        b.allow = frozenset(m.upper() for m in resp.tokens("allow"))
+        b.supports = _interned(resp.tokens("supported") | resp.tokens("require"))
+        b.allow = _interned(frozenset(m.upper() for m in resp.tokens("allow")))
         if not self.late_offer:
-            self.b_ack = self.ack_bytes(b, self.b_invite.request.cseq.number, b"")
+            self.b_ack = self.ack_bytes(b, self.b_cseq, b"")
             self.core.layer.send(b.flow, self.b_ack)
         self.state = ANSWERED
         self.answered_at = now
@@ -1045,6 +1048,20 @@ def is_sdp(headers: Iterable[tuple[str, str]]) -> bool:
         if name.lower() in ("content-type", "c"):
             return value.split(";", 1)[0].strip().lower() == "application/sdp"
     return False
+
+
+_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def _interned(tokens: frozenset[str]) -> frozenset[str]:
+    """One shared copy of each option-tag set: calls from one peer all carry the same
+    ``Supported``/``Allow``, and a held call should not pay for its own (bounded)."""
+    shared = _SETS.get(tokens)
+    if shared is not None:
+        return shared
+    if len(_SETS) < 4096:
+        _SETS[tokens] = tokens
+    return tokens
 
 
 def _without_tag(value: str) -> str:

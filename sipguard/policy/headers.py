@@ -338,6 +338,7 @@ def _anonymise(values: Iterable[str], keep: frozenset[str]) -> list[str]:
 
 _REASON_PROTOCOL = re.compile(r"[A-Za-z0-9.!%*_+`'~-]{1,32}")
 _CAUSE = re.compile(r"[0-9]{1,5}")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"?')
 
 
 def reason_without_text(value: str) -> str:
@@ -354,7 +355,7 @@ def reason_without_text(value: str) -> str:
         if _REASON_PROTOCOL.fullmatch(protocol) is None:
             continue
         cause = None
-        for part in params.split(";"):
+        for part in _QUOTED.sub('""', params).split(";"):
             pname, _, pval = part.partition("=")
             if pname.strip().lower() == "cause" and _CAUSE.fullmatch(pval.strip()):
                 cause = pval.strip()

@@ -311,6 +311,10 @@ class ClientTransaction(Transaction):
                     self._cancel_timers()
                     self._to(State.ACCEPTED)
                     self._data = b""  # no more retransmissions: free the bytes
+                    # an answered INVITE is kept (Timer M) by its key; of its request only
+                    # what the TU still reads: the method, the URI and the offer
+                    req = self.request
+                    self.request = Request(req.method, req.uri, (), req.body)
                     self._deadline_at(now + 64 * self.layer.t.t1, self._end)  # Timer M
                 # every 2xx, first or retransmitted, from any fork, goes to the TU (6026)
                 self._deliver(resp, now)
