@@ -71,9 +71,11 @@ def establish_caller(req: Request, trunk: Trunk, emergency: bool) -> tuple[str, 
     """
     if trunk.trusted:
         pai = req.name_addrs("p-asserted-identity")
-        schemes = [na.uri.scheme for na in pai]
+        schemes = ["sip" if na.uri.scheme == "sips" else na.uri.scheme for na in pai]
         if len(pai) > 2 or len(set(schemes)) != len(schemes):
-            raise SipError("more than one SIP or tel URI in P-Asserted-Identity")
+            if not emergency:
+                raise SipError("more than one SIP or tel URI in P-Asserted-Identity")
+            pai = []  # an emergency call is never refused: From (or default_cli) then
         number = _first_number(pai, trunk) or _first_number([req.from_], trunk)
         if number is not None:
             return number, False

@@ -5,6 +5,8 @@
 - :mod:`.decision`: the decision table of SPEC §3 (:func:`decide`) with its reason, and
   the refusals that follow from it (:func:`refusal`: 433, 500).
 - :mod:`.headers`: which A-leg headers reach the B-leg, and the identities sipguard builds.
+- :mod:`.body`: what of a body crosses: no location but to the emergency trunk, no
+  caller identity in the SDP of a restricted call.
 """
 
 from __future__ import annotations
