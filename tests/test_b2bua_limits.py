@@ -347,3 +347,24 @@ def test_a_method_token_never_becomes_a_metric_label() -> None:
     w.take_caller()
     assert "X31201234567" not in w.core.stats_in
     assert w.core.stats_in.get("other") == 1
+
+
+def test_a_flood_from_one_source_is_refused_but_not_its_emergency_calls() -> None:
+    """limits.source_rps (SPEC §8): past it, new calls from that address get 503 without
+    Retry-After, counted; an emergency call is never throttled."""
+    w = Wire(default_config("limits: {max_calls: 100, emergency_max_calls: 5, source_rps: 2}\n"))
+    for n in (1, 2):
+        w.from_caller(invite(n))
+    assert len(requests(w.take_callee(), "INVITE")) == 2
+    w.take_caller()
+    w.from_caller(invite(3))
+    (final,) = finals(w.take_caller())
+    assert final.status == 503 and not final.has("retry-after")
+    assert [r.end_reason for r in w.core.cdr_out if r.kind == "end"][-1] == "limit"
+    w.from_caller(invite(4, user="112"))
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+    w.advance(1.0)
+    w.take_caller()
+    w.take_callee()
+    w.from_caller(invite(5))
+    assert len(requests(w.take_callee(), "INVITE")) == 1

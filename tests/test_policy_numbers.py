@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sipguard.config.model import ClirCodes, Numbering
@@ -72,7 +72,7 @@ def test_unescape_user(raw: str, expected: str) -> None:
         ("0201234567", None, None),
         ("31#0201234567", None, None),
         ("x#31#112", None, None),  # only a leading code counts
-        ("#31#%2331%23112", "%2331%23112", "withhold"),  # removed once
+        ("#31#%2331%23112", "112", "withhold"),  # every leading code removed
         ("#31#0201234567;phone-context=+31", "0201234567;phone-context=+31", "withhold"),
         ("%2331%25230201234567", None, None),  # %25 is '%', not part of the code
     ],
@@ -119,6 +119,8 @@ def test_split_clir_code_any_escaping(
         for c, esc in zip(code, escape, strict=False)
     )
     codes = ClirCodes(withhold=code, present="")
+    # a rest that itself starts with the code is a repeated code: removed too
+    assume(split_clir_code(rest, codes)[1] is None)
     assert split_clir_code(spelled + rest, codes) == (rest, "withhold")
 
 
@@ -405,3 +407,20 @@ def test_cli_pattern_can_match(pattern: str, expected: bool) -> None:
 def test_cli_pattern_cannot_match_means_no_number_matches(pattern: str, number: str) -> None:
     if cli_matches(number, (pattern,)):
         assert cli_pattern_can_match(pattern)
+
+
+@pytest.mark.parametrize(
+    ("dialled", "rest", "code"),
+    [
+        ("#31##31#112", "112", "withhold"),
+        ("%2331%23%2331%230201234567", "0201234567", "withhold"),
+        ("*31##31#0201234567", "0201234567", "withhold"),
+        ("#31#*31#0201234567", "0201234567", "withhold"),
+        ("*31#*31#0201234567", "0201234567", "present"),
+    ],
+)
+def test_repeated_and_mixed_codes_are_all_removed(dialled: str, rest: str, code: str) -> None:
+    """The number behind the codes is what is checked for an emergency and billed."""
+    assert split_clir_code(dialled, ClirCodes()) == (rest, code)
+    if rest == "112":
+        assert is_emergency(rest, ("112",))

@@ -178,11 +178,12 @@ COMPACT_SAMPLES = {
     "j": "*;video",
     "d": "proxy, recurse",
     "y": "eyJhbGciOiJFUzI1NiJ9.e30.c2ln;info=<https://cert.example.org/a.cer>",
+    "n": "<https://cert.example.org/cert.pem>;alg=rsa-sha1",
 }
 
 
 def test_every_compact_form_is_known() -> None:
-    assert set(COMPACT_SAMPLES) == set(COMPACT_FORMS) == set("imelcfsktvxourbajdy")
+    assert set(COMPACT_SAMPLES) == set(COMPACT_FORMS) == set("imelcfsktvxourbajdyn")
 
 
 @pytest.mark.parametrize("letter", sorted(COMPACT_SAMPLES))

@@ -125,6 +125,8 @@ class B2BUA:
         self.resolved: dict[str, list[tuple[str, str, int]]] = {}
         self._target_flows: dict[str, list[Flow]] = {}
         self.min_se_override: dict[str, int] = {}
+        self._flood: dict[str, int] = {}
+        self._flood_second = -1
         self.stats_in: dict[str, int] = {}
         self.stats_out: dict[str, int] = {}
         self.parse_errors = 0
@@ -386,7 +388,7 @@ class B2BUA:
         if trunk_out is None:
             refuse(404, "no_route", "rejected")
             return
-        refused = self._limit(trunk, emergency, now)
+        refused = self._limit(trunk, emergency, now, tx.flow.host)
         if refused is not None:
             refuse(503, refused, "limit")
             return
@@ -429,12 +431,14 @@ class B2BUA:
         if self.metrics is not None:
             self.metrics.active_calls.set(self.calls)
 
-    def _limit(self, trunk: Trunk, emergency: bool, now: float) -> str | None:
+    def _limit(self, trunk: Trunk, emergency: bool, now: float, source: str) -> str | None:
         """Why a new call must be refused with 503, or None (SPEC §1.4, §8)."""
         limits = self.config.limits
         if emergency:
             # the reserved emergency capacity is the one cap that applies to them
             return "emergency_limit" if self.emergency_calls >= limits.emergency_max_calls else None
+        if limits.source_rps and self._flooding(source, now, limits.source_rps):
+            return "source_flood"
         if self.draining:
             return "draining"
         if not self.accepting:
@@ -453,6 +457,16 @@ class B2BUA:
                 return "trunk_cps"
             self.trunk_cps[trunk.name] = (sec, count + 1)
         return None
+
+    def _flooding(self, source: str, now: float, rps: int) -> bool:
+        """More than ``rps`` new calls this second from one source address (SPEC §8)."""
+        second = int(now)
+        if second != self._flood_second:
+            self._flood_second = second
+            self._flood.clear()  # one small dict per second: no unbounded growth
+        count = self._flood.get(source, 0) + 1
+        self._flood[source] = count
+        return count > rps
 
     def set_targets(self, resolved: dict[str, list[tuple[str, str, int]]]) -> None:
         """Where each configured target URI resolves to (RFC 3263, done by the driver)."""

@@ -77,19 +77,31 @@ def split_clir_code(dialled_user: str, codes: ClirCodes) -> tuple[str, ClirCode 
     case (``#31#``, ``%2331%23``, ``%2331#``). The rest is returned exactly as it was
     (still escaped if it was), with the code found, or the input unchanged and ``None``.
     The longer code is tried first, so that two codes where one is a prefix of the other
-    still work; an empty code in the configuration never matches.
+    still work; an empty code in the configuration never matches. Codes repeated or
+    mixed at the start are all removed; if any of them withholds, the result is
+    ``withhold``.
     """
     candidates: list[tuple[str, ClirCode]] = [
         (codes.withhold, "withhold"),
         (codes.present, "present"),
     ]
     candidates.sort(key=lambda c: -len(c[0]))
-    for code, kind in candidates:
-        if code:
-            end = _match_prefix(dialled_user, code)
-            if end >= 0:
-                return dialled_user[end:], kind
-    return dialled_user, None
+    found: ClirCode | None = None
+    rest = dialled_user
+    # several codes in a row (``#31##31#112``, ``*31##31#…``) are all removed, so that
+    # the number behind them is what is checked for an emergency and billed; withholding
+    # wins over presenting, whatever the order (the safer reading of a mixed dial)
+    while True:
+        for code, kind in candidates:
+            if code:
+                end = _match_prefix(rest, code)
+                if end >= 0:
+                    rest = rest[end:]
+                    if found != "withhold":
+                        found = kind
+                    break
+        else:
+            return rest, found
 
 
 def _match_prefix(s: str, code: str) -> int:

@@ -65,6 +65,7 @@ COMPACT_FORMS: dict[str, str] = {
     "j": "reject-contact",
     "d": "request-disposition",
     "y": "identity",
+    "n": "identity-info",
 }
 
 # Header name as written -> index key (lower-case long form). A bounded memo: the names
