@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sipguard.sip.transaction import Flow
 from tests.callsim import Wire, basic_call
 
 MESSAGES_PER_CALL = 14  # received and sent by the B2BUA: 7 on each leg
@@ -72,7 +73,8 @@ def main() -> int:
     # time inside B2BUA.receive (parse, transactions, calls, privacy, building) is the core's
     print(f"calls per run             {args.calls}")
     print(f"median run (sim + core)   {med:.3f} s")
-    print(f"median core time          {core:.3f} s  (runs: {', '.join(f'{c:.3f}' for _, c in results)})")
+    runs = ", ".join(f"{c:.3f}" for _, c in results)
+    print(f"median core time          {core:.3f} s  (runs: {runs})")
     print(f"core: calls/s of one core {args.calls / core:,.0f}")
     print(f"core: per call            {core / args.calls * 1e6:,.0f} us")
     print(f"core: per message         {core / args.calls / MESSAGES_PER_CALL * 1e6:,.1f} us")
