@@ -1510,3 +1510,21 @@ def test_an_in_dialog_request_carries_max_forwards_decremented() -> None:
     )
     assert [r.status for r in responses(w.take_caller()) if r.status >= 200][-1] == 483
     assert requests(w.take_callee(), "INFO") == []
+
+
+def test_a_bye_crossing_a_relayed_reinvite_answers_it_487_and_drops_the_late_200() -> None:
+    """RFC 3261 §15.1.2: requests pending in a dialog that a BYE ends get 487; the other
+    leg's late 200 is ACKed (so that it stops) and never relayed."""
+    w = Wire()
+    est = establish(w, 1)
+    w.from_caller(in_dialog("INVITE", est.a_ok, 2, 1, "z9hG4bK-reinv", SDP))
+    (re_inv,) = requests(w.take_callee(), "INVITE")
+    w.take_caller()  # 100 Trying
+    w.from_caller(in_dialog("BYE", est.a_ok, 3, 1, "z9hG4bK-bye-x"))
+    to_caller = responses(w.take_caller())
+    assert sorted(r.status for r in to_caller) == [200, 487]
+    (bye,) = requests(w.take_callee(), "BYE")
+    w.from_callee(response_to(bye, 200, "OK", None))
+    w.from_callee(response_to(re_inv, 200, "OK", None, SDP_CALLEE))
+    assert requests(w.take_callee(), "ACK")  # the late 200 is ACKed
+    assert responses(w.take_caller()) == []  # and not relayed

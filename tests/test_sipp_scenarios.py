@@ -595,18 +595,7 @@ PAIRS: list[Pair] = [
 SLOW = {"session-timer-refresher-uac-expires", "session-timer-no-refresher-expires"}
 
 # sipguard bugs reported to the lead; strict, so that the mark fails once they are fixed
-XFAIL: dict[str, str] = {
-    "reinvite-then-bye-from-callee": (
-        "when the callee's BYE ends the dialog while its re-INVITE is pending, sipguard "
-        "does not answer that re-INVITE with 487 (RFC 3261 s. 15.1.2); it relays the "
-        "caller's later 200 to the callee, which has hung up, and retransmits it"
-    ),
-    "reinvite-then-bye-from-caller": (
-        "when the caller's BYE ends the dialog while its re-INVITE is pending, sipguard "
-        "does not answer that re-INVITE with 487 (RFC 3261 s. 15.1.2); it relays the "
-        "callee's later 200 to the caller, which has hung up, and retransmits it"
-    ),
-}
+XFAIL: dict[str, str] = {}
 
 
 def _params() -> list[Any]:

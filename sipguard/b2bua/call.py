@@ -243,6 +243,16 @@ class Relay:
         if status == 100:
             return
         method = tx.request.method
+        if status >= 200:
+            call.relays.discard(self)
+        if call.state == ENDED:
+            # the call ended while this request was out (a BYE crossed it): its request
+            # was answered 487 then (§15.1.2); a 2xx is ACKed so that it stops, never relayed
+            if method == "INVITE" and 200 <= status < 300:
+                if self.ack is None:
+                    self.ack = call.ack_bytes(self.to_leg, resp.cseq.number, b"")
+                call.core.layer.send(self.to_leg.flow, self.ack)
+            return
         if method == "INVITE" and 200 <= status < 300:
             if self.ack is not None:  # a retransmitted 2xx: our ACK was lost
                 call.core.layer.send(self.to_leg.flow, self.ack, retransmission=True)
@@ -285,8 +295,11 @@ class Relay:
             call.hangup(not self.from_leg.is_a, now, reason="timeout", status=status)
 
     def on_timeout(self, tx: ClientTransaction, now: float) -> None:
-        self.inbound.respond(make_response(self.inbound.request, 408), now)
         call = self.call
+        call.relays.discard(self)
+        if call.state == ENDED:
+            return
+        self.inbound.respond(make_response(self.inbound.request, 408), now)
         if tx.request.method in ("INVITE", "UPDATE"):
             call.offer_pending = False
         call.hangup(not self.from_leg.is_a, now, reason="timeout", status=408)
@@ -363,6 +376,7 @@ class Call:
         "offer_pending",
         "pending_ack",
         "redirects",
+        "relays",
         "started_at",
         "state",
         "status",
@@ -400,6 +414,7 @@ class Call:
         self.wall_answer: float | None = None  # the same answer time in both CDR records
         self.a_invite = stx
         self.b_cseq = 0
+        self.relays: set[Relay] = set()  # in-dialog requests out on the other leg
         self.a_cseq = invite.cseq.number  # the transaction forgets its INVITE once ACKed
         self.merge_key = (invite.call_id, invite.from_.tag or "", invite.cseq.number)
         a = self.a = Leg(core, True, invite.call_id, stx.flow)
@@ -935,7 +950,9 @@ class Call:
         body = self.relay_body(req, headers, towards_a=not leg.is_a)
         mf = req.max_forwards
         out = other.request(method, headers, body, max_forwards=70 if mf is None else mf - 1)
-        other.send(out, Relay(self, leg, other, stx), now)
+        relay = Relay(self, leg, other, stx)
+        self.relays.add(relay)
+        other.send(out, relay, now)
 
     # -- session timers --------------------------------------------------------------------
 
@@ -1017,6 +1034,11 @@ class Call:
             self.a_rel_timer = None
         self.a_rel_wait = []
         self.pending_ack.clear()
+        # requests still waiting for the other leg's answer: the dialog is gone, so they
+        # are answered 487 now (RFC 3261 §15.1.2); their late answers are not relayed
+        relays, self.relays = self.relays, set()
+        for relay in relays:
+            relay.inbound.respond(make_response(relay.inbound.request, 487), now)
         held, self.held_reinvite = self.held_reinvite, None
         if held is not None:
             held[2].respond(make_response(held[1], 481), now)  # the dialog is gone

@@ -9,11 +9,9 @@ without it. Each byte is searched once, however the stream is cut, and the resul
 
 from __future__ import annotations
 
-import re
-
 from sipguard.sip.errors import MessageTooLarge, SipError
 
-_CLEN_RE = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.I | re.M)
+_CLEN_NAMES = (b"content-length", b"l")
 
 
 class StreamFramer:
@@ -85,7 +83,24 @@ class StreamFramer:
 
     @staticmethod
     def _content_length(buf: bytearray, end: int) -> int:
-        values = {m.group(1) for m in _CLEN_RE.finditer(buf, 0, end + 2)}
+        """The Content-Length of the header section ``buf[:end]``, read the way the parser
+        reads it (CRLF lines, folding undone, the start line skipped). One pass over the
+        lines: no regular expression, so no backtracking on hostile whitespace."""
+        values: set[bytes] = set()
+        current: bytes | None = None  # the Content-Length being read, while it may fold
+        for line in bytes(buf[:end]).split(b"\r\n")[1:]:
+            if line[:1] in (b" ", b"\t"):
+                if current is not None:
+                    folded = line.strip(b" \t")
+                    current = current + b" " + folded if current and folded else current or folded
+                continue
+            if current is not None:
+                values.add(current)
+            name, colon, value = line.partition(b":")
+            is_clen = colon and name.rstrip(b" \t").lower() in _CLEN_NAMES
+            current = value.strip(b" \t") if is_clen else None
+        if current is not None:
+            values.add(current)
         if len(values) != 1:
             raise SipError("missing or conflicting Content-Length on a stream", status=None)
         raw = values.pop()

@@ -122,10 +122,12 @@ LIST_HEADERS = frozenset(
         "reject-contact",
         "request-disposition",
         "p-associated-uri",
-        "p-called-party-id",
-        "p-charging-function-addresses",
     }
 )
+
+# List headers whose grammar has at least one element (RFC 3261 §25.1): an empty line of
+# one of these is an error, not "no entries" (Allow, Supported, Accept… may be empty).
+_NON_EMPTY = frozenset({"via", "contact", "route", "record-route"})
 
 # Headers that must appear at most once (RFC 3261 §20; RFC 4475 §3.3.8).
 SINGLE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards")
@@ -244,7 +246,8 @@ def _parse_via_general(text: str) -> Via:
     host, _ = parse_host_port(host_s)
     port = None
     if port_s is not None:
-        if len(port_s) > 5 or not 0 < int(port_s) <= 65535:
+        port_s = port_s.lstrip("0")  # port = 1*DIGIT: leading zeros allowed
+        if len(port_s) > 5 or not 0 < int(port_s or "0") <= 65535:
             raise SipError("invalid port in Via")
         port = int(port_s)
     params = parse_params(ptext, "Via") if ptext is not None else ()
@@ -277,8 +280,10 @@ def _parse_cseq_general(text: str) -> CSeq:
     m = _CSEQ_RE.match(text.strip())
     if m is None:
         raise SipError("malformed CSeq")
-    digits = m.group(1)
-    if len(digits) > 10 and len(digits.lstrip("0")) > 10:  # never int() a huge string
+    # leading zeros do not count, and never int() a long string: past 4300 digits int()
+    # raises ValueError, which would escape the SipError family
+    digits = m.group(1).lstrip("0") or "0"
+    if len(digits) > 10:
         raise SipError("CSeq number out of range")
     num = int(digits)
     if num > MAX_CSEQ:
@@ -341,7 +346,10 @@ class SipMessage:
             return list(lines)
         out: list[str] = []
         for line in lines:
-            for item in split_commas(line):
+            items = split_commas(line)
+            if not items and name in _NON_EMPTY:
+                raise SipError(f"empty {name} header")
+            for item in items:
                 if not item:
                     raise SipError(f"empty entry in {name}")
                 out.append(item)
@@ -439,7 +447,8 @@ class SipMessage:
         raw = raw.strip()
         if not (raw.isascii() and raw.isdigit()):
             raise SipError("malformed Max-Forwards")
-        if len(raw) > 3 and len(raw.lstrip("0")) > 3:
+        raw = raw.lstrip("0") or "0"  # never int() a long string (ValueError past 4300 digits)
+        if len(raw) > 3:
             return 255  # an overlarge value is as good as any large one (RFC 4475 §3.1.2.4)
         return min(int(raw), 255)
 
@@ -493,10 +502,17 @@ class SipMessage:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
+        """The message on the wire. A CR or LF inside the start line, a header name or
+        value would be a line break to the receiver (header injection): that is our own
+        misuse, a ``ValueError``, never bytes sent."""
         head = [self.start_line()]
         head.extend(f"{n}: {v}" for n, v in self.headers)
         head.append(CRLF)
-        return CRLF.join(head).encode("utf-8", "surrogateescape") + self.body
+        text = CRLF.join(head)
+        lines = len(head)  # start line, headers, and the empty line: one CRLF after each
+        if text.count("\n") != lines or text.count("\r") != lines:
+            raise ValueError("CR or LF inside a start line, header name or value")
+        return text.encode("utf-8", "surrogateescape") + self.body
 
     def __bytes__(self) -> bytes:
         return self.to_bytes()
@@ -533,7 +549,13 @@ class Request(SipMessage):
             super().validate()
             if self.cseq.method != self.method:
                 raise SipError("CSeq method does not match the request method")
+            if self.method != "REGISTER" and self.contact_star:
+                # Contact: * only removes bindings in a REGISTER (RFC 3261 §10.2.2, §20.10)
+                raise SipError("Contact: * outside REGISTER")
         except SipError as exc:
+            if self.method == "ACK":
+                exc.status = None  # an ACK is never answered (RFC 3261 §17.1.1.3, §17.2.1)
+                raise
             raise attach_response(exc, self.headers) from None
 
     def __repr__(self) -> str:
@@ -568,9 +590,9 @@ class Response(SipMessage):
 def _content_length(values: list[str] | None) -> int | None:
     if not values:
         return None
-    first = values[0].strip()
+    first = values[0].strip(" \t")
     for other in values[1:]:
-        if other.strip() != first:
+        if other.strip(" \t") != first:
             raise SipError("conflicting Content-Length values")
     if not (first.isascii() and first.isdigit()) or len(first) > 10:
         raise SipError("malformed Content-Length")
@@ -630,10 +652,11 @@ def _parse(data: bytes, datagram: bool, limits: Limits) -> Request | Response:
             raise MessageTooLarge("start line too long", status=None)
         headers = _split_headers(lines, limits)
     msg: Request | Response
-    if start.startswith("SIP/"):
+    if start[:4].upper() == "SIP/":
         version, _, rest = start.partition(" ")
         code, _, reason = rest.partition(" ")
-        if version != SIP_VERSION:
+        # RFC 3261 §7.1: the SIP-Version string is case-insensitive (sent upper-case)
+        if version.upper() != SIP_VERSION:
             raise SipError("unsupported SIP version in response", status=None)
         if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] not in "123456":
             raise SipError("malformed status code", status=None)
@@ -646,12 +669,12 @@ def _parse(data: bytes, datagram: bool, limits: Limits) -> Request | Response:
             raise SipError("malformed request line")
         method, uri, version = parts
         if (
-            not version.startswith("SIP/")
+            version[:4].upper() != "SIP/"
             or (method not in _METHODS and not _METHOD_RE.match(method))
             or not uri
         ):
             raise SipError("malformed request line")
-        if version != SIP_VERSION:
+        if version != SIP_VERSION and version.upper() != SIP_VERSION:
             if _VERSION_RE.match(version):
                 raise SipError("SIP version not supported", status=505)
             raise SipError("malformed request line")
@@ -681,8 +704,9 @@ def _head_lines(data: bytes, datagram: bool) -> tuple[list[str], int]:
     if end < 0:
         if not (datagram and data.endswith(b"\r\n")):
             raise SipError("no end of header section", status=None)
-        # a datagram cut right after its last header line: the headers end with it
-        end = body_start = len(data) - 2
+        # a datagram cut right after its last header line: the headers end with it, and
+        # there is no body (not even that line's CRLF)
+        end, body_start = len(data) - 2, len(data)
     head = data[:end].decode("utf-8", "surrogateescape")
     return (head.split("\n") if bare_lf else head.split(CRLF)), body_start
 
@@ -697,13 +721,16 @@ def _answer_or_drop(exc: SipError, data: bytes) -> None:
         lines, _ = _head_lines(data.lstrip(b"\r\n"), True)
     except SipError:
         lines = [""]
-    if lines[0].startswith("SIP/"):
+    if lines[0][:4].upper() == "SIP/" or lines[0].partition(" ")[0] == "ACK":
+        # a response is never answered, nor is an ACK, not even a malformed one (RFC 3261
+        # §17.1.1.3, §17.2.1): drop it
         exc.status = None
         return
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
-            if headers:
+            # a value already too long to be mirrored is not grown further
+            if headers and len(headers[-1][1]) <= DEFAULT_LIMITS.max_line:
                 name, value = headers[-1]
                 folded = line.strip(" \t")
                 headers[-1] = (name, f"{value} {folded}" if value and folded else value or folded)
@@ -776,15 +803,16 @@ def _error_response(headers: Iterable[tuple[str, str]], exc: SipError) -> bytes 
             wanted[key].append(value)
     # only what a sound message could carry is mirrored: no CR or LF (that would be header
     # injection into our own answer), nothing over the usual line limit
-    for key, values in wanted.items():
-        sane = [v for v in values if _mirrorable(v)]
-        if key == "via" and len(sane) != len(values):
-            return None  # a Via list we cannot copy whole would misroute the answer
-        wanted[key] = sane
+    if not all(_mirrorable(v) for v in wanted["via"]):
+        return None  # a Via list we cannot copy whole would misroute the answer
     if not wanted["via"] or not _VIA_SENT_BY_RE.match(wanted["via"][0]):
         return None
     hdrs = [f"Via: {v}" for v in wanted["via"]]
-    single = {k: v[0] for k, v in wanted.items() if len(v) == 1 and k != "via"}
+    # exactly one in the request, and sound: a second From (say) that cannot be mirrored
+    # must not make the first look like the only one
+    single = {
+        k: v[0] for k, v in wanted.items() if k != "via" and len(v) == 1 and _mirrorable(v[0])
+    }
     if "from" in single:
         hdrs.append(f"From: {single['from']}")
     if "to" in single:
@@ -812,7 +840,8 @@ def _mirrorable(value: str) -> bool:
 
 
 def _quote_safe(text: str) -> str:
-    return text.replace("\\", "").replace('"', "'")
+    """``text`` as the inside of a quoted-string: no backslash, quote or control char."""
+    return "".join("'" if c == '"' else c for c in text if c >= " " and c not in "\\\x7f")
 
 
 REASONS: dict[int, str] = {

@@ -230,7 +230,11 @@ _uri_opaque = _slot_setter(Uri, "opaque")
 
 
 def _parse_port(text: str) -> int:
-    if not (text.isascii() and text.isdigit()) or len(text) > 5 or not 0 < int(text) <= 65535:
+    """port = 1*DIGIT (RFC 3261 §25.1): leading zeros allowed, never int() a long string."""
+    if not (text.isascii() and text.isdigit()):
+        raise SipError("invalid port in URI")
+    text = text.lstrip("0")
+    if len(text) > 5 or not 0 < int(text or "0") <= 65535:
         raise SipError("invalid port in URI")
     return int(text)
 
@@ -394,6 +398,7 @@ _na_display = _slot_setter(NameAddr, "display")
 _na_params = _slot_setter(NameAddr, "params")
 
 _QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_LWS_RE = re.compile(r"[ \t]+")
 # The common ``"Display" <sip:…>;tag=…`` and ``Token words <…>`` shapes, ASCII only.
 _DISPLAY = (
     r'(?:("[ !#-\[\]-~]*(?:\\[ -~][ !#-\[\]-~]*)*")[ \t]*|'
@@ -428,35 +433,35 @@ def parse_name_addr(text: str) -> NameAddr:
 
 
 def _parse_name_addr_general(text: str) -> NameAddr:
-    s = text.strip()
+    s = text.strip(" \t")  # LWS is SP and HTAB only (folding is undone already)
     display: str | None = None
     if s.startswith('"'):
         m = _QUOTED_RE.match(s)
         if m is None:
             raise SipError("unbalanced quotes in display name")
         display = m.group(0)
-        s = s[m.end() :].lstrip()
+        s = s[m.end() :].lstrip(" \t")
         if not s.startswith("<"):
             raise SipError("display name without <URI>")
     lt = s.find("<")
     if lt >= 0:
         if display is None:
-            token = s[:lt].strip()
+            token = s[:lt].strip(" \t")
             if token:
-                if not all(_TOKEN_RE.match(w) for w in token.split()):
+                if not all(_TOKEN_RE.match(w) for w in _LWS_RE.split(token)):
                     raise SipError("malformed display name")
                 display = token
         gt = s.find(">", lt)
         if gt < 0:
             raise SipError("unterminated <URI>")
-        uri_text = s[lt + 1 : gt].strip()
-        rest = s[gt + 1 :].strip()
+        uri_text = s[lt + 1 : gt].strip(" \t")
+        rest = s[gt + 1 :].strip(" \t")
         uri = parse_uri(uri_text)
     else:
         # addr-spec: URI parameters are header parameters here (RFC 3261 §20)
         uri_text, semi, ptext = s.partition(";")
         rest = semi + ptext
-        uri = parse_uri(uri_text.strip())
+        uri = parse_uri(uri_text.strip(" \t"))
         if uri.headers is not None:
             raise SipError("addr-spec with headers must be in <>")
     if rest:
@@ -471,7 +476,8 @@ def _parse_name_addr_general(text: str) -> NameAddr:
 def split_commas(value: str) -> list[str]:
     """Split a header value at commas outside quotes and angle brackets (RFC 3261 §7.3.1)."""
     if "," not in value:
-        return [value.strip()] if value.strip() else []
+        value = value.strip(" \t")
+        return [value] if value else []
     out: list[str] = []
     depth_lt = False
     in_q = False
@@ -492,10 +498,10 @@ def split_commas(value: str) -> list[str]:
         elif c == ">":
             depth_lt = False
         elif c == "," and not depth_lt:
-            out.append(value[start:i].strip())
+            out.append(value[start:i].strip(" \t"))
             start = i + 1
         i += 1
     if in_q:
         raise SipError("unbalanced quotes")
-    out.append(value[start:].strip())
+    out.append(value[start:].strip(" \t"))
     return out
