@@ -305,6 +305,12 @@ PAIRS: list[Pair] = [
         DATA / "uac-recv-reinvite-bye.xml",
         DATA / "uas-reinvite-bye.xml",
         cdr_ends=((200, "callee_bye"),),
+        # a true race: if the caller's 200 to the re-INVITE reaches sipguard before the
+        # callee's BYE, the 200 is relayed (and must be ACKed by the callee); after it, the
+        # re-INVITE gets 487 (§15.1.2). Both are right, and a SIPp scenario cannot take
+        # both, so only the caller side, the CDR and the log are checked here; the 487
+        # path is tested deterministically in tests/test_b2bua_calls.py
+        uas_must_pass=False,
     ),
     Pair(
         "reinvite-then-bye-from-caller",
