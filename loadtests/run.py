@@ -6,6 +6,7 @@
     python loadtests/run.py --rate 1000 --repeat 3              # medians of 3 runs
     python loadtests/run.py --find-max --duration 15            # highest rate, < 0.1% failed
     python loadtests/run.py --hold-calls 10000                  # memory per held call
+    python loadtests/run.py --versus-sippy --rate 100,150       # sippy, same runs (sippy.py)
 
 sipguard runs as in production (privacy enforcement on an untrusted customer trunk,
 file CDRs in a temporary directory), pinned to core 1 (``taskset -c 1``); both SIPp
@@ -24,6 +25,7 @@ VM: compare medians (``--repeat``), never assert them in a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import statistics
@@ -33,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -132,6 +134,18 @@ def _drops_for(setup: Setup) -> dict[str, int]:
     return {k: v for k, v in udp_drops().items() if int(k.rsplit(":", 1)[1]) in ports and v}
 
 
+class Element(Protocol):
+    """The element under test between the SIPp uac and uas: sipguard, or a peer."""
+
+    def start(self) -> object: ...
+
+    def stop(self) -> object: ...
+
+    def cpu_seconds(self) -> float: ...
+
+    def status(self) -> dict[str, int]: ...
+
+
 def run_load(
     rate: float,
     duration_s: float,
@@ -142,17 +156,58 @@ def run_load(
     pin: bool = True,
     calls: int | None = None,
     quiet: bool = False,
+    uas_scenario: str | Path = "uas",
 ) -> LoadResult:
-    """One run: ``calls`` (default rate * duration) calls at ``rate``, each held ``hold_ms``."""
+    """One run: ``calls`` (default rate * duration) calls at ``rate``, each held ``hold_ms``.
+
+    ``uas_scenario``: SIPp's built-in ``uas``, or an XML file for the callee.
+    """
+    setup = _setup(workdir, transport)
+    sg_cpu, _ = _pins(pin)
+    sipguard = Sipguard(setup, cpus=sg_cpu)
+    result = run_element(
+        sipguard,
+        setup,
+        rate,
+        duration_s,
+        hold_ms,
+        transport=transport,
+        pin=pin,
+        calls=calls,
+        quiet=quiet,
+        uas_scenario=uas_scenario,
+    )
+    result.cdr_end_records = sum(1 for r in read_cdrs(setup.cdr_dir) if r["kind"] == "end")
+    return result
+
+
+def run_element(
+    element: Element,
+    setup: Setup,
+    rate: float,
+    duration_s: float,
+    hold_ms: int = 1000,
+    *,
+    transport: str = "udp",
+    pin: bool = True,
+    calls: int | None = None,
+    quiet: bool = False,
+    label: str = "",
+    uas_scenario: str | Path = "uas",
+) -> LoadResult:
+    """SIPp uac → ``element`` (listening on ``setup.sip_port``) → SIPp uas, measured.
+
+    ``element`` is not started yet; it is started here, then the uas, and both are
+    stopped by PID on the way out. Its CPU seconds and peak RSS come from ``/proc``.
+    """
     tcp = transport == "tcp"
     total = calls if calls is not None else max(1, int(rate * duration_s))
     place_s = total / rate
-    setup = _setup(workdir, transport)
-    sg_cpu, sipp_cpu = _pins(pin)
-    sipguard = Sipguard(setup, cpus=sg_cpu)
+    _, sipp_cpu = _pins(pin)
     bound = int(place_s + hold_ms / 1000 + 30)
     callee = uas(
         setup,
+        scenario=uas_scenario,
         calls=total,
         timeout_s=bound + 10,
         tcp=tcp,
@@ -172,22 +227,27 @@ def run_load(
         buff_size=BUFF_SIZE,
         cpus=sipp_cpu,
     )
-    result = LoadResult(rate, duration_s, hold_ms, transport, workdir=str(workdir))
-    with running(callee, sipguard):
-        sipguard.start()
+    result = LoadResult(rate, duration_s, hold_ms, transport, workdir=str(setup.workdir))
+    try:
+        element.start()
         callee.start()
         callee.wait_listening()
         time.sleep(0.2)
-        cpu0 = sipguard.cpu_seconds()
-        _say(f"  {total} calls at {rate:g}/s, held {hold_ms} ms, {transport} …", quiet)
+        cpu0 = element.cpu_seconds()
+        who = f"{label}: " if label else ""
+        _say(f"  {who}{total} calls at {rate:g}/s, held {hold_ms} ms, {transport} …", quiet)
         t0 = time.monotonic()
         res = caller.run()
         wall = time.monotonic() - t0
-        result.cpu_s = sipguard.cpu_seconds() - cpu0
-        result.peak_rss_kb = sipguard.status().get("VmHWM", 0)
+        result.cpu_s = element.cpu_seconds() - cpu0
+        result.peak_rss_kb = element.status().get("VmHWM", 0)
         result.udp_drops = _drops_for(setup)
         callee_res = callee.stop()
-        sipguard.stop()
+        element.stop()
+    finally:
+        for p in (element, callee):
+            with contextlib.suppress(Exception):
+                p.stop()
     result.attempted = res.created
     result.succeeded = res.successful
     result.failed = res.failed + max(0, res.created - res.successful - res.failed)
@@ -202,7 +262,6 @@ def run_load(
     result.setup_max_ms = max(rtts) if rtts else None
     if res.successful:
         result.cpu_s_per_1k = result.cpu_s / res.successful * 1000.0
-    result.cdr_end_records = sum(1 for r in read_cdrs(setup.cdr_dir) if r["kind"] == "end")
     return result
 
 
@@ -404,7 +463,11 @@ def median_result(results: list[LoadResult]) -> LoadResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--rate", default="500", help="calls per second; a comma list runs each")
+    p.add_argument(
+        "--rate",
+        default=None,
+        help="calls per second; a comma list runs each (default 500; 100,150 with --versus-sippy)",
+    )
     p.add_argument("--duration", type=float, default=20.0, help="seconds of calls per run")
     p.add_argument("--hold-ms", type=int, default=1000, help="call duration (ACK→BYE), ms")
     p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
@@ -420,9 +483,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--hold-settle", type=float, default=35.0, help="seconds before the RSS read")
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     p.add_argument("--workdir", default=None, help="keep the run's files here")
+    p.add_argument(
+        "--versus-sippy",
+        action="store_true",
+        help="install sippy from PyPI in a temporary venv and run it and sipguard\n"
+        "through the same SIPp runs at each --rate (loadtests/sippy.py)",
+    )
+    p.add_argument("--sippy-version", default="2.5.0", help="with --versus-sippy")
+    p.add_argument(
+        "--sipguard-only-rates",
+        default="",
+        help="with --versus-sippy: rates sipguard alone also runs at (headroom)",
+    )
+    p.add_argument(
+        "--versus-uas",
+        choices=("lowercase", "builtin"),
+        default="lowercase",
+        help="with --versus-sippy: the callee for both elements: SIPp's built-in uas\n"
+        "with transport=udp in its Contact (default; sippy 2.5.0 cannot send BYE\n"
+        "to transport=UDP), or the built-in uas unchanged",
+    )
+    p.add_argument(
+        "--sippy-cache",
+        default=None,
+        help="with --versus-sippy: keep sippy's venv under this directory and reuse it",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.rate is None:
+        args.rate = "100,150" if args.versus_sippy else "500"
     pin = not args.no_pin
     # SIGTERM (e.g. from a `timeout` wrapper) unwinds like Ctrl-C, so that every process
     # started here is stopped by its PID on the way out
@@ -461,6 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(asdict(h)))
             return 0 if h.held_calls >= h.target_calls else 1
+
+        if args.versus_sippy:
+            from loadtests.sippy import versus_main
+
+            return versus_main(args, base=base, pin=pin)
 
         print(header(), flush=True)
         if args.find_max:

@@ -1,0 +1,628 @@
+"""sipguard side by side with sippy, the Python B2BUA, through the same SIPp runs.
+
+Used by ``python loadtests/run.py --versus-sippy`` (issue 6, "What it must do" 1):
+
+    python loadtests/run.py --versus-sippy --rate 100,150 --duration 20
+    python loadtests/run.py --versus-sippy --rate 100,150 --sipguard-only-rates 500,1000
+
+sippy (``pip install sippy``, version 2.5.0 unless ``--sippy-version`` says otherwise;
+the latest 2.x if that version cannot be installed) is installed from PyPI into a
+temporary venv made with this interpreter (``python -m venv``), which is removed at the
+end; ``--sippy-cache DIR`` keeps it in ``DIR/sippy-<version>-py<X.Y>`` for the next run
+instead (never inside the repository). Its B2BUA runs as SIPP-NOTES measured it::
+
+    b2bua_radius -f -u -A 0 -l 127.0.0.1 -p PORT -s 127.0.0.2:UAS_PORT -c SOCK
+
+(foreground, no RADIUS authentication, no accounting, every call statically routed to
+the SIPp uas; ``-c`` puts its command socket in the run's directory instead of
+``/var/run``), with its log level at WARN (``SIPLOG_LVL``) as sipguard's is at
+``warning``. It is pinned to core 1 and both SIPp processes to core 0, exactly like
+sipguard; the SIPp uac, uas, rates, call counts and call hold time are those of
+``run.py``'s runs (:func:`run.run_element`), one after the other, in the same process.
+
+For each rate, sippy runs first, then sipguard; one table follows with, per rate and
+element: calls attempted, succeeded, failed, the success rate, calls/s achieved, p99
+INVITE→200 time, CPU seconds per 1,000 calls (``/proc/PID/stat``, all threads), peak
+RSS (``VmHWM``), and on the sipguard row the ratio of its CPU seconds per 1,000 calls
+to sippy's. Rates in ``--sipguard-only-rates`` run sipguard alone (sippy fails above
+about 150 calls/s), to show the headroom. These are measurements: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from loadtests.run import LoadResult, run_element, run_load  # noqa: E402
+from tests.sipp_harness import (  # noqa: E402
+    CALLEE_IP,
+    SIPGUARD_IP,
+    SIPP,
+    Setup,
+    _child_setup,
+    _pin_prefix,
+    free_port,
+    proc_cpu_seconds,
+    proc_status_kb,
+    stop_pid,
+    udp_drops,
+)
+
+SIPPY_VERSION = "2.5.0"
+SIPPY_FALLBACK = "sippy>=2,<3"
+SIPPY_CPU = (1,)  # the core sipguard is pinned to in run.py
+SIPPY_SCRIPTS = ("b2bua_radius", "b2bua")
+PIP_TIMEOUT_S = 600
+
+
+# -- installing sippy ------------------------------------------------------------------------
+
+
+class SippyInstallError(RuntimeError):
+    pass
+
+
+@dataclass
+class SippyInstall:
+    venv: Path
+    requested: str  # the version asked for
+    version: str  # the version installed
+    command: list[str]  # how to start its B2BUA (before the options)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.version != self.requested
+
+    @property
+    def label(self) -> str:
+        return f"sippy {self.version}"
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            *("-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=PIP_TIMEOUT_S,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _installed_version(venv: Path) -> str | None:
+    r = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import importlib.metadata as m; print(m.version('sippy'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return (r.stdout.strip() or None) if r.returncode == 0 else None
+
+
+def _b2bua_command(venv: Path) -> list[str]:
+    """The console script (``b2bua_radius`` per SIPP-NOTES), else the module."""
+    for name in SIPPY_SCRIPTS:
+        exe = venv / "bin" / name
+        if exe.exists() and os.access(exe, os.X_OK):
+            return [str(exe)]
+    return [str(venv / "bin" / "python"), "-m", "sippy.b2bua"]
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def install_sippy(
+    root: Path, version: str = SIPPY_VERSION, *, reuse: bool = False, quiet: bool = False
+) -> SippyInstall:
+    """sippy ``version`` from PyPI in a new venv under ``root`` (the latest 2.x as fallback).
+
+    With ``reuse``, a venv left under ``root`` by an earlier run for the same version and
+    Python is used as it is.
+    """
+    if _inside(root, REPO):
+        raise SippyInstallError(f"the sippy venv must not be inside the repository: {root}")
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    venv = root / f"sippy-{version}-py{py}"
+    if reuse and (venv / ".complete").exists():
+        got = _installed_version(venv)
+        if got is not None:
+            _say(f"sippy {got}: reusing the venv {venv}", quiet)
+            return _checked(SippyInstall(venv, version, got, _b2bua_command(venv)))
+    if venv.exists():
+        shutil.rmtree(venv)
+    root.mkdir(parents=True, exist_ok=True)
+    _say(f"creating a venv for sippy in {venv} …", quiet)
+    subprocess.run(
+        [sys.executable, "-m", "venv", str(venv)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    _say(f"pip install sippy=={version} …", quiet)
+    r = _pip(venv, f"sippy=={version}")
+    if r.returncode != 0:
+        _say(
+            f"sippy=={version} could not be installed ({_last_line(r.stderr)}); "
+            f"trying {SIPPY_FALLBACK!r} …",
+            quiet,
+        )
+        r = _pip(venv, SIPPY_FALLBACK)
+        if r.returncode != 0:
+            raise SippyInstallError(f"pip install {SIPPY_FALLBACK!r} failed:\n{r.stderr[-4000:]}")
+    got = _installed_version(venv)
+    if got is None:
+        raise SippyInstallError("sippy installed, but its version cannot be read")
+    (venv / ".complete").write_text(got + "\n")
+    return _checked(SippyInstall(venv, version, got, _b2bua_command(venv)))
+
+
+def _last_line(text: str) -> str:
+    lines = [x for x in text.splitlines() if x.strip() and not x.startswith("WARNING")]
+    return lines[-1].strip() if lines else "no output"
+
+
+def _checked(install: SippyInstall) -> SippyInstall:
+    """Check with ``--help`` that this sippy has the options used here."""
+    r = subprocess.run(
+        [*install.command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    text = r.stdout + r.stderr
+    missing = [o for o in ("--static_route", "--sip_address", "--sip_port") if o not in text]
+    if missing:
+        raise SippyInstallError(
+            f"{' '.join(install.command)} --help does not list {', '.join(missing)}:\n"
+            f"{text[-2000:]}"
+        )
+    return install
+
+
+# -- sippy as the element under test ---------------------------------------------------------
+
+
+class SippyError(RuntimeError):
+    pass
+
+
+class Sippy:
+    """sippy's B2BUA as a subprocess, routing every call to the SIPp uas; stopped by PID."""
+
+    def __init__(
+        self,
+        install: SippyInstall,
+        setup: Setup,
+        *,
+        cpus: Sequence[int] | None = None,
+        log_level: str = "WARN",
+    ) -> None:
+        self.install = install
+        self.setup = setup
+        self.cpus = cpus
+        self.log_path = setup.workdir / "sippy.log"
+        self.env = {**os.environ, "SIPLOG_LVL": log_level, "SIPLOG_BEND": "stderr"}
+        self.cmd = [
+            *_pin_prefix(cpus),
+            *install.command,
+            "-f",  # foreground
+            "-u",  # no RADIUS authentication
+            "-A",
+            "0",  # no accounting
+            "-l",
+            SIPGUARD_IP,
+            "-p",
+            str(setup.sip_port),
+            "-s",
+            f"{CALLEE_IP}:{setup.callee_port}",  # the static route: the SIPp uas
+            "-c",
+            str(setup.workdir / "b2bua.sock"),  # its command socket, not /var/run's
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
+        self._log: Any = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 30.0) -> Sippy:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=self.setup.workdir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=_child_setup(None if _pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
+        )
+        addr = f"{SIPGUARD_IP}:{self.setup.sip_port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SippyError(
+                    f"sippy exited with {self.proc.returncode} at start-up:\n{self.log_tail()}"
+                )
+            if addr in udp_drops():  # its UDP socket is bound (/proc/net/udp)
+                time.sleep(0.3)  # its worker threads
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise SippyError(f"sippy did not bind {addr} in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        if self.proc is not None and self.exit_code is None:
+            self.exit_code = stop_pid(self.proc, grace)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.exit_code
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _pids(self) -> list[int]:
+        """Its PID and those of any child processes it started (it starts none here)."""
+        out = [self.pid]
+        i = 0
+        while i < len(out):
+            with_children: list[int] = []
+            task_dir = Path(f"/proc/{out[i]}/task")
+            for task in task_dir.glob("*/children") if task_dir.exists() else ():
+                with contextlib.suppress(OSError, ValueError):
+                    with_children += [int(x) for x in task.read_text().split()]
+            out += [p for p in with_children if p not in out]
+            i += 1
+        return out
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process (all its threads) and of any children."""
+        total = 0.0
+        for pid in self._pids():
+            with contextlib.suppress(OSError, ValueError):
+                total += proc_cpu_seconds(pid)
+        return total
+
+    def status(self) -> dict[str, int]:
+        return proc_status_kb(self.pid)
+
+
+def lowercase_uas(directory: Path) -> Path:
+    """SIPp's built-in ``uas`` scenario (``sipp -sd uas``) with ``transport=udp`` in its Contact.
+
+    The built-in writes ``transport=UDP`` (SIPP-NOTES gotcha 4); sippy 2.5.0 compares the
+    value case-sensitively and cannot send the BYE to such a Contact (``RuntimeError: BUG:
+    newTransaction() to unsupported transport: UDP``), so the callee never gets the BYE.
+    Everything else is the built-in scenario, byte for byte. The file is named ``uas.xml``
+    so that SIPp names its trace files as for the built-in.
+    """
+    # (sipp -sd exits with 99, "normal exit without calls processed")
+    text = subprocess.run(
+        [SIPP, "-sd", "uas"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    fixed = text.replace(";transport=[transport]>", ";transport=udp>")
+    if fixed == text or "<scenario" not in fixed:
+        raise SippyError("sipp -sd uas: no Contact with transport=[transport] found")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "uas.xml"
+    path.write_text(fixed)
+    return path
+
+
+def callee_byes(workdir: Path) -> int | None:
+    """BYEs the SIPp uas received (``4_BYE_Recv`` of its ``-trace_counts`` file): calls
+    that ended at the callee too."""
+    for path in workdir.glob("uas_*_counts.csv"):
+        lines = [x for x in path.read_text(errors="replace").splitlines() if x.strip()]
+        if len(lines) < 2:
+            continue
+        row = dict(zip(lines[0].split(";"), lines[-1].split(";"), strict=False))
+        for key, value in row.items():
+            if key.endswith("_BYE_Recv"):
+                with contextlib.suppress(ValueError):
+                    return int(value)
+    return None
+
+
+def sippy_log_errors(workdir: Path) -> int:
+    """Tracebacks sippy logged during a run (``unhandled exception`` lines)."""
+    try:
+        text = (workdir / "sippy.log").read_text(errors="replace")
+    except OSError:
+        return 0
+    return text.count("unhandled exception")
+
+
+def sippy_setup(workdir: Path) -> Setup:
+    """A :class:`Setup` for the harness's uac and uas: sippy listens where sipguard would."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Setup(
+        config_path=workdir / "none",
+        workdir=workdir,
+        cdr_dir=workdir / "cdr",
+        sip_port=free_port(SIPGUARD_IP),
+        metrics_port=0,
+        callee_port=free_port(CALLEE_IP),
+        transport="udp",
+        config={},
+    )
+
+
+def run_sippy_load(
+    install: SippyInstall,
+    rate: float,
+    duration_s: float,
+    hold_ms: int = 1000,
+    *,
+    workdir: Path,
+    pin: bool = True,
+    quiet: bool = False,
+    uas_scenario: str | Path = "uas",
+) -> LoadResult:
+    """One run of :func:`run.run_element` with sippy as the element (UDP only)."""
+    setup = sippy_setup(workdir)
+    sippy = Sippy(install, setup, cpus=SIPPY_CPU if pin else None)
+    return run_element(
+        sippy,
+        setup,
+        rate,
+        duration_s,
+        hold_ms,
+        transport="udp",
+        pin=pin,
+        quiet=quiet,
+        label=install.label,
+        uas_scenario=uas_scenario,
+    )
+
+
+# -- the side-by-side table -------------------------------------------------------------------
+
+
+@dataclass
+class VersusRow:
+    element: str
+    result: LoadResult
+    callee_byes: int | None = None  # BYEs that reached the SIPp uas
+    cpu_ratio: float | None = None  # sipguard's CPU s per 1k calls / sippy's, same rate
+    tracebacks: int = 0  # sippy only: unhandled exceptions it logged
+
+    @property
+    def success_rate(self) -> float | None:
+        r = self.result
+        return r.succeeded / r.attempted if r.attempted else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+VERSUS_COLUMNS = (
+    ("rate/s", 6),
+    ("element", 11),
+    ("attempted", 9),
+    ("succeeded", 9),
+    ("failed", 6),
+    ("success", 8),
+    ("BYE@uas", 7),
+    ("calls/s", 7),
+    ("p99 ms", 6),
+    ("cpu s/1k", 8),
+    ("peak MB", 7),
+    ("cpu vs sippy", 12),
+)
+
+
+def _line(cells: Sequence[str]) -> str:
+    return "  ".join(
+        c.ljust(w) if t == "element" else c.rjust(w)
+        for c, (t, w) in zip(cells, VERSUS_COLUMNS, strict=True)
+    ).rstrip()
+
+
+def versus_header() -> str:
+    return _line([t for t, _ in VERSUS_COLUMNS])
+
+
+def versus_row(v: VersusRow) -> str:
+    r = v.result
+    line = _line(
+        (
+            f"{r.rate:g}",
+            v.element,
+            str(r.attempted),
+            str(r.succeeded),
+            str(r.failed),
+            _fmt(None if v.success_rate is None else v.success_rate * 100, ".2f") + "%",
+            _fmt(v.callee_byes, "d"),
+            f"{r.achieved_cps:.0f}",
+            _fmt(r.setup_p99_ms, ".0f"),
+            _fmt(r.cpu_s_per_1k, ".3f"),
+            f"{r.peak_rss_kb / 1024:.1f}",
+            _fmt(v.cpu_ratio, ".3f") if v.cpu_ratio is not None else "",
+        )
+    )
+    notes = []
+    if r.failures:
+        notes.append(",".join(f"{k.replace('(C)', '')}={n}" for k, n in r.failures.items()))
+    if r.udp_drops:
+        notes.append(f"udp drops {r.udp_drops}")
+    if v.tracebacks:
+        notes.append(f"{v.tracebacks} tracebacks in sippy.log")
+    return line + ("  " + "; ".join(notes) if notes else "")
+
+
+def cpu_ratio(sipguard: LoadResult, sippy: LoadResult) -> float | None:
+    a, b = sipguard.cpu_s_per_1k, sippy.cpu_s_per_1k
+    return a / b if a is not None and b else None
+
+
+def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
+    """``run.py --versus-sippy``: install sippy, run both at each rate, print one table.
+
+    Exit status 1 if a sipguard run had 0.1% failed calls or more (sippy's failures are
+    reported, not judged), 2 if sippy could not be installed or started.
+    """
+    if args.transport != "udp":
+        print("--versus-sippy runs UDP only (sippy's B2BUA listens on UDP)", file=sys.stderr)
+        return 2
+    rates = [float(x) for x in args.rate.split(",") if x]
+    solo = [float(x) for x in args.sipguard_only_rates.split(",") if x]
+    cache = Path(args.sippy_cache).expanduser() if args.sippy_cache else None
+    venv_tmp: tempfile.TemporaryDirectory[str] | None = None
+    try:
+        if cache is not None:
+            root = cache
+        else:
+            venv_tmp = tempfile.TemporaryDirectory(prefix="sipguard-sippy-venv-")
+            root = Path(venv_tmp.name)
+        try:
+            install = install_sippy(
+                root, args.sippy_version, reuse=cache is not None, quiet=args.quiet
+            )
+        except (SippyInstallError, subprocess.SubprocessError, OSError) as e:
+            print(f"sippy could not be installed: {e}", file=sys.stderr)
+            return 2
+        scenario: str | Path = "uas"
+        if args.versus_uas == "lowercase":
+            scenario = lowercase_uas(base / "scenarios")
+        note = (
+            f" (sippy=={install.requested} could not be installed: the latest 2.x instead)"
+            if install.fell_back
+            else ""
+        )
+        print(f"sippy {install.version} from PyPI{note}: {' '.join(install.command)}")
+        print(
+            "SIPp built-in uac → element → SIPp "
+            + (
+                "built-in uas with transport=udp in its Contact"
+                if args.versus_uas == "lowercase"
+                else "built-in uas (transport=UDP)"
+            )
+            + f", the same for both; calls held {args.hold_ms} ms, {args.duration:g} s of "
+            "calls per run, UDP"
+            + (f"; element on core {SIPPY_CPU[0]}, SIPp on core 0" if pin else "")
+        )
+        rows: list[VersusRow] = []
+        status = 0
+
+        def show(v: VersusRow) -> None:
+            rows.append(v)
+            print(versus_row(v), flush=True)
+
+        print(versus_header(), flush=True)
+        for rate in [*rates, *(r for r in solo if r not in rates)]:
+            sp: LoadResult | None = None
+            if rate in rates:
+                try:
+                    sp = run_sippy_load(
+                        install,
+                        rate,
+                        args.duration,
+                        args.hold_ms,
+                        workdir=base / f"sippy-rate-{rate:g}",
+                        pin=pin,
+                        quiet=args.quiet,
+                        uas_scenario=scenario,
+                    )
+                except SippyError as e:
+                    print(f"sippy could not be run: {e}", file=sys.stderr)
+                    return 2
+                wd = Path(sp.workdir)
+                show(VersusRow(install.label, sp, callee_byes(wd), None, sippy_log_errors(wd)))
+            sg = run_load(
+                rate,
+                args.duration,
+                args.hold_ms,
+                workdir=base / f"sipguard-rate-{rate:g}",
+                pin=pin,
+                quiet=args.quiet,
+                uas_scenario=scenario,
+            )
+            ratio = cpu_ratio(sg, sp) if sp is not None else None
+            show(VersusRow("sipguard", sg, callee_byes(Path(sg.workdir)), ratio))
+            status |= 0 if sg.ok else 1
+        _summary(rows, install)
+        if args.json:
+            print(
+                json.dumps(
+                    [
+                        {
+                            "element": v.element,
+                            "success_rate": v.success_rate,
+                            "callee_byes": v.callee_byes,
+                            "cpu_ratio_vs_sippy": v.cpu_ratio,
+                            "tracebacks": v.tracebacks,
+                            **asdict(v.result),
+                        }
+                        for v in rows
+                    ]
+                )
+            )
+        return status
+    finally:
+        if venv_tmp is not None:
+            venv_tmp.cleanup()
+
+
+def _summary(rows: list[VersusRow], install: SippyInstall) -> None:
+    """One line per rate both ran at: the CPU ratio and both success rates."""
+    by_rate: dict[float, dict[str, VersusRow]] = {}
+    for v in rows:
+        by_rate.setdefault(v.result.rate, {})[v.element] = v
+    for rate, pair in by_rate.items():
+        sp, sg = pair.get(install.label), pair.get("sipguard")
+        if sp is None or sg is None:
+            continue
+
+        def pct(v: VersusRow) -> str:
+            s = v.success_rate
+            return "-" if s is None else f"{s * 100:.2f}%"
+
+        print(
+            f"{rate:g} calls/s: sipguard/{install.label} CPU s per 1,000 calls = "
+            f"{_fmt(sg.cpu_ratio, '.3f')}; calls succeeded: sipguard {pct(sg)}, "
+            f"{install.label} {pct(sp)}"
+        )
