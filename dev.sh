@@ -53,6 +53,12 @@ ensure_venv() {
     fi
 }
 
+lint() {
+    "$VENV/bin/ruff" check sipguard tests benchmarks loadtests
+    "$VENV/bin/ruff" format --check sipguard tests benchmarks loadtests
+    "$VENV/bin/mypy" --strict sipguard
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -63,14 +69,13 @@ case "$cmd" in
         ;;
     lint)
         ensure_venv test
-        "$VENV/bin/ruff" check sipguard tests benchmarks loadtests
-        "$VENV/bin/ruff" format --check sipguard tests benchmarks loadtests
-        "$VENV/bin/mypy" --strict sipguard
+        lint
         ;;
     test)
+        # shellcheck disable=SC2086
         apt_install $TEST_DEBS
         ensure_venv test
-        "$0" lint
+        lint  # a function, not "$0 lint": $0 may be relative to where dev.sh was called from
         exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
         ;;
     *)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -214,15 +215,45 @@ def test_error_without_earlier_messages_is_raised_at_once() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=600), st.lists(st.integers(min_value=0, max_value=600), max_size=10))
 def test_arbitrary_bytes_only_sip_errors(data: bytes, points: list[int]) -> None:
-    framer = StreamFramer(max_message=2000)
+    """No exception but SipError, and after every feed that returns, no more than
+    ``max_message`` bytes are held (a limit well under the input's size, so that the
+    bound is really tested)."""
+    framer = StreamFramer(max_message=200)
     try:
         for chunk in cut(data, [p for p in points if p <= len(data)]):
             for msg in framer.feed(chunk):
+                assert len(msg) <= 200
                 with contextlib.suppress(SipError):
                     parse_message(msg, datagram=False).validate()
+            assert framer.buffered <= 200
     except SipError:
         pass
-    assert framer.buffered <= 2000 + len(data)
+
+
+def test_hostile_whitespace_around_content_length_is_linear() -> None:
+    """A Content-Length line of spaces ending in a bare CR made the old regex
+    backtrack cubically (2,000 spaces took seconds, 4,000 minutes): one message
+    could stall the event loop. The lines are now read in one pass."""
+    for tail in (b"\rx", b"\r", b"x", b" \t" * 100 + b"\r 1"):
+        data = b"INVITE sip:a@example.com SIP/2.0\r\nl:" + b" \t" * 30000 + tail + b"\r\n\r\n"
+        t0 = time.perf_counter()
+        with pytest.raises(SipError) as info:
+            StreamFramer().feed(data)
+        assert time.perf_counter() - t0 < 0.5
+        assert info.value.status is None
+
+
+def test_content_length_is_read_as_the_parser_reads_it() -> None:
+    """Folded, with LWS before the colon, in any case: the framer and the parser agree;
+    a 'Content-Length' hidden behind a bare LF inside another line is no header."""
+    head = sip(7, b"hi").replace(b"Content-Length: 2\r\n\r\nhi", b"")
+    for line in (b"Content-Length:\r\n 2", b"CONTENT-LENGTH \t: 2", b"L:2", b"l:\r\n\t 2 "):
+        data = head + line + b"\r\n\r\nhi"
+        (framed,) = StreamFramer().feed(data + MESSAGES[0])[:1]
+        assert framed == data
+        assert parse_message(framed, datagram=False).body == b"hi"
+    smuggled = head + b"X-A: b\nContent-Length: 2\r\nContent-Length: 0\r\n\r\nhi"
+    assert StreamFramer().feed(smuggled)[0].endswith(b"\r\n\r\n")
 
 
 @settings(max_examples=100, deadline=None)

@@ -706,3 +706,163 @@ def test_round_trip_is_a_fixed_point() -> None:
     req = parse_req(data)
     assert req.to_bytes() == data.replace(b"Subject:   ", b"Subject: ")
     assert parse_req(req.to_bytes()).headers == req.headers
+
+
+# -- review fixes: hostile numbers, ACK, version case, injection ---------------------------------
+
+
+@pytest.mark.parametrize("zeros", [10, 5000])
+def test_leading_zeros_never_overflow_int(zeros: int) -> None:
+    """CSeq and Max-Forwards are 1*DIGIT: leading zeros are allowed, and past 4300 digits
+    int() raises ValueError, which must never escape the SipError family."""
+    req = parse_req(
+        invite(
+            base=(
+                BASE[0],
+                "Max-Forwards: " + "0" * zeros + "70",
+                *BASE[2:5],
+                "CSeq: " + "0" * zeros + "9 INVITE",
+                BASE[6],
+            )
+        )
+    )
+    assert (req.max_forwards, req.cseq.number) == (70, 9)
+    assert parse_cseq("0" * zeros + " ACK") == CSeq(0, "ACK")
+    err = refused(invite(base=(*BASE[:5], "CSeq: " + "0" * zeros + "4294967296 INVITE", BASE[6])))
+    assert err.status == 400
+
+
+def test_leading_zeros_in_ports() -> None:
+    assert parse_via("SIP/2.0/UDP host:0005060").port == 5060
+    with pytest.raises(SipError):
+        parse_via("SIP/2.0/UDP host:" + "0" * 5000)
+
+
+ACK = (
+    "Via: SIP/2.0/UDP pc33.example.com;branch=z9hG4bK776asdhds",
+    "Max-Forwards: 70",
+    "From: <sip:alice@example.com>;tag=1928301774",
+    "To: <sip:bob@example.org>;tag=a6c85cf",
+    "Call-ID: a84b4c76e66710@pc33.example.com",
+)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        msg_bytes("ACK sip:bob@example.org SIP/2.0", *ACK, "CSeq: x ACK"),  # refused in validate
+        msg_bytes("ACK sip:bob@example.org SIP/2.0", *ACK, "CSeq: 1 ACK", "Bad Name: x"),
+        msg_bytes("ACK sip:bob@example.org SIP/2.0", *ACK, "CSeq: 1 INVITE"),
+    ],
+)
+def test_a_malformed_ack_is_never_answered(data: bytes) -> None:
+    """RFC 3261 §17.1.1.3, §17.2.1: no response to an ACK, not even a 400."""
+    err = refused(data)
+    assert err.status is None and err.response is None
+
+
+def test_sip_version_is_case_insensitive() -> None:
+    """RFC 3261 §7.1: the SIP-Version string is case-insensitive (sent upper-case)."""
+    req = parse_req(msg_bytes("INVITE sip:bob@example.org sip/2.0", *BASE))
+    assert req.start_line() == "INVITE sip:bob@example.org SIP/2.0"
+    assert refused(msg_bytes("INVITE sip:bob@example.org sip/3.0", *BASE)).status == 505
+    resp = parse_message(msg_bytes("Sip/2.0 200 OK", *BASE))
+    assert isinstance(resp, Response) and resp.status == 200
+    # a lower-case status line is a response, so a malformed one is dropped, not answered
+    err = refused(msg_bytes("sip/2.0 2x0 OK", *BASE))
+    assert err.status is None and err.response is None
+
+
+def test_datagram_cut_after_the_last_header_has_no_body() -> None:
+    data = msg_bytes("INVITE sip:bob@example.org SIP/2.0", *BASE, clen=False)[:-2]
+    assert parse_req(data).body == b""
+
+
+def test_contact_star_only_in_register() -> None:
+    """``*`` removes bindings in a REGISTER (RFC 3261 §10.2.2); elsewhere it is no
+    Contact at all: an INVITE with it has no remote target."""
+    err = refused(invite("Contact: *", base=BASE[:6]))
+    assert err.status == 400 and err.response is not None
+    assert refused(invite("m: *", base=BASE[:6])).status == 400
+
+
+@pytest.mark.parametrize("name", ["Via", "Contact", "Route", "Record-Route"])
+def test_empty_list_header_is_refused(name: str) -> None:
+    """Via, Contact, Route and Record-Route hold at least one entry (RFC 3261 §25.1): an
+    empty line is an error, not silently nothing (Allow or Supported may be empty)."""
+    err = refused(invite(f"{name}:"))
+    assert err.status == 400
+    req = parse_req(invite("Supported:", "Allow:"))
+    assert req.tokens("supported") == req.tokens("allow") == frozenset()
+
+
+@pytest.mark.parametrize("value", ["0\x0b", "\xa00", "0\x1c"])
+def test_content_length_allows_only_sp_and_htab_around_it(value: str) -> None:
+    data = msg_bytes(
+        "INVITE sip:bob@example.org SIP/2.0", *BASE, f"Content-Length: {value}", clen=False
+    )
+    assert refused(data).status == 400
+
+
+def test_singular_headers_copied_only_when_the_request_has_exactly_one() -> None:
+    """A second From that cannot be mirrored must not make the first look single."""
+    exc = attach_response(
+        SipError("x"),
+        [("Via", BASE[0][5:]), ("From", "<sip:a@example.com>;tag=1"), ("From", "a\rb")],
+    )
+    assert exc.response is not None
+    assert not parse_message(exc.response).has("from")
+
+
+def test_warning_text_has_no_control_characters() -> None:
+    exc = attach_response(SipError("bad\r\nX-Evil: 1\x00\x7f"), [("Via", BASE[0][5:])])
+    assert exc.response is not None
+    assert b"\r\nX-Evil" not in exc.response and b"\x00" not in exc.response
+    warning = parse_message(exc.response).get("warning")
+    assert warning == '399 sipguard "badX-Evil: 1"'
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: Request("BYE", "sip:b@x", [("X-A", "a\r\nP-Asserted-Identity: <sip:evil@x>")]),
+        lambda: Request("BYE", "sip:b@x", [("X-A", "a\nb")]),
+        lambda: Request("BYE", "sip:b@x", [("X-A\r\nX-B", "a")]),
+        lambda: Request("BYE", "sip:b@x\r\nX-B: 1", []),
+        lambda: Response(200, "OK\r\nX-B: 1", []),
+    ],
+)
+def test_serialising_a_cr_or_lf_is_our_own_error(build: object) -> None:
+    """Header injection through a value we were given: a ValueError (local misuse), never
+    bytes on the wire."""
+    msg = build()  # type: ignore[operator]
+    with pytest.raises(ValueError, match="CR or LF"):
+        msg.to_bytes()
+
+
+def test_grammar_single_valued_headers_are_not_split() -> None:
+    value = '"Doe, J" <sip:+1@example.com>, x'  # P-Called-Party-ID is one name-addr
+    req = parse_req(invite(f"P-Called-Party-ID: {value}"))
+    assert req.get_all("p-called-party-id") == [value]
+
+
+@pytest.mark.parametrize(
+    ("parse", "text"),
+    [
+        (parse_via, "SIP/2.0/UDP\x0bhost;branch=z9hG4bK1"),
+        (parse_via, "SIP/2.0\x0c/UDP host"),
+        (parse_via, "\x0bSIP/2.0/UDP host"),
+        (parse_cseq, "1\x0bINVITE"),
+        (parse_cseq, "1 INVITE\x1c"),
+    ],
+)
+def test_lws_is_sp_and_htab_only(parse: object, text: str) -> None:
+    """After unfolding, LWS is SP and HTAB (RFC 3261 §25.1): a vertical tab or a Unicode
+    space is not a separator."""
+    with pytest.raises(SipError):
+        parse(text)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("value", ["70\x0b", "\x1c70"])
+def test_max_forwards_allows_only_sp_and_htab(value: str) -> None:
+    assert refused(invite(base=(BASE[0], f"Max-Forwards: {value}", *BASE[2:]))).status == 400

@@ -277,6 +277,8 @@ def only_sip_errors(data: bytes, datagram: bool = True) -> None:
             assert exc.response is not None
             resp = parse_message(exc.response)
             assert isinstance(resp, Response) and resp.status == exc.status
+            # an ACK is never answered (RFC 3261 §17.1.1.3), a response never either
+            assert not data.lstrip(b"\r\n").startswith((b"ACK ", b"SIP/", b"sip/"))
         return
     try:
         msg.privacy  # noqa: B018

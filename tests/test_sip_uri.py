@@ -359,3 +359,37 @@ def test_split_commas() -> None:
     assert split_commas("single") == ["single"]
     with pytest.raises(SipError):
         split_commas('"unbalanced, <sip:a@x>')
+
+
+# -- review fixes: LWS is SP and HTAB only; ports with leading zeros -------------------------------
+
+
+def test_port_with_leading_zeros() -> None:
+    """port = 1*DIGIT (RFC 3261 §25.1): ``05060`` and ``0005060`` are 5060."""
+    assert parse_uri("sip:host:05060").port == 5060
+    assert parse_uri("sip:host:0005060;lr").port == 5060
+    assert parse_host_port("[::1]:0000005061") == ("[::1]", 5061)
+    for bad in ("sip:host:000000", "sip:host:" + "0" * 5000 + "65536"):
+        with pytest.raises(SipError):
+            parse_uri(bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "A\x0bB <sip:a@example.com>",  # a vertical tab is no LWS between display tokens
+        "A\x1cB <sip:a@example.com>",
+        "\x1c<sip:a@example.com>",
+        "<sip:a@example.com>\x0b;tag=1",
+        "A\xa0B <sip:a@example.com>",
+    ],
+)
+def test_only_sp_and_htab_are_whitespace_in_a_name_addr(text: str) -> None:
+    with pytest.raises(SipError):
+        parse_name_addr(text)
+
+
+def test_split_commas_strips_sp_and_htab_only() -> None:
+    assert split_commas(" a ,\tb\t") == ["a", "b"]
+    assert split_commas("a,\x0bb") == ["a", "\x0bb"]
+    assert split_commas("\x0b") == ["\x0b"]

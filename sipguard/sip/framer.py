@@ -90,7 +90,7 @@ class StreamFramer:
         current: bytes | None = None  # the Content-Length being read, while it may fold
         for line in bytes(buf[:end]).split(b"\r\n")[1:]:
             if line[:1] in (b" ", b"\t"):
-                if current is not None:
+                if current is not None and len(current) <= 10:  # longer is malformed anyway
                     folded = line.strip(b" \t")
                     current = current + b" " + folded if current and folded else current or folded
                 continue

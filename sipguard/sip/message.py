@@ -140,11 +140,13 @@ _METHODS = frozenset(
 )
 # \d and \s in ASCII only: a Unicode digit or space is no part of SIP's grammar
 _VERSION_RE = re.compile(r"SIP/\d+\.\d+\Z", re.I | re.A)
-_CSEQ_RE = re.compile(r"(\d+)\s+([A-Za-z0-9\-.!%*_+`'~]+)\Z", re.A)
+# LWS between the elements is SP and HTAB only (folding is undone before these run)
+_CSEQ_RE = re.compile(r"(\d+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)\Z", re.A)
 _CSEQ_FAST_RE = re.compile(r"([0-9]{1,10}) ([A-Z]+)\Z")
 _VIA_RE = re.compile(
-    r"([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s*/\s*"
-    r"([A-Za-z0-9\-.!%*_+`'~]+)\s+(\[[^\]]*\]|[^\s;:\[\]]+)(?:\s*:\s*(\d+))?\s*(?:;(.*))?\Z",
+    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*"
+    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+(\[[^\]]*\]|[^\s;:\[\]]+)(?:[ \t]*:[ \t]*(\d+))?[ \t]*"
+    r"(?:;(.*))?\Z",
     re.S | re.A,
 )
 # The common Via shape, ASCII only; anything else takes _VIA_RE (which decides errors).
@@ -239,7 +241,7 @@ def parse_via(text: str) -> Via:
 
 
 def _parse_via_general(text: str) -> Via:
-    m = _VIA_RE.match(text.strip())
+    m = _VIA_RE.match(text.strip(" \t"))
     if m is None:
         raise SipError("malformed Via")
     name, version, transport, host_s, port_s, ptext = m.groups()
@@ -277,7 +279,7 @@ def parse_cseq(text: str) -> CSeq:
 
 
 def _parse_cseq_general(text: str) -> CSeq:
-    m = _CSEQ_RE.match(text.strip())
+    m = _CSEQ_RE.match(text.strip(" \t"))
     if m is None:
         raise SipError("malformed CSeq")
     # leading zeros do not count, and never int() a long string: past 4300 digits int()
@@ -444,7 +446,7 @@ class SipMessage:
         raw = self.get("max-forwards")
         if raw is None:
             return None
-        raw = raw.strip()
+        raw = raw.strip(" \t")
         if not (raw.isascii() and raw.isdigit()):
             raise SipError("malformed Max-Forwards")
         raw = raw.lstrip("0") or "0"  # never int() a long string (ValueError past 4300 digits)
