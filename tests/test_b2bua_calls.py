@@ -1528,3 +1528,112 @@ def test_a_bye_crossing_a_relayed_reinvite_answers_it_487_and_drops_the_late_200
     w.from_callee(response_to(re_inv, 200, "OK", None, SDP_CALLEE))
     assert requests(w.take_callee(), "ACK")  # the late 200 is ACKed
     assert responses(w.take_caller()) == []  # and not relayed
+
+
+def test_a_200_with_a_malformed_option_tag_list_leaves_no_call_hanging() -> None:
+    """A peer's response is parsed whole before any state moves: a 200 with an empty
+    entry in ``Supported`` is dropped (never half processed), and Timer C ends the call."""
+    w = Wire()
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 180, "Ringing", "t1"))
+    w.take_caller()
+    bad = response_to(b_inv, 200, "OK", "t1", SDP_CALLEE, extra="Supported: timer,,100rel\r\n")
+    w.from_callee(bad)
+    assert responses(w.take_caller(), 200) == []
+    w.advance(4000)
+    assert w.core.calls == 0
+    assert not w.core.dialogs
+    assert len(w.core.cdr_out) == 1
+
+
+def test_a_request_that_fails_late_is_answered_through_its_transaction() -> None:
+    """A malformed option-tag list is answered 400 and leaves no server transaction."""
+    w = Wire()
+    w.from_caller(invite(1, headers="Supported: a,,b\r\n"))
+    assert [m.status for m in responses(w.take_caller())] == [400]
+    w.advance(100)
+    assert not w.core.layer.server
+    assert w.core.calls == 0
+
+
+def test_a_reinvite_2xx_moves_the_remote_target_of_each_leg() -> None:
+    """§12.2.1.2/§12.2.2: a re-INVITE's Contact (caller) and its 2xx's (callee) are the
+    legs' new remote targets: our ACK and later requests go there."""
+    w = Wire()
+    e = establish(w, 1)
+    moved = b"Contact: <sip:moved@127.0.0.3:5062>"
+    reinv = in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re1", SDP)
+    w.from_caller(reinv.replace(b"Contact: sip:sipp@127.0.0.3:5062", moved))
+    (re,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(re, 200, "OK", None, SDP_CALLEE, contact=("127.0.0.2", 5090)))
+    (ack,) = requests(w.take_callee(), "ACK")
+    assert ack.uri == "sip:127.0.0.2:5090;transport=UDP"
+    (ok,) = responses(w.take_caller(), 200)
+    w.from_caller(in_dialog("ACK", ok, 2, 1, "z9hG4bK-re1-ack"))
+    w.from_callee(callee_request("BYE", e.b_invite, e.callee_tag, 1, 1))
+    (bye,) = requests(w.take_caller(), "BYE")
+    assert bye.uri == "sip:moved@127.0.0.3:5062"
+
+
+def test_an_invite_in_the_early_dialog_gets_500_or_491() -> None:
+    """§14.2: the caller's second INVITE before our final response gets 500 with
+    Retry-After; the callee's INVITE while ours is in progress gets 491; neither crosses."""
+    w = Wire()
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 180, "Ringing", "t1"))
+    (ringing,) = responses(w.take_caller(), 180)
+    w.from_caller(in_dialog("INVITE", ringing, 2, 1, "z9hG4bK-early-re", SDP))
+    (r500,) = responses(w.take_caller(), 500)
+    assert r500.get("retry-after") is not None
+    w.from_callee(callee_request("INVITE", b_inv, "t1", 1, 1, SDP_CALLEE))
+    assert [r.status for r in responses(w.take_callee())] == [491]
+    assert requests(w.take_caller()) == []
+    assert w.core.calls == 1
+
+
+@pytest.mark.parametrize("how", ["callee_bye", "no_prack"])
+def test_a_call_ending_while_its_2xx_waits_for_a_prack_answers_the_callers_invite(
+    how: str,
+) -> None:
+    """The 2xx held for the PRACK of a 183 with SDP (RFC 3262 §3): if the call ends first
+    (the callee's BYE, or no PRACK for 64*T1), the caller's INVITE gets a final response
+    (§15.1.2; RFC 3262 §3: 5xx), never a BYE on its early dialog; the B-leg gets a BYE."""
+    w = Wire()
+    b_inv = start_call(w, 1, invite(1, headers="Supported: 100rel\r\n"))
+    w.from_callee(response_to(b_inv, 183, "Session Progress", "t", SDP_CALLEE))
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    assert responses(w.take_caller(), 200) == []  # held for the PRACK
+    w.take_callee()
+    if how == "callee_bye":
+        w.from_callee(callee_request("BYE", b_inv, "t", 1, 1))
+    else:
+        w.advance(64 * T1 + 1)
+        byes = requests(w.take_callee(), "BYE")  # and its retransmissions (Timer E)
+        assert byes and len({b.top_via.branch for b in byes}) == 1
+    to_caller = w.take_caller()
+    assert requests(to_caller, "BYE") == []
+    finals = [r.status for r in responses(to_caller) if r.cseq.method == "INVITE"]
+    assert [s for s in finals if s >= 200] and all(s >= 300 for s in finals if s >= 200)
+    assert w.core.calls == 0
+    w.advance(100)
+    assert not w.core.layer.server
+
+
+def test_the_ack_of_a_late_offer_reinvite_carries_its_cseq_after_an_info() -> None:
+    """§13.2.2.4: the ACK's CSeq is the re-INVITE's, even when an INFO went out on that
+    leg between the 2xx and the caller's ACK."""
+    w = Wire()
+    e = establish(w, 1)
+    w.from_caller(in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-lo"))  # no offer
+    (re,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(re, 200, "OK", None, SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    w.from_caller(in_dialog("INFO", e.a_ok, 3, 1, "z9hG4bK-info"))
+    (info,) = requests(w.take_callee(), "INFO")
+    assert info.cseq.number == re.cseq.number + 1
+    w.from_caller(in_dialog("ACK", ok, 2, 1, "z9hG4bK-lo-ack", SDP))
+    (ack,) = requests(w.take_callee(), "ACK")
+    assert ack.cseq.number == re.cseq.number
+    assert ack.body

@@ -228,7 +228,7 @@ class Leg:
 class Relay:
     """An in-dialog request relayed from one leg to the other, and its response back."""
 
-    __slots__ = ("ack", "call", "from_leg", "inbound", "to_leg")
+    __slots__ = ("ack", "call", "cseq", "from_leg", "inbound", "to_leg")
 
     def __init__(self, call: Call, from_leg: Leg, to_leg: Leg, inbound: ServerTransaction):
         self.call = call
@@ -236,6 +236,7 @@ class Relay:
         self.to_leg = to_leg
         self.inbound = inbound
         self.ack: bytes | None = None  # our ACK on to_leg for a relayed re-INVITE's 2xx
+        self.cseq = 0  # our re-INVITE's CSeq: its ACK's (§13.2.2.4), whatever came since
 
     def on_response(self, tx: ClientTransaction, resp: Response, now: float) -> None:
         call = self.call
@@ -253,6 +254,11 @@ class Relay:
                     self.ack = call.ack_bytes(self.to_leg, resp.cseq.number, b"")
                 call.core.layer.send(self.to_leg.flow, self.ack)
             return
+        if method in ("INVITE", "UPDATE") and 200 <= status < 300 and self.ack is None:
+            # a target refresh that succeeded (§12.2.1.2, §12.2.2, RFC 6141 §3.2): each
+            # leg's remote target from its own Contact (our ACK goes there); route sets stay
+            _refresh_target(self.to_leg, resp)
+            _refresh_target(self.from_leg, self.inbound.request)
         if method == "INVITE" and 200 <= status < 300:
             if self.ack is not None:  # a retransmitted 2xx: our ACK was lost
                 call.core.layer.send(self.to_leg.flow, self.ack, retransmission=True)
@@ -261,6 +267,7 @@ class Relay:
                 # the offer was in our re-INVITE: the answer is here, ACK at once
                 self.ack = call.ack_bytes(self.to_leg, resp.cseq.number, b"")
                 call.core.layer.send(self.to_leg.flow, self.ack)
+            self.cseq = resp.cseq.number
             # else the answer will come in the other side's ACK (late offer re-INVITE);
             # either way that ACK must reach the server transaction, or our 2xx is
             # retransmitted until Timer L (§13.3.1.4)
@@ -310,7 +317,7 @@ class Relay:
         if self.ack is not None:
             return  # the offer was in the re-INVITE: its 2xx was ACKed on arrival
         body = self.call.relay_body(req, [], towards_a=self.to_leg.is_a)
-        self.ack = self.call.ack_bytes(self.to_leg, self.to_leg.local_seq, body)
+        self.ack = self.call.ack_bytes(self.to_leg, self.cseq, body)
         self.call.core.layer.send(self.to_leg.flow, self.ack)
 
 
@@ -328,6 +335,8 @@ class _Refresh:
         status = resp.status
         if status < 200:
             return
+        if status < 300:
+            _refresh_target(self.leg, resp)  # §12.2.1.2: before the ACK, which goes there
         if tx.request.method == "INVITE" and status < 300:
             call.core.layer.send(self.leg.flow, call.ack_bytes(self.leg, resp.cseq.number, b""))
         call.offer_pending = False
@@ -616,6 +625,11 @@ class Call:
             return
         if now >= give_up:
             self.a_rel = None
+            if self.held_final and self.state == ANSWERED:
+                # RFC 3262 §3: no PRACK for 64*T1: the caller's INVITE is rejected (5xx),
+                # the answered B-leg gets a BYE
+                self.hangup(False, now, reason="timeout", status=500)
+                return
             self._release_held(now)
             return
         if interval > self.core.layer.t.t1:  # not the first call: this is a retransmission
@@ -914,6 +928,15 @@ class Call:
         if mf is not None and mf <= 0:
             stx.respond(make_response(req, 483), now)  # loop detection (RFC 7332 §3)
             return
+        if method == "INVITE" and leg.is_a and self.a_invite.last_status < 200:
+            # §14.2: a second INVITE before our final response to the first: 500 with
+            # Retry-After (never relayed: the B-leg's own INVITE is still in progress)
+            hdrs = [("Retry-After", "1")]
+            stx.respond(make_response(req, 500, headers=hdrs), now)
+            return
+        if method == "INVITE" and not leg.is_a and self.state == EARLY:
+            stx.respond(make_response(req, 491), now)  # §14.2: our INVITE is in progress
+            return
         if method == "INVITE" and not self.offer_pending:
             waiting = not leg.is_a and not self.a_invite.acked
             if waiting and self.held_reinvite is not None:
@@ -936,6 +959,7 @@ class Call:
                 return
             if method == "UPDATE" and not req.body and leg.st is not None:
                 # a session refresh without an offer: answered on this leg (RFC 4028 §7.4)
+                _refresh_target(leg, req)
                 leg.st.restart(now)
                 hdrs = [
                     ("Contact", self.core.contact(leg.flow)),
@@ -1009,8 +1033,14 @@ class Call:
             extra = [h for h in self.relay_headers(by, towards_a=not by_a) if h[0] == "Reason"]
         elif reason == "session_timeout":
             extra = [("Reason", SESSION_EXPIRED)]
-        bye_a = (not by_a) or to_a or both
-        bye_b = by_a or to_a or both
+        # our 2xx to the caller may still be held for a PRACK (RFC 3262 §3): its INVITE
+        # then gets a final response (§15.1.2: 487 to the caller's BYE), never a BYE on
+        # its early dialog
+        a_open = self.a_invite.last_status < 200
+        bye_a = ((not by_a) or to_a or both) and not a_open
+        bye_b = by_a or to_a or both or a_open
+        if a_open:
+            self._answer_a(487 if by is not None and by_a else 500, now, None, None, b"")
         if bye_a:
             self.a.send(self.a.request("BYE", extra), IGNORE, now)
         b = self.b
@@ -1084,6 +1114,14 @@ def _interned(tokens: frozenset[str]) -> frozenset[str]:
     if len(_SETS) < 4096:
         _SETS[tokens] = tokens
     return tokens
+
+
+def _refresh_target(leg: Leg, msg: SipMessage) -> None:
+    """A target refresh (re-INVITE, UPDATE, or its 2xx): the peer's Contact, if any, is
+    the leg's new remote target (RFC 3261 §12.2.1.2, §12.2.2)."""
+    contacts = msg.contacts
+    if contacts:
+        leg.remote_target = str(contacts[0].uri)
 
 
 def _without_tag(value: str) -> str:

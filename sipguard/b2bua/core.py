@@ -21,7 +21,14 @@ from sipguard.metrics import Metrics
 from sipguard.policy.decision import refusal
 from sipguard.policy.numbers import mask
 from sipguard.sip.errors import SipError
-from sipguard.sip.message import Limits, Request, Response, canonical_name, parse_message
+from sipguard.sip.message import (
+    Limits,
+    Request,
+    Response,
+    attach_response,
+    canonical_name,
+    parse_message,
+)
 from sipguard.sip.timers import Timer
 from sipguard.sip.transaction import (
     IDS,
@@ -32,6 +39,7 @@ from sipguard.sip.transaction import (
     TransactionLayer,
     make_response,
     new_branch,
+    server_key,
 )
 from sipguard.sip.uri import Uri, parse_uri
 
@@ -40,6 +48,8 @@ log = logging.getLogger("sipguard.b2bua")
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, MESSAGE"
 SUPPORTED = "100rel, replaces, timer"
 AUTH_RETRY_WINDOW = 32.0
+# option-tag lists a call reads (Call.__init__, _answered, _provisional, _new_call)
+_TOKEN_HEADERS = ("supported", "require", "allow")
 KNOWN_KINDS = frozenset(
     ALLOW.replace(" ", "").split(",")
     + ["REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER"]
@@ -163,14 +173,18 @@ class B2BUA:
 
     def receive(self, data: bytes, flow: Flow, now: float) -> None:
         """A datagram, or one framed message from a stream, arrived on ``flow``."""
+        msg: Request | Response | None = None
         try:
             msg = parse_message(data, datagram=not flow.reliable, limits=self.parse_limits)
-            if isinstance(msg, Request):
-                msg.validate()
-            else:
-                msg.top_via  # noqa: B018
-                msg.cseq  # noqa: B018
+            # every typed view the calls read, parsed here, before any transaction or call
+            # state moves: a malformed To, Contact or option-tag list of a peer's response
+            # must not stop a call half way (it would never end and hold its slot)
+            msg.validate()
+            for name in _TOKEN_HEADERS:
+                msg.tokens(name)
         except SipError as exc:
+            if exc.response is None and exc.status is not None and isinstance(msg, Request):
+                attach_response(exc, msg.headers)
             self.parse_errors += 1
             if self.metrics is not None:
                 self.metrics.parse_errors.inc()
@@ -193,7 +207,20 @@ class B2BUA:
             if self.metrics is not None:
                 self.metrics.parse_errors.inc()
             if isinstance(msg, Request) and msg.method != "ACK":
-                self.layer.send(flow, make_response(msg, exc.status or 400).to_bytes())
+                resp = make_response(msg, exc.status or 400)
+                tx = self._server_tx(msg)
+                if tx is not None and tx.last_status < 200:
+                    # answered through its transaction, which then ends (Timer J/H):
+                    # never left in the table, without a final response, for ever
+                    tx.respond(resp, now)
+                elif tx is None:
+                    self.layer.send(flow, resp.to_bytes())
+
+    def _server_tx(self, req: Request) -> ServerTransaction | None:
+        try:
+            return self.layer.server.get(server_key(req, req.top_via))
+        except SipError:
+            return None
 
     def _count_in(self, kind: str) -> None:
         # a peer chooses the method token: only known ones become metric labels (a bounded
