@@ -44,6 +44,9 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
+from sipguard.sip.errors import SipError
+from sipguard.sip.uri import split_commas
+
 __all__ = [
     "ANONYMOUS_URI",
     "AUTH",
@@ -286,32 +289,16 @@ def copy_headers(
 
 
 def split_entries(value: str) -> list[str]:
-    """Split a header value at commas outside quoted strings and ``<…>`` (RFC 3261 §7.3.1)."""
-    items: list[str] = []
-    start = 0
-    quoted = False
-    angle = False
-    i = 0
-    n = len(value)
-    while i < n:
-        c = value[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c == "<":
-            angle = True
-        elif c == ">":
-            angle = False
-        elif c == "," and not angle:
-            items.append(value[start:i])
-            start = i + 1
-        i += 1
-    items.append(value[start:])
-    return [item.strip() for item in items if item.strip()]
+    """Split a header value at commas outside quoted strings and ``<…>`` (RFC 3261 §7.3.1).
+
+    The SIP core's splitter, made lenient for policy use: empty entries are skipped, and
+    a value with unbalanced quotes is one entry (it can only be filtered as a whole).
+    """
+    try:
+        items = split_commas(value)
+    except SipError:
+        items = [value.strip()]
+    return [item for item in items if item]
 
 
 # A parameter value kept in an anonymised entry: a token (RFC 3261 §25.1), so that no
