@@ -61,6 +61,17 @@ class Metrics:
         self.retransmissions = Counter(
             "sipguard_retransmissions_total", "SIP retransmissions sent", registry=r
         )
+        self.loop_lag = Histogram(
+            "sipguard_event_loop_lag_seconds",
+            "How late the event loop ran a 50 ms probe: its pauses (GC, long handlers)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "sipguard_event_loop_lag_max_seconds",
+            "The longest event-loop pause seen since start",
+            registry=r,
+        )
         self.media_unanchored = Counter(
             "sipguard_media_unanchored_total",
             "Calls carried without the media anchoring they asked for (rtpengine down)",

@@ -191,6 +191,19 @@ class Driver:
             except Exception:
                 log.exception("internal error in the connection sweep")
 
+    async def lag_probe(self, interval: float = 0.05) -> None:
+        """Measure how late the loop wakes a sleeper: the longest pause, for the metrics."""
+        loop = self.loop
+        worst = 0.0
+        while True:
+            start = loop.time()
+            await asyncio.sleep(interval)
+            lag = max(0.0, loop.time() - start - interval)
+            self.metrics.loop_lag.observe(lag)
+            if lag > worst:
+                worst = lag
+                self.metrics.loop_lag_max.set(worst)
+
     def connection_failed(self, conn: StreamConnection) -> None:
         """A connection we opened could not be made: fail its client transactions now."""
         now = self.loop.time()
@@ -281,6 +294,7 @@ async def serve(config_path: str, config: Config) -> int:
 
     dns_task = start_dns(config)
     sweep_task = loop_create(driver.sweep())
+    lag_task = loop_create(driver.lag_probe())
     httpd: MetricsServer | None = None
     if config.metrics is not None:
         httpd = MetricsServer(metrics, driver)
@@ -338,6 +352,7 @@ async def serve(config_path: str, config: Config) -> int:
         await asyncio.sleep(0.2)  # let the BYEs go out
     dns_task.cancel()
     sweep_task.cancel()
+    lag_task.cancel()
     driver.close()
     if httpd is not None:
         await httpd.close()
