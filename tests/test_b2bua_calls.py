@@ -1637,3 +1637,19 @@ def test_the_ack_of_a_late_offer_reinvite_carries_its_cseq_after_an_info() -> No
     (ack,) = requests(w.take_callee(), "ACK")
     assert ack.cseq.number == re.cseq.number
     assert ack.body
+
+
+def test_a_retransmitted_reliable_1xx_is_prack_ed_again_but_not_relayed_again() -> None:
+    """RFC 3262 §4: a reliable 1xx with an RSeq already seen is a retransmission."""
+    w = Wire()
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    rel = response_to(
+        b_inv, 183, "Session Progress", "t1", SDP_CALLEE, extra="Require: 100rel\r\nRSeq: 7\r\n"
+    )
+    w.from_callee(rel)
+    assert len(requests(w.take_callee(), "PRACK")) == 1
+    assert [r.status for r in responses(w.take_caller())] == [100, 183]
+    w.from_callee(rel)  # our PRACK was lost: the callee retransmits
+    assert len(requests(w.take_callee(), "PRACK")) == 1
+    assert responses(w.take_caller()) == []

@@ -370,6 +370,7 @@ class Call:
         "b_ack",
         "b_cseq",
         "b_invite",
+        "b_rseq",
         "b_ruri",
         "b_targets",
         "config",
@@ -423,6 +424,7 @@ class Call:
         self.wall_answer: float | None = None  # the same answer time in both CDR records
         self.a_invite = stx
         self.b_cseq = 0
+        self.b_rseq = 0  # the highest RSeq of the callee's reliable 1xx seen (RFC 3262)
         self.relays: set[Relay] = set()  # in-dialog requests out on the other leg
         self.a_cseq = invite.cseq.number  # the transaction forgets its INVITE once ACKed
         self.merge_key = (invite.call_id, invite.from_.tag or "", invite.cseq.number)
@@ -781,9 +783,18 @@ class Call:
             if contacts:
                 b.remote_target = str(contacts[0].uri)
             b.route_set = list(reversed(resp.get_all("record-route")))
-            if resp.get("rseq") is not None and "100rel" in resp.tokens("require"):
-                rack = f"{(resp.get('rseq') or '').strip()} {resp.cseq.number} INVITE"
+            rseq_text = (resp.get("rseq") or "").strip()
+            if rseq_text and "100rel" in resp.tokens("require"):
+                if not rseq_text.isdigit() or len(rseq_text) > 10:
+                    return  # an RSeq that is not a number: the response is ignored
+                rack = f"{rseq_text} {resp.cseq.number} INVITE"
                 b.send(b.request("PRACK", [("RAck", rack)]), self, now)
+                rseq = int(rseq_text)
+                if rseq <= self.b_rseq:
+                    # a retransmission (our PRACK was lost): PRACKed again, not relayed
+                    # again (RFC 3262 §4: only a higher RSeq is a new response)
+                    return
+                self.b_rseq = rseq
         headers = self.relay_headers(resp, towards_a=True, response=True)
         body = self.relay_body(resp, headers, towards_a=True)
         self.answer_a(resp.status, now, self.phrase(resp, towards_a=True), headers, body)
