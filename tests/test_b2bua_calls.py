@@ -1653,3 +1653,20 @@ def test_a_retransmitted_reliable_1xx_is_prack_ed_again_but_not_relayed_again() 
     w.from_callee(rel)  # our PRACK was lost: the callee retransmits
     assert len(requests(w.take_callee(), "PRACK")) == 1
     assert responses(w.take_caller()) == []
+
+
+def test_a_late_offer_2xx_is_acked_with_rejected_streams_when_the_call_ends_first() -> None:
+    """§13.2.2.4: the callee's 2xx is ACKed even when the caller hangs up before its ACK
+    (which would have carried the answer): every offered stream rejected (RFC 3264 §6)."""
+    w = Wire()
+    w.from_caller(invite(1, body=b""))  # late offer
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 200, "OK", "t1", SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    assert requests(w.take_callee(), "ACK") == []  # waiting for the caller's answer
+    w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-bye-lo"))
+    msgs = w.take_callee()
+    ack, bye = requests(msgs, "ACK"), requests(msgs, "BYE")
+    assert len(ack) == 1 and len(bye) == 1
+    assert msgs.index(ack[0]) < msgs.index(bye[0])
+    assert b"m=audio 0 " in ack[0].body

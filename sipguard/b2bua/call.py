@@ -370,6 +370,7 @@ class Call:
         "b_ack",
         "b_cseq",
         "b_invite",
+        "b_offer",
         "b_rseq",
         "b_ruri",
         "b_targets",
@@ -424,6 +425,7 @@ class Call:
         self.wall_answer: float | None = None  # the same answer time in both CDR records
         self.a_invite = stx
         self.b_cseq = 0
+        self.b_offer = b""
         self.b_rseq = 0  # the highest RSeq of the callee's reliable 1xx seen (RFC 3262)
         self.relays: set[Relay] = set()  # in-dialog requests out on the other leg
         self.a_cseq = invite.cseq.number  # the transaction forgets its INVITE once ACKed
@@ -810,6 +812,8 @@ class Call:
         b.route_set = list(reversed(resp.get_all("record-route")))
         b.supports = _interned(resp.tokens("supported") | resp.tokens("require"))
         b.allow = _interned(frozenset(m.upper() for m in resp.tokens("allow")))
+        if self.late_offer:
+            self.b_offer = resp.body  # the offer the caller's ACK is to answer
         if not self.late_offer:
             self.b_ack = self.ack_bytes(b, self.b_cseq, b"")
             self.core.layer.send(b.flow, self.b_ack)
@@ -1056,6 +1060,12 @@ class Call:
             self.a.send(self.a.request("BYE", extra), IGNORE, now)
         b = self.b
         if bye_b and b is not None and b.remote_tag:
+            if self.late_offer and self.b_ack is None and self.b_offer:
+                # the callee's 2xx carried the offer and the caller never answered it:
+                # the 2xx is still ACKed (§13.2.2.4), with every stream rejected
+                # (RFC 3264 §6), before the BYE
+                self.b_ack = self.ack_bytes(b, self.b_cseq, rejecting_answer(self.b_offer))
+                self.core.layer.send(b.flow, self.b_ack)
             b.send(b.request("BYE", extra), IGNORE, now)
         self.finish(now, reason, status)
 
@@ -1133,6 +1143,19 @@ def _refresh_target(leg: Leg, msg: SipMessage) -> None:
     contacts = msg.contacts
     if contacts:
         leg.remote_target = str(contacts[0].uri)
+
+
+def rejecting_answer(offer: bytes) -> bytes:
+    """An SDP answer that rejects every stream of ``offer`` (RFC 3264 §6: port 0, one
+    ``m=`` line per offered one, in order)."""
+    lines = [b"v=0", b"o=- 0 0 IN IP4 0.0.0.0", b"s=-", b"c=IN IP4 0.0.0.0", b"t=0 0"]
+    for raw in offer.split(b"\n"):
+        line = raw.rstrip(b"\r")
+        if line.startswith(b"m="):
+            parts = line[2:].split()
+            if len(parts) >= 4:
+                lines.append(b"m=" + b" ".join([parts[0], b"0", parts[2], parts[3]]))
+    return b"\r\n".join(lines) + b"\r\n"
 
 
 def _without_tag(value: str) -> str:
