@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, cast, get_args
 
 SCHEMA_VERSION: Final = 1
 
@@ -50,23 +50,10 @@ EndReason = Literal[
     "crash_recovered",
 ]
 
-KINDS: Final = frozenset({"start", "end"})
-PRESENTATIONS: Final = frozenset({"allowed", "restricted"})
-END_REASONS: Final = frozenset(
-    {
-        "caller_bye",
-        "callee_bye",
-        "cancel",
-        "rejected",
-        "timeout",
-        "limit",
-        "session_timeout",
-        "max_duration",
-        "media_timeout",
-        "shutdown",
-        "crash_recovered",
-    }
-)
+# the value sets that records are checked against: the Literal types above, once
+KINDS: Final = frozenset(get_args(Kind))
+PRESENTATIONS: Final = frozenset(get_args(CdrPresentation))
+END_REASONS: Final = frozenset(get_args(EndReason))
 
 # The field names, in the order they are written (the JSON key order and CSV columns).
 FIELDS: Final = (
