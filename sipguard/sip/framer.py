@@ -9,9 +9,11 @@ without it. Each byte is searched once, however the stream is cut, and the resul
 
 from __future__ import annotations
 
+from typing import Final
+
 from sipguard.sip.errors import MessageTooLarge, SipError
 
-_CLEN_NAMES = (b"content-length", b"l")
+_CLEN_NAMES: Final = (b"content-length", b"l")
 
 
 class StreamFramer:

@@ -21,12 +21,15 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from types import FunctionType
+from typing import Final
 
 from sipguard.sip.errors import MessageTooLarge, SipError
 from sipguard.sip.uri import (
     NameAddr,
     Params,
     Uri,
+    _new,
     _semi_params,
     _slot_setter,
     format_params,
@@ -38,14 +41,14 @@ from sipguard.sip.uri import (
     split_commas,
 )
 
-SIP_VERSION = "SIP/2.0"
-CRLF = "\r\n"
+SIP_VERSION: Final = "SIP/2.0"
+CRLF: Final = "\r\n"
 
 # Compact forms: RFC 3261 §7.3.3 (i m e l c f s k t v) and later RFCs
 # (x Session-Expires RFC 4028, o Event / u Allow-Events RFC 6665, r Refer-To RFC 3515,
 # b Referred-By RFC 3892, a Accept-Contact / j Reject-Contact / d Request-Disposition
 # RFC 3841, y Identity RFC 8224).
-COMPACT_FORMS: dict[str, str] = {
+COMPACT_FORMS: Final[dict[str, str]] = {
     "i": "call-id",
     "m": "contact",
     "e": "content-encoding",
@@ -70,8 +73,8 @@ COMPACT_FORMS: dict[str, str] = {
 
 # Header name as written -> index key (lower-case long form). A bounded memo: the names
 # come from the network.
-_KEYS: dict[str, str] = {}
-_KEYS_MAX = 4096
+_KEYS: Final[dict[str, str]] = {}
+_KEYS_MAX: Final = 4096
 
 
 def _header_key(name: str) -> str:
@@ -82,9 +85,15 @@ def _header_key(name: str) -> str:
     return key
 
 
+# Whether the parser fills the slots of bare Via and CSeq instances (interpreted) or calls
+# their constructors (compiled by mypyc, whose functions are not Python functions): see
+# uri._FILL_SLOTS. Decided per module, so that a module compiled alone still works.
+_FILL_SLOTS: Final = isinstance(_header_key, FunctionType)
+
+
 # Headers whose value may hold several comma-separated entries (RFC 3261 §7.3.1). The
 # others (From, To, Call-ID, CSeq, Date, the authentication headers …) are never split.
-LIST_HEADERS = frozenset(
+LIST_HEADERS: Final = frozenset(
     {
         "via",
         "contact",
@@ -127,45 +136,47 @@ LIST_HEADERS = frozenset(
 
 # List headers whose grammar has at least one element (RFC 3261 §25.1): an empty line of
 # one of these is an error, not "no entries" (Allow, Supported, Accept… may be empty).
-_NON_EMPTY = frozenset({"via", "contact", "route", "record-route"})
+_NON_EMPTY: Final = frozenset({"via", "contact", "route", "record-route"})
 
 # Headers that must appear at most once (RFC 3261 §20; RFC 4475 §3.3.8).
-SINGLE_HEADERS = ("call-id", "cseq", "from", "to", "max-forwards")
+SINGLE_HEADERS: Final = ("call-id", "cseq", "from", "to", "max-forwards")
 
-_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]"
-_TOKEN_RE = re.compile(_TOKEN + r"+\Z")
-_METHOD_RE = _TOKEN_RE
-_METHODS = frozenset(
+_TOKEN: Final = r"[A-Za-z0-9\-.!%*_+`'~]"
+_TOKEN_RE: Final = re.compile(_TOKEN + r"+\Z")
+_METHOD_RE: Final = _TOKEN_RE
+_METHODS: Final = frozenset(
     ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "PRACK", "UPDATE", "INFO", "REFER", "NOTIFY")
 )
 # \d and \s in ASCII only: a Unicode digit or space is no part of SIP's grammar
-_VERSION_RE = re.compile(r"SIP/\d+\.\d+\Z", re.I | re.A)
+_VERSION_RE: Final = re.compile(r"SIP/\d+\.\d+\Z", re.I | re.A)
 # LWS between the elements is SP and HTAB only (folding is undone before these run)
-_CSEQ_RE = re.compile(r"(\d+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)\Z", re.A)
-_CSEQ_FAST_RE = re.compile(r"([0-9]{1,10}) ([A-Z]+)\Z")
-_VIA_RE = re.compile(
+_CSEQ_RE: Final = re.compile(r"(\d+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)\Z", re.A)
+_CSEQ_FAST_RE: Final = re.compile(r"([0-9]{1,10}) ([A-Z]+)\Z")
+_VIA_RE: Final = re.compile(
     r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*/[ \t]*"
     r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]+(\[[^\]]*\]|[^\s;:\[\]]+)(?:[ \t]*:[ \t]*(\d+))?[ \t]*"
     r"(?:;(.*))?\Z",
     re.S | re.A,
 )
 # The common Via shape, ASCII only; anything else takes _VIA_RE (which decides errors).
-_VIA_FAST_RE = re.compile(
+_VIA_FAST_RE: Final = re.compile(
     r"SIP/2\.0/([A-Za-z]+) (\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?)"
     r"(?::([0-9]{1,5}))?(;[\t -~]*)?\Z"
 )
 # Enough of a Via to send a response back: its protocol, transport and sent-by. Used only
 # to decide whether a malformed request can be answered; its parameters may be broken.
 # Any SIP version: a request refused with 505 may carry a Via of its own version.
-_VIA_SENT_BY_RE = re.compile(
+_VIA_SENT_BY_RE: Final = re.compile(
     r"\s*SIP\s*/\s*\d+\.\d+\s*/\s*[A-Za-z0-9\-.!%*_+`'~]+\s+[^\s;,]+", re.I | re.A
 )
 # One header line ``CRLF Name: value`` of a header section: the name a token, the value
 # without leading or trailing SP/HTAB and without CR or LF. A folded line or any other
 # line it does not match makes the match count differ from the line count. The
 # possessive ``*+`` keeps a failing line linear in its length.
-_HEADER_LINE_RE = re.compile(f"\r\n({_TOKEN}+)[ \t]*:[ \t]*+([^\r\n]*[^\r\n \t]|)[ \t]*(?=\r\n)")
-MAX_CSEQ = 2**32 - 1
+_HEADER_LINE_RE: Final = re.compile(
+    f"\r\n({_TOKEN}+)[ \t]*:[ \t]*+([^\r\n]*[^\r\n \t]|)[ \t]*(?=\r\n)"
+)
+MAX_CSEQ: Final = 2**32 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +187,12 @@ class Limits:
     max_headers: int = 256
     max_line: int = 16384
 
+    def __reduce__(self) -> tuple[type[Limits], tuple[int, int, int]]:
+        # copy, deepcopy, pickle when compiled by mypyc too (see Uri.__reduce__)
+        return Limits, (self.max_message, self.max_headers, self.max_line)
 
-DEFAULT_LIMITS = Limits()
+
+DEFAULT_LIMITS: Final = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +204,21 @@ class Via:
     port: int | None
     params: Params = ()
     protocol: str = "SIP/2.0"
+
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None,
+        params: Params = (),
+        protocol: str = "SIP/2.0",
+    ) -> None:
+        # written out rather than generated by @dataclass: mypyc compiles this one
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "protocol", protocol)
 
     @property
     def branch(self) -> str | None:
@@ -212,8 +242,11 @@ class Via:
     def __str__(self) -> str:
         return f"{self.protocol}/{self.transport} {self.sent_by()}{format_params(self.params)}"
 
+    def __reduce__(self) -> tuple[type[Via], tuple[str, str, int | None, Params, str]]:
+        # copy, deepcopy, pickle when compiled by mypyc too (see Uri.__reduce__)
+        return Via, (self.transport, self.host, self.port, self.params, self.protocol)
 
-_new = object.__new__
+
 _via_transport = _slot_setter(Via, "transport")
 _via_host = _slot_setter(Via, "host")
 _via_port = _slot_setter(Via, "port")
@@ -230,13 +263,16 @@ def parse_via(text: str) -> Via:
             port = int(port_s)
             if not 0 < port <= 65535:
                 raise SipError("invalid port in Via")
-        via = _new(Via)
-        _via_transport(via, transport.upper())
-        _via_host(via, host.lower())
-        _via_port(via, port)
-        _via_params(via, _semi_params(ptext, "Via") if ptext is not None else ())
-        _via_protocol(via, SIP_VERSION)
-        return via
+        params = _semi_params(ptext, "Via") if ptext is not None else ()
+        if _FILL_SLOTS:
+            via = _new(Via)
+            _via_transport(via, transport.upper())
+            _via_host(via, host.lower())
+            _via_port(via, port)
+            _via_params(via, params)
+            _via_protocol(via, SIP_VERSION)
+            return via
+        return Via(transport.upper(), host.lower(), port, params, SIP_VERSION)
     return _parse_via_general(text)
 
 
@@ -261,6 +297,15 @@ class CSeq:
     number: int
     method: str
 
+    def __init__(self, number: int, method: str) -> None:
+        # written out rather than generated by @dataclass: mypyc compiles this one
+        object.__setattr__(self, "number", number)
+        object.__setattr__(self, "method", method)
+
+    def __reduce__(self) -> tuple[type[CSeq], tuple[int, str]]:
+        # copy, deepcopy, pickle when compiled by mypyc too (see Uri.__reduce__)
+        return CSeq, (self.number, self.method)
+
 
 _cseq_number = _slot_setter(CSeq, "number")
 _cseq_method = _slot_setter(CSeq, "method")
@@ -271,10 +316,12 @@ def parse_cseq(text: str) -> CSeq:
     if m is not None:
         num = int(m.group(1))
         if num <= MAX_CSEQ:
-            cseq = _new(CSeq)
-            _cseq_number(cseq, num)
-            _cseq_method(cseq, m.group(2))
-            return cseq
+            if _FILL_SLOTS:
+                cseq = _new(CSeq)
+                _cseq_number(cseq, num)
+                _cseq_method(cseq, m.group(2))
+                return cseq
+            return CSeq(num, m.group(2))
     return _parse_cseq_general(text)
 
 
@@ -846,7 +893,7 @@ def _quote_safe(text: str) -> str:
     return "".join("'" if c == '"' else c for c in text if c >= " " and c not in "\\\x7f")
 
 
-REASONS: dict[int, str] = {
+REASONS: Final[dict[int, str]] = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",
@@ -885,7 +932,7 @@ REASONS: dict[int, str] = {
 }
 
 
-_CANONICAL: dict[str, str] = {
+_CANONICAL: Final[dict[str, str]] = {
     "call-id": "Call-ID",
     "cseq": "CSeq",
     "www-authenticate": "WWW-Authenticate",
