@@ -77,6 +77,11 @@ class Metrics:
             "Full cyclic garbage collections run by the guard (objects left by cycles)",
             registry=r,
         )
+        self.gc_pending = Gauge(
+            "sipguard_gc_pending_objects",
+            "Growth of the objects the cyclic garbage collector tracks since its last run",
+            registry=r,
+        )
         self.gc_unreachable = Counter(
             "sipguard_gc_unreachable_objects_total",
             "Objects that only the cyclic garbage collector could free (should stay 0)",

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gc
+import math
+import tracemalloc
 import weakref
+
+import pytest
 
 from sipguard.sip.timers import HORIZON, TimerHeap
 
@@ -257,3 +261,45 @@ def test_len_counts_pending_timers_through_mixed_operations() -> None:
     heap.fire(4.0)  # 1 and 3 run
     assert len(heap) == 3
     assert [n for n, _ in rec.calls] == ["1", "3"]
+
+
+def test_buckets_emptied_by_cancels_free_their_memory() -> None:
+    """A second's worth of long timers cancelled (calls that ended) leaves nothing behind."""
+    heap, rec = TimerHeap(), Recorder()
+    heap.fire(0.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for second in range(200):
+            timers = [heap.schedule(14_400.0 + second + i / 1000, rec.cb("x")) for i in range(500)]
+            for t in timers:
+                t.cancel()
+            del timers
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(heap) == 0
+    assert heap._far == {}
+    # 100,000 timers came and went: what stays is their 200 bucket keys, not 200 tables
+    assert after - before < 64 * 1024
+    assert heap.next_deadline() is None
+
+
+def test_a_timer_needs_a_finite_time() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    for when in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError):
+            heap.schedule(when, rec.cb("x"))
+    assert len(heap) == 0
+
+
+def test_timers_scheduled_before_any_fire_are_exact_and_in_order() -> None:
+    """With no fire() yet every timer waits in the far buckets; nothing changes outside."""
+    heap, rec = TimerHeap(), Recorder()
+    for i, when in enumerate((1000.5, 1000.25, 1032.0, 1000.25, 5000.0)):
+        heap.schedule(when, rec.cb(str(i)))
+    assert heap.next_deadline() == 1000.25
+    assert heap.fire(1000.25) == 2
+    assert heap.next_deadline() == 1000.5
+    assert heap.fire(6000.0) == 3
+    assert [n for n, _ in rec.calls] == ["1", "3", "0", "2", "4"]

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sipguard.b2bua.core import B2BUA
@@ -61,11 +61,11 @@ def message_kind(data: bytes) -> str:
     return _OUT_KIND.get(data[: sp + 1], "other") if sp > 0 else "other"
 
 
-# the guard collects when the tracked objects have grown by this many since the last
-# collection, or by as many as that collection left alive if that is more. Under load the
-# live set is about 36 objects per call ended in the last 64*T1 (its transactions): about
-# 2.9 million at 2,500 calls/s. Only a reference cycle makes the growth pass this bound.
-GC_GUARD_OBJECTS = 4_000_000
+# the guard collects when the objects tracked by the cyclic collector have grown by this
+# many more than the calls and transactions alive account for (GC_OBJECTS_PER_ITEM each:
+# about 27 per call in progress, 9 per transaction kept for 64*T1, measured)
+GC_GUARD_OBJECTS = 1_000_000
+GC_OBJECTS_PER_ITEM = 64
 
 
 def tune_gc() -> None:
@@ -87,40 +87,42 @@ def tune_gc() -> None:
 
 
 class GcGuard:
-    """Runs a full collection when the tracked objects grow past a bound.
+    """Runs a full collection when tracked objects grow more than the calls explain.
 
     With the collector off, CPython's generation-0 count rises by one for each new object
-    the collector tracks and falls by one for each freed (never below 0): it is the net
-    growth since the last collection, read for nothing. It stays near the number of calls
-    and transactions alive; only objects kept alive by cycles make it grow without bound.
-    The bound is ``limit``, or the number of objects the last collection left alive when
-    that is larger, so that a busier steady state never makes the guard collect again.
+    the collector tracks and falls by one for each freed (never below 0): it is the growth
+    of the live set since the last collection, read for nothing. Calls and transactions
+    explain up to :data:`GC_OBJECTS_PER_ITEM` objects each (``live()`` counts them); only
+    objects kept alive by reference cycles make the count pass that by ``limit``. Then a
+    full collection runs (a pause: about 0.4 us per live object) and is counted and logged.
     """
 
-    def __init__(self, metrics: Metrics, limit: int = GC_GUARD_OBJECTS) -> None:
+    def __init__(
+        self, metrics: Metrics, live: Callable[[], int], limit: int = GC_GUARD_OBJECTS
+    ) -> None:
         self.metrics = metrics
+        self.live = live
         self.limit = limit
-        self.bound = limit
 
-    def check(self) -> int:
-        """Collect if the growth passed the bound; the number of unreachable objects found."""
-        if gc.get_count()[0] <= self.bound:
-            return 0
+    def check(self) -> float:
+        """Collect if the growth passed the bound; the seconds the collection took, or 0."""
+        pending = gc.get_count()[0]
+        self.metrics.gc_pending.set(pending)
+        if pending <= self.limit + GC_OBJECTS_PER_ITEM * self.live():
+            return 0.0
         start = time.perf_counter()
         found = gc.collect()
         took = time.perf_counter() - start
-        alive = len(gc.get_objects())
-        self.bound = max(self.limit, alive)
         self.metrics.gc_collections.inc()
         self.metrics.gc_unreachable.inc(found)
         log.warning(
-            "tracked objects grew past the bound: a full garbage collection found %d "
-            "unreachable objects in %.0f ms (%d alive)",
+            "%d tracked objects more than the calls explain: a full garbage collection "
+            "found %d unreachable objects in %.0f ms",
+            pending,
             found,
             took * 1000,
-            alive,
         )
-        return found
+        return took
 
 
 class Driver:
@@ -257,7 +259,10 @@ class Driver:
         """Measure how late the loop wakes a sleeper: the longest pause, for the metrics."""
         loop = self.loop
         worst = 0.0
-        guard = GcGuard(self.metrics)
+        core = self.core
+        guard = GcGuard(
+            self.metrics, lambda: core.calls + len(core.layer.client) + len(core.layer.server)
+        )
         n = 0
         while True:
             start = loop.time()
@@ -265,7 +270,8 @@ class Driver:
             lag = max(0.0, loop.time() - start - interval)
             n += 1
             if n % 20 == 0:
-                guard.check()
+                # a collection the guard runs is a pause too: the probe does not sleep then
+                lag = max(lag, guard.check())
             self.metrics.loop_lag.observe(lag)
             if lag > worst:
                 worst = lag

@@ -19,6 +19,7 @@ time, and of their scheduling when the times are equal, whichever part held them
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Callable
 
 # timers further ahead than this wait in the far buckets (a power of two: exact floats)
@@ -89,6 +90,8 @@ class TimerHeap:
         return len(self._heap) - self._cancelled + self._far_count
 
     def schedule(self, when: float, callback: Callable[[float], None]) -> Timer:
+        if not math.isfinite(when):
+            raise ValueError(f"a timer needs a finite time, not {when}")
         self._seq += 1
         t = Timer(when, callback, self, self._seq)
         if when - self._now <= HORIZON:
@@ -113,6 +116,13 @@ class TimerHeap:
             return
         del bucket[t]
         self._far_count -= 1
+        if not bucket:
+            # a dict never shrinks as keys go: an emptied bucket is dropped at once, or a
+            # second's worth of calls that ended would keep its table until that second
+            # (hours ahead, for a maximum call duration). Its key stays in _far_keys.
+            key = int(t.when)
+            if self._far.get(key) is bucket:
+                del self._far[key]
         far_min = self._far_min
         if far_min is not None and far_min[1] == t.when:
             self._far_min = None
