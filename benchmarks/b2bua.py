@@ -17,36 +17,51 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sipguard.b2bua.core import B2BUA
 from sipguard.sip.transaction import Flow
 from tests.callsim import Wire, basic_call
 
 MESSAGES_PER_CALL = 14  # received and sent by the B2BUA: 7 on each leg
 
 
+class TimedCore:
+    """Stands for the B2BUA in the simulator and adds up the time spent in ``receive``.
+
+    A wrapper, not a patched method: the core may be compiled (mypyc), whose methods
+    cannot be replaced on an instance.
+    """
+
+    def __init__(self, core: B2BUA) -> None:
+        self.core = core
+        self.inner = 0.0
+
+    def receive(self, data: bytes, flow: Flow, now: float) -> None:
+        t0 = time.perf_counter()
+        self.core.receive(data, flow, now)
+        self.inner += time.perf_counter() - t0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+
 def run(calls: int) -> tuple[float, float]:
     """(seconds for the whole run, seconds of it inside the B2BUA core)."""
     wire = Wire()
     core = wire.core
-    inner = [0.0]
-    receive = core.receive
+    timed = TimedCore(core)
+    wire.core = timed  # type: ignore[assignment]
     clock = time.perf_counter
-
-    def timed_receive(data: bytes, flow: Flow, now: float) -> None:
-        t0 = clock()
-        receive(data, flow, now)
-        inner[0] += clock() - t0
-
-    core.receive = timed_receive  # type: ignore[method-assign]
     start = clock()
     for n in range(calls):
         basic_call(wire, n)
         core.cdr_out.clear()
         if n % 500 == 0:
             wire.advance(1.0)
-    return clock() - start, inner[0]
+    return clock() - start, timed.inner
 
 
 def main() -> int:

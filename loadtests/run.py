@@ -78,6 +78,7 @@ class LoadResult:
     cpu_s: float = 0.0
     cpu_s_per_1k: float | None = None
     peak_rss_kb: int = 0
+    loop_pause_max_ms: float | None = None  # sipguard's own probe (a peer has none)
     cdr_end_records: int = 0
     uac_exit: int | None = None
     failures: dict[str, int] = field(default_factory=dict)
@@ -242,6 +243,7 @@ def run_element(
         result.cpu_s = element.cpu_seconds() - cpu0
         result.peak_rss_kb = element.status().get("VmHWM", 0)
         result.udp_drops = _drops_for(setup)
+        result.loop_pause_max_ms = _loop_pause_max_ms(element)
         callee_res = callee.stop()
         element.stop()
     finally:
@@ -263,6 +265,17 @@ def run_element(
     if res.successful:
         result.cpu_s_per_1k = result.cpu_s / res.successful * 1000.0
     return result
+
+
+def _loop_pause_max_ms(element: Element) -> float | None:
+    """The longest event-loop pause sipguard measured (its lag probe), in ms."""
+    if not isinstance(element, Sipguard):
+        return None
+    try:
+        value = element.metrics().get("sipguard_event_loop_lag_max_seconds")
+    except OSError:
+        return None
+    return None if value is None else value * 1000.0
 
 
 def run_hold(
@@ -412,13 +425,14 @@ COLUMNS = (
     ("cpu_s", "{:>7.2f}", "cpu s"),
     ("cpu_s_per_1k", "{:>9}", "cpu s/1k"),
     ("peak_rss_kb", "{:>8}", "peak MB"),
+    ("loop_pause_max_ms", "{:>9}", "pause ms"),
 )
 
 
 def _cell(name: str, fmt: str, value: Any) -> str:
     if value is None:
         return fmt.replace("d}", "}").replace(".0f}", "}").replace(".2f}", "}").format("-")
-    if name in ("setup_p50_ms", "setup_p99_ms"):
+    if name in ("setup_p50_ms", "setup_p99_ms", "loop_pause_max_ms"):
         return fmt.format(f"{value:.0f}")
     if name == "cpu_s_per_1k":
         return fmt.format(f"{value:.3f}")

@@ -72,6 +72,21 @@ class Metrics:
             "The longest event-loop pause seen since start",
             registry=r,
         )
+        self.gc_collections = Counter(
+            "sipguard_gc_collections_total",
+            "Full cyclic garbage collections run by the guard (objects left by cycles)",
+            registry=r,
+        )
+        self.gc_pending = Gauge(
+            "sipguard_gc_pending_objects",
+            "Growth of the objects the cyclic garbage collector tracks since its last run",
+            registry=r,
+        )
+        self.gc_unreachable = Counter(
+            "sipguard_gc_unreachable_objects_total",
+            "Objects that only the cyclic garbage collector could free (should stay 0)",
+            registry=r,
+        )
         self.media_unanchored = Counter(
             "sipguard_media_unanchored_total",
             "Calls carried without the media anchoring they asked for (rtpengine down)",

@@ -296,3 +296,42 @@ def test_any_record_round_trips_with_only_its_fields(
         assert TS_RE.fullmatch(ts)
     assert isinstance(data["duration_ms"], int) and data["duration_ms"] >= 0
     assert CdrRecord.from_dict(data) == rec
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("caller", "alice"),
+        ("callee", "sip:bob@example.net"),
+        ("trunk_in", "two words"),
+        ("trunk_out", ""),
+        ("presentation", "shown"),
+        ("call_id", "not/an/id"),
+        ("status", 99),
+        ("end_reason", "vanished"),
+    ],
+)
+def test_the_builders_check_what_they_are_given(field: str, value: object) -> None:
+    """start_record/end_record format times they order themselves, but check the rest."""
+    args: dict[str, object] = {
+        "call_id": make_call_id("0123abcd"),
+        "trunk_in": "customers",
+        "trunk_out": "pbx",
+        "caller": "+31201234567",
+        "callee": "+31201234568",
+        "presentation": "allowed",
+        "emergency": False,
+        "start": 1.8e9,
+        "answer": 1.8e9 + 2,
+        "end": 1.8e9 + 5,
+        "status": 200,
+        "end_reason": "caller_bye",
+        field: value,
+    }
+    with pytest.raises(ValueError):
+        end_record(**args)  # type: ignore[arg-type]
+    if field not in ("status", "end_reason"):
+        for key in ("end", "status", "end_reason"):
+            args.pop(key)
+        with pytest.raises(ValueError):
+            start_record(**args)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -334,3 +335,23 @@ async def test_reconfigure_keeps_answers(zone: tuple[Zone, int]) -> None:
 def test_bad_bounds_are_our_error() -> None:
     with pytest.raises(ValueError):
         TargetResolver(refresh_min=10.0, refresh_max=5.0)
+
+
+@pytest.mark.parametrize("mode", ["silent", "servfail"])
+async def test_a_failed_lookup_leaves_no_reference_cycle(zone: tuple[Zone, int], mode: str) -> None:
+    """sipguard runs with the cyclic collector off: a dead DNS server must not leak."""
+    proto, port = zone
+    proto.mode = mode
+    r = resolver(port, timeout=0.1)
+    with pytest.raises(DnsError):
+        await r.resolve("sip:plain.test:5090")  # first use: dnspython's own caches
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            with pytest.raises(DnsError):
+                await r.resolve("sip:plain.test:5090")
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert found == 0

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import gc
+import math
+import tracemalloc
 import weakref
 
-from sipguard.sip.timers import TimerHeap
+import pytest
+
+from sipguard.sip.timers import HORIZON, TimerHeap
 
 
 class Recorder:
@@ -165,17 +169,66 @@ def test_cancel_drops_the_callback_at_once() -> None:
     assert ref() is None  # the heap entry no longer keeps the owner alive
 
 
-def test_cancelled_timers_do_not_pile_up() -> None:
-    """Long timers cancelled early (a call's maximum duration) are compacted away."""
+def test_cancelled_far_timers_leave_at_once() -> None:
+    """Long timers cancelled early (a call's maximum duration) do not wait for their time."""
     heap, rec = TimerHeap(), Recorder()
+    heap.fire(0.0)
     keep = [heap.schedule(10_000.0 + i, rec.cb(f"k{i}")) for i in range(100)]
     for i in range(10_000):
         heap.schedule(3600.0 + i, rec.cb("x")).cancel()
     assert len(heap) == 100
-    assert len(heap._heap) <= 2 * len(keep) + 1
+    assert heap._far_count == 100
+    assert sum(len(b) for b in heap._far.values()) == 100
+    assert len(heap._heap) == 0
     assert heap.next_deadline() == 10_000.0
     assert heap.fire(20_000.0) == 100
     assert [n for n, _ in rec.calls] == [f"k{i}" for i in range(100)]
+    assert len(keep) == 100
+
+
+def test_cancelled_near_timers_leave_the_heap_within_the_horizon() -> None:
+    """Near timers are only marked when cancelled; no rebuild, yet they do not pile up."""
+    heap, rec = TimerHeap(), Recorder()
+    now = 0.0
+    for step in range(200):
+        now = step * 1.0
+        heap.fire(now)
+        for _ in range(50):
+            heap.schedule(now + 32.0, rec.cb("x")).cancel()
+        heap.schedule(now + 0.5, rec.cb("tick"))
+        heap.next_deadline()
+    # only the last HORIZON seconds of cancelled entries can still be there
+    assert len(heap._heap) <= (HORIZON + 1) * 51
+    assert len(heap) == 1
+
+
+def test_near_and_far_timers_fire_in_time_then_scheduling_order() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    heap.fire(0.0)
+    heap.schedule(100.0, rec.cb("far-1"))  # far: beyond the horizon
+    heap.fire(50.0)
+    heap.schedule(100.0, rec.cb("near-2"))  # near now, same time, scheduled later
+    heap.schedule(99.5, rec.cb("near-0"))
+    assert heap.next_deadline() == 99.5
+    assert heap.fire(100.0) == 3
+    assert [n for n, _ in rec.calls] == ["near-0", "far-1", "near-2"]
+
+
+def test_next_deadline_is_exact_for_far_timers_and_follows_cancels() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    heap.fire(0.0)
+    a = heap.schedule(500.25, rec.cb("a"))
+    b = heap.schedule(500.75, rec.cb("b"))
+    heap.schedule(900.0, rec.cb("c"))
+    assert heap.next_deadline() == 500.25
+    a.cancel()
+    assert heap.next_deadline() == 500.75
+    b.cancel()
+    assert heap.next_deadline() == 900.0
+    assert heap.fire(899.0) == 0
+    assert heap.fire(900.0) == 1
+    assert heap.next_deadline() is None
+    assert len(heap) == 0
 
 
 def test_compaction_while_firing_keeps_order_and_due_timers() -> None:
@@ -208,3 +261,45 @@ def test_len_counts_pending_timers_through_mixed_operations() -> None:
     heap.fire(4.0)  # 1 and 3 run
     assert len(heap) == 3
     assert [n for n, _ in rec.calls] == ["1", "3"]
+
+
+def test_buckets_emptied_by_cancels_free_their_memory() -> None:
+    """A second's worth of long timers cancelled (calls that ended) leaves nothing behind."""
+    heap, rec = TimerHeap(), Recorder()
+    heap.fire(0.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for second in range(200):
+            timers = [heap.schedule(14_400.0 + second + i / 1000, rec.cb("x")) for i in range(500)]
+            for t in timers:
+                t.cancel()
+            del timers
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(heap) == 0
+    assert heap._far == {}
+    # 100,000 timers came and went: what stays is their 200 bucket keys, not 200 tables
+    assert after - before < 64 * 1024
+    assert heap.next_deadline() is None
+
+
+def test_a_timer_needs_a_finite_time() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    for when in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError):
+            heap.schedule(when, rec.cb("x"))
+    assert len(heap) == 0
+
+
+def test_timers_scheduled_before_any_fire_are_exact_and_in_order() -> None:
+    """With no fire() yet every timer waits in the far buckets; nothing changes outside."""
+    heap, rec = TimerHeap(), Recorder()
+    for i, when in enumerate((1000.5, 1000.25, 1032.0, 1000.25, 5000.0)):
+        heap.schedule(when, rec.cb(str(i)))
+    assert heap.next_deadline() == 1000.25
+    assert heap.fire(1000.25) == 2
+    assert heap.next_deadline() == 1000.5
+    assert heap.fire(6000.0) == 3
+    assert [n for n, _ in rec.calls] == ["1", "3", "0", "2", "4"]

@@ -181,7 +181,8 @@ class B2BUA:
             # must not stop a call half way (it would never end and hold its slot)
             msg.validate()
             for name in _TOKEN_HEADERS:
-                msg.tokens(name)
+                if msg.has(name):
+                    msg.tokens(name)
         except SipError as exc:
             if exc.response is None and exc.status is not None and isinstance(msg, Request):
                 attach_response(exc, msg.headers)

@@ -100,10 +100,20 @@ def epoch_ms(seconds: float) -> int:
     return round(seconds * 1000.0)
 
 
+# the last second formatted: calls end in bursts, the same second is formatted again
+_last_second: tuple[int, str] = (-1, "")
+
+
 def format_ms(ms: int) -> str:
     """Epoch milliseconds to the record's timestamp form, ``2026-11-28T00:49:20.123Z``."""
+    global _last_second
     secs, rest = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rest:03d}Z"
+    last = _last_second  # one read: another thread may replace it, never half of it
+    if last[0] == secs:
+        return f"{last[1]}.{rest:03d}Z"
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+    _last_second = (secs, text)
+    return f"{text}.{rest:03d}Z"
 
 
 def format_ts(seconds: float) -> str:
@@ -187,10 +197,15 @@ class CdrRecord:
     def __post_init__(self) -> None:
         if type(self.v) is not int or self.v != SCHEMA_VERSION:
             raise ValueError(f"v must be {SCHEMA_VERSION}")
-        if not isinstance(self.id, str) or _ID_RE.fullmatch(self.id) is None:
-            raise ValueError(f"bad call id {self.id!r}")
         if self.kind not in KINDS:
             raise ValueError(f"bad kind {self.kind!r}")
+        self._check_given()
+        self._check_times()
+
+    def _check_given(self) -> None:
+        """The fields a record's builder is given (not worked out from times)."""
+        if not isinstance(self.id, str) or _ID_RE.fullmatch(self.id) is None:
+            raise ValueError(f"bad call id {self.id!r}")
         if not isinstance(self.trunk_in, str) or _TRUNK_RE.fullmatch(self.trunk_in) is None:
             raise ValueError(f"bad trunk_in {self.trunk_in!r}")
         if self.trunk_out is not None and (
@@ -205,15 +220,19 @@ class CdrRecord:
             raise ValueError(f"bad presentation {self.presentation!r}")
         if type(self.emergency) is not bool:
             raise ValueError("emergency must be a bool")
+        if self.status is not None and (
+            type(self.status) is not int or not 100 <= self.status <= 699
+        ):
+            raise ValueError(f"bad status {self.status!r}")
+        if self.end_reason is not None and self.end_reason not in END_REASONS:
+            raise ValueError(f"bad end_reason {self.end_reason!r}")
+
+    def _check_times(self) -> None:
         start_ms = parse_ms(self.start)
         answer_ms = parse_ms(self.answer) if self.answer is not None else None
         end_ms = parse_ms(self.end) if self.end is not None else None
         if answer_ms is not None and answer_ms < start_ms:
             raise ValueError("answer before start")
-        if self.status is not None and (
-            type(self.status) is not int or not 100 <= self.status <= 699
-        ):
-            raise ValueError(f"bad status {self.status!r}")
         if self.kind == "start":
             if answer_ms is None:
                 raise ValueError("a start record is written when the call is answered")
@@ -272,6 +291,47 @@ class CdrRecord:
         return (self.id, self.kind)
 
 
+def _built(
+    kind: Kind,
+    call_id: str,
+    trunk_in: str,
+    trunk_out: str | None,
+    caller: str,
+    callee: str,
+    presentation: CdrPresentation,
+    emergency: bool,
+    start_ms: int,
+    answer_ms: int | None,
+    end_ms: int | None,
+    status: int,
+    end_reason: EndReason | None,
+) -> CdrRecord:
+    """A record from times in epoch milliseconds already in order (the builders clamp
+    them): the given fields are checked, the times are formatted, not parsed back."""
+    rec = object.__new__(CdrRecord)
+    put = object.__setattr__
+    put(rec, "v", SCHEMA_VERSION)
+    put(rec, "id", call_id)
+    put(rec, "kind", kind)
+    put(rec, "trunk_in", trunk_in)
+    put(rec, "trunk_out", trunk_out)
+    put(rec, "caller", caller)
+    put(rec, "callee", callee)
+    put(rec, "presentation", presentation)
+    put(rec, "emergency", emergency)
+    put(rec, "start", format_ms(start_ms))
+    put(rec, "answer", None if answer_ms is None else format_ms(answer_ms))
+    put(rec, "end", None if end_ms is None else format_ms(end_ms))
+    duration = None
+    if end_ms is not None:
+        duration = 0 if answer_ms is None else end_ms - answer_ms
+    put(rec, "duration_ms", duration)
+    put(rec, "status", status)
+    put(rec, "end_reason", end_reason)
+    rec._check_given()
+    return rec
+
+
 def start_record(
     *,
     call_id: str,
@@ -287,23 +347,11 @@ def start_record(
     """The ``start`` record of an answered call; ``start``/``answer`` are epoch seconds
     (an ``answer`` before ``start``, a wall clock that stepped back, counts as ``start``)."""
     start_ms = epoch_ms(start)
-    return CdrRecord(
-        v=SCHEMA_VERSION,
-        id=call_id,
-        kind="start",
-        trunk_in=trunk_in,
-        trunk_out=trunk_out,
-        caller=caller,
-        callee=callee,
-        presentation=presentation,
-        emergency=emergency,
-        start=format_ms(start_ms),
-        answer=format_ms(max(epoch_ms(answer), start_ms)),
-        end=None,
-        duration_ms=None,
-        status=200,
-        end_reason=None,
-    )
+    answer_ms = max(epoch_ms(answer), start_ms)
+    return _built(
+        "start", call_id, trunk_in, trunk_out, caller, callee, presentation, emergency,
+        start_ms, answer_ms, None, 200, None,
+    )  # fmt: skip
 
 
 def end_record(
@@ -328,23 +376,10 @@ def end_record(
     start_ms = epoch_ms(start)
     answer_ms = max(epoch_ms(answer), start_ms) if answer is not None else None
     end_ms = max(epoch_ms(end), answer_ms if answer_ms is not None else start_ms)
-    return CdrRecord(
-        v=SCHEMA_VERSION,
-        id=call_id,
-        kind="end",
-        trunk_in=trunk_in,
-        trunk_out=trunk_out,
-        caller=caller,
-        callee=callee,
-        presentation=presentation,
-        emergency=emergency,
-        start=format_ms(start_ms),
-        answer=format_ms(answer_ms) if answer_ms is not None else None,
-        end=format_ms(end_ms),
-        duration_ms=0 if answer_ms is None else end_ms - answer_ms,
-        status=status,
-        end_reason=end_reason,
-    )
+    return _built(
+        "end", call_id, trunk_in, trunk_out, caller, callee, presentation, emergency,
+        start_ms, answer_ms, end_ms, status, end_reason,
+    )  # fmt: skip
 
 
 def end_of(start_rec: CdrRecord, end_ms: int, *, status: int, end_reason: EndReason) -> CdrRecord:

@@ -11,7 +11,9 @@ Interface (everything else is internal)::
     await writer.aclose(timeout)                 # the same, from a coroutine
 
 ``submit`` appends to an in-memory queue that one worker thread drains into the sink in
-batches, so a slow disk or database delays records, never calls. The worker also keeps
+batches, so a slow disk or database delays records, never calls. The first record
+submitted wakes the worker, which takes the queue :data:`BATCH_SECONDS` later: at most one
+wake per batch, not one per record. The worker also keeps
 the heartbeat (``<cdr.path>/alive``, every :data:`HEARTBEAT_SECONDS`), lets the sink
 fsync and deliver its spool (every second), runs retention when it starts and then once
 a day, and, before anything else, closes the calls a crash left open (see
@@ -69,6 +71,10 @@ log = logging.getLogger("sipguard.cdr")
 HEARTBEAT_SECONDS: Final = 2.0
 MAINTAIN_SECONDS: Final = 1.0
 RETRY_SECONDS: Final = 1.0
+# woken by a record, the worker lets this long pass before it takes the queue, so that it
+# takes records in batches: woken for every record, it made the event loop hand the GIL
+# over twice per record. It is also what a SIGKILL can lose of records not yet written.
+BATCH_SECONDS: Final = 0.005
 RECOVERY_RETRY_SECONDS: Final = 5.0
 RETENTION_SECONDS: Final = 24 * 3600.0
 RETENTION_RETRY_SECONDS: Final = 3600.0
@@ -143,7 +149,7 @@ class CdrWriter:
                 self._shed()
                 return
             self._queue.append(record)
-            if not self._wake.is_set():
+            if not self._wake.is_set():  # set until the worker takes the queue: one wake
                 self._wake.set()
         except Exception:
             log.exception("cdr: submit failed")
@@ -229,7 +235,8 @@ class CdrWriter:
                 deadline = min(next_maint, next_hb, next_retention)
                 if self.pending():
                     deadline = min(deadline, retry_at)
-                self._wake.wait(max(0.0, min(deadline - time.monotonic(), 1.0)))
+                if self._wake.wait(max(0.0, min(deadline - time.monotonic(), 1.0))):
+                    self._closing.wait(BATCH_SECONDS)  # let a batch gather
                 self._wake.clear()
         except BaseException:
             log.exception("cdr: writer thread failed")

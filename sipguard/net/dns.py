@@ -27,6 +27,7 @@ import logging
 import math
 import random
 import time
+import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -396,17 +397,43 @@ class TargetResolver:
                 lifetime=lifetime,
                 search=False,
             )
-        except dns.resolver.NXDOMAIN:
-            return [], None
-        except dns.resolver.NoAnswer:  # pragma: no cover - raise_on_no_answer=False
-            return [], None
-        except dns.resolver.LifetimeTimeout:
-            raise DnsError(f"{kind} {name}: timed out") from None
-        except dns.resolver.NoNameservers:
-            raise DnsError(f"{kind} {name}: no server answered (SERVFAIL or refused)") from None
         except dns.exception.DNSException as exc:
+            _drop_tracebacks(exc)
+            if isinstance(exc, dns.resolver.NXDOMAIN | dns.resolver.NoAnswer):
+                return [], None
+            if isinstance(exc, dns.resolver.LifetimeTimeout):
+                raise DnsError(f"{kind} {name}: timed out") from None
+            if isinstance(exc, dns.resolver.NoNameservers):
+                raise DnsError(f"{kind} {name}: no server answered (SERVFAIL or refused)") from None
             raise DnsError(f"{kind} {name}: {exc}") from None
         rrset = answer.rrset
         if rrset is None:
             return [], None
         return list(rrset), answer.chaining_result.minimum_ttl
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Free the frames a failed lookup keeps: no reference cycle outlives the query.
+
+    dnspython keeps the error of each server it tried in the exception it raises; their
+    tracebacks refer to the frames of the lookup, which refer back to that list. sipguard
+    runs without the cyclic collector (``net/server.tune_gc``), so those are cut here.
+    """
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, BaseException):
+            tb = item.__traceback__
+            if tb is not None:
+                traceback.clear_frames(tb)
+                item.__traceback__ = None
+            todo.extend((item.__cause__, item.__context__))
+            kwargs = getattr(item, "kwargs", None)
+            if isinstance(kwargs, dict):
+                todo.extend(kwargs.values())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
