@@ -1,6 +1,8 @@
 #!/bin/sh
 # sipguard developer entry point. Needs only python3 and sh (Debian 12).
 #   ./dev.sh run   [sipguard run arguments]   install into .venv, run with config/sipguard.yaml
+#                                             (compiled with mypyc into build/native where a C
+#                                             compiler is; SIPGUARD_PURE=1 runs pure Python)
 #   ./dev.sh test  [pytest arguments]         install test tools and system packages, run all checks
 #   ./dev.sh lint                             ruff and mypy only
 set -eu
@@ -53,9 +55,24 @@ ensure_venv() {
     fi
 }
 
+native_build() {
+    # the per-message path compiled with mypyc into build/native (tools/build_native.py,
+    # rebuilt when a source changes); without a C compiler, the pure-Python sources run
+    [ "${SIPGUARD_PURE:-}" = 1 ] && return 1
+    if ! command -v cc >/dev/null 2>&1; then
+        say "no C compiler (cc): running pure Python; apt-get install gcc python3-dev to compile"
+        return 1
+    fi
+    ensure_venv native
+    if ! "$PY" tools/build_native.py --out build/native >&2; then
+        say "compiling failed (are the Python headers, python3-dev, installed?): running pure Python"
+        return 1
+    fi
+}
+
 lint() {
-    "$VENV/bin/ruff" check sipguard tests benchmarks loadtests
-    "$VENV/bin/ruff" format --check sipguard tests benchmarks loadtests
+    "$VENV/bin/ruff" check sipguard tests benchmarks loadtests tools
+    "$VENV/bin/ruff" format --check sipguard tests benchmarks loadtests tools
     "$VENV/bin/mypy" --strict sipguard
 }
 
@@ -65,6 +82,10 @@ case "$cmd" in
     run)
         ensure_venv ""
         mkdir -p var
+        if native_build; then
+            PYTHONPATH="$PWD/build/native${PYTHONPATH:+:$PYTHONPATH}"
+            export PYTHONPATH
+        fi
         exec "$VENV/bin/sipguard" run -c config/sipguard.yaml "$@"
         ;;
     lint)

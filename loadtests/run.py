@@ -27,8 +27,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -265,6 +267,29 @@ def run_element(
     if res.successful:
         result.cpu_s_per_1k = result.cpu_s / res.successful * 1000.0
     return result
+
+
+def use_build(*, pure: bool) -> str:
+    """Make the sipguard processes started here run the compiled build, unless ``pure``.
+
+    The build is ``tools/build_native.py --out build/native`` (rebuilt only when a source
+    changed); the processes inherit ``PYTHONPATH`` pointing at it. Returns what runs.
+    """
+    if pure:
+        return "pure-Python core"
+    native = REPO / "build" / "native"
+    built = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "build_native.py"), "--out", str(native)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if built.returncode != 0:
+        sys.exit(f"compiling failed (--pure runs without):\n{built.stdout}{built.stderr}")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(native), os.environ.get("PYTHONPATH", "")) if p
+    )
+    return f"compiled core (mypyc, {native.relative_to(REPO)})"
 
 
 def _loop_pause_max_ms(element: Element) -> float | None:
@@ -522,6 +547,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="with --versus-sippy: keep sippy's venv under this directory and reuse it",
     )
+    p.add_argument(
+        "--pure",
+        action="store_true",
+        help="run sipguard's pure-Python sources; by default the per-message path is\n"
+        "compiled with mypyc into build/native first (tools/build_native.py), as\n"
+        "./dev.sh run and the container image run it",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -531,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (e.g. from a `timeout` wrapper) unwinds like Ctrl-C, so that every process
     # started here is stopped by its PID on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    _say(f"sipguard: {use_build(pure=args.pure)}", args.quiet)
 
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if args.workdir:

@@ -14,6 +14,8 @@ SETUP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 1
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        # labelled children of counters, kept: labels() checks and locks on every call
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         r = self.registry
         self.calls = Counter(
             "sipguard_calls_total",
@@ -92,3 +94,15 @@ class Metrics:
             "Calls carried without the media anchoring they asked for (rtpengine down)",
             registry=r,
         )
+
+    def inc(self, counter: Counter, *labels: str) -> None:
+        """``counter.labels(*labels).inc()`` for a counter of this object, on the hot path.
+
+        Label values come from bounded sets (trunk names, results, reasons), so the kept
+        children stay few.
+        """
+        key = (counter, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*labels)
+        child.inc()

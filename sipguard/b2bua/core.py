@@ -140,6 +140,7 @@ class B2BUA:
         self.stats_in: dict[str, int] = {}
         self.stats_out: dict[str, int] = {}
         self.parse_errors = 0
+        self._local: dict[tuple[int, str], LocalAddress] = {}  # by listen entry, transport
 
     @staticmethod
     def _timers(config: Config) -> Timers:
@@ -160,6 +161,7 @@ class B2BUA:
     def reload(self, config: Config) -> None:
         """New policy for new calls; calls in progress keep theirs."""
         self.config = config
+        self._local.clear()
         self.layer.t = self._timers(config)
         self._target_flows.clear()
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
@@ -238,11 +240,15 @@ class B2BUA:
     # -- local addresses -------------------------------------------------------------------
 
     def local(self, flow: Flow) -> LocalAddress:
-        listen = self.config.listen[flow.local]
-        host = listen.address
-        if ":" in host:
-            host = f"[{host}]"
-        return LocalAddress(flow.transport, host, listen.port)
+        key = (flow.local, flow.transport)
+        la = self._local.get(key)
+        if la is None:
+            listen = self.config.listen[flow.local]
+            host = listen.address
+            if ":" in host:
+                host = f"[{host}]"
+            la = self._local[key] = LocalAddress(flow.transport, host, listen.port)
+        return la
 
     def via(self, flow: Flow, branch: str | None = None) -> str:
         la = self.local(flow)
@@ -337,7 +343,7 @@ class B2BUA:
         reason: str | None = None,
     ) -> None:
         if self.metrics is not None:
-            self.metrics.rejected.labels(label).inc()
+            self.metrics.inc(self.metrics.rejected, label)
         tx.respond(
             make_response(tx.request, status, reason, to_tag=IDS.next(), headers=headers), now
         )
@@ -393,7 +399,7 @@ class B2BUA:
         decision = ident.decision
         emergency = decision.emergency
         if self.metrics is not None:
-            self.metrics.presentation.labels(decision.presentation, decision.reason).inc()
+            self.metrics.inc(self.metrics.presentation, decision.presentation, decision.reason)
             if emergency:
                 self.metrics.emergency_calls.inc()
         route = trunk.emergency_target() if emergency else trunk.route_to
@@ -718,7 +724,7 @@ class B2BUA:
 
     def _count_call(self, trunk_in: str, trunk_out: str, result: str) -> None:
         if self.metrics is not None:
-            self.metrics.calls.labels(trunk_in, trunk_out, result).inc()
+            self.metrics.inc(self.metrics.calls, trunk_in, trunk_out, result)
 
     def _refused_cdr(
         self,

@@ -86,6 +86,14 @@ def tune_gc() -> None:
     gc.disable()
 
 
+def core_build() -> str:
+    """Whether the per-message path runs compiled (``tools/build_native.py``) or pure."""
+    import sipguard.b2bua.core as core_module
+
+    compiled = (core_module.__file__ or "").endswith((".so", ".pyd"))
+    return "compiled core (mypyc)" if compiled else "pure-Python core"
+
+
 class GcGuard:
     """Runs a full collection when tracked objects grow more than the calls explain.
 
@@ -407,7 +415,7 @@ async def serve(config_path: str, config: Config) -> int:
     loop.add_signal_handler(signal.SIGTERM, driver.stopping.set)
     loop.add_signal_handler(signal.SIGINT, driver.stopping.set)
     tune_gc()
-    log.info("sipguard running (pid %d)", os.getpid())
+    log.info("sipguard running (pid %d, %s)", os.getpid(), core_build())
     await driver.stopping.wait()
 
     # graceful stop: no new calls, OPTIONS answered 503, calls in progress may end
