@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import pstats
 import statistics
 import sys
@@ -19,9 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# appended, not first: PYTHONPATH=build/native (tools/build_native.py) then measures the
+# compiled modules, and without it these sources are measured
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from sipguard.b2bua.core import B2BUA
+from sipguard.net.server import core_build, tune_gc
 from sipguard.sip.transaction import Flow
 from tests.callsim import Wire, basic_call
 
@@ -77,15 +79,13 @@ def main() -> int:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
         return 0
-    # as sipguard run does: start-up objects frozen, a large first generation
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    tune_gc()  # as sipguard run does: start-up objects frozen, the cyclic collector off
     results = [run(args.calls) for _ in range(args.runs)]
     med = statistics.median(t for t, _ in results)
     core = statistics.median(c for _, c in results)
     # the simulator parses what the B2BUA sends and builds what the peers send: only the
     # time inside B2BUA.receive (parse, transactions, calls, privacy, building) is the core's
+    print(f"core                      {core_build()}")
     print(f"calls per run             {args.calls}")
     print(f"median run (sim + core)   {med:.3f} s")
     runs = ", ".join(f"{c:.3f}" for _, c in results)

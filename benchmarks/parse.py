@@ -22,8 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# appended, not first: PYTHONPATH=build/native (tools/build_native.py) then measures the
+# compiled modules, and without it these sources are measured
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
+from sipguard.net.server import core_build
 from sipguard.sip.message import Request, Response, SipMessage, parse_message
 
 SDP_OFFER = (
@@ -185,6 +188,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 run of 0.1 s per figure")
     args = ap.parse_args()
+    print(f"core: {core_build()}")
     run_time, runs = (0.1, 1) if args.quick else (0.3, 5)
 
     cols = ("parse only", "parse+access", "validate", "serialise")

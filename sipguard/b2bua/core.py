@@ -141,6 +141,7 @@ class B2BUA:
         self.stats_out: dict[str, int] = {}
         self.parse_errors = 0
         self._local: dict[tuple[int, str], LocalAddress] = {}  # by listen entry, transport
+        self._trunks_by_source: dict[tuple[int, str], Trunk | None] = {}
 
     @staticmethod
     def _timers(config: Config) -> Timers:
@@ -162,6 +163,7 @@ class B2BUA:
         """New policy for new calls; calls in progress keep theirs."""
         self.config = config
         self._local.clear()
+        self._trunks_by_source.clear()
         self.layer.t = self._timers(config)
         self._target_flows.clear()
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
@@ -350,13 +352,23 @@ class B2BUA:
 
     # -- a new call ------------------------------------------------------------------------
 
+    def _trunk_for(self, flow: Flow) -> Trunk | None:
+        """The trunk of a new request from ``flow`` (SPEC §2), kept per socket and source."""
+        key = (flow.local, flow.host)
+        cache = self._trunks_by_source
+        if key in cache:
+            return cache[key]
+        if len(cache) >= 4096:
+            cache.clear()  # many sources (a scan): kept small, worked out again
+        trunk = cache[key] = self.config.match_trunk(flow.local, ipaddress.ip_address(flow.host))
+        return trunk
+
     def _new_call(self, req: Request, tx: ServerTransaction, now: float) -> None:
         if (req.call_id, req.from_.tag or "", req.cseq.number) in self.invites:
             self._reject(tx, 482, "loop_detected", now)  # a merged request (§8.2.2.2)
             return
         config = self.config
-        ip = ipaddress.ip_address(tx.flow.host)
-        trunk = config.match_trunk(tx.flow.local, ip)
+        trunk = self._trunk_for(tx.flow)
         if trunk is None:
             self._reject(tx, 403, "unknown_source", now)
             return

@@ -23,6 +23,7 @@ Conventions for the fields SPEC §6 leaves open:
 from __future__ import annotations
 
 import json
+import random
 import re
 import secrets
 import time
@@ -158,6 +159,11 @@ def ts_day(ts: str) -> date:
     return date.fromisoformat(ts[:10])
 
 
+# the random bits of call ids: seeded from the OS once per process (ids need to be unique,
+# not secret; the OS's generator costs a system call per call)
+_ids = random.Random(secrets.randbits(128))
+
+
 def new_instance_tag() -> str:
     """A random tag for one sipguard instance (8 lower-case hex digits)."""
     return secrets.token_hex(INSTANCE_LEN // 2)
@@ -171,7 +177,7 @@ def make_call_id(instance: str) -> str:
     """
     if _INSTANCE_RE.fullmatch(instance) is None:
         raise ValueError(f"instance tag must be 8 lower-case hex digits: {instance!r}")
-    return instance + secrets.token_hex(12)
+    return f"{instance}{_ids.getrandbits(96):024x}"
 
 
 @dataclass(frozen=True, slots=True)
