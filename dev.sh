@@ -50,7 +50,8 @@ ensure_venv() {
     stamp="$VENV/.installed-$extras"
     if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         say "installing sipguard${extras:+[$extras]} into $VENV"
-        "$PY" -m pip install -q -e ".${extras:+[$extras]}"
+        # explicit: inside "if native_build" a failure would not stop the script (set -e)
+        "$PY" -m pip install -q -e ".${extras:+[$extras]}" || return 1
         touch "$stamp"
     fi
 }
@@ -59,13 +60,19 @@ native_build() {
     # the per-message path compiled with mypyc into build/native (tools/build_native.py,
     # rebuilt when a source changes); without a C compiler, the pure-Python sources run
     [ "${SIPGUARD_PURE:-}" = 1 ] && return 1
-    if ! command -v cc >/dev/null 2>&1; then
-        say "no C compiler (cc): running pure Python; apt-get install gcc python3-dev to compile"
+    if ! "$PY" -c 'import os, sys, sysconfig, shutil
+cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+ok = shutil.which(cc) and os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
+sys.exit(0 if ok else 1)'; then
+        say "no C compiler or no Python headers: running pure Python (apt-get install gcc python3-dev to compile)"
         return 1
     fi
-    ensure_venv native
+    if ! ensure_venv native; then
+        say "installing mypy (mypyc) failed: running pure Python"
+        return 1
+    fi
     if ! "$PY" tools/build_native.py --out build/native >&2; then
-        say "compiling failed (are the Python headers, python3-dev, installed?): running pure Python"
+        say "compiling failed: running pure Python"
         return 1
     fi
 }

@@ -273,13 +273,16 @@ def use_build(*, pure: bool) -> str:
     """Make the sipguard processes started here run the compiled build, unless ``pure``.
 
     The build is ``tools/build_native.py --out build/native`` (rebuilt only when a source
-    changed); the processes inherit ``PYTHONPATH`` pointing at it. Returns what runs.
+    changed), made and checked with the Python that runs sipguard (the venv's); the
+    processes inherit ``PYTHONPATH`` pointing at it. Returns what runs.
     """
+    venv_python = REPO / ".venv" / "bin" / "python"
+    python = str(venv_python) if venv_python.exists() else sys.executable
+    native = REPO / "build" / "native"
     if pure:
         return "pure-Python core"
-    native = REPO / "build" / "native"
     built = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "build_native.py"), "--out", str(native)],
+        [python, str(REPO / "tools" / "build_native.py"), "--out", str(native)],
         check=False,
         capture_output=True,
         text=True,
@@ -289,6 +292,14 @@ def use_build(*, pure: bool) -> str:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(native), os.environ.get("PYTHONPATH", "")) if p
     )
+    check = subprocess.run(  # what sipguard will import, with that PYTHONPATH
+        [python, "-c", "import sipguard.b2bua.core as c; print(c.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    if not check.stdout.strip().endswith((".so", ".pyd")):
+        sys.exit(f"the compiled build is not what runs: {check.stdout.strip()}")
     return f"compiled core (mypyc, {native.relative_to(REPO)})"
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -31,6 +32,14 @@ TEST_GLOBS = (
     "tests/test_b2bua_*.py",
     "tests/test_gc.py",
 )
+
+
+def can_compile() -> bool:
+    """A C compiler and the Python headers, as setuptools will look for them."""
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return shutil.which(cc) is not None and headers.exists()
+
 
 ROUND_TRIP = textwrap.dedent(
     """
@@ -65,6 +74,13 @@ ROUND_TRIP = textwrap.dedent(
     for value in (msg.top_via, msg.cseq, msg.from_, msg.request_uri, message.DEFAULT_LIMITS):
         for other in (copy.copy(value), copy.deepcopy(value), pickle.loads(pickle.dumps(value))):
             assert other == value, (value, other)
+    from sipguard.policy.decision import Decision
+
+    flow = transaction.Flow("udp", 0, "192.0.2.1", 5060)
+    decision = Decision("restricted", "withhold_code", False, False, False)
+    for value in (flow, decision):
+        for other in (copy.copy(value), copy.deepcopy(value), pickle.loads(pickle.dumps(value))):
+            assert other == value and hash(other) == hash(value), (value, other)
     again = message.Request(msg.method, msg.uri, msg.headers, msg.body)
     assert again.to_bytes() == data
     assert framer.StreamFramer().feed(data + data[:10]) == [data]
@@ -92,7 +108,7 @@ IS_COMPILED = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+@pytest.mark.skipif(not can_compile(), reason="no C compiler or no Python headers")
 def test_compiled_core_passes_the_core_tests(tmp_path: Path) -> None:
     # the copy sits beside a link to the corpus, as the repository sits beside shared/
     shared = ROOT.parent / "shared"

@@ -29,6 +29,7 @@ import hashlib
 import os
 import shutil
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -90,29 +91,58 @@ def build(root: Path, opt_level: str = "3") -> float:
     return time.perf_counter() - start
 
 
-def sources_hash(root: Path) -> str:
-    """A hash of every source file of the package under ``root`` (names and contents)."""
+def sources_hash(root: Path, opt_level: str = "3") -> str:
+    """What a build is made from: every source of the package under ``root``, this script
+    (its module list), the optimisation level, the mypy that compiles and the Python ABI."""
+    import mypy.version
+
     digest = hashlib.sha256()
+    for part in (opt_level, mypy.version.__version__, sysconfig.get_config_var("EXT_SUFFIX")):
+        digest.update(f"{part}\0".encode())
+    digest.update(Path(__file__).read_bytes() + b"\0")
     pkg = root / "sipguard"
     for path in sorted(pkg.rglob("*.py")):
         digest.update(str(path.relative_to(pkg)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
+def is_complete(tree: Path) -> bool:
+    """Every module of :data:`MODULES` has its extension module under ``tree``."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    return all((tree / module).with_suffix(suffix).exists() for module in MODULES)
+
+
 def build_out(src: Path, out: Path, opt_level: str = "3") -> bool:
-    """A compiled copy of ``src/sipguard`` under ``out``, unless it is current; True if built."""
+    """A compiled copy of ``src/sipguard`` under ``out``, unless it is current; True if built.
+
+    The copy is built beside the one in use and swapped in by renaming: a process running
+    the old one, or importing from it, never sees a half-built tree, and a failed build
+    leaves the old one in place. ``out/.sources`` says what the copy in use was built from.
+    """
     stamp = out / ".sources"
-    wanted = sources_hash(src)
-    if stamp.exists() and stamp.read_text() == wanted and compiled_files(out):
+    wanted = sources_hash(src, opt_level)
+    current = out / "sipguard"
+    if stamp.exists() and stamp.read_text() == wanted and is_complete(out):
         return False
-    if (out / "sipguard").exists():
-        shutil.rmtree(out / "sipguard")
-    stamp.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    work = out / f".build-{os.getpid()}"
+    if work.exists():
+        shutil.rmtree(work)
     skip = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd")
-    shutil.copytree(src / "sipguard", out / "sipguard", ignore=skip)
-    build(out, opt_level)
-    stamp.write_text(wanted)
+    shutil.copytree(src / "sipguard", work / "sipguard", ignore=skip)
+    try:
+        build(work, opt_level)
+        if not is_complete(work):
+            raise RuntimeError(f"the build left modules uncompiled under {work}")
+        old = out / f".old-{os.getpid()}"
+        if current.exists():
+            current.rename(old)  # the copy in use moves aside (open modules stay mapped)
+        (work / "sipguard").rename(current)
+        stamp.write_text(wanted)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return True
 
 

@@ -76,21 +76,38 @@ _CONTENT_HEADERS = frozenset(
 )
 
 
+# the longest session interval believed (RFC 4028 sets none): a day; a peer's larger value
+# is taken as this, so that no value can make a timer overflow or a call outlive its checks
+MAX_SESSION_INTERVAL = 86_400
+
+
+def delta_seconds(text: str) -> int | None:
+    """A delta-seconds value (ASCII digits, RFC 3261 §25.1) as an int, capped at
+    :data:`MAX_SESSION_INTERVAL`; None if it is not one. Never ``int()`` of a peer's
+    arbitrary text: ``"²".isdigit()`` is true, and 4,300 digits raise."""
+    value = text.strip()
+    if not value or not value.isascii() or not value.isdigit():
+        return None
+    if len(value) > 10:
+        return MAX_SESSION_INTERVAL
+    return min(int(value), MAX_SESSION_INTERVAL)
+
+
 def session_expires(msg: SipMessage) -> tuple[int, str | None] | None:
     """``Session-Expires`` of a message: (interval, refresher or None), or None."""
     raw = msg.get("session-expires")
     if raw is None:
         return None
     value, _, rest = raw.partition(";")
-    value = value.strip()
-    if not value.isdigit():
+    interval = delta_seconds(value)
+    if interval is None:
         return None
     refresher = None
     for part in rest.split(";"):
         k, _, v = part.partition("=")
         if k.strip().lower() == "refresher":
             refresher = v.strip().lower() or None
-    return int(value), refresher
+    return interval, refresher
 
 
 class SessionTimer:
@@ -787,7 +804,7 @@ class Call:
             b.route_set = list(reversed(resp.get_all("record-route")))
             rseq_text = (resp.get("rseq") or "").strip()
             if rseq_text and "100rel" in resp.tokens("require"):
-                if not rseq_text.isdigit() or len(rseq_text) > 10:
+                if not (rseq_text.isascii() and rseq_text.isdigit()) or len(rseq_text) > 10:
                     return  # an RSeq that is not a number: the response is ignored
                 rack = f"{rseq_text} {resp.cseq.number} INVITE"
                 b.send(b.request("PRACK", [("RAck", rack)]), self, now)
@@ -862,10 +879,10 @@ class Call:
             self.finish(now, "rejected", 480)
             return
         if status == 422 and self.b is not None:
-            min_se = resp.get("min-se")
-            if min_se and min_se.split(";")[0].strip().isdigit() and self.redirects < 3:
+            min_se = delta_seconds((resp.get("min-se") or "").split(";")[0])
+            if min_se is not None and self.redirects < 3:
                 self.redirects += 1
-                self.core.min_se_override[self.id] = int(min_se.split(";")[0].strip())
+                self.core.min_se_override[self.id] = min_se
                 self._send_b_invite(now)
                 return
         if status in (401, 407):

@@ -220,6 +220,39 @@ class B2BUA:
                     tx.respond(resp, now)
                 elif tx is None:
                     self.layer.send(flow, resp.to_bytes())
+        except Exception:
+            # our bug, not the peer's: the message is answered 500 where it can be, and the
+            # call it belongs to is ended, never left half-done holding its slot for ever
+            log.exception("internal error handling a message; its call is ended")
+            self._end_after_error(msg, now)
+
+    def _end_after_error(self, msg: Request | Response, now: float) -> None:
+        try:
+            calls: set[Call] = set()
+            call_id = msg.call_id
+            for tag in (msg.from_.tag, msg.to.tag):
+                found = self.dialogs.get((call_id, tag or ""))
+                if found is not None:
+                    calls.add(found)
+            if isinstance(msg, Request):
+                found = self.invites.get((call_id, msg.from_.tag or "", msg.cseq.number))
+                if found is not None:
+                    calls.add(found)
+                tx = self._server_tx(msg)
+                if msg.method != "ACK" and tx is not None and tx.last_status < 200:
+                    tx.respond(make_response(msg, 500), now)
+            for call in calls:
+                if call.state != ENDED:
+                    answered = call.state == ANSWERED
+                    call.hangup(
+                        True,
+                        now,
+                        reason="shutdown" if answered else "rejected",
+                        status=call.status or 500,
+                        to_a=True,
+                    )
+        except Exception:
+            log.exception("internal error ending a call after an internal error")
 
     def _server_tx(self, req: Request) -> ServerTransaction | None:
         try:

@@ -58,6 +58,19 @@ class CallIdentity:
         object.__setattr__(self, "decision", decision)
         object.__setattr__(self, "spoofed", spoofed)
 
+    def __reduce__(
+        self,
+    ) -> tuple[type[CallIdentity], tuple[str, str, str, CallFacts, Decision, bool]]:
+        # copy, deepcopy, pickle when compiled by mypyc too (see Uri.__reduce__)
+        return CallIdentity, (
+            self.caller,
+            self.dialled,
+            self.callee,
+            self.facts,
+            self.decision,
+            self.spoofed,
+        )
+
 
 def _user_of(uri: Uri) -> str | None:
     if uri.scheme == "tel" or uri.is_sip:

@@ -137,6 +137,23 @@ class CallFacts:
         object.__setattr__(self, "rpid_privacy", rpid_privacy)
         object.__setattr__(self, "psap_callback", psap_callback)
 
+    def __reduce__(
+        self,
+    ) -> tuple[
+        type[CallFacts],
+        tuple[Trunk, str, bool, ClirCode | None, frozenset[str], str | None, bool],
+    ]:
+        # copy, deepcopy, pickle when compiled by mypyc too (see Uri.__reduce__)
+        return CallFacts, (
+            self.trunk_in,
+            self.caller,
+            self.emergency,
+            self.clir_code,
+            self.privacy,
+            self.rpid_privacy,
+            self.psap_callback,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -160,6 +177,18 @@ class Decision:
         object.__setattr__(self, "emergency", emergency)
         object.__setattr__(self, "session_privacy", session_privacy)
         object.__setattr__(self, "critical", critical)
+
+    def __reduce__(
+        self,
+    ) -> tuple[type[Decision], tuple[PresentationDecision, Reason, bool, bool, bool]]:
+        # copy, deepcopy, pickle when compiled by mypyc too (see Uri.__reduce__)
+        return Decision, (
+            self.presentation,
+            self.reason,
+            self.emergency,
+            self.session_privacy,
+            self.critical,
+        )
 
     @property
     def restricted(self) -> bool:

@@ -73,6 +73,10 @@ class Flow:
         object.__setattr__(self, "port", port)
         object.__setattr__(self, "conn", conn)
 
+    def __reduce__(self) -> tuple[type[Flow], tuple[str, int, str, int, int]]:
+        # copy, deepcopy, pickle when compiled by mypyc too (see Uri.__reduce__)
+        return Flow, (self.transport, self.local, self.host, self.port, self.conn)
+
     @property
     def reliable(self) -> bool:
         return self.transport != "udp"

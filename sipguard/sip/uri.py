@@ -388,6 +388,8 @@ class NameAddr:
         ``object.__setattr__`` is written out (not aliased) so that mypyc compiles it to a
         plain store; it bypasses the ``__setattr__`` below that makes the value immutable.
         """
+        if uri is None and not uri_text:
+            raise ValueError("a NameAddr needs a Uri, or the text of one")
         object.__setattr__(self, "_uri", uri)
         object.__setattr__(self, "_uri_text", uri_text)
         object.__setattr__(self, "display", display)
