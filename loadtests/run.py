@@ -292,8 +292,9 @@ def use_build(*, pure: bool) -> str:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(native), os.environ.get("PYTHONPATH", "")) if p
     )
-    check = subprocess.run(  # what sipguard will import, with that PYTHONPATH
+    check = subprocess.run(  # what sipguard will import, with that PYTHONPATH, elsewhere
         [python, "-c", "import sipguard.b2bua.core as c; print(c.__file__)"],
+        cwd=tempfile.gettempdir(),  # as sipguard runs: not in the tree, whose sources come first
         check=True,
         capture_output=True,
         text=True,
