@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from sipguard.b2bua.call import MAX_SESSION_INTERVAL, delta_seconds
+from sipguard.b2bua.call import delta_seconds
+from sipguard.config.model import MAX_SESSION_INTERVAL
 from tests.callsim import (
     SDP_CALLEE,
     Wire,
@@ -78,3 +79,17 @@ def test_delta_seconds_reads_only_ascii_digits_and_caps() -> None:
     assert delta_seconds(str(MAX_SESSION_INTERVAL + 1)) == MAX_SESSION_INTERVAL
     for bad in ("\u00b2", "", "-1", "1.5", "0x10", "\u0663"):
         assert delta_seconds(bad) is None
+
+
+def test_a_session_interval_of_zero_does_not_make_us_refresh_without_end() -> None:
+    """RFC 4028 §4: no interval under 90 s; a 0 from the callee is taken as 90."""
+    w = Wire()
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    extra = "Require: timer\r\nSession-Expires: 0;refresher=uac\r\n"
+    w.from_callee(response_to(b_inv, 200, "OK", "t1", SDP_CALLEE, extra=extra))
+    (ok,) = responses(w.take_caller(), 200)
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack"))
+    w.take_callee()
+    w.advance(40.0)
+    assert requests(w.take_callee()) == []  # no refresh before 45 s (half of 90)

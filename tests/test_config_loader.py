@@ -310,6 +310,8 @@ TRUNK = "trunks: {pbx: {sources: [127.0.0.2/32]}}\n"
         (TRUNK + "sip: {t1: 1, t2: 0.5}\n", 2, "sip.t2", "less than t1"),
         (TRUNK + "sip: {session_expires: 60}\n", 2, "sip.session_expires", "min_se"),
         (TRUNK + "sip: {min_se: 30}\n", 2, "sip.min_se", "RFC 4028"),
+        (TRUNK + "sip: {session_expires: 172800}\n", 2, "sip.session_expires", "a day"),
+        (TRUNK + "sip: {min_se: 100000}\n", 2, "sip.min_se", "86400"),
         (TRUNK + "identity_domain: sip example\n", 2, "identity_domain", "host name"),
         (TRUNK + "clir_codes: {present: ''}\n", 2, "clir_codes.present", "digits"),
         (TRUNK + "emergency_numbers: ['11a']\n", 2, "emergency_numbers[0]", "digits"),

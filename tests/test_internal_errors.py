@@ -32,3 +32,38 @@ def test_an_internal_error_on_the_answer_ends_the_call_and_frees_its_slot(
     w.core.cdr_out.clear()
     basic_call(w, 2)  # the next call is not affected
     assert [r.kind for r in w.core.cdr_out] == ["start", "end"]
+
+
+def test_an_internal_error_on_a_new_invite_is_answered_500_with_a_to_tag(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = Wire()
+
+    def broken(self: Call, now: float) -> None:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as m:
+        m.setattr(Call, "start_b", broken)
+        w.from_caller(invite(1))
+    finals = [r for r in responses(w.take_caller()) if r.status >= 200]
+    assert [r.status for r in finals] == [500]
+    assert finals[0].to.tag  # RFC 3261 §8.2.6.2
+    assert w.core.calls == 0
+    assert [r.kind for r in w.core.cdr_out] == ["end"]
+
+
+def test_an_internal_error_while_a_call_ends_still_frees_its_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = Wire()
+    w.core.cdr_out.clear()
+
+    def broken(self: Call, now: float) -> None:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as m:
+        m.setattr(Call, "_release", broken)
+        basic_call(w, 1)
+    assert w.core.calls == 0
+    assert w.core.dialogs == {}
+    assert [r.kind for r in w.core.cdr_out] == ["start", "end"]

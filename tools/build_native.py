@@ -25,11 +25,13 @@ installed setuptools understanding the project's metadata.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import shutil
 import sys
 import sysconfig
+import tempfile
 import time
 from pathlib import Path
 
@@ -109,40 +111,50 @@ def sources_hash(root: Path, opt_level: str = "3") -> str:
 def is_complete(tree: Path) -> bool:
     """Every module of :data:`MODULES` has its extension module under ``tree``."""
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    return all((tree / module).with_suffix(suffix).exists() for module in MODULES)
+    group = any((tree / "sipguard").glob("_native__mypyc*"))  # the shared library
+    return group and all((tree / module).with_suffix(suffix).exists() for module in MODULES)
 
 
 def build_out(src: Path, out: Path, opt_level: str = "3") -> bool:
     """A compiled copy of ``src/sipguard`` under ``out``, unless it is current; True if built.
 
-    The copy is built beside the one in use and swapped in by renaming: a process running
-    the old one, or importing from it, never sees a half-built tree, and a failed build
-    leaves the old one in place. ``out/.sources`` says what the copy in use was built from.
+    One builder at a time (a lock file). The copy is built beside the one in use and
+    swapped in by two renames; a failed build or swap leaves the old copy in place.
+    ``out/.sources`` says what the copy in use was built from. A process already running
+    from ``out`` keeps the modules it loaded; one that imports a module for the first
+    time during the swap may fail: rebuild while nothing runs from ``out``.
     """
-    stamp = out / ".sources"
-    wanted = sources_hash(src, opt_level)
-    current = out / "sipguard"
-    if stamp.exists() and stamp.read_text() == wanted and is_complete(out):
-        return False
     out.mkdir(parents=True, exist_ok=True)
-    work = out / f".build-{os.getpid()}"
-    if work.exists():
-        shutil.rmtree(work)
-    skip = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd")
-    shutil.copytree(src / "sipguard", work / "sipguard", ignore=skip)
-    try:
-        build(work, opt_level)
-        if not is_complete(work):
-            raise RuntimeError(f"the build left modules uncompiled under {work}")
-        old = out / f".old-{os.getpid()}"
-        if current.exists():
-            current.rename(old)  # the copy in use moves aside (open modules stay mapped)
-        (work / "sipguard").rename(current)
-        stamp.write_text(wanted)
-        if old.exists():
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stamp = out / ".sources"
+        wanted = sources_hash(src, opt_level)
+        current = out / "sipguard"
+        if stamp.exists() and stamp.read_text() == wanted and is_complete(out):
+            return False
+        for stale in [*out.glob(".build-*"), *out.glob(".old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)  # left by a builder that was killed
+        work = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
+        old = out / f".old-{work.name[len('.build-') :]}"
+        try:
+            skip = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd")
+            shutil.copytree(src / "sipguard", work / "sipguard", ignore=skip)
+            build(work, opt_level)
+            if not is_complete(work):
+                raise RuntimeError(f"the build left modules uncompiled under {work}")
+            stamp.unlink(missing_ok=True)
+            if current.exists():
+                current.rename(old)  # the copy in use moves aside (loaded modules stay)
+            try:
+                (work / "sipguard").rename(current)
+            except OSError:
+                if old.exists():
+                    old.rename(current)  # put the old copy back
+                raise
+            stamp.write_text(wanted)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return True
 
 

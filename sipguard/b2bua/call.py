@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.identity import CallIdentity
-from sipguard.config.model import Config, Trunk
+from sipguard.config.model import MAX_SESSION_INTERVAL, Config, Trunk
 from sipguard.policy.body import filter_body
 from sipguard.policy.headers import copy_headers
 from sipguard.sip.message import Request, Response, SipMessage, canonical_name
@@ -76,9 +76,7 @@ _CONTENT_HEADERS = frozenset(
 )
 
 
-# the longest session interval believed (RFC 4028 sets none): a day; a peer's larger value
-# is taken as this, so that no value can make a timer overflow or a call outlive its checks
-MAX_SESSION_INTERVAL = 86_400
+MIN_SESSION_INTERVAL = 90  # RFC 4028 §4: the smallest Min-SE, and so Session-Expires
 
 
 def delta_seconds(text: str) -> int | None:
@@ -88,6 +86,7 @@ def delta_seconds(text: str) -> int | None:
     value = text.strip()
     if not value or not value.isascii() or not value.isdigit():
         return None
+    value = value.lstrip("0") or "0"
     if len(value) > 10:
         return MAX_SESSION_INTERVAL
     return min(int(value), MAX_SESSION_INTERVAL)
@@ -118,7 +117,9 @@ class SessionTimer:
     def __init__(self, call: Call, is_a: bool, interval: int, us: bool) -> None:
         self.call = call
         self.is_a = is_a
-        self.interval = interval
+        # RFC 4028 §4: never below 90 s, whatever a peer wrote (0 would refresh at once,
+        # again and again)
+        self.interval = max(interval, MIN_SESSION_INTERVAL)
         self.us = us
         self.timer: Timer | None = None
 
@@ -1092,6 +1093,14 @@ class Call:
         self.state = ENDED
         if self.answered_at is None:
             self.status = status
+        try:
+            self._release(now)
+        finally:
+            # counted and recorded whatever went wrong above: never a slot held for ever
+            self.core.call_ended(self, end_reason, now)
+
+    def _release(self, now: float) -> None:
+        """What an ended call lets go: its timers, pending requests, transactions' refs."""
         self._disarm()
         for leg in (self.a, self.b):
             if leg is not None and leg.st is not None:
@@ -1116,7 +1125,6 @@ class Call:
         self.a_invite.owner = None
         if self.b_invite is not None and self.answered_at is not None:
             self.b_invite.owner = None
-        self.core.call_ended(self, end_reason, now)
 
 
 class _Ignore:

@@ -224,9 +224,9 @@ class B2BUA:
             # our bug, not the peer's: the message is answered 500 where it can be, and the
             # call it belongs to is ended, never left half-done holding its slot for ever
             log.exception("internal error handling a message; its call is ended")
-            self._end_after_error(msg, now)
+            self._end_after_error(msg, flow, now)
 
-    def _end_after_error(self, msg: Request | Response, now: float) -> None:
+    def _end_after_error(self, msg: Request | Response, flow: Flow, now: float) -> None:
         try:
             calls: set[Call] = set()
             call_id = msg.call_id
@@ -238,9 +238,6 @@ class B2BUA:
                 found = self.invites.get((call_id, msg.from_.tag or "", msg.cseq.number))
                 if found is not None:
                     calls.add(found)
-                tx = self._server_tx(msg)
-                if msg.method != "ACK" and tx is not None and tx.last_status < 200:
-                    tx.respond(make_response(msg, 500), now)
             for call in calls:
                 if call.state != ENDED:
                     answered = call.state == ANSWERED
@@ -251,6 +248,14 @@ class B2BUA:
                         status=call.status or 500,
                         to_a=True,
                     )
+            if isinstance(msg, Request) and msg.method != "ACK":
+                # after the hang-up, which answers the call's own INVITE with its leg's tag
+                resp = make_response(msg, 500, to_tag=None if msg.to.tag else IDS.next())
+                tx = self._server_tx(msg)
+                if tx is None:
+                    self.layer.send(flow, resp.to_bytes())
+                elif tx.last_status < 200:
+                    tx.respond(resp, now)
         except Exception:
             log.exception("internal error ending a call after an internal error")
 

@@ -34,6 +34,7 @@ import yaml
 
 from sipguard.config.model import (
     DEFAULT_LISTEN,
+    MAX_SESSION_INTERVAL,
     CdrConfig,
     ClirCodes,
     Config,
@@ -378,8 +379,14 @@ _CHECKS: dict[tuple[type, str], Check] = {
     (SipTimers, "t4"): _POSITIVE,
     (SipTimers, "target_timeout"): _POSITIVE,
     (SipTimers, "max_call_duration"): _NON_NEGATIVE,
-    (SipTimers, "session_expires"): _NON_NEGATIVE,
-    (SipTimers, "min_se"): _rule(lambda v: v >= 90, "must be at least 90 (RFC 4028), got {v}"),
+    (SipTimers, "session_expires"): _rule(
+        lambda v: 0 <= v <= MAX_SESSION_INTERVAL,
+        f"must be from 0 to {MAX_SESSION_INTERVAL} (a day), got {{v}}",
+    ),
+    (SipTimers, "min_se"): _rule(
+        lambda v: 90 <= v <= MAX_SESSION_INTERVAL,
+        f"must be from 90 (RFC 4028) to {MAX_SESSION_INTERVAL}, got {{v}}",
+    ),
     (SipTimers, "tcp_idle_timeout"): _POSITIVE,
     (SipTimers, "max_message_bytes"): _POSITIVE,
     (Numbering, "country_code"): _pattern(r"(?:[1-9][0-9]{0,2})?", "1 to 3 digits, got {v!r}"),

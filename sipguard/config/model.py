@@ -21,6 +21,11 @@ CliPolicy = Literal["replace", "reject"]
 MediaMode = Literal["pass", "anchor"]
 
 
+# the longest session interval (RFC 4028 sets none): a day. A peer's larger value is taken
+# as this, so that no value can overflow a timer or let a dead call live on unchecked.
+MAX_SESSION_INTERVAL = 86_400
+
+
 @dataclass(frozen=True, slots=True)
 class Listen:
     transport: Transport
