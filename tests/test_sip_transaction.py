@@ -823,6 +823,8 @@ def test_nist_repeats_the_last_response_and_timer_j_ends() -> None:
     assert isinstance(p, Response) and p.status == 100
     stx.respond(make_response(request, 200, to_tag="o"), 1.0)
     assert stx.state is State.COMPLETED
+    # for Timer J it keeps its key and its response, not the parsed request
+    assert stx.request.headers == () and stx.request.method == "OPTIONS"
     take(lay)
     lay.receive_request(req("OPTIONS"), UDP, 2.0)
     [f] = take(lay)

@@ -455,6 +455,11 @@ class ServerTransaction(Transaction):
         self._to(State.COMPLETED)
         j = 0 if self.flow.reliable else 64 * self.layer.t.t1
         self._deadline_at(now + j, self._end)  # Timer J
+        if j:
+            # kept 64*T1 only to repeat its response to a retransmitted request: the parsed
+            # request goes now (memory and cache per call; the key stays)
+            req = self.request
+            self.request = Request(req.method, req.uri, ())
 
     def _retransmit(self, now: float) -> None:
         """Timer G (Completed), or the 2xx's retransmission (Accepted): T1 doubling to T2."""
