@@ -303,3 +303,107 @@ def test_timers_scheduled_before_any_fire_are_exact_and_in_order() -> None:
     assert heap.next_deadline() == 1000.5
     assert heap.fire(6000.0) == 3
     assert [n for n, _ in rec.calls] == ["1", "3", "0", "2", "4"]
+
+
+# -- lanes: timers scheduled as a delay from now (every transaction timer) -----------------
+
+
+def test_lane_timers_merge_with_heap_and_far_timers_by_time_then_scheduling() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    heap.fire(0.0)
+    heap.after(0.0, 32.0, rec.cb("lane32-a"))  # due 32
+    heap.schedule(32.0, rec.cb("heap-32"))  # same time, scheduled later
+    heap.after(0.0, 0.5, rec.cb("lane0.5"))  # due 0.5
+    heap.after(1.0, 31.0, rec.cb("lane31"))  # due 32, scheduled last
+    heap.schedule(100.0, rec.cb("far"))
+    heap.after(10.0, 90.0, rec.cb("after-far"))  # beyond the horizon: a far timer, due 100
+    assert len(heap) == 6
+    assert heap.next_deadline() == 0.5
+    assert heap.fire(200.0) == 6
+    assert [n for n, _ in rec.calls] == [
+        "lane0.5",
+        "lane32-a",
+        "heap-32",
+        "lane31",
+        "far",
+        "after-far",
+    ]
+    assert len(heap) == 0 and heap.next_deadline() is None
+
+
+def test_cancelled_lane_timers_never_fire_and_leave_when_due() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    first = heap.after(0.0, 32.0, rec.cb("first"))
+    heap.after(1.0, 32.0, rec.cb("second"))
+    first.cancel()
+    first.cancel()
+    assert len(heap) == 1
+    assert heap.next_deadline() == 33.0  # the cancelled head is skipped
+    assert heap.fire(32.5) == 0
+    assert heap.fire(33.0) == 1
+    assert rec.calls == [("second", 33.0)]
+    assert len(heap) == 0
+    assert not any(heap._lanes)  # the cancelled entry left its lane
+
+
+def test_a_clock_going_back_keeps_lanes_sorted() -> None:
+    """A `now` earlier than the lane's last one cannot go at the lane's end: the heap takes it."""
+    heap, rec = TimerHeap(), Recorder()
+    heap.after(10.0, 5.0, rec.cb("15"))
+    heap.after(9.0, 5.0, rec.cb("14"))
+    heap.fire(20.0)
+    assert [n for n, _ in rec.calls] == ["14", "15"]
+
+
+def test_delays_past_the_lane_limit_still_fire_in_order() -> None:
+    heap, rec = TimerHeap(), Recorder()
+    delays = [0.001 * (i + 1) for i in range(40)]  # more distinct delays than lanes
+    for d in reversed(delays):
+        heap.after(0.0, d, rec.cb(f"{d:.3f}"))
+    heap.fire(1.0)
+    assert [n for n, _ in rec.calls] == [f"{d:.3f}" for d in delays]
+
+
+def test_lanes_match_a_sorted_reference_through_random_operations() -> None:
+    """Random schedule/after/cancel/fire against a reference sorted by (time, scheduling)."""
+    import random
+
+    rnd = random.Random(20261128)
+    for _ in range(30):
+        heap = TimerHeap()
+        fired: list[int] = []
+        pending: dict[int, tuple[float, int]] = {}  # id -> (when, order)
+        handles = {}
+        order = 0
+        now = 0.0
+        expected: list[int] = []
+        for _ in range(400):
+            op = rnd.random()
+            if op < 0.45:
+                delay = rnd.choice([0.5, 1.0, 2.0, 4.0, 5.0, 32.0, 0.25 * rnd.randint(0, 400)])
+                ident = order
+                order += 1
+
+                def cb(t: float, ident: int = ident, fired: list[int] = fired) -> None:
+                    fired.append(ident)
+
+                if rnd.random() < 0.7:
+                    handles[ident] = heap.after(now, delay, cb)
+                else:
+                    handles[ident] = heap.schedule(now + delay, cb)
+                pending[ident] = (now + delay, ident)
+            elif op < 0.6 and pending:
+                ident = rnd.choice(sorted(pending))
+                handles[ident].cancel()
+                del pending[ident]
+            else:
+                now += rnd.choice([0.0, 0.1, 0.5, 1.0, 3.0, 20.0])
+                due = sorted((w, i) for i, (w, _) in pending.items() if w <= now)
+                expected.extend(i for _, i in due)
+                for _, i in due:
+                    del pending[i]
+                heap.fire(now)
+                assert fired == expected
+                assert len(heap) == len(pending)
+                nd = heap.next_deadline()
+                assert nd == (min(w for w, _ in pending.values()) if pending else None)

@@ -555,10 +555,10 @@ class Call:
         headers = [("Content-Type", "application/sdp")] if body else []
         return leg.request("ACK", headers, body, cseq=cseq).to_bytes()
 
-    def _arm(self, when: float, fn: Callable[[float], None]) -> None:
+    def _arm(self, now: float, delay: float, fn: Callable[[float], None]) -> None:
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = self.core.layer.timers.schedule(when, fn)
+        self.timer = self.core.layer.timers.after(now, delay, fn)
 
     def _disarm(self) -> None:
         if self.timer is not None:
@@ -722,7 +722,7 @@ class Call:
         self.b_cseq = b.local_seq  # the INVITE's: PRACKs in the early dialog move local_seq
         req = self.core.build_b_invite(self, flow, b.local_seq)
         self.b_invite = b.send(req, self, now)
-        self._arm(now + self.config.sip.target_timeout, self._target_timeout)
+        self._arm(now, self.config.sip.target_timeout, self._target_timeout)
 
     def _target_timeout(self, now: float) -> None:
         """No provisional response from this target in time: try the next one."""
@@ -772,7 +772,7 @@ class Call:
             return
         if status == 100:
             if self.state == EARLY:
-                self._arm(now + self.config.sip.no_answer_timeout, self._no_answer)
+                self._arm(now, self.config.sip.no_answer_timeout, self._no_answer)
             return
         if status < 200:
             self._provisional(resp, now)
@@ -794,7 +794,7 @@ class Call:
             return
         b = self.b
         assert b is not None
-        self._arm(now + self.config.sip.no_answer_timeout, self._no_answer)
+        self._arm(now, self.config.sip.no_answer_timeout, self._no_answer)
         to_tag = resp.to.tag
         if to_tag and (b.remote_tag is None or b.remote_tag == to_tag):
             # the early dialog (the first fork's): its target serves UPDATE and PRACK
@@ -845,7 +845,7 @@ class Call:
         self.core.call_answered(self, now)
         limit = self.config.sip.max_call_duration
         if limit > 0:
-            self._arm(now + limit, self._max_duration)
+            self._arm(now, limit, self._max_duration)
 
     def _start_session_timers(self, resp: Response, now: float) -> None:
         """RFC 4028 on each leg, negotiated separately (§9 UAS on A, §7.2 UAC on B)."""

@@ -10,6 +10,13 @@ Two parts, so that no operation ever costs time in proportion to the number of t
 * *far* timers (a call's maximum duration, Timer C, session timers) wait in one-second
   buckets, from which a cancel removes them at once (a dict deletion). A bucket moves into
   the near heap when it comes within the horizon.
+* *lanes*: a timer scheduled with :meth:`TimerHeap.after` (a delay from now, as every
+  transaction timer is) joins the first-in-first-out lane of its delay. On a monotonic
+  clock the lane stays sorted, so adding and taking the first are O(1) with no
+  comparisons at all. Under load nearly every timer is one of a handful of delays
+  (T1·2^n, T4, 64·T1), and the heap of hundreds of thousands of lingering transactions'
+  timers (whose ``heappop`` took 15% of the event loop at 1,650 calls/s) is left almost
+  empty. A cancelled lane timer is only marked, like a near one.
 
 The driver asks :meth:`TimerHeap.next_deadline` and arms a single ``call_at``; when it
 fires it calls :meth:`TimerHeap.fire` with the current time. Timers run in order of their
@@ -20,11 +27,14 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from collections.abc import Callable
 
 # timers further ahead than this wait in the far buckets (a power of two: exact floats)
 HORIZON = 64.0
 _NEVER = float("inf")
+# at most this many distinct delays get a lane; others go to the heap
+MAX_LANES = 16
 
 
 class Timer:
@@ -70,6 +80,8 @@ class TimerHeap:
         "_far_keys",
         "_far_min",
         "_heap",
+        "_lane_of",
+        "_lanes",
         "_now",
         "_seq",
     )
@@ -84,10 +96,34 @@ class TimerHeap:
         self._far_keys: list[int] = []
         self._far_count = 0
         self._far_min: tuple[int, float] | None = None  # (first bucket, its earliest time)
+        # lanes: delay -> its timers in order of time (and of scheduling)
+        self._lane_of: dict[float, deque[Timer]] = {}
+        self._lanes: list[deque[Timer]] = []
 
     def __len__(self) -> int:
         """How many timers are pending (cancelled ones not counted)."""
-        return len(self._heap) - self._cancelled + self._far_count
+        lanes = 0
+        for lane in self._lanes:
+            lanes += len(lane)
+        return len(self._heap) + lanes - self._cancelled + self._far_count
+
+    def after(self, now: float, delay: float, callback: Callable[[float], None]) -> Timer:
+        """Schedule ``callback`` ``delay`` seconds after ``now`` (a monotonic clock's time)."""
+        when = now + delay
+        if not (0.0 <= delay <= HORIZON) or not math.isfinite(when):
+            return self.schedule(when, callback)
+        lane = self._lane_of.get(delay)
+        if lane is None:
+            if len(self._lanes) >= MAX_LANES:
+                return self.schedule(when, callback)
+            lane = self._lane_of[delay] = deque()
+            self._lanes.append(lane)
+        elif lane and lane[-1].when > when:
+            return self.schedule(when, callback)  # the clock went back: keep the lane sorted
+        self._seq += 1
+        t = Timer(when, callback, self, self._seq)
+        lane.append(t)
+        return t
 
     def schedule(self, when: float, callback: Callable[[float], None]) -> Timer:
         if not math.isfinite(when):
@@ -155,6 +191,14 @@ class TimerHeap:
             heapq.heappop(heap)
             self._cancelled -= 1
         first = heap[0][0] if heap else _NEVER
+        for lane in self._lanes:
+            while lane:
+                t = lane[0]
+                if t.active:
+                    first = min(first, t.when)
+                    break
+                lane.popleft()
+                self._cancelled -= 1
         if self._far_count:
             first = self._first_far(first)
         return None if first == _NEVER else first
@@ -181,10 +225,30 @@ class TimerHeap:
         self._now = max(self._now, now)
         if self._far_count and self._far_keys and self._far_keys[0] <= now + HORIZON:
             self._bring_near(now)
-        heap = self._heap
+        heap, lanes = self._heap, self._lanes
         ran = 0
-        while heap and heap[0][0] <= now:
-            _, _, t = heapq.heappop(heap)
+        while True:
+            # the earliest due timer among the heap's top and the lanes' heads
+            best: Timer | None = None
+            best_lane: deque[Timer] | None = None
+            if heap and heap[0][0] <= now:
+                best = heap[0][2]
+            for lane in lanes:
+                if lane:
+                    t = lane[0]
+                    if t.when <= now and (
+                        best is None
+                        or t.when < best.when
+                        or (t.when == best.when and t.seq < best.seq)
+                    ):
+                        best, best_lane = t, lane
+            if best is None:
+                break
+            if best_lane is None:
+                heapq.heappop(heap)
+            else:
+                best_lane.popleft()
+            t = best
             if not t.active:
                 self._cancelled -= 1
                 continue

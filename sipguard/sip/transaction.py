@@ -218,13 +218,13 @@ class Transaction:
             self._rtx.cancel()
             self._rtx = None
 
-    def _retransmit_at(self, when: float, fn: Callable[[float], None]) -> None:
-        self._rtx = self.layer.timers.schedule(when, fn)  # the previous one has fired
+    def _retransmit_in(self, now: float, delay: float, fn: Callable[[float], None]) -> None:
+        self._rtx = self.layer.timers.after(now, delay, fn)  # the previous one has fired
 
-    def _deadline_at(self, when: float, fn: Callable[[float], None]) -> None:
+    def _deadline_in(self, now: float, delay: float, fn: Callable[[float], None]) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = self.layer.timers.schedule(when, fn)
+        self._deadline = self.layer.timers.after(now, delay, fn)
 
     @property
     def terminated(self) -> bool:
@@ -271,8 +271,8 @@ class ClientTransaction(Transaction):
         self.state = State.CALLING if self.is_invite else State.TRYING
         self.layer.send(self.flow, self._data)
         if not self.flow.reliable:
-            self._retransmit_at(now + t.t1, self._retransmit)  # Timer A / E
-        self._deadline_at(now + 64 * t.t1, self._timeout)  # Timer B / F
+            self._retransmit_in(now, t.t1, self._retransmit)  # Timer A / E
+        self._deadline_in(now, 64 * t.t1, self._timeout)  # Timer B / F
 
     def _retransmit(self, now: float) -> None:
         """Timer A (INVITE, Calling only) or Timer E (non-INVITE, Trying and Proceeding)."""
@@ -284,7 +284,7 @@ class ClientTransaction(Transaction):
             self._interval = self.layer.t.t2  # Timer E every T2 in Proceeding (§17.1.2.2)
         else:
             self._interval = min(self._interval * 2, self.layer.t.t2)
-        self._retransmit_at(now + self._interval, self._retransmit)
+        self._retransmit_in(now, self._interval, self._retransmit)
 
     def _timeout(self, now: float) -> None:
         """Timer B or F, or no final response 64*T1 after our CANCEL (§9.1)."""
@@ -327,7 +327,7 @@ class ClientTransaction(Transaction):
                     # what the TU still reads: the method, the URI and the offer
                     req = self.request
                     self.request = Request(req.method, req.uri, (), req.body)
-                    self._deadline_at(now + 64 * self.layer.t.t1, self._end)  # Timer M
+                    self._deadline_in(now, 64 * self.layer.t.t1, self._end)  # Timer M
                 # every 2xx, first or retransmitted, from any fork, goes to the TU (6026)
                 self._deliver(resp, now)
                 return
@@ -338,7 +338,7 @@ class ClientTransaction(Transaction):
                 self._to(State.COMPLETED)
                 self._data = b""  # no more retransmissions: free the bytes
                 d = 0 if self.flow.reliable else self.layer.t.d
-                self._deadline_at(now + d, self._end)  # Timer D
+                self._deadline_in(now, d, self._end)  # Timer D
                 self._deliver(resp, now)
             elif state is State.COMPLETED and self.ack is not None:
                 self.layer.send(self.flow, self.ack, retransmission=True)
@@ -355,7 +355,7 @@ class ClientTransaction(Transaction):
         self._to(State.COMPLETED)
         self._data = b""  # no more retransmissions: free the bytes
         k = 0 if self.flow.reliable else self.layer.t.t4
-        self._deadline_at(now + k, self._end)  # Timer K
+        self._deadline_in(now, k, self._end)  # Timer K
         self._deliver(resp, now)
 
     def _deliver(self, resp: Response, now: float) -> None:
@@ -436,13 +436,13 @@ class ServerTransaction(Transaction):
             if status < 300:
                 self._to(State.ACCEPTED)
                 if not self.flow.reliable:
-                    self._retransmit_at(now + t.t1, self._retransmit)  # 2xx (§13.3.1.4)
-                self._deadline_at(now + 64 * t.t1, self._timer_l)
+                    self._retransmit_in(now, t.t1, self._retransmit)  # 2xx (§13.3.1.4)
+                self._deadline_in(now, 64 * t.t1, self._timer_l)
             else:
                 self._to(State.COMPLETED)
                 if not self.flow.reliable:
-                    self._retransmit_at(now + t.t1, self._retransmit)  # Timer G
-                self._deadline_at(now + 64 * t.t1, self._timer_h)
+                    self._retransmit_in(now, t.t1, self._retransmit)  # Timer G
+                self._deadline_in(now, 64 * t.t1, self._timer_h)
             return
         if state not in (State.TRYING, State.PROCEEDING):
             return
@@ -454,7 +454,7 @@ class ServerTransaction(Transaction):
             return
         self._to(State.COMPLETED)
         j = 0 if self.flow.reliable else 64 * self.layer.t.t1
-        self._deadline_at(now + j, self._end)  # Timer J
+        self._deadline_in(now, j, self._end)  # Timer J
         if j:
             # kept 64*T1 only to repeat its response to a retransmitted request: the parsed
             # request goes now (memory and cache per call; the key stays)
@@ -467,7 +467,7 @@ class ServerTransaction(Transaction):
         assert self.last is not None
         self.layer.send(self.flow, self.last, retransmission=True)
         self._interval = min(self._interval * 2, self.layer.t.t2)
-        self._retransmit_at(now + self._interval, self._retransmit)
+        self._retransmit_in(now, self._interval, self._retransmit)
 
     def retransmitted(self, now: float) -> None:
         """The request came again: repeat the last response (absorbed in Accepted)."""
@@ -482,7 +482,7 @@ class ServerTransaction(Transaction):
             self._cancel_timers()
             self._to(State.CONFIRMED)
             i = 0 if self.flow.reliable else self.layer.t.t4
-            self._deadline_at(now + i, self._end)  # Timer I
+            self._deadline_in(now, i, self._end)  # Timer I
         elif self.state is State.ACCEPTED:
             # stop retransmitting the 2xx; stay to absorb INVITE retransmissions (Timer L)
             self._stop_rtx()
@@ -636,7 +636,7 @@ class TransactionLayer:
         self.send_request(cancel, tx.flow, _CANCEL_SINK, now)
         if tx.state is State.PROCEEDING:
             # §9.1: no final response 64*T1 after the CANCEL: consider it cancelled
-            tx._deadline_at(now + 64 * self.t.t1, tx._timeout)
+            tx._deadline_in(now, 64 * self.t.t1, tx._timeout)
 
     def receive_response(self, resp: Response, flow: Flow, now: float) -> None:
         via = resp.top_via
