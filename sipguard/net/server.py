@@ -154,6 +154,7 @@ class Driver:
         self._next_conn = 0
         self._timer: asyncio.TimerHandle | None = None
         self._armed: float | None = None
+        self._flush_soon = False  # a flush is queued for the end of this loop iteration
         self.stopping = asyncio.Event()
         self._exported: dict[str, dict[str, int]] = {}
         self._exported_rtx = 0
@@ -166,6 +167,15 @@ class Driver:
             self.core.receive(data, flow, now)
         except Exception:  # a bug must not take the proxy down with it
             log.exception("internal error handling a message")
+        # what this message made is sent once every datagram the loop read in this
+        # iteration is handled: the peers' processes are woken once per burst rather
+        # than once per message, and the loop timer is re-armed once per burst
+        if not self._flush_soon:
+            self._flush_soon = True
+            self.loop.call_soon(self._flush_deferred)
+
+    def _flush_deferred(self) -> None:
+        self._flush_soon = False
         self.flush()
 
     def _fire(self) -> None:
