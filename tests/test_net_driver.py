@@ -775,6 +775,28 @@ def tcp_connect(setup: Setup) -> socket.socket:
     )
 
 
+def test_a_burst_of_requests_is_answered_whole_and_in_order(tmp_path: Path) -> None:
+    """Datagrams the loop reads together are answered together (one flush per burst):
+    every request of a burst gets its answer, in the order the requests came."""
+    setup = write_config(tmp_path)
+    sg = Sipguard(setup).start()
+    peer = UdpPeer()
+    dest = sipguard_addr(setup)
+    n = 200
+    with running(sg):
+        for burst in range(3):  # and the next bursts too: nothing is left queued
+            call_ids = [f"burst-{burst}-{i}@test" for i in range(n)]
+            for cid in call_ids:  # sent back to back, no wait: most are read in one go
+                peer.send(sip_request("OPTIONS", local=peer.local, call_id=cid), dest)
+            got: list[bytes] = []
+            deadline = time.monotonic() + 10
+            while len(got) < n and time.monotonic() < deadline:
+                got += peer.recv_all(0.5)
+            assert [status_of(m) for m in got] == [200] * n, sg.log_tail()
+            assert [header(m, "Call-ID") for m in got] == call_ids
+    peer.close()
+
+
 def test_tcp_idle_connection_closed_broken_framing_closed_and_counted(tmp_path: Path) -> None:
     idle = 1.0
     setup = write_config(tmp_path, overrides={"sip": {"tcp_idle_timeout": idle}})
