@@ -817,6 +817,22 @@ def test_tcp_idle_connection_closed_broken_framing_closed_and_counted(tmp_path: 
         got, closed = tcp_read_until_closed(bad, 2.0)
         assert closed, (got, sg.log_tail())
         assert sg.metrics().get("sipguard_parse_errors_total", 0) == errors + 1
+        # good messages before the broken one are answered on the connection first
+        bad2 = tcp_connect(setup)
+        local2 = bad2.getsockname()[:2]
+        call_ids = [f"before-error-{i}@test" for i in range(3)]
+        good_ones = b"".join(
+            sip_request("OPTIONS", local=local2, transport="TCP", call_id=c) for c in call_ids
+        )
+        broken2 = sip_request("OPTIONS", local=local2, transport="TCP")
+        bad2.sendall(good_ones + broken2.replace(b"Content-Length: 0\r\n", b""))
+        got, closed = tcp_read_until_closed(bad2, 2.0)
+        bad2.close()
+        assert closed, (got, sg.log_tail())
+        answers = [m for m in re.split(rb"(?=^SIP/2\.0 )", got, flags=re.M) if m]
+        assert [status_of(a) for a in answers] == [200] * 3, got
+        assert [header(a, "Call-ID") for a in answers] == call_ids, got
+
         # the other connection goes on
         resp = tcp_transact(good, sip_request("OPTIONS", local=local, transport="TCP"))
         assert resp is not None and status_of(resp) == 200, sg.log_tail()

@@ -407,3 +407,34 @@ def test_lanes_match_a_sorted_reference_through_random_operations() -> None:
                 assert len(heap) == len(pending)
                 nd = heap.next_deadline()
                 assert nd == (min(w for w, _ in pending.values()) if pending else None)
+
+
+def test_lanes_of_delays_no_longer_used_make_room_for_new_ones() -> None:
+    """After a reload changes T1/T2/T4, the new delays get lanes again (not the heap)."""
+    from sipguard.sip.timers import MAX_LANES
+
+    heap, rec = TimerHeap(), Recorder()
+    for i in range(MAX_LANES):
+        heap.after(0.0, 1.0 + i, rec.cb(f"old-{i}"))
+    heap.fire(100.0)
+    assert len(rec.calls) == MAX_LANES
+    heap.after(100.0, 0.3, rec.cb("new"))
+    assert not heap._heap  # in a lane of its own
+    assert len(heap._lanes) == 1
+    assert heap.fire(100.3) == 1
+
+
+def test_a_callback_that_makes_a_new_lane_while_firing_still_fires_its_due_timer() -> None:
+    from sipguard.sip.timers import MAX_LANES
+
+    heap, rec = TimerHeap(), Recorder()
+    for i in range(MAX_LANES):  # every lane taken, all empty once these fire
+        heap.after(0.0, 1.0 + i, rec.cb(f"old-{i}"))
+
+    def spawn(now: float) -> None:
+        rec.calls.append(("spawn", now))
+        heap.after(now, 0.0, rec.cb("due-now"))  # a new lane (the list is rebuilt)
+
+    heap.after(0.0, 50.0, spawn)
+    heap.fire(60.0)
+    assert [n for n, _ in rec.calls][-2:] == ["spawn", "due-now"]

@@ -195,9 +195,14 @@ class Driver:
         core = self.core
         out = core.outbox
         if out:
-            for flow, data in out:
-                self.send(flow, data)
-            out.clear()
+            try:
+                for flow, data in out:
+                    try:
+                        self.send(flow, data)
+                    except Exception:  # one bad send must not hold back the others
+                        log.exception("internal error sending a message")
+            finally:
+                out.clear()
         if core.cdr_out:
             if self.writer is not None:
                 for rec in core.cdr_out:

@@ -143,6 +143,9 @@ class StreamConnection(asyncio.Protocol):
 
     def _framing_error(self, exc: SipError) -> None:
         """A stream that cannot be framed is closed (RFC 3261 §18.3); counted."""
+        # the answers to the good messages before the error go out on this connection
+        # first (the driver sends once per loop iteration; closed, it would connect anew)
+        self.driver.flush()
         log.info("closing %s connection from %s: %s", self.transport, self.host, exc.reason)
         self.driver.core.parse_errors += 1
         self.driver.metrics.parse_errors.inc()
@@ -162,6 +165,8 @@ class StreamConnection(asyncio.Protocol):
         self.stream.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # what is queued for this connection is let go with it, never sent by a new one
+        self.driver.flush()
         self.closed = True
         self.driver.unregister(self)
 

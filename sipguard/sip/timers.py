@@ -115,7 +115,9 @@ class TimerHeap:
         lane = self._lane_of.get(delay)
         if lane is None:
             if len(self._lanes) >= MAX_LANES:
-                return self.schedule(when, callback)
+                self._drop_empty_lanes()  # delays no longer used (a reload changed T1...)
+                if len(self._lanes) >= MAX_LANES:
+                    return self.schedule(when, callback)
             lane = self._lane_of[delay] = deque()
             self._lanes.append(lane)
         elif lane and lane[-1].when > when:
@@ -145,6 +147,10 @@ class TimerHeap:
         if far_min is not None and far_min[0] == key and when < far_min[1]:
             self._far_min = (key, when)
         return t
+
+    def _drop_empty_lanes(self) -> None:
+        self._lane_of = {d: lane for d, lane in self._lane_of.items() if lane}
+        self._lanes = list(self._lane_of.values())
 
     def _cancelled_one(self, t: Timer, bucket: dict[Timer, None] | None) -> None:
         if bucket is None:
@@ -225,7 +231,7 @@ class TimerHeap:
         self._now = max(self._now, now)
         if self._far_count and self._far_keys and self._far_keys[0] <= now + HORIZON:
             self._bring_near(now)
-        heap, lanes = self._heap, self._lanes
+        heap = self._heap
         ran = 0
         while True:
             # the earliest due timer among the heap's top and the lanes' heads
@@ -233,7 +239,7 @@ class TimerHeap:
             best_lane: deque[Timer] | None = None
             if heap and heap[0][0] <= now:
                 best = heap[0][2]
-            for lane in lanes:
+            for lane in self._lanes:  # read anew: a callback may have replaced the list
                 if lane:
                     t = lane[0]
                     if t.when <= now and (
