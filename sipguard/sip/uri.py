@@ -300,8 +300,28 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
     return host.lower(), port
 
 
+# Both parse caches are bounded in entries and in the length of the text they keep, and
+# emptied when full (hostile input that never repeats costs a dict insertion).
+NA_CACHE_ENTRIES: Final = 4096
+NA_CACHE_TEXT: Final = 256
+# Parsed URIs by their text: the Request-URI of every in-dialog
+# request is a Contact that came before, and a Uri is an immutable value.
+_URI_CACHE: Final[dict[str, Uri]] = {}
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a URI; raise :class:`SipError` (400) if it is malformed."""
+    uri = _URI_CACHE.get(text)
+    if uri is None:
+        uri = _parse_uri(text)
+        if len(text) <= NA_CACHE_TEXT:
+            if len(_URI_CACHE) >= NA_CACHE_ENTRIES:
+                _URI_CACHE.clear()
+            _URI_CACHE[text] = uri
+    return uri
+
+
+def _parse_uri(text: str) -> Uri:
     m = _SIP_URI_RE.match(text)
     if m is not None:
         scheme, user, password, host, port_s, ptext, headers = m.groups()
@@ -467,8 +487,25 @@ _NAME_ADDR_RE: Final = re.compile(_DISPLAY + r"<([!#-;=?-~]+)>" + _NA_PARAMS)
 _NAME_ADDR_SIP_RE: Final = re.compile(_DISPLAY + "<(" + _sip_uri("(?:") + ")>" + _NA_PARAMS)
 
 
+# Parsed name-addrs by their text. A dialog's From and To (and a peer's Contact) come
+# again in every message of the call, and a NameAddr is an immutable value: the same text
+# is parsed once. Bounded as the URI cache is.
+_NA_CACHE: Final[dict[str, NameAddr]] = {}
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """Parse one name-addr or addr-spec with header parameters (RFC 3261 §20.10, §25.1)."""
+    na = _NA_CACHE.get(text)
+    if na is None:
+        na = _parse_name_addr(text)
+        if len(text) <= NA_CACHE_TEXT:
+            if len(_NA_CACHE) >= NA_CACHE_ENTRIES:
+                _NA_CACHE.clear()
+            _NA_CACHE[text] = na
+    return na
+
+
+def _parse_name_addr(text: str) -> NameAddr:
     m = _NAME_ADDR_SIP_RE.match(text)
     if m is not None:
         quoted, words, uri_text, port, rest = m.groups()
