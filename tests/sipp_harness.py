@@ -304,9 +304,16 @@ class SipguardError(RuntimeError):
 class Sipguard:
     """sipguard as a subprocess: ``start()``, ``stop()``; CPU and memory from /proc."""
 
-    def __init__(self, setup: Setup, *, cpus: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        setup: Setup,
+        *,
+        cpus: Sequence[int] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.setup = setup
         self.cpus = cpus
+        self.env = None if env is None else {**os.environ, **env}
         self.log_path = setup.workdir / "sipguard.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
@@ -329,6 +336,7 @@ class Sipguard:
         self.proc = subprocess.Popen(
             cmd,
             cwd=self.setup.workdir,
+            env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,

@@ -775,11 +775,18 @@ def tcp_connect(setup: Setup) -> socket.socket:
     )
 
 
-def test_a_burst_of_requests_is_answered_whole_and_in_order(tmp_path: Path) -> None:
+# sends batched per loop iteration from the first message (as under load)
+BATCHED = {"SIPGUARD_BATCH_SENDS_ABOVE": "0"}
+
+
+@pytest.mark.parametrize("env", [BATCHED, {}], ids=["batched", "at-once"])
+def test_a_burst_of_requests_is_answered_whole_and_in_order(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     """Datagrams the loop reads together are answered together (one flush per burst):
     every request of a burst gets its answer, in the order the requests came."""
     setup = write_config(tmp_path)
-    sg = Sipguard(setup).start()
+    sg = Sipguard(setup, env=env).start()
     peer = UdpPeer()
     dest = sipguard_addr(setup)
     n = 200
@@ -797,10 +804,13 @@ def test_a_burst_of_requests_is_answered_whole_and_in_order(tmp_path: Path) -> N
     peer.close()
 
 
-def test_tcp_idle_connection_closed_broken_framing_closed_and_counted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("env", [BATCHED, {}], ids=["batched", "at-once"])
+def test_tcp_idle_connection_closed_broken_framing_closed_and_counted(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     idle = 1.0
     setup = write_config(tmp_path, overrides={"sip": {"tcp_idle_timeout": idle}})
-    sg = Sipguard(setup)
+    sg = Sipguard(setup, env=env)
     with running(sg):
         sg.start()
         good = tcp_connect(setup)
