@@ -397,27 +397,36 @@ def test_split_commas_strips_sp_and_htab_only() -> None:
 
 def test_parse_caches_are_bounded_and_give_equal_immutable_values() -> None:
     """Parsed name-addrs and URIs are kept by text (a dialog's From/To come again in
-    every message), within bounds whatever a peer sends."""
+    its messages), within bounds whatever a peer sends."""
     from sipguard.sip import uri as uri_mod
 
     text = '"Alice" <sip:alice@example.com;transport=udp>;tag=cache-1'
     first = uri_mod.parse_name_addr(text)
     again = uri_mod.parse_name_addr(text)
-    assert again == first and again.tag == "cache-1"
+    assert again is first and again.tag == "cache-1"
     with pytest.raises(AttributeError):
         again.display = "Mallory"  # type: ignore[misc]
-    assert uri_mod.parse_uri("sip:bob@example.com") == uri_mod.parse_uri("sip:bob@example.com")
+    u = uri_mod.parse_uri("sip:bob@example.com")
+    assert uri_mod.parse_uri("sip:bob@example.com") is u
+    with pytest.raises(AttributeError):
+        u.host = "evil.example"  # type: ignore[misc]
     # a bad value is an error every time, never kept
     for _ in range(2):
         with pytest.raises(SipError):
             uri_mod.parse_name_addr("<sip:bob@example.com")
-    # never more entries than the bound, however many different values come
-    for i in range(uri_mod.NA_CACHE_ENTRIES + 100):
+    # never more entries than the bound, however many different values come; the oldest
+    # go first
+    n = uri_mod.NA_CACHE_ENTRIES
+    for i in range(n + 100):
         uri_mod.parse_name_addr(f"<sip:u{i}@example.com>;tag={i}")
         uri_mod.parse_uri(f"sip:u{i}@example.com")
-    assert len(uri_mod._NA_CACHE) <= uri_mod.NA_CACHE_ENTRIES
-    assert len(uri_mod._URI_CACHE) <= uri_mod.NA_CACHE_ENTRIES
-    # and a long value is parsed but not kept
+    assert len(uri_mod._NA_CACHE) == n
+    assert len(uri_mod._URI_CACHE) == n
+    assert "<sip:u0@example.com>;tag=0" not in uri_mod._NA_CACHE
+    assert f"<sip:u{n + 99}@example.com>;tag={n + 99}" in uri_mod._NA_CACHE
+    # a long value, or one with many parameters (many objects), is parsed but not kept
     long_text = "<sip:" + "a" * uri_mod.NA_CACHE_TEXT + "@example.com>"
     assert uri_mod.parse_name_addr(long_text).uri.user == "a" * uri_mod.NA_CACHE_TEXT
-    assert long_text not in uri_mod._NA_CACHE
+    many = "<sip:x@h>" + "".join(f";p{i}" for i in range(uri_mod.NA_CACHE_PARAMS + 1))
+    assert len(uri_mod.parse_name_addr(many).params) == uri_mod.NA_CACHE_PARAMS + 1
+    assert long_text not in uri_mod._NA_CACHE and many not in uri_mod._NA_CACHE

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -65,11 +66,34 @@ def message_kind(data: bytes) -> str:
 # many more than the calls and transactions alive account for (GC_OBJECTS_PER_ITEM each:
 # about 27 per call in progress, 9 per transaction kept for 64*T1, measured)
 GC_GUARD_OBJECTS = 1_000_000
+
+
 # Above this many messages per second the driver sends once per loop iteration (bursts:
 # 0.50 → 0.39 CPU ms per call at 1,900 calls/s); below, at once after each message (a
 # queued callback per lone datagram costs more than it saves: +6% CPU at 150 calls/s).
 # SIPGUARD_BATCH_SENDS_ABOVE overrides it (0: always; the tests of the batched path).
-BATCH_SENDS_ABOVE = float(os.environ.get("SIPGUARD_BATCH_SENDS_ABOVE", "5000"))
+def _batch_sends_above(default: float = 5000.0) -> float:
+    text = os.environ.get("SIPGUARD_BATCH_SENDS_ABOVE")
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        log.warning("SIPGUARD_BATCH_SENDS_ABOVE=%r is no rate (messages/s): %s", text, default)
+        return default
+    return value
+
+
+BATCH_SENDS_ABOVE = _batch_sends_above()
+
+
+def batch_sends(messages: int, seconds: float, above: float = BATCH_SENDS_ABOVE) -> bool:
+    """Whether ``messages`` received in ``seconds`` call for sends batched per iteration."""
+    return above <= 0 or messages > above * seconds
+
+
 GC_OBJECTS_PER_ITEM = 64
 
 
@@ -177,7 +201,10 @@ class Driver:
             log.exception("internal error handling a message")
         self.fed += 1
         if not self.batch_sends:
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # never out into the transport (a TCP read would stop)
+                log.exception("internal error sending")
         elif not self._flush_soon:
             # under load, what this message made is sent once every datagram the loop
             # read in this iteration is handled: the peers' processes are woken once per
@@ -304,9 +331,7 @@ class Driver:
             await asyncio.sleep(interval)
             end = loop.time()
             lag = max(0.0, end - start - interval)
-            self.batch_sends = self.fed - fed > BATCH_SENDS_ABOVE * (end - start) or (
-                BATCH_SENDS_ABOVE <= 0
-            )
+            self.batch_sends = batch_sends(self.fed - fed, end - start)
             fed = self.fed
             n += 1
             if n % 20 == 0:

@@ -300,12 +300,21 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
     return host.lower(), port
 
 
-# Both parse caches are bounded in entries and in the length of the text they keep, and
-# emptied when full (hostile input that never repeats costs a dict insertion).
-NA_CACHE_ENTRIES: Final = 4096
-NA_CACHE_TEXT: Final = 256
-# Parsed URIs by their text: the Request-URI of every in-dialog
-# request is a Contact that came before, and a Uri is an immutable value.
+# Both parse caches keep only small values (a bounded text with few parameters: a value
+# with dozens of parameters is many objects, and a peer chooses what it sends) and at most
+# NA_CACHE_ENTRIES of them, the oldest going first. Whatever a peer sends, each holds a
+# few MB and tens of thousands of objects at most, and evicting is one entry at a time.
+NA_CACHE_ENTRIES: Final = 2048
+NA_CACHE_TEXT: Final = 160
+NA_CACHE_PARAMS: Final = 6
+
+
+def _cacheable(text: str) -> bool:
+    return len(text) <= NA_CACHE_TEXT and text.count(";") <= NA_CACHE_PARAMS
+
+
+# Parsed URIs by their text: the Request-URI of every in-dialog request is a Contact that
+# came before, and a Uri is an immutable value.
 _URI_CACHE: Final[dict[str, Uri]] = {}
 
 
@@ -314,9 +323,9 @@ def parse_uri(text: str) -> Uri:
     uri = _URI_CACHE.get(text)
     if uri is None:
         uri = _parse_uri(text)
-        if len(text) <= NA_CACHE_TEXT:
+        if _cacheable(text):
             if len(_URI_CACHE) >= NA_CACHE_ENTRIES:
-                _URI_CACHE.clear()
+                del _URI_CACHE[next(iter(_URI_CACHE))]
             _URI_CACHE[text] = uri
     return uri
 
@@ -488,8 +497,8 @@ _NAME_ADDR_SIP_RE: Final = re.compile(_DISPLAY + "<(" + _sip_uri("(?:") + ")>" +
 
 
 # Parsed name-addrs by their text. A dialog's From and To (and a peer's Contact) come
-# again in every message of the call, and a NameAddr is an immutable value: the same text
-# is parsed once. Bounded as the URI cache is.
+# again in the messages of the call, and a NameAddr is an immutable value: the same text
+# is parsed once while it is among the most recent. Bounded as the URI cache is.
 _NA_CACHE: Final[dict[str, NameAddr]] = {}
 
 
@@ -498,9 +507,9 @@ def parse_name_addr(text: str) -> NameAddr:
     na = _NA_CACHE.get(text)
     if na is None:
         na = _parse_name_addr(text)
-        if len(text) <= NA_CACHE_TEXT:
+        if _cacheable(text):
             if len(_NA_CACHE) >= NA_CACHE_ENTRIES:
-                _NA_CACHE.clear()
+                del _NA_CACHE[next(iter(_NA_CACHE))]
             _NA_CACHE[text] = na
     return na
 
