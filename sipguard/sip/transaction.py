@@ -99,6 +99,10 @@ class State(Enum):
     CONFIRMED = "Confirmed"
     TERMINATED = "Terminated"
 
+    # members are singletons compared by identity: hash them so too (Enum's own __hash__
+    # is interpreted Python, run at every state change's check)
+    __hash__ = object.__hash__
+
 
 S = State
 # (machine, from, to, event, RFC section). Each machine asserts that every state change it
