@@ -73,10 +73,8 @@ MAINTAIN_SECONDS: Final = 1.0
 RETRY_SECONDS: Final = 1.0
 # woken by a record, the worker lets this long pass before it takes the queue, so that it
 # takes records in batches: woken for every record, it made the event loop hand the GIL
-# over twice per record. 50 ms rather than 5: at low rates (150 calls/s) a batch of one
-# or two records per wake-up cost 12% of sipguard's CPU per call. It is also what a
-# SIGKILL can lose of records not yet written (crash recovery closes those calls).
-BATCH_SECONDS: Final = 0.05
+# over twice per record. It is also what a SIGKILL can lose of records not yet written.
+BATCH_SECONDS: Final = 0.005
 RECOVERY_RETRY_SECONDS: Final = 5.0
 RETENTION_SECONDS: Final = 24 * 3600.0
 RETENTION_RETRY_SECONDS: Final = 3600.0
