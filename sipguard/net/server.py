@@ -66,11 +66,12 @@ def message_kind(data: bytes) -> str:
 # many more than the calls and transactions alive account for (GC_OBJECTS_PER_ITEM each:
 # about 27 per call in progress, 9 per transaction kept for 64*T1, measured)
 GC_GUARD_OBJECTS = 1_000_000
+GC_OBJECTS_PER_ITEM = 64
 
 
 # Above this many messages per second the driver sends once per loop iteration (bursts:
-# 0.50 → 0.39 CPU ms per call at 1,900 calls/s); below, at once after each message (a
-# queued callback per lone datagram costs more than it saves: +6% CPU at 150 calls/s).
+# 0.50 → 0.39 CPU ms per call at 1,900 calls/s); below, at once after each message (lone
+# datagrams: a queued callback for each could only add work).
 # SIPGUARD_BATCH_SENDS_ABOVE overrides it (0: always; the tests of the batched path).
 def _batch_sends_above(default: float = 5000.0) -> float:
     text = os.environ.get("SIPGUARD_BATCH_SENDS_ABOVE")
@@ -92,9 +93,6 @@ BATCH_SENDS_ABOVE = _batch_sends_above()
 def batch_sends(messages: int, seconds: float, above: float = BATCH_SENDS_ABOVE) -> bool:
     """Whether ``messages`` received in ``seconds`` call for sends batched per iteration."""
     return above <= 0 or messages > above * seconds
-
-
-GC_OBJECTS_PER_ITEM = 64
 
 
 def tune_gc() -> None:
@@ -186,7 +184,7 @@ class Driver:
         self._flush_soon = False  # a flush is queued for the end of this loop iteration
         self.fed = 0  # messages received (read by the lag probe for the rate)
         # send per loop iteration, not per message (set by the lag probe from the rate)
-        self.batch_sends = BATCH_SENDS_ABOVE <= 0
+        self.batching = BATCH_SENDS_ABOVE <= 0
         self.stopping = asyncio.Event()
         self._exported: dict[str, dict[str, int]] = {}
         self._exported_rtx = 0
@@ -200,7 +198,7 @@ class Driver:
         except Exception:  # a bug must not take the proxy down with it
             log.exception("internal error handling a message")
         self.fed += 1
-        if not self.batch_sends:
+        if not self.batching:
             try:
                 self.flush()
             except Exception:  # never out into the transport (a TCP read would stop)
@@ -331,7 +329,7 @@ class Driver:
             await asyncio.sleep(interval)
             end = loop.time()
             lag = max(0.0, end - start - interval)
-            self.batch_sends = batch_sends(self.fed - fed, end - start)
+            self.batching = batch_sends(self.fed - fed, end - start)
             fed = self.fed
             n += 1
             if n % 20 == 0:

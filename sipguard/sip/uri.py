@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
 from types import FunctionType
-from typing import ClassVar, Final
+from typing import ClassVar, Final, TypeVar
 
 from sipguard.sip.errors import SipError
 
@@ -309,8 +309,15 @@ NA_CACHE_TEXT: Final = 160
 NA_CACHE_PARAMS: Final = 6
 
 
-def _cacheable(text: str) -> bool:
-    return len(text) <= NA_CACHE_TEXT and text.count(";") <= NA_CACHE_PARAMS
+_V = TypeVar("_V")
+
+
+def _keep(cache: dict[str, _V], text: str, value: _V) -> None:
+    """Keep a parsed ``value`` of ``text`` if it is small, the oldest entry going first."""
+    if len(text) <= NA_CACHE_TEXT and text.count(";") <= NA_CACHE_PARAMS:
+        if len(cache) >= NA_CACHE_ENTRIES:
+            del cache[next(iter(cache))]
+        cache[text] = value
 
 
 # Parsed URIs by their text: the Request-URI of every in-dialog request is a Contact that
@@ -323,10 +330,7 @@ def parse_uri(text: str) -> Uri:
     uri = _URI_CACHE.get(text)
     if uri is None:
         uri = _parse_uri(text)
-        if _cacheable(text):
-            if len(_URI_CACHE) >= NA_CACHE_ENTRIES:
-                del _URI_CACHE[next(iter(_URI_CACHE))]
-            _URI_CACHE[text] = uri
+        _keep(_URI_CACHE, text, uri)
     return uri
 
 
@@ -507,10 +511,7 @@ def parse_name_addr(text: str) -> NameAddr:
     na = _NA_CACHE.get(text)
     if na is None:
         na = _parse_name_addr(text)
-        if _cacheable(text):
-            if len(_NA_CACHE) >= NA_CACHE_ENTRIES:
-                del _NA_CACHE[next(iter(_NA_CACHE))]
-            _NA_CACHE[text] = na
+        _keep(_NA_CACHE, text, na)
     return na
 
 
