@@ -486,6 +486,7 @@ async def serve(config_path: str, config: Config) -> int:
     dns_task.cancel()
     sweep_task.cancel()
     lag_task.cancel()
+    driver.flush()  # what the last messages made (a flush may still be queued)
     driver.close()
     if httpd is not None:
         await httpd.close()
