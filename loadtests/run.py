@@ -7,6 +7,7 @@
     python loadtests/run.py --find-max --duration 15            # highest rate, < 0.1% failed
     python loadtests/run.py --hold-calls 10000                  # memory per held call
     python loadtests/run.py --versus-sippy --rate 100,150       # sippy, same runs (sippy.py)
+    python loadtests/run.py --versus-sippy --rate 150 --repeat 3  # interleaved pairs, median ratio
 
 sipguard runs as in production (privacy enforcement on an untrusted customer trunk,
 file CDRs in a temporary directory), pinned to core 1 (``taskset -c 1``); both SIPp

@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -553,37 +554,40 @@ def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
             print(versus_row(v), flush=True)
 
         print(versus_header(), flush=True)
+        # with --repeat, the pairs are interleaved (sippy, sipguard, sippy, sipguard …): the
+        # VM's noise moves both alike, and the summary gives the median ratio of the pairs
         for rate in [*rates, *(r for r in solo if r not in rates)]:
-            sp: LoadResult | None = None
-            if rate in rates:
-                try:
-                    sp = run_sippy_load(
-                        install,
-                        rate,
-                        args.duration,
-                        args.hold_ms,
-                        workdir=base / f"sippy-rate-{rate:g}",
-                        pin=pin,
-                        quiet=args.quiet,
-                        uas_scenario=scenario,
-                    )
-                except SippyError as e:
-                    print(f"sippy could not be run: {e}", file=sys.stderr)
-                    return 2
-                wd = Path(sp.workdir)
-                show(VersusRow(install.label, sp, callee_byes(wd), None, sippy_log_errors(wd)))
-            sg = run_load(
-                rate,
-                args.duration,
-                args.hold_ms,
-                workdir=base / f"sipguard-rate-{rate:g}",
-                pin=pin,
-                quiet=args.quiet,
-                uas_scenario=scenario,
-            )
-            ratio = cpu_ratio(sg, sp) if sp is not None else None
-            show(VersusRow("sipguard", sg, callee_byes(Path(sg.workdir)), ratio))
-            status |= 0 if sg.ok else 1
+            for i in range(max(1, args.repeat)):
+                sp: LoadResult | None = None
+                if rate in rates:
+                    try:
+                        sp = run_sippy_load(
+                            install,
+                            rate,
+                            args.duration,
+                            args.hold_ms,
+                            workdir=base / f"sippy-rate-{rate:g}-{i}",
+                            pin=pin,
+                            quiet=args.quiet,
+                            uas_scenario=scenario,
+                        )
+                    except SippyError as e:
+                        print(f"sippy could not be run: {e}", file=sys.stderr)
+                        return 2
+                    wd = Path(sp.workdir)
+                    show(VersusRow(install.label, sp, callee_byes(wd), None, sippy_log_errors(wd)))
+                sg = run_load(
+                    rate,
+                    args.duration,
+                    args.hold_ms,
+                    workdir=base / f"sipguard-rate-{rate:g}-{i}",
+                    pin=pin,
+                    quiet=args.quiet,
+                    uas_scenario=scenario,
+                )
+                ratio = cpu_ratio(sg, sp) if sp is not None else None
+                show(VersusRow("sipguard", sg, callee_byes(Path(sg.workdir)), ratio))
+                status |= 0 if sg.ok else 1
         _summary(rows, install)
         if args.json:
             print(
@@ -608,21 +612,29 @@ def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
 
 
 def _summary(rows: list[VersusRow], install: SippyInstall) -> None:
-    """One line per rate both ran at: the CPU ratio and both success rates."""
-    by_rate: dict[float, dict[str, VersusRow]] = {}
+    """One line per rate both ran at: the CPU ratio (the median of the pairs, with their
+    range, when each ran several times) and both success rates."""
+    by_rate: dict[float, dict[str, list[VersusRow]]] = {}
     for v in rows:
-        by_rate.setdefault(v.result.rate, {})[v.element] = v
-    for rate, pair in by_rate.items():
-        sp, sg = pair.get(install.label), pair.get("sipguard")
-        if sp is None or sg is None:
+        by_rate.setdefault(v.result.rate, {}).setdefault(v.element, []).append(v)
+    for rate, runs in by_rate.items():
+        sps, sgs = runs.get(install.label, []), runs.get("sipguard", [])
+        ratios = [v.cpu_ratio for v in sgs if v.cpu_ratio is not None]
+        if not sps or not ratios:
             continue
 
-        def pct(v: VersusRow) -> str:
-            s = v.success_rate
-            return "-" if s is None else f"{s * 100:.2f}%"
+        def pct(vs: list[VersusRow]) -> str:
+            rates = [v.success_rate for v in vs if v.success_rate is not None]
+            return "-" if not rates else f"{min(rates) * 100:.2f}%"
 
+        spread = (
+            f" (median of {len(ratios)} pairs, {min(ratios):.3f} to {max(ratios):.3f})"
+            if len(ratios) > 1
+            else ""
+        )
         print(
             f"{rate:g} calls/s: sipguard/{install.label} CPU s per 1,000 calls = "
-            f"{_fmt(sg.cpu_ratio, '.3f')}; calls succeeded: sipguard {pct(sg)}, "
-            f"{install.label} {pct(sp)}"
+            f"{statistics.median(ratios):.3f}{spread}; calls succeeded"
+            f"{' (lowest run)' if len(ratios) > 1 else ''}: sipguard {pct(sgs)}, "
+            f"{install.label} {pct(sps)}"
         )
