@@ -16,6 +16,7 @@ from sipguard.cdr.record import (
     CdrRecord,
     end_of,
     end_record,
+    epoch_ms,
     format_ts,
     make_call_id,
     parse_ms,
@@ -147,6 +148,21 @@ def test_end_of_start_record() -> None:
     # never before the answer
     early = end_of(start, 0, status=200, end_reason="crash_recovered")
     assert early.duration_ms == 0 and early.end == early.answer
+    # what it builds is a whole valid record, as the constructor would check it
+    assert CdrRecord(**end.to_dict()) == end
+    with pytest.raises(ValueError, match="bad status"):
+        end_of(start, 0, status=99, end_reason="caller_bye")
+    with pytest.raises(ValueError, match="bad end_reason"):
+        end_of(start, 0, status=200, end_reason="hung_up")  # type: ignore[arg-type]
+
+
+def test_an_answered_call_closed_from_its_start_record_equals_the_built_end() -> None:
+    """The core ends an answered call with end_of(): the same record end_record() gives."""
+    for answer, end in ((T0 + 0.25, T0 + 61.0004), (T0 - 0.004, T0 - 1.0), (T0 + 1, T0 + 1)):
+        start = _start(start=T0, answer=answer, presentation="allowed")
+        built = _end(start=T0, answer=answer, end=end, status=200, end_reason="callee_bye")
+        closed = end_of(start, epoch_ms(end), status=200, end_reason="callee_bye")
+        assert closed == built
 
 
 @pytest.mark.parametrize(

@@ -424,6 +424,12 @@ def test_parse_caches_are_bounded_and_give_equal_immutable_values() -> None:
     assert len(uri_mod._URI_CACHE) == n
     assert "<sip:u0@example.com>;tag=0" not in uri_mod._NA_CACHE
     assert f"<sip:u{n + 99}@example.com>;tag={n + 99}" in uri_mod._NA_CACHE
+    # each kept key has its one slot in the ring that evicts it, and no other
+    for cache, ring in (
+        (uri_mod._NA_CACHE, uri_mod._NA_RING),
+        (uri_mod._URI_CACHE, uri_mod._URI_RING),
+    ):
+        assert sorted(k for k in ring.keys if k is not None) == sorted(cache)
     # a long value, or one with many parameters (many objects), is parsed but not kept
     long_text = "<sip:" + "a" * uri_mod.NA_CACHE_TEXT + "@example.com>"
     assert uri_mod.parse_name_addr(long_text).uri.user == "a" * uri_mod.NA_CACHE_TEXT

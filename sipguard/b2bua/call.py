@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.identity import CallIdentity
+from sipguard.cdr.record import CdrRecord
 from sipguard.config.model import MAX_SESSION_INTERVAL, Config, Trunk
 from sipguard.policy.body import filter_body
 from sipguard.policy.headers import copy_headers
@@ -392,6 +393,7 @@ class Call:
         "b_rseq",
         "b_ruri",
         "b_targets",
+        "cdr_start",
         "config",
         "core",
         "emergency",
@@ -412,7 +414,6 @@ class Call:
         "timer",
         "trunk_in",
         "trunk_out",
-        "wall_answer",
         "wall_start",
     )
 
@@ -440,7 +441,8 @@ class Call:
         self.started_at = now
         self.wall_start = core.wall(now)
         self.answered_at: float | None = None
-        self.wall_answer: float | None = None  # the same answer time in both CDR records
+        # the start record, written when the call is answered; the end record closes it
+        self.cdr_start: CdrRecord | None = None
         self.a_invite = stx
         self.b_cseq = 0
         self.b_offer = b""
@@ -504,7 +506,7 @@ class Call:
             auth = _NO_AUTH
         pairs = [
             (lname, value)
-            for lname, _, value in msg.header_items()
+            for lname, value in msg.keyed_headers()
             if lname not in _PER_LEG
             and (lname in auth or (lname not in _AUTH_CHALLENGE and lname not in _AUTH_CREDENTIALS))
         ]
@@ -514,7 +516,7 @@ class Call:
             towards_trusted=trunk.trusted,
             restricted=restricted,
             emergency_to_emergency_trunk=self.emergency and not towards_a,
-            allowlist=trunk.header_allowlist | auth,
+            allowlist=trunk.header_allowlist | auth if auth else trunk.header_allowlist,
             # RFC 7044 §10.1: the caller's Privacy: history (sipguard sends no Privacy
             # header of its own that would ask the next hop for it)
             anonymise_history=not towards_a and "history" in self.ident.facts.privacy,

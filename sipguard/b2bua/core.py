@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 from sipguard.b2bua.call import ANSWERED, ENDED, Call, Leg, session_expires
 from sipguard.b2bua.identity import CallRefusedError, identify, identity_headers
-from sipguard.cdr.record import CdrRecord, end_record, make_call_id, new_instance_tag, start_record
+from sipguard.cdr.record import (
+    CdrRecord,
+    end_of,
+    end_record,
+    epoch_ms,
+    make_call_id,
+    new_instance_tag,
+    start_record,
+)
 from sipguard.config.model import Config, Trunk
 from sipguard.metrics import Metrics
 from sipguard.policy.decision import refusal
@@ -114,6 +122,9 @@ class B2BUA:
     ) -> None:
         self.config = config
         self.metrics = metrics
+        if metrics is not None:
+            # read when scraped: nothing to do per call
+            metrics.active_calls.set_function(self._count_active)
         self.layer = TransactionLayer(self, self._timers(config))
         self.outbox = self.layer.outbox
         self.cdr_out: list[CdrRecord] = []
@@ -174,6 +185,9 @@ class B2BUA:
     @property
     def active_calls(self) -> int:
         return self.calls
+
+    def _count_active(self) -> float:
+        return float(self.calls)
 
     def receive(self, data: bytes, flow: Flow, now: float) -> None:
         """A datagram, or one framed message from a stream, arrived on ``flow``."""
@@ -512,8 +526,6 @@ class B2BUA:
             self.emergency_calls += 1
         name = call.trunk_in.name
         self.trunk_calls[name] = self.trunk_calls.get(name, 0) + 1
-        if self.metrics is not None:
-            self.metrics.active_calls.set(self.calls)
 
     def _limit(self, trunk: Trunk, emergency: bool, now: float, source: str) -> str | None:
         """Why a new call must be refused with 503, or None (SPEC §1.4, §8)."""
@@ -810,20 +822,19 @@ class B2BUA:
 
     def call_answered(self, call: Call, now: float) -> None:
         ident = call.ident
-        call.wall_answer = self.wall(now)
-        self.cdr_out.append(
-            start_record(
-                call_id=call.id,
-                trunk_in=call.trunk_in.name,
-                trunk_out=call.trunk_out.name,
-                caller=ident.caller,
-                callee=ident.callee,
-                presentation=ident.decision.presentation,
-                emergency=call.emergency,
-                start=call.wall_start,
-                answer=call.wall_answer,
-            )
+        rec = start_record(
+            call_id=call.id,
+            trunk_in=call.trunk_in.name,
+            trunk_out=call.trunk_out.name,
+            caller=ident.caller,
+            callee=ident.callee,
+            presentation=ident.decision.presentation,
+            emergency=call.emergency,
+            start=call.wall_start,
+            answer=self.wall(now),
         )
+        call.cdr_start = rec
+        self.cdr_out.append(rec)
         if self.metrics is not None:
             self.metrics.call_setup.observe(now - call.started_at)
 
@@ -840,8 +851,18 @@ class B2BUA:
             del self.invites[call.merge_key]
         ident = call.ident
         answer = call.answered_at
-        self.cdr_out.append(
-            end_record(
+        end = self.wall(now)
+        if call.cdr_start is not None:
+            # the answered call's end record closes its start record: the same id, trunks,
+            # numbers, start and answer, checked once
+            rec = end_of(
+                call.cdr_start,
+                epoch_ms(end),
+                status=call.status,
+                end_reason=end_reason,  # type: ignore[arg-type]
+            )
+        else:
+            rec = end_record(
                 call_id=call.id,
                 trunk_in=call.trunk_in.name,
                 trunk_out=call.trunk_out.name,
@@ -850,18 +871,16 @@ class B2BUA:
                 presentation=ident.decision.presentation,
                 emergency=call.emergency,
                 start=call.wall_start,
-                answer=call.wall_answer,
-                end=self.wall(now),
+                answer=None,
+                end=end,
                 status=call.status,
                 end_reason=end_reason,  # type: ignore[arg-type]
             )
-        )
+        self.cdr_out.append(rec)
         result = "answered" if answer is not None else end_reason
         self._count_call(call.trunk_in.name, call.trunk_out.name, result)
-        if self.metrics is not None:
-            self.metrics.active_calls.set(self.calls)
-            if answer is None:
-                self.metrics.call_setup.observe(now - call.started_at)
+        if self.metrics is not None and answer is None:
+            self.metrics.call_setup.observe(now - call.started_at)
 
     def streams_in_use(self) -> set[tuple[str, str, int]]:
         """(transport, host, port) of every TCP/TLS peer a call in progress uses."""

@@ -389,25 +389,34 @@ def end_record(
 
 
 def end_of(start_rec: CdrRecord, end_ms: int, *, status: int, end_reason: EndReason) -> CdrRecord:
-    """The ``end`` record that closes ``start_rec`` at ``end_ms`` (never before the answer)."""
+    """The ``end`` record that closes ``start_rec`` at ``end_ms`` (never before the answer).
+
+    The fields the two records share were checked when the start record was built and
+    are copied as they are: only the end, the status and the reason are new. On the
+    per-call path (every answered call ends this way), so it builds the record as
+    :func:`_built` does."""
     if start_rec.kind != "start" or start_rec.answer is None:
         raise ValueError("end_of() takes a start record")
+    if type(status) is not int or not 100 <= status <= 699:
+        raise ValueError(f"bad status {status!r}")
+    if end_reason not in END_REASONS:
+        raise ValueError(f"bad end_reason {end_reason!r}")
     answer_ms = parse_ms(start_rec.answer)
     end_ms = max(end_ms, answer_ms)
-    return CdrRecord(
-        v=SCHEMA_VERSION,
-        id=start_rec.id,
-        kind="end",
-        trunk_in=start_rec.trunk_in,
-        trunk_out=start_rec.trunk_out,
-        caller=start_rec.caller,
-        callee=start_rec.callee,
-        presentation=start_rec.presentation,
-        emergency=start_rec.emergency,
-        start=start_rec.start,
-        answer=start_rec.answer,
-        end=format_ms(end_ms),
-        duration_ms=end_ms - answer_ms,
-        status=status,
-        end_reason=end_reason,
-    )
+    rec = object.__new__(CdrRecord)
+    put = object.__setattr__
+    for name in _SHARED:
+        put(rec, name, getattr(start_rec, name))
+    put(rec, "kind", "end")
+    put(rec, "end", format_ms(end_ms))
+    put(rec, "duration_ms", end_ms - answer_ms)
+    put(rec, "status", status)
+    put(rec, "end_reason", end_reason)
+    return rec
+
+
+# what an end record copies from the start record it closes
+_SHARED: Final = (
+    "v", "id", "trunk_in", "trunk_out", "caller", "callee", "presentation", "emergency",
+    "start", "answer",
+)  # fmt: skip

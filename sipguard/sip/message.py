@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import FunctionType
 from typing import Final
@@ -404,10 +404,14 @@ class SipMessage:
                 out.append(item)
         return out
 
-    def header_items(self) -> Iterator[tuple[str, str, str]]:
-        """``(canonical lower-case name, name as written, value)`` for every header line."""
+    def keyed_headers(self) -> list[tuple[str, str]]:
+        """``(canonical lower-case name, value)`` for every header line, in order."""
+        keys = _KEYS
+        out: list[tuple[str, str]] = []
         for name, value in self.headers:
-            yield _header_key(name), name, value
+            key = keys.get(name)
+            out.append((_header_key(name) if key is None else key, value))
+        return out
 
     # -- typed views -----------------------------------------------------------------------
 
@@ -945,9 +949,22 @@ _CANONICAL: Final[dict[str, str]] = {
 }
 
 
+# name -> its usual spelling, a bounded memo as _KEYS is: every relayed header is spelled
+_SPELLED: Final[dict[str, str]] = {}
+
+
 def canonical_name(lname: str) -> str:
     """A header name in its usual spelling: ``call-id`` -> ``Call-ID``, ``p-asserted-identity``
     -> ``P-Asserted-Identity``; compact forms are expanded first."""
+    name = _SPELLED.get(lname)
+    if name is None:
+        name = _spell(lname)
+        if len(_SPELLED) < _KEYS_MAX and len(lname) <= 64:
+            _SPELLED[lname] = name
+    return name
+
+
+def _spell(lname: str) -> str:
     key = lname.lower()
     key = COMPACT_FORMS.get(key, key)
     name = _CANONICAL.get(key)

@@ -302,9 +302,15 @@ def parse_host_port(text: str) -> tuple[str, int | None]:
 
 # Both parse caches keep only small values (a bounded text with few parameters: a value
 # with dozens of parameters is many objects, and a peer chooses what it sends) and at most
-# NA_CACHE_ENTRIES of them, the oldest going first. Whatever a peer sends, each holds a
-# few MB and tens of thousands of objects at most, and evicting is one entry at a time.
-NA_CACHE_ENTRIES: Final = 2048
+# NA_CACHE_ENTRIES of them, the oldest going first. Whatever a peer sends, each holds well
+# under a MB and a few thousand objects, and evicting is one entry at a time.
+#
+# What a cache saves is the repeats within a transaction or two (the 180 and the 200 of an
+# INVITE, its ACK): about seven new texts a call, so 256 entries cover tens of
+# milliseconds even at thousands of calls a second. A BYE seconds later misses at any
+# size that fits in memory; a larger cache only evicts values that have gone cold
+# (2,048 entries: 0.334 CPU ms per call at 2,500 calls/s, against 0.316-0.328 at 256).
+NA_CACHE_ENTRIES: Final = 256
 NA_CACHE_TEXT: Final = 160
 NA_CACHE_PARAMS: Final = 6
 
@@ -312,17 +318,40 @@ NA_CACHE_PARAMS: Final = 6
 _V = TypeVar("_V")
 
 
-def _keep(cache: dict[str, _V], text: str, value: _V) -> None:
-    """Keep a parsed ``value`` of ``text`` if it is small, the oldest entry going first."""
+class _Ring:
+    """The keys of a parse cache in the order they were kept: the next slot is the oldest.
+
+    Eviction is a dict deletion by key. Taking the oldest key as ``next(iter(cache))``
+    instead walks over every entry deleted before it that the dict has not compacted yet:
+    hundreds per call under load, 5% of the process at 1,500 calls/s.
+    """
+
+    __slots__ = ("keys", "pos")
+
+    def __init__(self, size: int) -> None:
+        self.keys: list[str | None] = [None] * size
+        self.pos = 0
+
+
+def _keep(cache: dict[str, _V], ring: _Ring, text: str, value: _V) -> None:
+    """Keep a parsed ``value`` of ``text`` (not in ``cache``) if it is small, the oldest
+    entry going first. Every key in ``cache`` has exactly one slot in ``ring``."""
     if len(text) <= NA_CACHE_TEXT and text.count(";") <= NA_CACHE_PARAMS:
-        if len(cache) >= NA_CACHE_ENTRIES:
-            del cache[next(iter(cache))]
+        keys = ring.keys
+        pos = ring.pos
+        old = keys[pos]
+        if old is not None:
+            del cache[old]
+        keys[pos] = text
+        pos += 1
+        ring.pos = 0 if pos == len(keys) else pos
         cache[text] = value
 
 
 # Parsed URIs by their text: the Request-URI of every in-dialog request is a Contact that
 # came before, and a Uri is an immutable value.
 _URI_CACHE: Final[dict[str, Uri]] = {}
+_URI_RING: Final = _Ring(NA_CACHE_ENTRIES)
 
 
 def parse_uri(text: str) -> Uri:
@@ -330,7 +359,7 @@ def parse_uri(text: str) -> Uri:
     uri = _URI_CACHE.get(text)
     if uri is None:
         uri = _parse_uri(text)
-        _keep(_URI_CACHE, text, uri)
+        _keep(_URI_CACHE, _URI_RING, text, uri)
     return uri
 
 
@@ -504,6 +533,7 @@ _NAME_ADDR_SIP_RE: Final = re.compile(_DISPLAY + "<(" + _sip_uri("(?:") + ")>" +
 # again in the messages of the call, and a NameAddr is an immutable value: the same text
 # is parsed once while it is among the most recent. Bounded as the URI cache is.
 _NA_CACHE: Final[dict[str, NameAddr]] = {}
+_NA_RING: Final = _Ring(NA_CACHE_ENTRIES)
 
 
 def parse_name_addr(text: str) -> NameAddr:
@@ -511,7 +541,7 @@ def parse_name_addr(text: str) -> NameAddr:
     na = _NA_CACHE.get(text)
     if na is None:
         na = _parse_name_addr(text)
-        _keep(_NA_CACHE, text, na)
+        _keep(_NA_CACHE, _NA_RING, text, na)
     return na
 
 
