@@ -351,3 +351,66 @@ def test_the_builders_check_what_they_are_given(field: str, value: object) -> No
             args.pop(key)
         with pytest.raises(ValueError):
             start_record(**args)  # type: ignore[arg-type]
+
+
+@given(
+    trunk_in=st.from_regex(r"[^\s\x00-\x1f\x7f]{1,40}", fullmatch=True),
+    trunk_out=st.one_of(st.none(), st.from_regex(r"[^\s\x00-\x1f\x7f]{1,40}", fullmatch=True)),
+    caller=st.from_regex(r"\+?[0-9*#]{0,32}|urn:service:sos(?:\.[a-z0-9-]+)*", fullmatch=True),
+    callee=st.from_regex(r"\+?[0-9*#]{0,32}|urn:service:sos(?:\.[a-z0-9-]+)*", fullmatch=True),
+    presentation=st.sampled_from(["allowed", "restricted"]),
+    emergency=st.booleans(),
+    start=st.floats(min_value=0, max_value=4e9),
+    talk=st.one_of(st.none(), st.floats(min_value=0, max_value=86400)),
+    status=st.integers(min_value=100, max_value=699),
+    reason=st.sampled_from(sorted(END_REASONS)),
+    closed=st.booleans(),
+)
+def test_the_json_line_is_what_json_dumps_writes(
+    trunk_in: str,
+    trunk_out: str | None,
+    caller: str,
+    callee: str,
+    presentation: str,
+    emergency: bool,
+    start: float,
+    talk: float | None,
+    status: int,
+    reason: str,
+    closed: bool,
+) -> None:
+    """to_json() writes each field out itself: byte for byte what json.dumps gives, for
+    every value the record's checks let in (quotes, backslashes, non-ASCII trunk names)."""
+    common = {
+        "call_id": make_call_id("0123abcd"),
+        "trunk_in": trunk_in,
+        "trunk_out": trunk_out,
+        "caller": caller,
+        "callee": callee,
+        "presentation": presentation,
+        "emergency": emergency,
+    }
+    records = [
+        end_record(
+            **common, start=start, answer=None, end=start + 1, status=status, end_reason=reason
+        )
+    ]  # type: ignore[arg-type]
+    if talk is not None:
+        first = start_record(**common, start=start, answer=start + 0.5)  # type: ignore[arg-type]
+        last = (
+            end_of(first, epoch_ms(start + talk), status=status, end_reason=reason)  # type: ignore[arg-type]
+            if closed
+            else end_record(
+                **common,
+                start=start,
+                answer=start + 0.5,
+                end=start + talk,
+                status=status,
+                end_reason=reason,
+            )  # type: ignore[arg-type]
+        )
+        records += [first, last]
+    for rec in records:
+        line = rec.to_json()
+        assert line == json.dumps(rec.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        assert CdrRecord.from_json(line) == rec

@@ -180,6 +180,21 @@ def make_call_id(instance: str) -> str:
     return f"{instance}{_ids.getrandbits(96):024x}"
 
 
+@lru_cache(maxsize=256)
+def _json_text(text: str) -> str:
+    """A string as JSON (a trunk name: any printable text; few distinct, so kept)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _json_opt(text: str | None) -> str:
+    """A string that needs no escaping (a timestamp, an end reason), or null."""
+    return "null" if text is None else f'"{text}"'
+
+
+def _json_int(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class CdrRecord:
     """One CDR record (SPEC §6). Build it with :func:`start_record` or :func:`end_record`."""
@@ -267,8 +282,23 @@ class CdrRecord:
         return {name: getattr(self, name) for name in FIELDS}
 
     def to_json(self) -> str:
-        """One compact JSON line (no newline), keys in a stable order."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        """One compact JSON line (no newline), keys in :data:`FIELDS` order: what
+        ``json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)`` gives.
+
+        Written out field by field (a third of the time, for every record written): the
+        checks every record passed leave nothing to escape but in the trunk names, which
+        go through ``json.dumps``."""
+        trunk_out = "null" if self.trunk_out is None else _json_text(self.trunk_out)
+        emergency = "true" if self.emergency else "false"
+        return (
+            f'{{"v":{self.v},"id":"{self.id}","kind":"{self.kind}",'
+            f'"trunk_in":{_json_text(self.trunk_in)},"trunk_out":{trunk_out},'
+            f'"caller":"{self.caller}","callee":"{self.callee}",'
+            f'"presentation":"{self.presentation}","emergency":{emergency},'
+            f'"start":"{self.start}","answer":{_json_opt(self.answer)},'
+            f'"end":{_json_opt(self.end)},"duration_ms":{_json_int(self.duration_ms)},'
+            f'"status":{_json_int(self.status)},"end_reason":{_json_opt(self.end_reason)}}}'
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CdrRecord:
