@@ -43,6 +43,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from sipguard.sip.message import Request, parse_message
+from tests.callsim import response_to
 from tests.sipp_harness import (
     CALLEE_IP,
     CALLER_IP,
@@ -773,6 +775,44 @@ def tcp_connect(setup: Setup) -> socket.socket:
     return socket.create_connection(
         sipguard_addr(setup), timeout=2.0, source_address=(CALLER_IP, 0)
     )
+
+
+def test_a_response_after_its_tcp_connection_closed_goes_to_the_via_sent_by_port(
+    tmp_path: Path,
+) -> None:
+    """RFC 3261 §18.2.2: a response whose request's connection has closed goes over a new
+    connection to the source address and the port of the top Via's sent-by (where the
+    caller listens), not to the closed connection's ephemeral port."""
+    setup = write_config(tmp_path)
+    sg = Sipguard(setup).start()
+    callee = UdpPeer(CALLEE_IP, setup.callee_port)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((CALLER_IP, 0))
+    listener.listen(4)
+    sent_by = (CALLER_IP, int(listener.getsockname()[1]))
+    with running(sg), contextlib.closing(listener), contextlib.closing(callee.sock):
+        conn = tcp_connect(setup)
+        ephemeral = conn.getsockname()[1]
+        assert ephemeral != sent_by[1]
+        conn.sendall(sip_request("INVITE", local=sent_by, transport="TCP", body=SDP))
+        b_invite = None
+        deadline = time.monotonic() + 3.0
+        while b_invite is None and time.monotonic() < deadline:
+            b_invite = next((m for m in callee.recv_all(0.1) if m.startswith(b"INVITE ")), None)
+        assert b_invite is not None, sg.log_tail()
+        trying, _ = tcp_read_until_closed(conn, 0.5)
+        assert status_of(trying) == 100, trying
+        conn.close()
+        time.sleep(0.3)  # sipguard has seen the connection close
+        req = parse_message(b_invite)
+        assert isinstance(req, Request)
+        callee.send(response_to(req, 486, "Busy Here", "callee-tag"), sipguard_addr(setup))
+        listener.settimeout(5.0)
+        back, _ = listener.accept()  # the new connection, to the Via's port
+        with contextlib.closing(back):
+            assert back.getpeername()[0] == SIPGUARD_IP
+            busy, _ = tcp_read_until_closed(back, 3.0)
+        assert status_of(busy) == 486, (busy, sg.log_tail())
 
 
 # sends batched per loop iteration from the first message (as under load)

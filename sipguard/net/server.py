@@ -26,6 +26,8 @@ from sipguard.metrics import Metrics
 from sipguard.net.dns import TargetResolver
 from sipguard.net.httpd import MetricsServer
 from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
+from sipguard.sip.errors import SipError
+from sipguard.sip.message import parse_message
 from sipguard.sip.transaction import Flow
 
 log = logging.getLogger("sipguard")
@@ -60,6 +62,18 @@ def message_kind(data: bytes) -> str:
         return _OUT_STATUS.get(data[8], "other") if len(data) > 8 else "other"
     sp = data.find(b" ", 0, 16)
     return _OUT_KIND.get(data[: sp + 1], "other") if sp > 0 else "other"
+
+
+def response_flow(flow: Flow, data: bytes) -> Flow:
+    """Where a response goes over TCP or TLS once its request's connection is gone (RFC
+    3261 §18.2.2): the address the request came from (its ``received``) and the port of
+    the top Via's sent-by, or the transport's default port when the Via names none."""
+    default = 5061 if flow.transport == "tls" else 5060
+    try:
+        port = parse_message(data, datagram=False).top_via.port or default
+    except SipError:  # our own response: never malformed, but never worse than before
+        return Flow(flow.transport, flow.local, flow.host, flow.port)
+    return Flow(flow.transport, flow.local, flow.host, port)
 
 
 # the guard collects when the objects tracked by the cyclic collector have grown by this
@@ -263,6 +277,11 @@ class Driver:
             return
         conn = self.conns.get(flow.conn) if flow.conn else None
         if conn is None or conn.closed:
+            if flow.conn and data.startswith(b"SIP/2.0 "):
+                # a response whose request's connection has closed goes to the port of
+                # the top Via's sent-by, where the peer listens, not to the closed
+                # connection's ephemeral port (RFC 3261 §18.2.2)
+                flow = response_flow(flow, data)
             conn = self.conn_by_addr.get((flow.transport, flow.host, flow.port))
         if conn is None or conn.closed:
             conn = self.connect(flow)
