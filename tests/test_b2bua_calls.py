@@ -1249,7 +1249,53 @@ def test_a_422_from_the_callee_is_retried_with_its_min_se_not_relayed() -> None:
     (b2,) = requests(to_callee, "INVITE")
     assert b2.call_id == b1.call_id and b2.cseq.number == b1.cseq.number + 1
     assert (b2.get("session-expires") or "").split(";")[0] == "3600"
+    # RFC 4028 §7.4: the retry's Min-SE is the 422's, not ours
+    assert b2.get("min-se") == "3600"
     assert [r.status for r in responses(w.take_caller())] == [100]
+    # a second 422 asking for less: the retry keeps the largest Min-SE any 422 gave
+    w.from_callee(response_to(b2, 422, "Session Interval Too Small", "t", extra="Min-SE: 1200\r\n"))
+    (b3,) = requests(w.take_callee(), "INVITE")
+    assert b3.get("min-se") == "3600"
+    assert (b3.get("session-expires") or "").split(";")[0] == "3600"
+
+
+def test_a_caller_with_timers_asking_for_too_small_an_interval_gets_422_with_our_min_se() -> None:
+    """RFC 4028 §9: below our Min-SE (90 s here) from a caller that supports timers: 422
+    with Min-SE, no B-leg, and the refused attempt's CDR."""
+    w = Wire()
+    w.from_caller(invite(1, headers="Supported: timer\r\nSession-Expires: 60\r\n"))
+    got = responses(w.take_caller())
+    assert [r.status for r in got] == [100, 422]
+    assert got[-1].get("min-se") == "90"
+    assert requests(w.take_callee()) == []
+    end = w.core.cdr_out[-1]
+    assert (end.kind, end.status, end.end_reason) == ("end", 422, "rejected")
+    assert w.core.calls == 0
+
+
+@pytest.mark.parametrize(
+    "user, headers",
+    [
+        ("0201234567", "Session-Expires: 60\r\n"),  # no timer support: raised, not refused
+        ("112", "Supported: timer\r\nSession-Expires: 60\r\n"),  # emergency: never refused
+    ],
+    ids=["no-timer-support", "emergency"],
+)
+def test_too_small_an_interval_is_raised_where_422_would_fail_the_call(
+    user: str, headers: str
+) -> None:
+    w = Wire()
+    e = establish(w, 1, invite(1, user=user, headers=headers))
+    assert (e.a_ok.get("session-expires") or "").split(";")[0] == "90"
+    assert w.core.calls == 1
+
+
+def test_our_interval_for_the_caller_is_never_below_its_min_se() -> None:
+    """RFC 4028 §9: without a Session-Expires we ask for ours (1,800 s), but never for
+    less than the Min-SE the caller sent."""
+    w = Wire()
+    e = establish(w, 1, invite(1, headers="Supported: timer\r\nMin-SE: 3600\r\n"))
+    assert e.a_ok.get("session-expires") == "3600;refresher=uac"
 
 
 def test_the_callers_record_route_comes_back_in_the_responses_and_routes_our_bye() -> None:

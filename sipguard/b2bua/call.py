@@ -110,6 +110,21 @@ def session_expires(msg: SipMessage) -> tuple[int, str | None] | None:
     return interval, refresher
 
 
+def request_min_se(msg: SipMessage) -> int:
+    """The ``Min-SE`` of a request in seconds, 0 when it has none (or not a number)."""
+    raw = msg.get("min-se")
+    return (delta_seconds(raw.partition(";")[0]) or 0) if raw is not None else 0
+
+
+def interval_too_small(req: Request, config: Config) -> bool:
+    """A caller that supports session timers asked for an interval below our Min-SE: the
+    INVITE gets 422 with our Min-SE (RFC 4028 §9)."""
+    se = session_expires(req)
+    if se is None or se[0] >= config.sip.min_se:
+        return False
+    return "timer" in (req.tokens("supported") | req.tokens("require"))
+
+
 class SessionTimer:
     """RFC 4028 on one leg: ``us`` means we refresh; else we expect the peer to."""
 
@@ -389,6 +404,7 @@ class Call:
         "b_ack",
         "b_cseq",
         "b_invite",
+        "b_min_se",
         "b_offer",
         "b_rseq",
         "b_ruri",
@@ -469,6 +485,8 @@ class Call:
         self.offer_pending = False
         self.pending_ack: dict[bool, Relay] = {}  # by "ACK arrives on the A-leg"
         self.redirects = 0
+        # the largest Min-SE a 422 of the next hop asked for (RFC 4028 §7.4), 0 if none
+        self.b_min_se = 0
         self.forks: dict[str, bytes] | None = None  # To tag -> our ACK, of 2xx we BYEd
         self.auth_retry = False  # this INVITE answers a challenge relayed from the B-leg
         # reliable provisional responses towards the caller (RFC 3262)
@@ -885,7 +903,7 @@ class Call:
             min_se = delta_seconds((resp.get("min-se") or "").split(";")[0])
             if min_se is not None and self.redirects < 3:
                 self.redirects += 1
-                self.core.min_se_override[self.id] = min_se
+                self.b_min_se = max(self.b_min_se, min_se)
                 self._send_b_invite(now)
                 return
         if status in (401, 407):
@@ -1195,4 +1213,15 @@ def _without_tag(value: str) -> str:
     return value[:i] + (value[j:] if j >= 0 else "")
 
 
-__all__ = ["ANSWERED", "EARLY", "ENDED", "IGNORE", "Call", "Leg", "param", "session_expires"]
+__all__ = [
+    "ANSWERED",
+    "EARLY",
+    "ENDED",
+    "IGNORE",
+    "Call",
+    "Leg",
+    "interval_too_small",
+    "param",
+    "request_min_se",
+    "session_expires",
+]

@@ -13,7 +13,15 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from sipguard.b2bua.call import ANSWERED, ENDED, Call, Leg, session_expires
+from sipguard.b2bua.call import (
+    ANSWERED,
+    ENDED,
+    Call,
+    Leg,
+    interval_too_small,
+    request_min_se,
+    session_expires,
+)
 from sipguard.b2bua.identity import CallRefusedError, identify, identity_headers
 from sipguard.cdr.record import (
     CdrRecord,
@@ -145,7 +153,6 @@ class B2BUA:
         self.down: dict[Flow, Prober] = {}
         self.resolved: dict[str, list[tuple[str, str, int]]] = {}
         self._target_flows: dict[str, list[Flow]] = {}
-        self.min_se_override: dict[str, int] = {}
         self._flood: dict[str, int] = {}
         self._flood_second = -1
         self.stats_in: dict[str, int] = {}
@@ -469,8 +476,14 @@ class B2BUA:
         route = trunk.emergency_target() if emergency else trunk.route_to
         trunk_out = config.trunks.get(route) if route else None
 
-        def refuse(status: int, label: str, end_reason: str, phrase: str | None = None) -> None:
-            self._reject(tx, status, label, now, reason=phrase)
+        def refuse(
+            status: int,
+            label: str,
+            end_reason: str,
+            phrase: str | None = None,
+            headers: list[tuple[str, str]] | None = None,
+        ) -> None:
+            self._reject(tx, status, label, now, headers, reason=phrase)
             self._refused_cdr(
                 trunk,
                 route,
@@ -485,6 +498,16 @@ class B2BUA:
 
         if trunk_out is None:
             refuse(404, "no_route", "rejected")
+            return
+        if not emergency and interval_too_small(req, config):
+            # RFC 4028 §9: the caller retries with our Min-SE (an emergency call never
+            # waits for that: its interval is raised instead)
+            refuse(
+                422,
+                "session_interval_too_small",
+                "rejected",
+                headers=[("Min-SE", str(config.sip.min_se))],
+            )
             return
         refused = self._limit(trunk, emergency, now, tx.flow.host)
         if refused is not None:
@@ -709,10 +732,13 @@ class B2BUA:
             ("Allow", ALLOW),
             ("Supported", "100rel, timer"),
         ]
-        se = self.min_se_override.pop(call.id, 0) or config.sip.session_expires
+        # after a 422, the retry asks for the largest Min-SE any 422 gave, and carries it
+        # as its Min-SE (RFC 4028 §7.4)
+        min_se = max(config.sip.min_se, call.b_min_se)
+        se = call.b_min_se or config.sip.session_expires
         if se > 0:
-            headers.append(("Session-Expires", str(max(se, config.sip.min_se))))
-            headers.append(("Min-SE", str(config.sip.min_se)))
+            headers.append(("Session-Expires", str(max(se, min_se))))
+            headers.append(("Min-SE", str(min_se)))
         headers.extend(call.relay_headers(a_req, towards_a=False))
         body = call.relay_body(a_req, headers, towards_a=False)  # SDP identity, location
         if body:
@@ -755,8 +781,11 @@ class B2BUA:
         if se is None:
             if not timer_ok or config.sip.session_expires <= 0:
                 return None
-            return config.sip.session_expires, "uac"
+            # never below the Min-SE the caller asked for (§9)
+            return max(config.sip.session_expires, request_min_se(req)), "uac"
         interval, refresher = se
+        # too small: a caller that supports timers got 422 already (interval_too_small);
+        # one that does not, or an emergency call, has it raised (§9 and its erratum 1687)
         interval = max(interval, config.sip.min_se)
         if refresher not in ("uac", "uas"):
             refresher = "uac" if timer_ok else "uas"
