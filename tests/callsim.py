@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from sipguard.b2bua.core import B2BUA
 from sipguard.config.loader import load_config_text
 from sipguard.config.model import Config
+from sipguard.metrics import Metrics
 from sipguard.sip.message import Request, Response, parse_message
 from sipguard.sip.transaction import Flow
 
@@ -197,9 +198,10 @@ class Wire:
     others: dict[Addr, list[bytes]] = field(default_factory=dict)
     drop: Callable[[Flow, bytes], bool] | None = None  # True: the datagram is lost
     caller_transport: str = "udp"  # or "tcp": the caller on a connection (listen entry 1)
+    metrics: Metrics | None = None  # the core counts into these when given
 
     def __post_init__(self) -> None:
-        self.core = B2BUA(self.config, None)
+        self.core = B2BUA(self.config, self.metrics)
 
     def from_caller(self, data: bytes) -> None:
         if self.caller_transport == "udp":

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from sipguard.b2bua.call import Call
+from sipguard.metrics import Metrics
 from sipguard.sip.message import Request, Response
 from sipguard.sip.transaction import Flow
 from tests.callsim import (
@@ -1716,3 +1717,27 @@ def test_a_late_offer_2xx_is_acked_with_rejected_streams_when_the_call_ends_firs
     assert len(ack) == 1 and len(bye) == 1
     assert msgs.index(ack[0]) < msgs.index(bye[0])
     assert b"m=audio 0 " in ack[0].body
+
+
+def test_the_metrics_count_calls_in_progress_setups_and_results() -> None:
+    """SPEC §7 through the core itself: sipguard_active_calls is read at scrape time."""
+    metrics = Metrics()
+    w = Wire(metrics=metrics)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels or None)
+
+    assert sample("sipguard_active_calls") == 0
+    establish(w, 1)
+    establish(w, 2)
+    assert sample("sipguard_active_calls") == 2
+    assert sample("sipguard_call_setup_seconds_count") == 2
+    basic_call(w, 3)
+    assert sample("sipguard_active_calls") == 2
+    w.core.shutdown(w.now)
+    w.flush()
+    assert sample("sipguard_active_calls") == 0
+    answered = sample(
+        "sipguard_calls_total", trunk_in="customers", trunk_out="pbx", result="answered"
+    )
+    assert answered == 3

@@ -414,3 +414,31 @@ def test_the_json_line_is_what_json_dumps_writes(
         line = rec.to_json()
         assert line == json.dumps(rec.to_dict(), separators=(",", ":"), ensure_ascii=False)
         assert CdrRecord.from_json(line) == rec
+
+
+def test_only_plain_ascii_values_are_admitted() -> None:
+    """A record is canonical: ASCII digits in its timestamps (int() would read any
+    Unicode digit) and plain strings (a str subclass could format itself otherwise in
+    the JSON line than json.dumps writes it)."""
+
+    class Sneaky(str):
+        def __format__(self, spec: str) -> str:
+            return 'x","caller":"+31999'
+
+    data = _end().to_dict()
+    for field, value in (
+        ("start", data["start"][:11] + "\u0660\u0660" + data["start"][13:]),
+        ("end", data["end"][:-4] + "\uff11\uff12\uff13Z"),
+        ("id", Sneaky(data["id"])),
+        ("caller", Sneaky(data["caller"])),
+        ("kind", Sneaky("end")),
+        ("presentation", Sneaky("allowed")),
+        ("end_reason", Sneaky("caller_bye")),
+        ("start", Sneaky(data["start"])),
+    ):
+        bad = dict(data, **{field: value})
+        with pytest.raises(ValueError):
+            CdrRecord.from_dict(bad)
+    start = _start()
+    with pytest.raises(ValueError):
+        end_of(start, 0, status=200, end_reason=Sneaky("caller_bye"))  # type: ignore[arg-type]

@@ -430,6 +430,11 @@ def test_parse_caches_are_bounded_and_give_equal_immutable_values() -> None:
         (uri_mod._URI_CACHE, uri_mod._URI_RING),
     ):
         assert sorted(k for k in ring.keys if k is not None) == sorted(cache)
+    # were a cache ever emptied behind its ring's back, eviction would still never fail
+    uri_mod._NA_CACHE.clear()
+    for i in range(n + 10):
+        assert uri_mod.parse_name_addr(f"<sip:v{i}@example.com>").uri.user == f"v{i}"
+    assert len(uri_mod._NA_CACHE) == n
     # a long value, or one with many parameters (many objects), is parsed but not kept
     long_text = "<sip:" + "a" * uri_mod.NA_CACHE_TEXT + "@example.com>"
     assert uri_mod.parse_name_addr(long_text).uri.user == "a" * uri_mod.NA_CACHE_TEXT

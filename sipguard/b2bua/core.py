@@ -130,9 +130,6 @@ class B2BUA:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        if metrics is not None:
-            # read when scraped: nothing to do per call
-            metrics.active_calls.set_function(self._count_active)
         self.layer = TransactionLayer(self, self._timers(config))
         self.outbox = self.layer.outbox
         self.cdr_out: list[CdrRecord] = []
@@ -160,6 +157,10 @@ class B2BUA:
         self.parse_errors = 0
         self._local: dict[tuple[int, str], LocalAddress] = {}  # by listen entry, transport
         self._trunks_by_source: dict[tuple[int, str], Trunk | None] = {}
+        if metrics is not None:
+            # read when scraped, once the core is whole: nothing to do per call. One core
+            # per process: the last one built on these metrics is the one they show.
+            metrics.active_calls.set_function(self._count_active)
 
     @staticmethod
     def _timers(config: Config) -> Timers:

@@ -75,7 +75,8 @@ FIELDS: Final = (
     "end_reason",
 )
 
-_TS_RE: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+# ASCII digits only: int() would take any Unicode digit, and a record stays canonical
+_TS_RE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z")
 # sipguard's own call id: opaque, URL- and file-safe. A SIP Call-ID (word@host) never fits.
 _ID_RE: Final = re.compile(r"[0-9A-Za-z_-]{1,64}")
 # An instance tag: the first characters of every call id this instance makes.
@@ -134,7 +135,7 @@ def parse_ms(ts: str) -> int:
     On the per-call path (every record is checked when built), so it does its own
     arithmetic instead of ``time.strptime``.
     """
-    if _TS_RE.fullmatch(ts) is None:
+    if type(ts) is not str or _TS_RE.fullmatch(ts) is None:
         raise ValueError(f"not a CDR timestamp (YYYY-MM-DDTHH:MM:SS.mmmZ): {ts!r}")
     hour, minute, second = int(ts[11:13]), int(ts[14:16]), int(ts[17:19])
     if hour > 23 or minute > 59 or second > 59:
@@ -218,26 +219,26 @@ class CdrRecord:
     def __post_init__(self) -> None:
         if type(self.v) is not int or self.v != SCHEMA_VERSION:
             raise ValueError(f"v must be {SCHEMA_VERSION}")
-        if self.kind not in KINDS:
+        if type(self.kind) is not str or self.kind not in KINDS:
             raise ValueError(f"bad kind {self.kind!r}")
         self._check_given()
         self._check_times()
 
     def _check_given(self) -> None:
         """The fields a record's builder is given (not worked out from times)."""
-        if not isinstance(self.id, str) or _ID_RE.fullmatch(self.id) is None:
+        if type(self.id) is not str or _ID_RE.fullmatch(self.id) is None:
             raise ValueError(f"bad call id {self.id!r}")
-        if not isinstance(self.trunk_in, str) or _TRUNK_RE.fullmatch(self.trunk_in) is None:
+        if type(self.trunk_in) is not str or _TRUNK_RE.fullmatch(self.trunk_in) is None:
             raise ValueError(f"bad trunk_in {self.trunk_in!r}")
         if self.trunk_out is not None and (
-            not isinstance(self.trunk_out, str) or _TRUNK_RE.fullmatch(self.trunk_out) is None
+            type(self.trunk_out) is not str or _TRUNK_RE.fullmatch(self.trunk_out) is None
         ):
             raise ValueError(f"bad trunk_out {self.trunk_out!r}")
         for name in ("caller", "callee"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not is_cdr_number(value):
+            if type(value) is not str or not is_cdr_number(value):
                 raise ValueError(f"{name} must be an E.164 number or a dialled code")
-        if self.presentation not in PRESENTATIONS:
+        if type(self.presentation) is not str or self.presentation not in PRESENTATIONS:
             raise ValueError(f"bad presentation {self.presentation!r}")
         if type(self.emergency) is not bool:
             raise ValueError("emergency must be a bool")
@@ -245,7 +246,9 @@ class CdrRecord:
             type(self.status) is not int or not 100 <= self.status <= 699
         ):
             raise ValueError(f"bad status {self.status!r}")
-        if self.end_reason is not None and self.end_reason not in END_REASONS:
+        if self.end_reason is not None and (
+            type(self.end_reason) is not str or self.end_reason not in END_REASONS
+        ):
             raise ValueError(f"bad end_reason {self.end_reason!r}")
 
     def _check_times(self) -> None:
@@ -285,9 +288,9 @@ class CdrRecord:
         """One compact JSON line (no newline), keys in :data:`FIELDS` order: what
         ``json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)`` gives.
 
-        Written out field by field (a third of the time, for every record written): the
-        checks every record passed leave nothing to escape but in the trunk names, which
-        go through ``json.dumps``."""
+        Written out field by field (a sixth of the time, for every record written): the
+        checks every record passed (plain ``str`` values of the shapes they allow) leave
+        nothing to escape but in the trunk names, which go through ``json.dumps``."""
         trunk_out = "null" if self.trunk_out is None else _json_text(self.trunk_out)
         emergency = "true" if self.emergency else "false"
         return (
@@ -429,7 +432,7 @@ def end_of(start_rec: CdrRecord, end_ms: int, *, status: int, end_reason: EndRea
         raise ValueError("end_of() takes a start record")
     if type(status) is not int or not 100 <= status <= 699:
         raise ValueError(f"bad status {status!r}")
-    if end_reason not in END_REASONS:
+    if type(end_reason) is not str or end_reason not in END_REASONS:
         raise ValueError(f"bad end_reason {end_reason!r}")
     answer_ms = parse_ms(start_rec.answer)
     end_ms = max(end_ms, answer_ms)
