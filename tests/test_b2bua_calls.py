@@ -1253,11 +1253,42 @@ def test_a_422_from_the_callee_is_retried_with_its_min_se_not_relayed() -> None:
     # RFC 4028 §7.4: the retry's Min-SE is the 422's, not ours
     assert b2.get("min-se") == "3600"
     assert [r.status for r in responses(w.take_caller())] == [100]
-    # a second 422 asking for less: the retry keeps the largest Min-SE any 422 gave
-    w.from_callee(response_to(b2, 422, "Session Interval Too Small", "t", extra="Min-SE: 1200\r\n"))
+    # a second 422 asking for more: the retry asks for the largest Min-SE given
+    w.from_callee(response_to(b2, 422, "Session Interval Too Small", "t", extra="Min-SE: 7200\r\n"))
     (b3,) = requests(w.take_callee(), "INVITE")
-    assert b3.get("min-se") == "3600"
-    assert (b3.get("session-expires") or "").split(";")[0] == "3600"
+    assert b3.get("min-se") == "7200"
+    assert (b3.get("session-expires") or "").split(";")[0] == "7200"
+
+
+@pytest.mark.parametrize(
+    "min_se_lines",
+    [
+        [""],  # no Min-SE: nothing to retry with
+        ["Min-SE: 30\r\n"],  # below what we asked for: a retry would only ask for less
+        ["Min-SE: abc\r\n"],
+        ["Min-SE: 3600\r\n", "Min-SE: 1200\r\n"],  # the second asks for no more
+        [f"Min-SE: {1800 + 600 * i}\r\n" for i in range(1, 5)],  # more than 3 retries
+    ],
+    ids=["none", "smaller", "malformed", "not-larger", "too-many"],
+)
+def test_a_422_we_cannot_satisfy_fails_the_call_with_500_never_a_relayed_422(
+    min_se_lines: list[str],
+) -> None:
+    """A 422 relayed to the caller would lack our Min-SE (RFC 4028 §9) and fail callers
+    without timers or emergency calls: the negotiation with the next hop failed."""
+    w = Wire()
+    b_inv = start_call(w, 1)
+    w.take_caller()
+    for extra in min_se_lines:
+        w.from_callee(response_to(b_inv, 422, "Session Interval Too Small", "t", extra=extra))
+        retries = requests(w.take_callee(), "INVITE")
+        if retries:
+            (b_inv,) = retries
+    finals = responses(w.take_caller())
+    assert [(r.status, r.reason) for r in finals] == [(500, "Session Interval Not Agreed")]
+    assert finals[0].get("min-se") is None and w.core.calls == 0
+    end = w.core.cdr_out[-1]
+    assert (end.status, end.end_reason) == (500, "rejected")
 
 
 def test_a_caller_with_timers_asking_for_too_small_an_interval_gets_422_with_our_min_se() -> None:
@@ -1291,12 +1322,47 @@ def test_too_small_an_interval_is_raised_where_422_would_fail_the_call(
     assert w.core.calls == 1
 
 
-def test_our_interval_for_the_caller_is_never_below_its_min_se() -> None:
-    """RFC 4028 §9: without a Session-Expires we ask for ours (1,800 s), but never for
-    less than the Min-SE the caller sent."""
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        # without a Session-Expires we ask for ours (1,800 s), never below its Min-SE
+        ("Supported: timer\r\nMin-SE: 3600\r\n", "3600;refresher=uac"),
+        # its own Session-Expires, raised to its Min-SE (erratum 1687)
+        ("Supported: timer\r\nSession-Expires: 1000\r\nMin-SE: 2000\r\n", "2000;refresher=uac"),
+        ("Session-Expires: 60\r\nMin-SE: 120\r\n", "120;refresher=uas"),
+    ],
+)
+def test_our_interval_for_the_caller_is_never_below_its_min_se(headers: str, expected: str) -> None:
+    """RFC 4028 §9: the UAS never sets an interval below the request's Min-SE."""
     w = Wire()
-    e = establish(w, 1, invite(1, headers="Supported: timer\r\nMin-SE: 3600\r\n"))
-    assert e.a_ok.get("session-expires") == "3600;refresher=uac"
+    e = establish(w, 1, invite(1, headers=headers))
+    assert e.a_ok.get("session-expires") == expected
+
+
+def test_require_timer_only_to_a_caller_that_supports_it() -> None:
+    """RFC 3261 §8.2.2.3: no extension is required of a caller that did not list it; RFC
+    4028 §9: such a caller gets refresher=uas, and we refresh."""
+    w = Wire()
+    e = establish(w, 1, invite(1, headers="Session-Expires: 600\r\n"))
+    assert e.a_ok.get("session-expires") == "600;refresher=uas"
+    assert "timer" not in e.a_ok.tokens("require")
+    e = establish(w, 2, invite(2, headers="Supported: timer\r\nSession-Expires: 600\r\n"))
+    assert "timer" in e.a_ok.tokens("require")
+
+
+def test_timers_off_never_refuse_a_small_interval() -> None:
+    """With session_expires 0 (we ask for no timer) a small interval is raised, not 422."""
+    w = Wire(default_config("sip: {session_expires: 0}\n"))
+    e = establish(w, 1, invite(1, headers="Supported: timer\r\nSession-Expires: 60\r\n"))
+    assert (e.a_ok.get("session-expires") or "").split(";")[0] == "90"
+
+
+def test_a_flood_of_small_intervals_meets_the_limits_first() -> None:
+    """The 422 comes after the limits (SPEC §8): a draining element answers 503."""
+    w = Wire()
+    w.core.drain()
+    w.from_caller(invite(1, headers="Supported: timer\r\nSession-Expires: 60\r\n"))
+    assert [r.status for r in responses(w.take_caller())] == [100, 503]
 
 
 def test_the_callers_record_route_comes_back_in_the_responses_and_routes_our_bye() -> None:

@@ -29,3 +29,44 @@ def test_the_rate_from_the_environment_is_checked(
     else:
         monkeypatch.setenv("SIPGUARD_BATCH_SENDS_ABOVE", text)
     assert server._batch_sends_above() == expected
+
+
+def _response(via: str) -> bytes:
+    return (
+        f"SIP/2.0 486 Busy Here\r\nVia: {via}\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\n"
+        "Call-ID: c@h\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "transport, via, host, port",
+    [
+        ("tcp", "SIP/2.0/TCP 127.0.0.3:5070;branch=z9hG4bK1;rport", "127.0.0.3", 5070),
+        ("tcp", "SIP/2.0/TCP caller.example;branch=z9hG4bK1", "127.0.0.3", 5060),
+        ("tls", "SIP/2.0/TLS caller.example;branch=z9hG4bK1", "127.0.0.3", 5061),
+        # received and rport name other addresses: only sent-by's port counts (RFC 3581
+        # §4 is for unreliable transports), and the host is where the request came from
+        (
+            "tcp",
+            "SIP/2.0/TCP evil.example:5099;branch=z9hG4bK1;received=192.0.2.9;rport=7",
+            "127.0.0.3",
+            5099,
+        ),
+        ("tcp", "SIP/2.0/TCP [2001:db8::5]:5072;branch=z9hG4bK1", "2001:db8::5", 5072),
+    ],
+)
+def test_a_response_without_its_connection_goes_to_the_source_and_the_via_port(
+    transport: str, via: str, host: str, port: int
+) -> None:
+    """RFC 3261 §18.2.2: the request's source address (``received``) and the top Via's
+    sent-by port, or the transport's default port."""
+    source = "2001:db8::5" if "2001" in via else "127.0.0.3"
+    flow = server.Flow(transport, 1, source, 40123, conn=7)
+    got = server.response_flow(flow, _response(via))
+    assert (got.transport, got.local, got.host, got.port, got.conn) == (
+        transport,
+        1,
+        host,
+        port,
+        0,
+    )

@@ -120,8 +120,8 @@ def interval_too_small(req: Request, config: Config) -> bool:
     """A caller that supports session timers asked for an interval below our Min-SE: the
     INVITE gets 422 with our Min-SE (RFC 4028 §9)."""
     se = session_expires(req)
-    if se is None or se[0] >= config.sip.min_se:
-        return False
+    if se is None or se[0] >= config.sip.min_se or config.sip.session_expires <= 0:
+        return False  # timers off: never a refusal for their sake
     return "timer" in (req.tokens("supported") | req.tokens("require"))
 
 
@@ -655,7 +655,11 @@ class Call:
             # (the caller's own proxies: nothing of the B-leg)
             hdrs[:0] = [("Record-Route", v) for v in req.get_lines("record-route")]
         if 200 <= status < 300 and self.a.st is not None:
-            hdrs += [("Require", "timer"), ("Session-Expires", self.a.st.header(request=False))]
+            # Require: timer only to a caller that supports the extension (RFC 3261
+            # §8.2.2.3; RFC 4028 §9: one that does not gets refresher=uas)
+            if "timer" in (req.tokens("supported") | req.tokens("require")):
+                hdrs.append(("Require", "timer"))
+            hdrs.append(("Session-Expires", self.a.st.header(request=False)))
         if body and is_sdp(hdrs):
             self.a.sdp = body
         return make_response(req, status, reason, to_tag=self.a.local_tag, headers=hdrs, body=body)
@@ -901,17 +905,37 @@ class Call:
             return
         if status == 422 and self.b is not None:
             min_se = delta_seconds((resp.get("min-se") or "").split(";")[0])
-            if min_se is not None and self.redirects < 3:
+            sent = self.b_session_interval()
+            if min_se is not None and min_se > sent and self.redirects < 3:
+                # RFC 4028 §7.4: again, asking for the largest Min-SE a 422 gave
                 self.redirects += 1
                 self.b_min_se = max(self.b_min_se, min_se)
                 self._send_b_invite(now)
                 return
+            # a 422 we cannot satisfy (no usable Min-SE, none above what we asked for, or
+            # too many): the caller's session is not at fault, and a 422 relayed without
+            # our Min-SE would only fail it (RFC 4028 §9 and its erratum 1687)
+            self.answer_a(500, now, "Session Interval Not Agreed")
+            self.finish(now, "rejected", 500)
+            return
         if status in (401, 407):
             self.core.await_auth_retry(self, now)
         headers = self.relay_headers(resp, towards_a=True, response=True)
         body = self.relay_body(resp, headers, towards_a=True)
         self.answer_a(status, now, self.phrase(resp, towards_a=True), headers, body)
         self.finish(now, "rejected", status)
+
+    def b_session_interval(self) -> int:
+        """The Session-Expires our B-leg INVITE asks for (0: none), RFC 4028 §7.4: our
+        interval, raised to the largest Min-SE a 422 of the next hop gave."""
+        se = self.config.sip.session_expires
+        if se <= 0 and not self.b_min_se:
+            return 0
+        return max(se, self.b_min_se, self.config.sip.min_se)
+
+    def b_min_se_value(self) -> int:
+        """The Min-SE our B-leg INVITE carries: ours, or a 422's if larger."""
+        return max(self.config.sip.min_se, self.b_min_se)
 
     def _max_duration(self, now: float) -> None:
         self.timer = None

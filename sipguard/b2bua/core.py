@@ -500,6 +500,10 @@ class B2BUA:
         if trunk_out is None:
             refuse(404, "no_route", "rejected")
             return
+        refused = self._limit(trunk, emergency, now, tx.flow.host)
+        if refused is not None:
+            refuse(503, refused, "limit")
+            return
         if not emergency and interval_too_small(req, config):
             # RFC 4028 §9: the caller retries with our Min-SE (an emergency call never
             # waits for that: its interval is raised instead)
@@ -509,10 +513,6 @@ class B2BUA:
                 "rejected",
                 headers=[("Min-SE", str(config.sip.min_se))],
             )
-            return
-        refused = self._limit(trunk, emergency, now, tx.flow.host)
-        if refused is not None:
-            refuse(503, refused, "limit")
             return
         media_anchored = False
         r = refusal(decision, ident.facts, trunk_out, media_anchored)
@@ -735,11 +735,10 @@ class B2BUA:
         ]
         # after a 422, the retry asks for the largest Min-SE any 422 gave, and carries it
         # as its Min-SE (RFC 4028 §7.4)
-        min_se = max(config.sip.min_se, call.b_min_se)
-        se = call.b_min_se or config.sip.session_expires
+        se = call.b_session_interval()
         if se > 0:
-            headers.append(("Session-Expires", str(max(se, min_se))))
-            headers.append(("Min-SE", str(min_se)))
+            headers.append(("Session-Expires", str(se)))
+            headers.append(("Min-SE", str(call.b_min_se_value())))
         headers.extend(call.relay_headers(a_req, towards_a=False))
         body = call.relay_body(a_req, headers, towards_a=False)  # SDP identity, location
         if body:
@@ -786,8 +785,9 @@ class B2BUA:
             return max(config.sip.session_expires, request_min_se(req)), "uac"
         interval, refresher = se
         # too small: a caller that supports timers got 422 already (interval_too_small);
-        # one that does not, or an emergency call, has it raised (§9 and its erratum 1687)
-        interval = max(interval, config.sip.min_se)
+        # one that does not, or an emergency call, has it raised, never below the Min-SE
+        # it sent either (§9 and its erratum 1687)
+        interval = max(interval, config.sip.min_se, request_min_se(req))
         if refresher not in ("uac", "uas"):
             refresher = "uac" if timer_ok else "uas"
         return interval, refresher
