@@ -70,3 +70,41 @@ def test_a_response_without_its_connection_goes_to_the_source_and_the_via_port(
         port,
         0,
     )
+
+
+def _request(ruri: str, route: str = "") -> bytes:
+    return (
+        f"BYE {ruri} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK1\r\n"
+        f"{route}From: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c@h\r\n"
+        "CSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "transport, data, port",
+    [
+        ("tcp", _request("sip:caller@127.0.0.3:5070;transport=tcp"), 5070),
+        ("tcp", _request("sip:caller@pbx.example;transport=tcp"), 5060),
+        ("tls", _request("sips:caller@pbx.example"), 5061),
+        # a route set: the first Route is the next hop (the caller's proxy)
+        (
+            "tcp",
+            _request("sip:caller@10.0.0.7:5099", "Route: <sip:127.0.0.3:5080;lr>\r\n"),
+            5080,
+        ),
+    ],
+)
+def test_a_request_without_its_connection_goes_to_the_peer_and_its_next_hop_port(
+    transport: str, data: bytes, port: int
+) -> None:
+    """RFC 3261 §12.2.1.1, §18.1.1: the peer listens at its next hop's port; the address
+    stays the one the dialog was set up with (symmetric routing)."""
+    flow = server.Flow(transport, 1, "127.0.0.3", 40123, conn=7)
+    got = server.request_flow(flow, data)
+    assert (got.transport, got.local, got.host, got.port, got.conn) == (
+        transport,
+        1,
+        "127.0.0.3",
+        port,
+        0,
+    )

@@ -43,8 +43,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from sipguard.sip.message import Request, parse_message
-from tests.callsim import response_to
+from sipguard.sip.message import Request, Response, parse_message
+from tests.callsim import callee_request, response_to
 from tests.sipp_harness import (
     CALLEE_IP,
     CALLER_IP,
@@ -826,6 +826,71 @@ def test_a_response_after_its_tcp_connection_closed_goes_to_the_via_sent_by_port
             listener.settimeout(0.3)
             with pytest.raises(TimeoutError):
                 listener.accept()
+
+
+def tcp_read_message(sock: socket.socket, start: bytes, timeout: float = 5.0) -> bytes:
+    """What arrives on ``sock`` until a message beginning with ``start`` is in it."""
+    got = b""
+    deadline = time.monotonic() + timeout
+    while start not in got and time.monotonic() < deadline:
+        more, closed = tcp_read_until_closed(sock, 0.2)
+        got += more
+        if closed:
+            break
+    return got
+
+
+def test_a_request_after_the_callers_tcp_connection_closed_goes_to_its_contact_port(
+    tmp_path: Path,
+) -> None:
+    """A BYE towards a caller whose connection has closed goes over a new connection to
+    the caller's address and the port of its Contact (the dialog's remote target, RFC
+    3261 §12.2.1.1), where it listens, not to the closed connection's ephemeral port."""
+    setup = write_config(tmp_path)
+    sg = Sipguard(setup).start()
+    callee = UdpPeer(CALLEE_IP, setup.callee_port)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((CALLER_IP, 0))
+    listener.listen(4)
+    contact = (CALLER_IP, int(listener.getsockname()[1]))
+    with running(sg), contextlib.closing(listener), contextlib.closing(callee.sock):
+        conn = tcp_connect(setup)
+        invite = sip_request("INVITE", local=contact, transport="TCP", body=SDP)
+        conn.sendall(invite)
+        b_invite = None
+        deadline = time.monotonic() + 3.0
+        while b_invite is None and time.monotonic() < deadline:
+            b_invite = next((m for m in callee.recv_all(0.1) if m.startswith(b"INVITE ")), None)
+        assert b_invite is not None, sg.log_tail()
+        req = parse_message(b_invite)
+        assert isinstance(req, Request)
+        callee.send(response_to(req, 200, "OK", "callee-tag", SDP), sipguard_addr(setup))
+        got = tcp_read_message(conn, b"SIP/2.0 200")
+        ok = got[got.index(b"SIP/2.0 200") :]
+        ok_msg = parse_message(ok, datagram=True)
+        assert isinstance(ok_msg, Response) and ok_msg.contacts, got
+        ack = sip_request(
+            "ACK",
+            local=contact,
+            transport="TCP",
+            ruri=str(ok_msg.contacts[0].uri),
+            call_id=header(invite, "Call-ID"),
+            from_tag=(header(invite, "From") or "").rsplit("tag=", 1)[1],
+            to_tag=ok_msg.to.tag,
+        )
+        conn.sendall(ack)
+        time.sleep(0.2)
+        conn.close()
+        assert wait_for(lambda: not sipguard_streams(setup)[0], 5.0), sg.log_tail()
+        time.sleep(0.2)
+        bye = callee_request("BYE", req, "callee-tag", 2, 1, addr=(CALLEE_IP, setup.callee_port))
+        callee.send(bye, sipguard_addr(setup))
+        listener.settimeout(5.0)
+        back, _ = listener.accept()  # a new connection, to the port of the caller's Contact
+        with contextlib.closing(back):
+            got = tcp_read_message(back, b"BYE ")
+        assert got.startswith(b"BYE "), (got, sg.log_tail())
+        assert header(got, "Call-ID") == header(invite, "Call-ID")
 
 
 # sends batched per loop iteration from the first message (as under load)

@@ -27,7 +27,7 @@ from sipguard.net.dns import TargetResolver
 from sipguard.net.httpd import MetricsServer
 from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
 from sipguard.sip.errors import SipError
-from sipguard.sip.message import parse_message
+from sipguard.sip.message import Request, parse_message
 from sipguard.sip.transaction import Flow
 
 log = logging.getLogger("sipguard")
@@ -72,6 +72,24 @@ def response_flow(flow: Flow, data: bytes) -> Flow:
     try:
         port = parse_message(data, datagram=False).top_via.port or default
     except SipError:  # our own response: never malformed, but never worse than before
+        return Flow(flow.transport, flow.local, flow.host, flow.port)
+    return Flow(flow.transport, flow.local, flow.host, port)
+
+
+def request_flow(flow: Flow, data: bytes) -> Flow:
+    """Where an in-dialog request goes over TCP or TLS once the dialog's connection is
+    gone: the peer's address as before (symmetric, as the dialog was set up) and the port
+    of its next hop as the request names it, the first ``Route`` or else the
+    Request-URI (the peer's Contact), where it listens (RFC 3261 §12.2.1.1, §18.1.1), or
+    the transport's default port."""
+    default = 5061 if flow.transport == "tls" else 5060
+    try:
+        msg = parse_message(data, datagram=False)
+        if not isinstance(msg, Request):
+            raise SipError("not a request")
+        routes = msg.name_addrs("route")
+        _, port = (routes[0].uri if routes else msg.request_uri).host_port(default)
+    except SipError:  # our own request: never malformed, but never worse than before
         return Flow(flow.transport, flow.local, flow.host, flow.port)
     return Flow(flow.transport, flow.local, flow.host, port)
 
@@ -277,11 +295,15 @@ class Driver:
             return
         conn = self.conns.get(flow.conn) if flow.conn else None
         if conn is None or conn.closed:
-            if flow.conn and data.startswith(b"SIP/2.0 "):
-                # a response whose request's connection has closed goes to the port of
-                # the top Via's sent-by, where the peer listens, not to the closed
-                # connection's ephemeral port (RFC 3261 §18.2.2)
-                flow = response_flow(flow, data)
+            if flow.conn:
+                # the connection this flow named has closed: a response goes to the port
+                # of the top Via's sent-by (RFC 3261 §18.2.2), a request to its next
+                # hop's port, where the peer listens, never to the closed connection's
+                # ephemeral port
+                if data.startswith(b"SIP/2.0 "):
+                    flow = response_flow(flow, data)
+                else:
+                    flow = request_flow(flow, data)
             conn = self.conn_by_addr.get((flow.transport, flow.host, flow.port))
         if conn is None or conn.closed:
             conn = self.connect(flow)
