@@ -92,6 +92,9 @@ def _request(ruri: str, route: str = "") -> bytes:
             _request("sip:caller@10.0.0.7:5099", "Route: <sip:127.0.0.3:5080;lr>\r\n"),
             5080,
         ),
+        # sipguard sends the whole route set as Route, a strict router's (no lr) too
+        ("tcp", _request("sip:caller@10.0.0.7:5099", "Route: <sip:127.0.0.3:5081>\r\n"), 5081),
+        ("tcp", _request("sip:caller@[2001:db8::5]:5072;transport=tcp"), 5072),
     ],
 )
 def test_a_request_without_its_connection_goes_to_the_peer_and_its_next_hop_port(

@@ -840,6 +840,44 @@ def tcp_read_message(sock: socket.socket, start: bytes, timeout: float = 5.0) ->
     return got
 
 
+def tcp_caller_call(
+    setup: Setup, sg: Sipguard, callee: UdpPeer, contact: tuple[str, int]
+) -> tuple[bytes, Request]:
+    """A call from a TCP caller whose Via and Contact name ``contact``, answered by the
+    UDP ``callee`` and ACKed; then the caller closes its connection, and sipguard has
+    handled that. The caller's INVITE, and the B-leg INVITE as the callee got it."""
+    conn = tcp_connect(setup)
+    invite = sip_request("INVITE", local=contact, transport="TCP", body=SDP)
+    conn.sendall(invite)
+    b_invite = None
+    deadline = time.monotonic() + 3.0
+    while b_invite is None and time.monotonic() < deadline:
+        b_invite = next((m for m in callee.recv_all(0.1) if m.startswith(b"INVITE ")), None)
+    assert b_invite is not None, sg.log_tail()
+    req = parse_message(b_invite)
+    assert isinstance(req, Request)
+    callee.send(response_to(req, 200, "OK", "callee-tag", SDP), sipguard_addr(setup))
+    got = tcp_read_message(conn, b"SIP/2.0 200")
+    ok = parse_message(got[got.index(b"SIP/2.0 200") :], datagram=True)
+    assert isinstance(ok, Response) and ok.contacts, got
+    ack = sip_request(
+        "ACK",
+        local=contact,
+        transport="TCP",
+        ruri=str(ok.contacts[0].uri),
+        call_id=header(invite, "Call-ID"),
+        from_tag=(header(invite, "From") or "").rsplit("tag=", 1)[1],
+        to_tag=ok.to.tag,
+    )
+    conn.sendall(ack)
+    conn.close()
+    # the close has reached sipguard's side (no longer established there), and its loop
+    # has had a moment to handle it
+    assert wait_for(lambda: not sipguard_streams(setup)[0], 5.0), sg.log_tail()
+    time.sleep(0.3)
+    return invite, req
+
+
 def test_a_request_after_the_callers_tcp_connection_closed_goes_to_its_contact_port(
     tmp_path: Path,
 ) -> None:
@@ -854,43 +892,46 @@ def test_a_request_after_the_callers_tcp_connection_closed_goes_to_its_contact_p
     listener.listen(4)
     contact = (CALLER_IP, int(listener.getsockname()[1]))
     with running(sg), contextlib.closing(listener), contextlib.closing(callee.sock):
-        conn = tcp_connect(setup)
-        invite = sip_request("INVITE", local=contact, transport="TCP", body=SDP)
-        conn.sendall(invite)
-        b_invite = None
-        deadline = time.monotonic() + 3.0
-        while b_invite is None and time.monotonic() < deadline:
-            b_invite = next((m for m in callee.recv_all(0.1) if m.startswith(b"INVITE ")), None)
-        assert b_invite is not None, sg.log_tail()
-        req = parse_message(b_invite)
-        assert isinstance(req, Request)
-        callee.send(response_to(req, 200, "OK", "callee-tag", SDP), sipguard_addr(setup))
-        got = tcp_read_message(conn, b"SIP/2.0 200")
-        ok = got[got.index(b"SIP/2.0 200") :]
-        ok_msg = parse_message(ok, datagram=True)
-        assert isinstance(ok_msg, Response) and ok_msg.contacts, got
-        ack = sip_request(
-            "ACK",
-            local=contact,
-            transport="TCP",
-            ruri=str(ok_msg.contacts[0].uri),
-            call_id=header(invite, "Call-ID"),
-            from_tag=(header(invite, "From") or "").rsplit("tag=", 1)[1],
-            to_tag=ok_msg.to.tag,
-        )
-        conn.sendall(ack)
-        time.sleep(0.2)
-        conn.close()
-        assert wait_for(lambda: not sipguard_streams(setup)[0], 5.0), sg.log_tail()
-        time.sleep(0.2)
+        invite, req = tcp_caller_call(setup, sg, callee, contact)
         bye = callee_request("BYE", req, "callee-tag", 2, 1, addr=(CALLEE_IP, setup.callee_port))
         callee.send(bye, sipguard_addr(setup))
         listener.settimeout(5.0)
-        back, _ = listener.accept()  # a new connection, to the port of the caller's Contact
+        try:
+            back, _ = listener.accept()  # a new connection, to the port of its Contact
+        except TimeoutError:
+            pytest.fail(sg.log_tail())
         with contextlib.closing(back):
             got = tcp_read_message(back, b"BYE ")
         assert got.startswith(b"BYE "), (got, sg.log_tail())
         assert header(got, "Call-ID") == header(invite, "Call-ID")
+
+
+def test_a_request_to_a_caller_that_no_longer_listens_fails_at_once(tmp_path: Path) -> None:
+    """The new connection to the caller's Contact port is refused: the request relayed
+    there fails at once (a 408 to the callee's re-INVITE), not after Timer B's 32 s."""
+    setup = write_config(tmp_path)
+    sg = Sipguard(setup).start()
+    callee = UdpPeer(CALLEE_IP, setup.callee_port)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((CALLER_IP, 0))
+    listener.listen(4)
+    contact = (CALLER_IP, int(listener.getsockname()[1]))
+    with running(sg), contextlib.closing(callee.sock):
+        with contextlib.closing(listener):
+            _, req = tcp_caller_call(setup, sg, callee, contact)
+        # nothing listens at the caller's Contact any more: a connection there is refused
+        reinvite = callee_request(
+            "INVITE", req, "callee-tag", 2, 1, body=SDP, addr=(CALLEE_IP, setup.callee_port)
+        )
+        callee.send(reinvite, sipguard_addr(setup))
+        finals: list[int] = []
+        deadline = time.monotonic() + 8.0
+        while not finals and time.monotonic() < deadline:
+            for m in callee.recv_all(0.2):
+                st = status_of(m)
+                if st is not None and st >= 200 and header(m, "CSeq") == "2 INVITE":
+                    finals.append(st)
+        assert finals and finals[0] >= 400, sg.log_tail()
 
 
 # sends batched per loop iteration from the first message (as under load)

@@ -8,6 +8,7 @@ and keeps exactly one ``call_at`` armed for the core's next deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import math
@@ -27,7 +28,7 @@ from sipguard.net.dns import TargetResolver
 from sipguard.net.httpd import MetricsServer
 from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
 from sipguard.sip.errors import SipError
-from sipguard.sip.message import Request, parse_message
+from sipguard.sip.message import Limits, Request, Response, parse_message
 from sipguard.sip.transaction import Flow
 
 log = logging.getLogger("sipguard")
@@ -64,32 +65,46 @@ def message_kind(data: bytes) -> str:
     return _OUT_KIND.get(data[: sp + 1], "other") if sp > 0 else "other"
 
 
+def _own_message(data: bytes) -> Request | Response:
+    """Parse a message sipguard itself built, within no limit tighter than its own size
+    (a relayed body may be larger than a peer's message may be; a route set long)."""
+    limits = Limits(max_message=len(data), max_headers=len(data), max_line=len(data))
+    return parse_message(data, datagram=False, limits=limits)
+
+
 def response_flow(flow: Flow, data: bytes) -> Flow:
     """Where a response goes over TCP or TLS once its request's connection is gone (RFC
     3261 §18.2.2): the address the request came from (its ``received``) and the port of
     the top Via's sent-by, or the transport's default port when the Via names none."""
     default = 5061 if flow.transport == "tls" else 5060
     try:
-        port = parse_message(data, datagram=False).top_via.port or default
+        port = _own_message(data).top_via.port or default
     except SipError:  # our own response: never malformed, but never worse than before
+        log.debug("no Via port in a response to resend: %s:%d kept", flow.host, flow.port)
         return Flow(flow.transport, flow.local, flow.host, flow.port)
     return Flow(flow.transport, flow.local, flow.host, port)
+
+
+def next_hop_port(req: Request, transport: str) -> int:
+    """The port where the peer of an in-dialog request listens: its first ``Route``'s, or
+    else its Request-URI's (the peer's Contact), or the transport's default (RFC 3261
+    §12.2.1.1; sipguard sends the whole route set as ``Route``, strict router or not)."""
+    routes = req.name_addrs("route")
+    uri = routes[0].uri if routes else req.request_uri
+    return uri.host_port(5061 if transport == "tls" else 5060)[1]
 
 
 def request_flow(flow: Flow, data: bytes) -> Flow:
     """Where an in-dialog request goes over TCP or TLS once the dialog's connection is
     gone: the peer's address as before (symmetric, as the dialog was set up) and the port
-    of its next hop as the request names it, the first ``Route`` or else the
-    Request-URI (the peer's Contact), where it listens (RFC 3261 §12.2.1.1, §18.1.1), or
-    the transport's default port."""
-    default = 5061 if flow.transport == "tls" else 5060
+    where it listens (:func:`next_hop_port`, RFC 3261 §18.1.1)."""
     try:
-        msg = parse_message(data, datagram=False)
+        msg = _own_message(data)
         if not isinstance(msg, Request):
             raise SipError("not a request")
-        routes = msg.name_addrs("route")
-        _, port = (routes[0].uri if routes else msg.request_uri).host_port(default)
+        port = next_hop_port(msg, flow.transport)
     except SipError:  # our own request: never malformed, but never worse than before
+        log.debug("no next hop in a request to resend: %s:%d kept", flow.host, flow.port)
         return Flow(flow.transport, flow.local, flow.host, flow.port)
     return Flow(flow.transport, flow.local, flow.host, port)
 
@@ -382,11 +397,19 @@ class Driver:
                 self.metrics.loop_lag_max.set(worst)
 
     def connection_failed(self, conn: StreamConnection) -> None:
-        """A connection we opened could not be made: fail its client transactions now."""
+        """A connection we opened could not be made: fail its client transactions now,
+        those whose flow names it and those sent there because their own connection had
+        closed (:func:`request_flow`)."""
         now = self.loop.time()
         for tx in list(self.core.layer.client.values()):
             f = tx.flow
-            if f.transport == conn.transport and f.host == conn.host and f.port == conn.port:
+            if f.transport != conn.transport or f.host != conn.host:
+                continue
+            port = f.port
+            if f.conn and f.conn not in self.conns:  # its connection is gone: redirected
+                with contextlib.suppress(SipError):
+                    port = next_hop_port(tx.request, f.transport)
+            if port == conn.port:
                 tx.fail(now)
         self.flush()
 
