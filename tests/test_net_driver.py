@@ -777,6 +777,26 @@ def tcp_connect(setup: Setup) -> socket.socket:
     )
 
 
+def caller_listener() -> socket.socket:
+    """A TCP socket on the caller's address where it listens (its Via and Contact port)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind((CALLER_IP, 0))
+    listener.listen(4)
+    return listener
+
+
+def b_leg_invite(callee: UdpPeer, sg: Sipguard) -> Request:
+    """The B-leg INVITE as the UDP ``callee`` gets it (within 3 s)."""
+    b_invite = None
+    deadline = time.monotonic() + 3.0
+    while b_invite is None and time.monotonic() < deadline:
+        b_invite = next((m for m in callee.recv_all(0.1) if m.startswith(b"INVITE ")), None)
+    assert b_invite is not None, sg.log_tail()
+    req = parse_message(b_invite)
+    assert isinstance(req, Request)
+    return req
+
+
 def test_a_response_after_its_tcp_connection_closed_goes_to_the_via_sent_by_port(
     tmp_path: Path,
 ) -> None:
@@ -786,20 +806,14 @@ def test_a_response_after_its_tcp_connection_closed_goes_to_the_via_sent_by_port
     setup = write_config(tmp_path)
     sg = Sipguard(setup).start()
     callee = UdpPeer(CALLEE_IP, setup.callee_port)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((CALLER_IP, 0))
-    listener.listen(4)
+    listener = caller_listener()
     sent_by = (CALLER_IP, int(listener.getsockname()[1]))
     with running(sg), contextlib.closing(listener), contextlib.closing(callee.sock):
         conn = tcp_connect(setup)
         ephemeral = conn.getsockname()[1]
         assert ephemeral != sent_by[1]
         conn.sendall(sip_request("INVITE", local=sent_by, transport="TCP", body=SDP))
-        b_invite = None
-        deadline = time.monotonic() + 3.0
-        while b_invite is None and time.monotonic() < deadline:
-            b_invite = next((m for m in callee.recv_all(0.1) if m.startswith(b"INVITE ")), None)
-        assert b_invite is not None, sg.log_tail()
+        req = b_leg_invite(callee, sg)
         trying, _ = tcp_read_until_closed(conn, 0.5)
         assert status_of(trying) == 100, trying
         conn.close()
@@ -807,8 +821,6 @@ def test_a_response_after_its_tcp_connection_closed_goes_to_the_via_sent_by_port
         # loop has had a moment to handle it before the callee's answers come
         assert wait_for(lambda: not sipguard_streams(setup)[0], 5.0), sg.log_tail()
         time.sleep(0.2)
-        req = parse_message(b_invite)
-        assert isinstance(req, Request)
         callee.send(response_to(req, 180, "Ringing", "callee-tag"), sipguard_addr(setup))
         callee.send(response_to(req, 486, "Busy Here", "callee-tag"), sipguard_addr(setup))
         listener.settimeout(5.0)
@@ -849,13 +861,7 @@ def tcp_caller_call(
     conn = tcp_connect(setup)
     invite = sip_request("INVITE", local=contact, transport="TCP", body=SDP)
     conn.sendall(invite)
-    b_invite = None
-    deadline = time.monotonic() + 3.0
-    while b_invite is None and time.monotonic() < deadline:
-        b_invite = next((m for m in callee.recv_all(0.1) if m.startswith(b"INVITE ")), None)
-    assert b_invite is not None, sg.log_tail()
-    req = parse_message(b_invite)
-    assert isinstance(req, Request)
+    req = b_leg_invite(callee, sg)
     callee.send(response_to(req, 200, "OK", "callee-tag", SDP), sipguard_addr(setup))
     got = tcp_read_message(conn, b"SIP/2.0 200")
     ok = parse_message(got[got.index(b"SIP/2.0 200") :], datagram=True)
@@ -887,9 +893,7 @@ def test_a_request_after_the_callers_tcp_connection_closed_goes_to_its_contact_p
     setup = write_config(tmp_path)
     sg = Sipguard(setup).start()
     callee = UdpPeer(CALLEE_IP, setup.callee_port)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((CALLER_IP, 0))
-    listener.listen(4)
+    listener = caller_listener()
     contact = (CALLER_IP, int(listener.getsockname()[1]))
     with running(sg), contextlib.closing(listener), contextlib.closing(callee.sock):
         invite, req = tcp_caller_call(setup, sg, callee, contact)
@@ -912,9 +916,7 @@ def test_a_request_to_a_caller_that_no_longer_listens_fails_at_once(tmp_path: Pa
     setup = write_config(tmp_path)
     sg = Sipguard(setup).start()
     callee = UdpPeer(CALLEE_IP, setup.callee_port)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind((CALLER_IP, 0))
-    listener.listen(4)
+    listener = caller_listener()
     contact = (CALLER_IP, int(listener.getsockname()[1]))
     with running(sg), contextlib.closing(callee.sock):
         with contextlib.closing(listener):
