@@ -45,8 +45,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tests.sipp_harness import (  # noqa: E402
+    CALLEE_IP,
+    SIPGUARD_IP,
     Setup,
     Sipguard,
+    free_port,
     metric_sum,
     percentile,
     read_cdrs,
@@ -83,6 +86,7 @@ class LoadResult:
     peak_rss_kb: int = 0
     loop_pause_max_ms: float | None = None  # sipguard's own probe (a peer has none)
     cdr_end_records: int = 0
+    writes_cdrs: bool = True  # sipguard does; the peers measured beside it (sippy, floor) not
     uac_exit: int | None = None
     failures: dict[str, int] = field(default_factory=dict)
     udp_drops: dict[str, int] = field(default_factory=dict)
@@ -126,6 +130,22 @@ def _setup(workdir: Path, transport: str) -> Setup:
             "log_level": "warning",  # the INFO line per call is not what is measured
             "limits": {"max_calls": 50000, "emergency_max_calls": 200},
         },
+    )
+
+
+def peer_setup(workdir: Path) -> Setup:
+    """A :class:`Setup` for the harness's uac and uas around a peer element (sippy, the
+    floor relay), which listens where sipguard would and needs no configuration file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Setup(
+        config_path=workdir / "none",
+        workdir=workdir,
+        cdr_dir=workdir / "cdr",
+        sip_port=free_port(SIPGUARD_IP),
+        metrics_port=0,
+        callee_port=free_port(CALLEE_IP),
+        transport="udp",
+        config={},
     )
 
 
@@ -491,7 +511,7 @@ def row(r: LoadResult) -> str:
         notes.append(",".join(f"{k.replace('(C)', '')}={v}" for k, v in r.failures.items()))
     if r.udp_drops:
         notes.append(f"udp drops {r.udp_drops}")
-    if r.cdr_end_records != r.attempted:
+    if r.writes_cdrs and r.cdr_end_records != r.attempted:
         notes.append(f"CDR end records {r.cdr_end_records}")
     return line + ("  " + "; ".join(notes) if notes else "")
 
@@ -567,6 +587,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "compiled with mypyc into build/native first (tools/build_native.py), as\n"
         "./dev.sh run and the container image run it",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="run the floor relay (loadtests/floor.py: a bare stateless relay on uvloop)\n"
+        "instead of sipguard; with --versus-sippy, beside sippy and sipguard in every run",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -617,6 +643,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return versus_main(args, base=base, pin=pin)
 
+        if args.floor and (args.transport != "udp" or args.find_max):
+            print("--floor runs UDP at the rates of --rate only", file=sys.stderr)
+            return 2
+        if args.floor:
+            from loadtests.floor import run_floor_load
+
+            _say("the floor relay (loadtests/floor.py) instead of sipguard", args.quiet)
         print(header(), flush=True)
         if args.find_max:
             rates = [float(x) for x in args.rates.split(",") if x]
@@ -646,15 +679,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rate in (float(x) for x in args.rate.split(",") if x):
             runs = []
             for i in range(args.repeat):
-                r = run_load(
-                    rate,
-                    args.duration,
-                    args.hold_ms,
-                    workdir=base / f"rate-{rate:g}-{i}",
-                    transport=args.transport,
-                    pin=pin,
-                    quiet=args.quiet,
-                )
+                if args.floor:
+                    r = run_floor_load(
+                        rate,
+                        args.duration,
+                        args.hold_ms,
+                        workdir=base / f"floor-rate-{rate:g}-{i}",
+                        pin=pin,
+                        quiet=args.quiet,
+                    )
+                else:
+                    r = run_load(
+                        rate,
+                        args.duration,
+                        args.hold_ms,
+                        workdir=base / f"rate-{rate:g}-{i}",
+                        transport=args.transport,
+                        pin=pin,
+                        quiet=args.quiet,
+                    )
                 runs.append(r)
                 print(row(r), flush=True)
             if args.repeat > 1:

@@ -49,7 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from loadtests.run import LoadResult, run_element, run_load  # noqa: E402
+from loadtests.floor import FLOOR_LABEL, run_floor_load  # noqa: E402
+from loadtests.run import LoadResult, peer_setup, run_element, run_load  # noqa: E402
 from tests.sipp_harness import (  # noqa: E402
     CALLEE_IP,
     SIPGUARD_IP,
@@ -57,7 +58,6 @@ from tests.sipp_harness import (  # noqa: E402
     Setup,
     _child_setup,
     _pin_prefix,
-    free_port,
     proc_cpu_seconds,
     proc_status_kb,
     stop_pid,
@@ -376,21 +376,6 @@ def sippy_log_errors(workdir: Path) -> int:
     return text.count("unhandled exception")
 
 
-def sippy_setup(workdir: Path) -> Setup:
-    """A :class:`Setup` for the harness's uac and uas: sippy listens where sipguard would."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    return Setup(
-        config_path=workdir / "none",
-        workdir=workdir,
-        cdr_dir=workdir / "cdr",
-        sip_port=free_port(SIPGUARD_IP),
-        metrics_port=0,
-        callee_port=free_port(CALLEE_IP),
-        transport="udp",
-        config={},
-    )
-
-
 def run_sippy_load(
     install: SippyInstall,
     rate: float,
@@ -403,9 +388,9 @@ def run_sippy_load(
     uas_scenario: str | Path = "uas",
 ) -> LoadResult:
     """One run of :func:`run.run_element` with sippy as the element (UDP only)."""
-    setup = sippy_setup(workdir)
+    setup = peer_setup(workdir)
     sippy = Sippy(install, setup, cpus=SIPPY_CPU if pin else None)
-    return run_element(
+    result = run_element(
         sippy,
         setup,
         rate,
@@ -417,6 +402,8 @@ def run_sippy_load(
         label=install.label,
         uas_scenario=uas_scenario,
     )
+    result.writes_cdrs = False
+    return result
 
 
 # -- the side-by-side table -------------------------------------------------------------------
@@ -588,6 +575,18 @@ def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
                 ratio = cpu_ratio(sg, sp) if sp is not None else None
                 show(VersusRow("sipguard", sg, callee_byes(Path(sg.workdir)), ratio))
                 status |= 0 if sg.ok else 1
+                if args.floor:  # what a relay doing no SIP work costs here at this rate
+                    fl = run_floor_load(
+                        rate,
+                        args.duration,
+                        args.hold_ms,
+                        workdir=base / f"floor-rate-{rate:g}-{i}",
+                        pin=pin,
+                        quiet=args.quiet,
+                        uas_scenario=scenario,
+                    )
+                    ratio = cpu_ratio(fl, sp) if sp is not None else None
+                    show(VersusRow(FLOOR_LABEL, fl, callee_byes(Path(fl.workdir)), ratio))
         _summary(rows, install)
         if args.json:
             print(
@@ -613,7 +612,8 @@ def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
 
 def _summary(rows: list[VersusRow], install: SippyInstall) -> None:
     """One line per rate both ran at: the CPU ratio (the median of the pairs, with their
-    range, when each ran several times) and both success rates."""
+    range, when each ran several times) and both success rates; with ``--floor``, a line
+    for the floor relay's ratio to sippy too."""
     by_rate: dict[float, dict[str, list[VersusRow]]] = {}
     for v in rows:
         by_rate.setdefault(v.result.rate, {}).setdefault(v.element, []).append(v)
@@ -638,3 +638,12 @@ def _summary(rows: list[VersusRow], install: SippyInstall) -> None:
             f"{' (lowest run)' if len(ratios) > 1 else ''}: sipguard {pct(sgs)}, "
             f"{install.label} {pct(sps)}"
         )
+        fls = runs.get(FLOOR_LABEL, [])
+        floor = [v.cpu_ratio for v in fls if v.cpu_ratio is not None]
+        if floor:
+            print(
+                f"{rate:g} calls/s: {FLOOR_LABEL} (no SIP work)/{install.label} CPU s per "
+                f"1,000 calls = {statistics.median(floor):.3f}"
+                + (f" (median of {len(floor)})" if len(floor) > 1 else "")
+                + f"; calls succeeded: {pct(fls)}"
+            )
