@@ -87,6 +87,7 @@ class LoadResult:
     loop_pause_max_ms: float | None = None  # sipguard's own probe (a peer has none)
     cdr_end_records: int = 0
     writes_cdrs: bool = True  # sipguard does; the peers measured beside it (sippy, floor) not
+    element: str = "sipguard"  # or the peer's label (sippy, the floor relay)
     uac_exit: int | None = None
     failures: dict[str, int] = field(default_factory=dict)
     udp_drops: dict[str, int] = field(default_factory=dict)
@@ -122,13 +123,13 @@ def _say(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _setup(workdir: Path, transport: str) -> Setup:
+def _setup(workdir: Path, transport: str, limits: dict[str, int] | None = None) -> Setup:
     return write_config(
         workdir,
         target_transport=transport,
         overrides={
             "log_level": "warning",  # the INFO line per call is not what is measured
-            "limits": {"max_calls": 50000, "emergency_max_calls": 200},
+            "limits": {"max_calls": 50000, "emergency_max_calls": 200, **(limits or {})},
         },
     )
 
@@ -181,12 +182,14 @@ def run_load(
     calls: int | None = None,
     quiet: bool = False,
     uas_scenario: str | Path = "uas",
+    limits: dict[str, int] | None = None,
 ) -> LoadResult:
     """One run: ``calls`` (default rate * duration) calls at ``rate``, each held ``hold_ms``.
 
-    ``uas_scenario``: SIPp's built-in ``uas``, or an XML file for the callee.
+    ``uas_scenario``: SIPp's built-in ``uas``, or an XML file for the callee; ``limits``:
+    fields of sipguard's ``limits`` section to set (e.g. ``overload_queue_kb``).
     """
-    setup = _setup(workdir, transport)
+    setup = _setup(workdir, transport, limits)
     sg_cpu, _ = _pins(pin)
     sipguard = Sipguard(setup, cpus=sg_cpu)
     result = run_element(
@@ -252,6 +255,7 @@ def run_element(
         cpus=sipp_cpu,
     )
     result = LoadResult(rate, duration_s, hold_ms, transport, workdir=str(setup.workdir))
+    result.element = label or "sipguard"
     try:
         element.start()
         callee.start()
@@ -446,6 +450,7 @@ def find_max(
     pin: bool = True,
     quiet: bool = False,
     on_result: Callable[[LoadResult], None] | None = None,
+    limits: dict[str, int] | None = None,
 ) -> tuple[float | None, list[LoadResult]]:
     """Step the rate up; the highest rate with < 0.1% failed calls (stops at the first miss)."""
     best: float | None = None
@@ -459,6 +464,7 @@ def find_max(
             transport=transport,
             pin=pin,
             quiet=quiet,
+            limits=limits,
         )
         results.append(r)
         if on_result is not None:
@@ -513,6 +519,8 @@ def row(r: LoadResult) -> str:
         notes.append(f"udp drops {r.udp_drops}")
     if r.writes_cdrs and r.cdr_end_records != r.attempted:
         notes.append(f"CDR end records {r.cdr_end_records}")
+    if r.element != "sipguard":
+        notes.insert(0, r.element)
     return line + ("  " + "; ".join(notes) if notes else "")
 
 
@@ -520,6 +528,7 @@ def median_result(results: list[LoadResult]) -> LoadResult:
     """A result whose numeric figures are the medians of ``results`` (counts summed)."""
     first = results[0]
     med = LoadResult(first.rate, first.duration_s, first.hold_ms, first.transport)
+    med.writes_cdrs, med.element = first.writes_cdrs, first.element
 
     def m(name: str) -> Any:
         vals = [getattr(r, name) for r in results if getattr(r, name) is not None]
@@ -588,6 +597,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "./dev.sh run and the container image run it",
     )
     p.add_argument(
+        "--overload-queue-kb",
+        type=int,
+        default=None,
+        help="sipguard's limits.overload_queue_kb (load shedding; 0: off; default: its own)",
+    )
+    p.add_argument(
         "--floor",
         action="store_true",
         help="run the floor relay (loadtests/floor.py: a bare stateless relay on uvloop)\n"
@@ -602,7 +617,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (e.g. from a `timeout` wrapper) unwinds like Ctrl-C, so that every process
     # started here is stopped by its PID on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    _say(f"sipguard: {use_build(pure=args.pure)}", args.quiet)
+    if args.floor and (args.hold_calls or args.find_max or args.transport != "udp"):
+        print("--floor runs UDP at the rates of --rate only", file=sys.stderr)
+        return 2
+    if not args.floor or args.versus_sippy:  # the floor alone starts no sipguard
+        _say(f"sipguard: {use_build(pure=args.pure)}", args.quiet)
+    args.limits = (
+        None if args.overload_queue_kb is None else {"overload_queue_kb": args.overload_queue_kb}
+    )
 
     tmp: tempfile.TemporaryDirectory[str] | None = None
     if args.workdir:
@@ -643,9 +665,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return versus_main(args, base=base, pin=pin)
 
-        if args.floor and (args.transport != "udp" or args.find_max):
-            print("--floor runs UDP at the rates of --rate only", file=sys.stderr)
-            return 2
         if args.floor:
             from loadtests.floor import run_floor_load
 
@@ -662,6 +681,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pin=pin,
                 quiet=args.quiet,
                 on_result=lambda r: print(row(r), flush=True),
+                limits=args.limits,
             )
             print(
                 f"highest rate with < {FAIL_RATIO:.1%} failed calls "
@@ -697,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         transport=args.transport,
                         pin=pin,
                         quiet=args.quiet,
+                        limits=args.limits,
                     )
                 runs.append(r)
                 print(row(r), flush=True)

@@ -39,29 +39,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from loadtests.floor import FLOOR_LABEL, run_floor_load  # noqa: E402
+from loadtests.peer import PeerError, PeerProcess  # noqa: E402
 from loadtests.run import LoadResult, peer_setup, run_element, run_load  # noqa: E402
 from tests.sipp_harness import (  # noqa: E402
     CALLEE_IP,
     SIPGUARD_IP,
     SIPP,
     Setup,
-    _child_setup,
-    _pin_prefix,
-    proc_cpu_seconds,
-    proc_status_kb,
-    stop_pid,
-    udp_drops,
 )
 
 SIPPY_VERSION = "2.5.0"
@@ -219,12 +212,16 @@ def _checked(install: SippyInstall) -> SippyInstall:
 # -- sippy as the element under test ---------------------------------------------------------
 
 
-class SippyError(RuntimeError):
+class SippyError(PeerError):
     pass
 
 
-class Sippy:
+class Sippy(PeerProcess):
     """sippy's B2BUA as a subprocess, routing every call to the SIPp uas; stopped by PID."""
+
+    name = "sippy"
+    error = SippyError
+    settle_s = 0.3  # its worker threads
 
     def __init__(
         self,
@@ -235,99 +232,27 @@ class Sippy:
         log_level: str = "WARN",
     ) -> None:
         self.install = install
-        self.setup = setup
-        self.cpus = cpus
-        self.log_path = setup.workdir / "sippy.log"
-        self.env = {**os.environ, "SIPLOG_LVL": log_level, "SIPLOG_BEND": "stderr"}
-        self.cmd = [
-            *_pin_prefix(cpus),
-            *install.command,
-            "-f",  # foreground
-            "-u",  # no RADIUS authentication
-            "-A",
-            "0",  # no accounting
-            "-l",
-            SIPGUARD_IP,
-            "-p",
-            str(setup.sip_port),
-            "-s",
-            f"{CALLEE_IP}:{setup.callee_port}",  # the static route: the SIPp uas
-            "-c",
-            str(setup.workdir / "b2bua.sock"),  # its command socket, not /var/run's
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.exit_code: int | None = None
-        self._log: Any = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout: float = 30.0) -> Sippy:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.cmd,
-            cwd=self.setup.workdir,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            preexec_fn=_child_setup(None if _pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
+        super().__init__(
+            setup,
+            [
+                *install.command,
+                "-f",  # foreground
+                "-u",  # no RADIUS authentication
+                "-A",
+                "0",  # no accounting
+                "-l",
+                SIPGUARD_IP,
+                "-p",
+                str(setup.sip_port),
+                "-s",
+                f"{CALLEE_IP}:{setup.callee_port}",  # the static route: the SIPp uas
+                "-c",
+                str(setup.workdir / "b2bua.sock"),  # its command socket, not /var/run's
+            ],
+            cpus=cpus,
+            env={**os.environ, "SIPLOG_LVL": log_level, "SIPLOG_BEND": "stderr"},
+            log_name="sippy.log",
         )
-        addr = f"{SIPGUARD_IP}:{self.setup.sip_port}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SippyError(
-                    f"sippy exited with {self.proc.returncode} at start-up:\n{self.log_tail()}"
-                )
-            if addr in udp_drops():  # its UDP socket is bound (/proc/net/udp)
-                time.sleep(0.3)  # its worker threads
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise SippyError(f"sippy did not bind {addr} in {timeout}s:\n{self.log_tail()}")
-
-    def stop(self, grace: float = 5.0) -> int | None:
-        if self.proc is not None and self.exit_code is None:
-            self.exit_code = stop_pid(self.proc, grace)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.exit_code
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _pids(self) -> list[int]:
-        """Its PID and those of any child processes it started (it starts none here)."""
-        out = [self.pid]
-        i = 0
-        while i < len(out):
-            with_children: list[int] = []
-            task_dir = Path(f"/proc/{out[i]}/task")
-            for task in task_dir.glob("*/children") if task_dir.exists() else ():
-                with contextlib.suppress(OSError, ValueError):
-                    with_children += [int(x) for x in task.read_text().split()]
-            out += [p for p in with_children if p not in out]
-            i += 1
-        return out
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the process (all its threads) and of any children."""
-        total = 0.0
-        for pid in self._pids():
-            with contextlib.suppress(OSError, ValueError):
-                total += proc_cpu_seconds(pid)
-        return total
-
-    def status(self) -> dict[str, int]:
-        return proc_status_kb(self.pid)
 
 
 def lowercase_uas(directory: Path) -> Path:
@@ -571,6 +496,7 @@ def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
                     pin=pin,
                     quiet=args.quiet,
                     uas_scenario=scenario,
+                    limits=args.limits,
                 )
                 ratio = cpu_ratio(sg, sp) if sp is not None else None
                 show(VersusRow("sipguard", sg, callee_byes(Path(sg.workdir)), ratio))
@@ -620,30 +546,30 @@ def _summary(rows: list[VersusRow], install: SippyInstall) -> None:
     for rate, runs in by_rate.items():
         sps, sgs = runs.get(install.label, []), runs.get("sipguard", [])
         ratios = [v.cpu_ratio for v in sgs if v.cpu_ratio is not None]
-        if not sps or not ratios:
-            continue
-
-        def pct(vs: list[VersusRow]) -> str:
-            rates = [v.success_rate for v in vs if v.success_rate is not None]
-            return "-" if not rates else f"{min(rates) * 100:.2f}%"
-
-        spread = (
-            f" (median of {len(ratios)} pairs, {min(ratios):.3f} to {max(ratios):.3f})"
-            if len(ratios) > 1
-            else ""
-        )
-        print(
-            f"{rate:g} calls/s: sipguard/{install.label} CPU s per 1,000 calls = "
-            f"{statistics.median(ratios):.3f}{spread}; calls succeeded"
-            f"{' (lowest run)' if len(ratios) > 1 else ''}: sipguard {pct(sgs)}, "
-            f"{install.label} {pct(sps)}"
-        )
+        if sps and ratios:
+            spread = (
+                f" (median of {len(ratios)} pairs, {min(ratios):.3f} to {max(ratios):.3f})"
+                if len(ratios) > 1
+                else ""
+            )
+            print(
+                f"{rate:g} calls/s: sipguard/{install.label} CPU s per 1,000 calls = "
+                f"{statistics.median(ratios):.3f}{spread}; calls succeeded"
+                f"{' (lowest run)' if len(ratios) > 1 else ''}: sipguard {_lowest(sgs)}, "
+                f"{install.label} {_lowest(sps)}"
+            )
         fls = runs.get(FLOOR_LABEL, [])
         floor = [v.cpu_ratio for v in fls if v.cpu_ratio is not None]
-        if floor:
+        if sps and floor:
             print(
                 f"{rate:g} calls/s: {FLOOR_LABEL} (no SIP work)/{install.label} CPU s per "
                 f"1,000 calls = {statistics.median(floor):.3f}"
                 + (f" (median of {len(floor)})" if len(floor) > 1 else "")
-                + f"; calls succeeded: {pct(fls)}"
+                + f"; calls succeeded: {_lowest(fls)}"
             )
+
+
+def _lowest(vs: list[VersusRow]) -> str:
+    """The lowest success rate of ``vs``, as a percentage."""
+    rates = [v.success_rate for v in vs if v.success_rate is not None]
+    return "-" if not rates else f"{min(rates) * 100:.2f}%"

@@ -89,6 +89,18 @@ class Metrics:
             "Objects that only the cyclic garbage collector could free (should stay 0)",
             registry=r,
         )
+        self.receive_queue = Gauge(
+            "sipguard_receive_queue_bytes",
+            "Memory the UDP sockets' receive queues held at the last reading (datagrams "
+            "waiting, with the kernel's overhead)",
+            registry=r,
+        )
+        self.admitted_ratio = Gauge(
+            "sipguard_overload_admitted_ratio",
+            "Fraction of new calls admitted by load shedding (1: none shed)",
+            registry=r,
+        )
+        self.admitted_ratio.set(1.0)
         self.media_unanchored = Counter(
             "sipguard_media_unanchored_total",
             "Calls carried without the media anchoring they asked for (rtpengine down)",

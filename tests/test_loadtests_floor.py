@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.floor import relay, via_prefix
+from loadtests.floor_relay import relay, via_prefix
 from tests.sipp_harness import sipp_available
 
 TARGET = ("127.0.0.2", 5090)
@@ -72,6 +72,16 @@ def test_a_response_with_folded_vias_keeps_the_others_on_the_line() -> None:
     assert out == response(b"Via: SIP/2.0/UDP 127.0.0.3:40001;branch=z9hG4bK-77-1-0\r\n")
 
 
+def test_the_branch_copied_ends_at_its_parameter() -> None:
+    """Only the branch value: not the parameters after it, nor the next Via of a list."""
+    folded = INVITE.replace(
+        b";branch=z9hG4bK-77-1-0\r\n", b";branch=z9hG4bK-77-1-0;rport, SIP/2.0/UDP 192.0.2.1\r\n"
+    )
+    sent = relay(folded, PREFIX, TARGET)
+    assert sent is not None
+    assert sent[0].split(b"\r\n")[1] == PREFIX + b"-77-1-0"
+
+
 def test_a_sent_by_without_a_port_means_5060() -> None:
     msg = response(
         b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfl-1\r\n"
@@ -96,6 +106,17 @@ def test_a_sent_by_without_a_port_means_5060() -> None:
             b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfl-1\r\n"
             b"Via: SIP/2.0/UDP 127.0.0.3:port;branch=z9hG4bK-1\r\n"
         ),
+        response(
+            b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfl-1\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.3:70000;branch=z9hG4bK-1\r\n"  # no such port
+        ),
+        response(
+            b"Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfl-1\r\n"
+            b"Via: SIP/2.0/UDP caller.example.com:5060;branch=z9hG4bK-1\r\n"  # a name
+        ),
+        # the next Via is the last line, cut before its CRLF
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKfl-1\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.3:5060",
     ],
 )
 def test_what_it_cannot_relay_is_dropped(data: bytes) -> None:
@@ -110,9 +131,11 @@ def test_the_floor_relay_carries_every_call_of_a_sipp_run(tmp_path: Path) -> Non
     from loadtests.floor import run_floor_load
     from loadtests.run import row
 
-    result = run_floor_load(100, 2, 200, workdir=tmp_path, quiet=True)
+    result = run_floor_load(100, 2, 200, workdir=tmp_path, quiet=True, pin=False)
     assert result.attempted == 200, result
     assert result.succeeded == 200, result
     assert result.failed == 0, result
     assert result.cpu_s > 0 and result.peak_rss_kb > 0, result
-    assert "CDR" not in row(result)  # it writes none, and the table does not ask
+    assert result.element == "floor relay"
+    line = row(result)
+    assert "CDR" not in line and "floor relay" in line  # it writes none; its row says what ran

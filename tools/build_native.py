@@ -50,6 +50,7 @@ MODULES = (
     "sipguard/policy/headers.py",
     "sipguard/policy/body.py",
     "sipguard/b2bua/identity.py",
+    "sipguard/b2bua/overload.py",
     "sipguard/b2bua/call.py",
     "sipguard/b2bua/core.py",
 )

@@ -23,6 +23,7 @@ from sipguard.b2bua.call import (
     session_expires,
 )
 from sipguard.b2bua.identity import CallRefusedError, identify, identity_headers
+from sipguard.b2bua.overload import Shedder
 from sipguard.cdr.record import (
     CdrRecord,
     end_of,
@@ -142,6 +143,7 @@ class B2BUA:
         self.emergency_calls = 0
         self.trunk_calls: dict[str, int] = {}
         self.trunk_cps: dict[str, tuple[int, int]] = {}  # trunk -> (second, count)
+        self.shedder = Shedder()  # fed by the driver's readings of the receive queue
         self.draining = False
         self.accepting = True  # False while the CDR spool is full (refuse non-emergency)
         self.wall_offset = wall_offset  # wall clock = now + wall_offset (set by the driver)
@@ -568,6 +570,8 @@ class B2BUA:
         tl = trunk.limits
         if tl.max_calls and self.trunk_calls.get(trunk.name, 0) >= tl.max_calls:
             return "trunk_max_calls"
+        if not self.shedder.admit():
+            return "overload"  # the receive queue grows: part of the new calls are shed
         if tl.cps:
             second = int(now)
             sec, count = self.trunk_cps.get(trunk.name, (second, 0))

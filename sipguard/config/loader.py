@@ -368,6 +368,7 @@ _CHECKS: dict[tuple[type, str], Check] = {
     (Limits, "max_calls"): _NON_NEGATIVE,
     (Limits, "emergency_max_calls"): _AT_LEAST_ONE,
     (Limits, "source_rps"): _NON_NEGATIVE,
+    (Limits, "overload_queue_kb"): _NON_NEGATIVE,
     (RtpEngine, "control"): _rule(
         lambda v: _host_port(_RTPENGINE, v), "expected udp:HOST:PORT, got {v!r}"
     ),

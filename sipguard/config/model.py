@@ -73,6 +73,10 @@ class Limits:
     emergency_max_calls: int = 200
     # per-source flood protection: requests per second from one source address (0: off)
     source_rps: int = 0
+    # load shedding: above this many KiB held by the UDP receive queues (at most a quarter
+    # of the receive buffer), part of the new calls are refused with 503 until the queue
+    # is short again (0: off)
+    overload_queue_kb: int = 512
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,7 @@ def request_flow(flow: Flow, data: bytes) -> Flow:
 # about 27 per call in progress, 9 per transaction kept for 64*T1, measured)
 GC_GUARD_OBJECTS = 1_000_000
 GC_OBJECTS_PER_ITEM = 64
+OVERLOAD_LOG_S = 10.0  # at most one overload log line this often
 
 
 # Above this many messages per second the driver sends once per loop iteration (bursts:
@@ -235,6 +236,10 @@ class Driver:
         self.stopping = asyncio.Event()
         self._exported: dict[str, dict[str, int]] = {}
         self._exported_rtx = 0
+        self._overload_logged_at = float("-inf")  # on the loop's clock
+        self._shed_logged = 0  # Shedder.shed at the last overload log line
+        self._overloaded = False  # an overload was logged, and its end not yet
+        self._queue_peak = 0  # the largest reading since the last overload log line
 
     # -- input -----------------------------------------------------------------------------
 
@@ -380,6 +385,7 @@ class Driver:
         )
         n = 0
         fed = self.fed
+        queue_error = False
         while True:
             start = loop.time()
             await asyncio.sleep(interval)
@@ -387,6 +393,13 @@ class Driver:
             lag = max(0.0, end - start - interval)
             self.batching = batch_sends(self.fed - fed, end - start)
             fed = self.fed
+            try:
+                self.read_queues()
+            except Exception:  # the probe must go on measuring; said once, not 20 times a second
+                (log.debug if queue_error else log.exception)(
+                    "internal error reading the receive queues"
+                )
+                queue_error = True
             n += 1
             if n % 20 == 0:
                 # a collection the guard runs is a pause too: the probe does not sleep then
@@ -395,6 +408,59 @@ class Driver:
             if lag > worst:
                 worst = lag
                 self.metrics.loop_lag_max.set(worst)
+
+    def receive_memory(self) -> tuple[int, int | None]:
+        """The memory the UDP receive queues hold, in bytes, and the smallest receive
+        buffer among them (None where the kernel does not tell)."""
+        queued = 0
+        smallest: int | None = None
+        for endpoint in self.udp.values():
+            mem = endpoint.receive_memory()
+            if mem is not None:
+                queued += mem[0]
+                smallest = mem[1] if smallest is None else min(smallest, mem[1])
+        return queued, smallest
+
+    def overload_threshold(self, smallest_buffer: int | None) -> int:
+        """``limits.overload_queue_kb`` in bytes, at most a quarter of the smallest receive
+        buffer: a queue never holds more than its buffer (a host whose
+        ``net.core.rmem_max`` caps SO_RCVBUF), and shedding must start well before the
+        kernel drops."""
+        threshold = self.config.limits.overload_queue_kb * 1024
+        if threshold and smallest_buffer:
+            threshold = min(threshold, smallest_buffer // 4)
+        return threshold
+
+    def read_queues(self) -> None:
+        """One reading of the UDP receive queues, for load shedding and the metrics."""
+        queued, smallest = self.receive_memory()
+        shedder = self.core.shedder
+        shedder.update(queued, self.overload_threshold(smallest))
+        self.metrics.receive_queue.set(queued)
+        self.metrics.admitted_ratio.set(shedder.admitted)
+        self._queue_peak = max(self._queue_peak, queued)
+        # one line at the first call shed, then at most one per OVERLOAD_LOG_S while
+        # calls are shed, and one when none has been for that long
+        now = self.loop.time()
+        if now - self._overload_logged_at < OVERLOAD_LOG_S:
+            return
+        if shedder.shed != self._shed_logged:
+            log.warning(
+                "overload: %d new calls shed (%d since start); up to %d KiB waited in the "
+                "receive queues, %.0f%% of new calls admitted now",
+                shedder.shed - self._shed_logged,
+                shedder.shed,
+                self._queue_peak // 1024,
+                shedder.admitted * 100,
+            )
+            self._shed_logged = shedder.shed
+            self._overload_logged_at = now
+            self._queue_peak = queued
+            self._overloaded = True
+        elif self._overloaded and not shedder.shedding:
+            log.warning("overload over: every new call admitted again")
+            self._overload_logged_at = now
+            self._overloaded = False
 
     def connection_failed(self, conn: StreamConnection) -> None:
         """A connection we opened could not be made: fail its client transactions now,
@@ -441,6 +507,16 @@ class Driver:
             else:
                 self.tcp[i] = await TcpListener.create(self, i, listen, tls=True)
             log.info("listening on %s %s:%d", listen.transport, listen.address, listen.port)
+        configured = self.config.limits.overload_queue_kb
+        _, smallest = self.receive_memory()
+        if configured and smallest and self.overload_threshold(smallest) < configured * 1024:
+            log.warning(
+                "limits.overload_queue_kb: %d KiB is more than a quarter of the UDP receive "
+                "buffer (%d KiB, as net.core.rmem_max allows): new calls are shed from %d KiB",
+                configured,
+                smallest // 1024,
+                self.overload_threshold(smallest) // 1024,
+            )
 
     def close(self) -> None:
         if self._timer is not None:

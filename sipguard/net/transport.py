@@ -12,6 +12,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import sys
 from typing import TYPE_CHECKING, Any
 
 from sipguard.config.model import Listen
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipguard.net")
 
 UDP_BUFFER = 8 * 1024 * 1024
+# getsockopt(SOL_SOCKET, SO_MEMINFO): the socket's memory as u32 counters, the first two
+# the receive queue and the receive buffer's size (SK_MEMINFO_RMEM_ALLOC, _RCVBUF);
+# Linux ≥ 3.17 (55 on x86, arm and most others), not in Python's socket module
+SO_MEMINFO = 55
+_MEMINFO_SIZE = 9 * 4
 MAX_STREAM_BACKLOG = 4 * 1024 * 1024
 
 
@@ -33,6 +39,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self.driver = driver
         self.index = index
         self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
         self._flows: dict[tuple[str, int], Flow] = {}
 
     @classmethod
@@ -47,7 +54,25 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
         _, proto = await loop.create_datagram_endpoint(lambda: cls(driver, index), sock=sock)
+        proto.sock = sock
         return proto
+
+    def receive_memory(self) -> tuple[int, int] | None:
+        """(memory the receive queue holds, the receive buffer's size), in bytes, as the
+        kernel counts them (Linux ``SO_MEMINFO``); None where it cannot tell (then no
+        load is shed on this socket's account)."""
+        if self.sock is None or self.sock.fileno() < 0:
+            return None
+        try:
+            info = self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO_SIZE)
+        except OSError:
+            return None
+        if len(info) < 8:
+            return None
+        return (
+            int.from_bytes(info[0:4], sys.byteorder),
+            int.from_bytes(info[4:8], sys.byteorder),
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -69,6 +94,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             self.transport.sendto(data, addr)
 
     def close(self) -> None:
+        self.sock = None  # the transport closes its descriptor
         if self.transport is not None:
             self.transport.close()
 

@@ -1,0 +1,74 @@
+"""Load shedding: part of the new calls refused while the receive queue grows (SPEC §8).
+
+Over UDP an element that falls behind collapses. Requests wait in its socket's receive
+queue, their senders retransmit them (RFC 3261 §17.1.1.2: from T1, 500 ms), the
+retransmissions lengthen the queue, the queue overflows, and soon most calls fail, the
+ones in progress too. An element that refuses part of the new calls early stays within
+its capacity and completes the others. The receive queue is what tells: it stays near
+empty while the element keeps up, whatever the rate, and grows as soon as it does not.
+
+:class:`Shedder` is the decision, without I/O. The driver reads the queue a few times
+a second: the memory the UDP sockets' receive buffers hold, as the kernel counts it (a
+datagram with its overhead). It calls :meth:`Shedder.update` with each reading. The
+core asks :meth:`Shedder.admit` for each new call that the capacity limits let through,
+and refuses it with ``503`` (no ``Retry-After``, SPEC §8) when the answer is no.
+
+The fraction admitted follows AIMD, as TCP's congestion window does. While the queue is
+above the threshold and not shrinking, the fraction is cut by a quarter at each reading.
+Once the queue is back under a quarter of the threshold, it grows by a twentieth per
+reading, up to every call. In between it holds. The calls admitted are spread evenly (a
+credit counter), not drawn at random. Emergency calls never ask: they have their own
+reserved capacity (SPEC §1.4). In-dialog requests and responses are never shed: they
+finish calls that are already up.
+
+Over TCP and TLS the peer's kernel stops sending when ours stops reading. There are no
+retransmissions and no collapse, and their queues are not read.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+DECREASE: Final = 0.75  # the admitted fraction, times this, per reading above the threshold
+INCREASE: Final = 0.05  # added per reading once the queue is under a quarter of it
+
+
+class Shedder:
+    """The fraction of new calls admitted, from the receive queue's readings."""
+
+    __slots__ = ("_credit", "admitted", "queued", "shed", "shedding")
+
+    def __init__(self) -> None:
+        self.admitted = 1.0  # fraction of new calls admitted
+        self.queued = 0  # bytes waiting at the last reading
+        self.shedding = False  # admitted < 1: some new calls are refused
+        self.shed = 0  # new calls refused, since start
+        self._credit = 0.0
+
+    def update(self, queued: int, threshold: int) -> None:
+        """One reading: ``queued`` bytes wait; shed above ``threshold`` (0: never)."""
+        if threshold <= 0:
+            self.admitted = 1.0
+        elif queued > threshold:
+            # cut again only while the queue still grows: a shrinking queue is the last
+            # cut at work, and cutting on would swing the fraction far below what the
+            # element can carry
+            if not self.shedding or queued >= self.queued:
+                self.admitted *= DECREASE
+        elif queued * 4 <= threshold and self.admitted < 1.0:
+            self.admitted = min(1.0, self.admitted + INCREASE)
+        self.queued = queued
+        self.shedding = self.admitted < 1.0
+        if not self.shedding:
+            self._credit = 0.0
+
+    def admit(self) -> bool:
+        """May one more new call go on? Spreads the admitted fraction evenly over calls."""
+        if not self.shedding:
+            return True
+        self._credit += self.admitted
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        self.shed += 1
+        return False
