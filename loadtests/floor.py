@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from loadtests.peer import PeerProcess  # noqa: E402
-from loadtests.run import SIPGUARD_CPU, LoadResult, peer_setup, run_element  # noqa: E402
+from loadtests.run import SIPGUARD_CPU, LoadResult, run_peer  # noqa: E402
 from tests.sipp_harness import CALLEE_IP, SIPGUARD_IP, Setup  # noqa: E402
 
 FLOOR_LABEL = "floor relay"
@@ -61,20 +61,16 @@ def run_floor_load(
     quiet: bool = False,
     uas_scenario: str | Path = "uas",
 ) -> LoadResult:
-    """One run of :func:`run.run_element` with the floor relay as the element (UDP only)."""
-    setup = peer_setup(workdir)
-    relay_ = FloorRelay(setup, cpus=SIPGUARD_CPU if pin else None)
-    result = run_element(
-        relay_,
-        setup,
+    """One run with the floor relay as the element, pinned where sipguard would be."""
+    cpus = SIPGUARD_CPU if pin else None
+    return run_peer(
+        lambda setup: FloorRelay(setup, cpus=cpus),
+        FLOOR_LABEL,
         rate,
         duration_s,
         hold_ms,
-        transport="udp",
+        workdir=workdir,
         pin=pin,
         quiet=quiet,
-        label=FLOOR_LABEL,
         uas_scenario=uas_scenario,
     )
-    result.writes_cdrs = False
-    return result

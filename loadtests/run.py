@@ -294,6 +294,37 @@ def run_element(
     return result
 
 
+def run_peer(
+    make: Callable[[Setup], Element],
+    label: str,
+    rate: float,
+    duration_s: float,
+    hold_ms: int = 1000,
+    *,
+    workdir: Path,
+    pin: bool = True,
+    quiet: bool = False,
+    uas_scenario: str | Path = "uas",
+) -> LoadResult:
+    """One run of :func:`run_element` with a peer element made by ``make`` (sippy, the
+    floor relay: UDP only, no configuration file, no CDRs)."""
+    setup = peer_setup(workdir)
+    result = run_element(
+        make(setup),
+        setup,
+        rate,
+        duration_s,
+        hold_ms,
+        transport="udp",
+        pin=pin,
+        quiet=quiet,
+        label=label,
+        uas_scenario=uas_scenario,
+    )
+    result.writes_cdrs = False
+    return result
+
+
 def use_build(*, pure: bool) -> str:
     """Make the sipguard processes started here run the compiled build, unless ``pure``.
 

@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:
 
 from loadtests.floor import FLOOR_LABEL, run_floor_load  # noqa: E402
 from loadtests.peer import PeerError, PeerProcess  # noqa: E402
-from loadtests.run import LoadResult, peer_setup, run_element, run_load  # noqa: E402
+from loadtests.run import LoadResult, run_load, run_peer  # noqa: E402
 from tests.sipp_harness import (  # noqa: E402
     CALLEE_IP,
     SIPGUARD_IP,
@@ -312,23 +312,19 @@ def run_sippy_load(
     quiet: bool = False,
     uas_scenario: str | Path = "uas",
 ) -> LoadResult:
-    """One run of :func:`run.run_element` with sippy as the element (UDP only)."""
-    setup = peer_setup(workdir)
-    sippy = Sippy(install, setup, cpus=SIPPY_CPU if pin else None)
-    result = run_element(
-        sippy,
-        setup,
+    """One run with sippy as the element (UDP only), pinned where sipguard would be."""
+    cpus = SIPPY_CPU if pin else None
+    return run_peer(
+        lambda setup: Sippy(install, setup, cpus=cpus),
+        install.label,
         rate,
         duration_s,
         hold_ms,
-        transport="udp",
+        workdir=workdir,
         pin=pin,
         quiet=quiet,
-        label=install.label,
         uas_scenario=uas_scenario,
     )
-    result.writes_cdrs = False
-    return result
 
 
 # -- the side-by-side table -------------------------------------------------------------------
