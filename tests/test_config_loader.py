@@ -164,6 +164,7 @@ def test_every_field_can_be_set() -> None:
             trunks=("carrier",),
             cert="/etc/sipguard/tls.crt",
             key="/etc/sipguard/tls.key",
+            ca="/etc/sipguard/peers-ca.crt",
         ),
     )
     assert config.metrics is None
@@ -324,6 +325,28 @@ TRUNK = "trunks: {pbx: {sources: [127.0.0.2/32]}}\n"
             1,
             "listen[0].cert",
             "only used with transport tls",
+        ),
+        (
+            "listen: [{transport: tcp, address: 127.0.0.1, port: 5060, ca: ca.crt}]\n" + TRUNK,
+            1,
+            "listen[0].ca",
+            "only used with transport tls",
+        ),
+        (
+            "listen: [{transport: tls, address: 127.0.0.1, port: 5061, cert: a, key: b}]\n"
+            "trunks: {pbx: {sources: [127.0.0.2/32], tls_name: sbc.example.net}}\n",
+            2,
+            "trunks.pbx.tls_name",
+            "needs a tls listen entry with ca serving this trunk",
+        ),
+        (
+            "listen: [{transport: tls, address: 127.0.0.1, port: 5061, cert: a, key: b, ca: c,"
+            " trunks: [b]}]\n"
+            "trunks: {pbx: {sources: [127.0.0.2/32], tls_name: sbc.example.net},"
+            " b: {sources: [127.0.0.3/32]}}\n",
+            2,
+            "trunks.pbx.tls_name",
+            "needs a tls listen entry with ca serving this trunk",
         ),
         ("listen: [{transport: udp, address: '::1', port: 5060, trunks: x}]\n", 1, "", "list"),
         ("listen: [{transport: udp, address: '::1', port: 5060, trunks: []}]\n", 1, "", "no trunk"),

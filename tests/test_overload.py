@@ -119,7 +119,7 @@ def test_shedding_never_touches_a_call_in_progress() -> None:
 
 
 def test_overload_queue_kb_is_read_and_checked() -> None:
-    assert default_config().limits.overload_queue_kb == 512
+    assert default_config().limits.overload_queue_kb == 2048
     assert default_config("limits: {overload_queue_kb: 0}\n").limits.overload_queue_kb == 0
     with pytest.raises(ConfigError, match=r"<callsim>:\d+: limits\.overload_queue_kb: "):
         default_config("limits: {overload_queue_kb: -1}\n")
@@ -218,9 +218,9 @@ async def test_a_reload_to_zero_stops_shedding_and_the_buffer_caps_the_threshold
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # a small rmem_max
     buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     try:
-        # 512 KiB configured, but the queue could never hold that much: a quarter of it
-        assert driver.overload_threshold(buffer) == buffer // 4 < 512 * 1024
-        assert driver.overload_threshold(None) == 512 * 1024  # unknown buffer: as given
+        # 2 MiB configured, but the queue could never hold that much: a quarter of it
+        assert driver.overload_threshold(buffer) == buffer // 4 < 2048 * 1024
+        assert driver.overload_threshold(None) == 2048 * 1024  # unknown buffer: as given
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for _ in range(40):  # over a quarter of that buffer
             client.sendto(b"x" * 600, sock.getsockname())

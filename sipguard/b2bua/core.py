@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipguard.b2bua.call import (
@@ -47,6 +48,7 @@ from sipguard.sip.message import (
     parse_message,
 )
 from sipguard.sip.timers import Timer
+from sipguard.sip.tlsnames import name_matches
 from sipguard.sip.transaction import (
     IDS,
     ClientTransaction,
@@ -120,6 +122,10 @@ class Prober:
             self.timer = None
 
 
+def _no_names(conn: int) -> frozenset[str]:
+    return frozenset()
+
+
 class B2BUA:
     def __init__(
         self,
@@ -144,6 +150,9 @@ class B2BUA:
         self.trunk_calls: dict[str, int] = {}
         self.trunk_cps: dict[str, tuple[int, int]] = {}  # trunk -> (second, count)
         self.shedder = Shedder()  # fed by the driver's readings of the receive queue
+        # the names a TLS connection's verified certificate holds, by connection id (the
+        # driver's; none in memory)
+        self.peer_names: Callable[[int], frozenset[str]] = _no_names
         self.draining = False
         self.accepting = True  # False while the CDR spool is full (refuse non-emergency)
         self.wall_offset = wall_offset  # wall clock = now + wall_offset (set by the driver)
@@ -415,14 +424,28 @@ class B2BUA:
     # -- a new call ------------------------------------------------------------------------
 
     def _trunk_for(self, flow: Flow) -> Trunk | None:
-        """The trunk of a new request from ``flow`` (SPEC §2), kept per socket and source."""
+        """The trunk of a new request from ``flow`` (SPEC §2), kept per socket and source;
+        a trunk with a ``tls_name`` only over TLS, from a certificate holding that name."""
         key = (flow.local, flow.host)
         cache = self._trunks_by_source
         if key in cache:
-            return cache[key]
-        if len(cache) >= 4096:
-            cache.clear()  # many sources (a scan): kept small, worked out again
-        trunk = cache[key] = self.config.match_trunk(flow.local, ipaddress.ip_address(flow.host))
+            trunk = cache[key]
+        else:
+            if len(cache) >= 4096:
+                cache.clear()  # many sources (a scan): kept small, worked out again
+            trunk = self.config.match_trunk(flow.local, ipaddress.ip_address(flow.host))
+            cache[key] = trunk
+        if trunk is not None and trunk.tls_name is not None:
+            names = self.peer_names(flow.conn) if flow.transport == "tls" else frozenset()
+            if not name_matches(trunk.tls_name, names):
+                log.info(
+                    "%s peer %s is not %s (trunk %s): refused",
+                    flow.transport.upper(),
+                    flow.host,
+                    trunk.tls_name,
+                    trunk.name,
+                )
+                return None
         return trunk
 
     def _new_call(self, req: Request, tx: ServerTransaction, now: float) -> None:

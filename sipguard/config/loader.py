@@ -356,6 +356,7 @@ _CHECKS: dict[tuple[type, str], Check] = {
     (Listen, "port"): _PORT,
     (Listen, "cert"): _NON_EMPTY,
     (Listen, "key"): _NON_EMPTY,
+    (Listen, "ca"): _NON_EMPTY,
     (Metrics, "address"): _IP,
     (Metrics, "port"): _PORT,
     (ClirCodes, "withhold"): _DIALLED_CODE,
@@ -425,6 +426,7 @@ def _listen_problems(entry: Listen) -> Iterator[tuple[str, str]]:
     for name in ("cert", "key"):
         if entry.transport == "tls" and getattr(entry, name) is None:
             yield name, "required with transport tls"
+    for name in ("cert", "key", "ca"):
         if entry.transport != "tls" and getattr(entry, name) is not None:
             yield name, "only used with transport tls"
 
@@ -489,6 +491,14 @@ def _config_problems(config: Config) -> Iterator[tuple[str, str]]:
                 yield f"trunks.{name}.{field}", _no_trunk(target, config)
         if trunk.media == "anchor" and not config.rtpengine.control:
             yield f"trunks.{name}.media", "anchor needs rtpengine.control addresses"
+        if trunk.tls_name is not None and not any(
+            e.transport == "tls" and e.ca is not None and (e.trunks is None or name in e.trunks)
+            for e in config.listen
+        ):
+            yield (
+                f"trunks.{name}.tls_name",
+                "needs a tls listen entry with ca serving this trunk (to verify the name)",
+            )
     yield from _overlapping_sources(config)
 
 

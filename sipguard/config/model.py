@@ -34,6 +34,9 @@ class Listen:
     trunks: tuple[str, ...] | None = None  # None: serves every trunk
     cert: str | None = None
     key: str | None = None
+    # TLS: the CA certificates that verify peers' certificates (a client's, which it is
+    # then asked for; a server's we connect to), for trunks with a tls_name
+    ca: str | None = None
 
 
 # where sipguard listens when the configuration has no `listen` section
@@ -76,7 +79,7 @@ class Limits:
     # load shedding: above this many KiB held by the UDP receive queues (at most a quarter
     # of the receive buffer), part of the new calls are refused with 503 until the queue
     # is short again (0: off)
-    overload_queue_kb: int = 512
+    overload_queue_kb: int = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +179,9 @@ class Trunk:
     targets: tuple[str, ...] = ()  # SIP URIs, tried in order
     # extra headers copied towards this trunk when it is untrusted (lower-case names)
     header_allowlist: frozenset[str] = frozenset()
-    tls_name: str | None = None  # TLS trunks: required certificate name of the peer
+    # TLS trunks: the name the peer's certificate must hold (verified against the ``ca`` of
+    # the TLS listen entry), or "*." and a domain; requests without it match no trunk
+    tls_name: str | None = None
 
     def emergency_target(self) -> str | None:
         return self.emergency_route_to or self.route_to

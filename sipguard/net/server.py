@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import math
 import os
@@ -222,6 +223,7 @@ class Driver:
             instance=writer.instance if writer is not None else None,
             wall_offset=time.time() - self.loop.time(),
         )
+        self.core.peer_names = self.peer_names
         self.udp: dict[int, UdpEndpoint] = {}
         self.tcp: dict[int, TcpListener] = {}
         self.conns: dict[int, StreamConnection] = {}
@@ -461,6 +463,20 @@ class Driver:
             log.warning("overload over: every new call admitted again")
             self._overload_logged_at = now
             self._overloaded = False
+
+    def peer_names(self, conn_id: int) -> frozenset[str]:
+        """The names the certificate of TLS connection ``conn_id`` holds (verified)."""
+        conn = self.conns.get(conn_id)
+        return conn.names if conn is not None else frozenset()
+
+    def tls_name_for(self, index: int, host: str) -> str | None:
+        """The ``tls_name`` of the trunk a connection to ``host`` from listen entry ``index``
+        reaches (the trunk whose sources hold it), or None."""
+        try:
+            trunk = self.config.match_trunk(index, ipaddress.ip_address(host))
+        except ValueError:
+            return None
+        return trunk.tls_name if trunk is not None else None
 
     def connection_failed(self, conn: StreamConnection) -> None:
         """A connection we opened could not be made: fail its client transactions now,

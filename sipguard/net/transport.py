@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sipguard.config.model import Listen
 from sipguard.sip.errors import SipError
 from sipguard.sip.framer import StreamFramer
+from sipguard.sip.tlsnames import certificate_names, name_matches
 from sipguard.sip.transaction import Flow
 
 if TYPE_CHECKING:
@@ -118,19 +119,36 @@ class StreamConnection(asyncio.Protocol):
         self.flow = Flow(transport_name, index, host, port, self.id)
         self.connecting: asyncio.Task[None] | None = None
         self.last_active = asyncio.get_running_loop().time()
+        self.names: frozenset[str] = frozenset()  # TLS: what the peer's certificate proves
+        self.expect_name: str | None = None  # TLS, opened by us: the trunk's tls_name
 
     def start_connect(self, listen: Listen) -> None:
         loop = asyncio.get_running_loop()
         ctx: ssl.SSLContext | None = None
+        server_name: str | None = None
         if self.transport == "tls":
-            ctx = ssl.create_default_context()
-        self.connecting = loop.create_task(self._connect(ctx))
+            ctx = ssl.create_default_context(cafile=listen.ca)
+            self.expect_name = self.driver.tls_name_for(self.index, self.host)
+            if self.expect_name is not None:
+                # the certificate must hold the trunk's name, checked once connected (a
+                # "*." name is no host name to check against)
+                ctx.check_hostname = False
+                if not self.expect_name.startswith("*."):
+                    server_name = self.expect_name  # SNI
+        self.connecting = loop.create_task(self._connect(ctx, server_name))
 
-    async def _connect(self, ctx: ssl.SSLContext | None) -> None:
+    async def _connect(self, ctx: ssl.SSLContext | None, server_name: str | None) -> None:
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: self, self.host, self.port, ssl=ctx), 5.0
+                loop.create_connection(
+                    lambda: self,
+                    self.host,
+                    self.port,
+                    ssl=ctx,
+                    server_hostname=server_name if ctx is not None else None,
+                ),
+                5.0,
             )
         except (TimeoutError, OSError) as exc:
             log.info("cannot connect to %s %s:%d: %s", self.transport, self.host, self.port, exc)
@@ -140,6 +158,20 @@ class StreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.stream = transport  # type: ignore[assignment]
+        if self.transport == "tls":
+            self.names = certificate_names(transport.get_extra_info("peercert"))
+            if self.expect_name is not None and not name_matches(self.expect_name, self.names):
+                log.warning(
+                    "TLS peer %s:%d is not %s: its certificate holds %s; closing",
+                    self.host,
+                    self.port,
+                    self.expect_name,
+                    ", ".join(sorted(self.names)) or "no name",
+                )
+                self.pending.clear()  # never sent to a peer that is not who it must be
+                self.close()
+                self.driver.connection_failed(self)
+                return
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -216,6 +248,11 @@ class TcpListener:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             assert listen.cert is not None and listen.key is not None
             ctx.load_cert_chain(listen.cert, listen.key)
+            if listen.ca is not None:
+                # a client certificate is asked for and, if given, verified: a trunk with a
+                # tls_name matches only connections whose certificate holds that name
+                ctx.load_verify_locations(cafile=listen.ca)
+                ctx.verify_mode = ssl.CERT_OPTIONAL
 
         def factory() -> StreamConnection:
             conn = _Accepted(driver, "tls" if tls else "tcp", index, "", 0)

@@ -1,0 +1,102 @@
+"""A trunk's ``tls_name`` (SPEC §2: "a TLS trunk may also require a certificate name"):
+the names a certificate proves (RFC 5922 §7.1), and the core matching a request to such
+a trunk only over TLS from a certificate with that name."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipguard.sip.tlsnames import certificate_names, name_matches
+from tests.callsim import CONFIG, Wire, config_text, invite, requests, responses
+
+TLS = Path(__file__).parent / "data" / "tls"
+
+
+def decoded(name: str) -> dict[str, Any]:
+    """What ``getpeercert()`` gives for one of the test certificates."""
+    cert: dict[str, Any] = ssl._ssl._test_decode_cert(str(TLS / f"{name}.crt"))  # type: ignore[attr-defined]
+    return cert
+
+
+def test_the_names_a_certificate_holds() -> None:
+    assert certificate_names(decoded("sbc1")) == {"sbc1.carrier.test"}
+    # a sip: URI in subjectAltName names a domain; the common name is then not used
+    assert certificate_names(decoded("sipuri")) == {"pbx.customer.test"}
+    assert certificate_names(decoded("sipguard")) == {"sipguard.test"}  # IP entries: no name
+    assert certificate_names(None) == frozenset()
+    assert certificate_names({}) == frozenset()
+
+
+def test_the_common_name_counts_only_without_subject_alt_names() -> None:
+    subject = ((("commonName", "Old.Style.Test"),),)
+    assert certificate_names({"subject": subject}) == {"old.style.test"}
+    with_san = {"subject": subject, "subjectAltName": (("DNS", "new.test"),)}
+    assert certificate_names(with_san) == {"new.test"}
+    # a sip: URI with a user part is no domain: nothing, and still no common name
+    user = {"subject": subject, "subjectAltName": (("URI", "sip:alice@new.test"),)}
+    assert certificate_names(user) == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("tls_name", "names", "matches"),
+    [
+        ("sbc1.carrier.test", {"sbc1.carrier.test"}, True),
+        ("SBC1.Carrier.Test", {"sbc1.carrier.test"}, True),
+        ("sbc2.carrier.test", {"sbc1.carrier.test"}, False),
+        ("*.carrier.test", {"sbc1.carrier.test"}, True),
+        ("*.carrier.test", {"carrier.test"}, False),  # one label in front, not none
+        ("*.carrier.test", {"a.sbc1.carrier.test"}, False),  # nor two
+        ("*.carrier.test", {"sbc1.carrier.test.evil"}, False),
+        ("*.carrier.test", {"*.carrier.test"}, False),  # a wildcard certificate proves nothing
+        ("sbc1.carrier.test", frozenset(), False),
+    ],
+)
+def test_a_tls_name_against_the_names_proven(tls_name: str, names: set[str], matches: bool) -> None:
+    assert name_matches(tls_name, frozenset(names)) is matches
+
+
+# -- in the core -------------------------------------------------------------------------------
+
+TLS_CONFIG = CONFIG.replace(
+    "  - {transport: tcp, address: 127.0.0.1, port: 5060}\n",
+    "  - {transport: tls, address: 127.0.0.1, port: 5061, cert: s.crt, key: s.key, ca: ca.crt}\n",
+).replace(
+    "    route_to: pbx\n    allowed_cli:",
+    '    route_to: pbx\n    tls_name: "*.carrier.test"\n    allowed_cli:',
+)
+
+
+def tls_wire(names: frozenset[str]) -> Wire:
+    w = Wire(config_text(TLS_CONFIG), caller_transport="tls")
+    assert w.config.listen[1].transport == "tls"
+    assert w.config.trunks["customers"].tls_name == "*.carrier.test"
+    w.core.peer_names = lambda conn: names if conn == 1 else frozenset()
+    return w
+
+
+def test_a_request_over_tls_from_a_certificate_with_the_name_is_the_trunks() -> None:
+    w = tls_wire(frozenset({"sbc1.carrier.test"}))
+    w.from_caller(invite(1))
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+
+
+@pytest.mark.parametrize(
+    "names", [frozenset({"stranger.test"}), frozenset({"carrier.test"}), frozenset()]
+)
+def test_a_request_over_tls_without_the_name_matches_no_trunk(names: frozenset[str]) -> None:
+    w = tls_wire(names)
+    w.from_caller(invite(1))
+    assert [r.status for r in responses(w.take_caller()) if r.status >= 200] == [403]
+    assert requests(w.take_callee()) == []
+
+
+def test_the_same_source_over_udp_matches_no_trunk_that_needs_a_name() -> None:
+    w = tls_wire(frozenset({"sbc1.carrier.test"}))
+    w.caller_transport = "udp"
+    w.from_caller(invite(1))
+    assert [r.status for r in responses(w.take_caller()) if r.status >= 200] == [403]
+    assert requests(w.take_callee()) == []
