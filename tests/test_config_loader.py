@@ -335,9 +335,9 @@ TRUNK = "trunks: {pbx: {sources: [127.0.0.2/32]}}\n"
         (
             "listen: [{transport: tls, address: 127.0.0.1, port: 5061, cert: a, key: b}]\n"
             "trunks: {pbx: {sources: [127.0.0.2/32], tls_name: sbc.example.net}}\n",
-            2,
-            "trunks.pbx.tls_name",
-            "needs a tls listen entry with ca serving this trunk",
+            1,
+            "listen[0].ca",
+            "required: it serves trunk 'pbx', which has tls_name",
         ),
         (
             "listen: [{transport: tls, address: 127.0.0.1, port: 5061, cert: a, key: b, ca: c,"
@@ -346,7 +346,14 @@ TRUNK = "trunks: {pbx: {sources: [127.0.0.2/32]}}\n"
             " b: {sources: [127.0.0.3/32]}}\n",
             2,
             "trunks.pbx.tls_name",
-            "needs a tls listen entry with ca serving this trunk",
+            "needs a tls listen entry serving this trunk",
+        ),
+        (
+            "listen: [{transport: tls, address: 127.0.0.1, port: 5061, cert: a, key: b, ca: c}]\n"
+            "trunks: {pbx: {sources: [127.0.0.2/32], tls_name: 192.0.2.7}}\n",
+            2,
+            "trunks.pbx.tls_name",
+            "not an IP address",
         ),
         ("listen: [{transport: udp, address: '::1', port: 5060, trunks: x}]\n", 1, "", "list"),
         ("listen: [{transport: udp, address: '::1', port: 5060, trunks: []}]\n", 1, "", "no trunk"),

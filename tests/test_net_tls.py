@@ -20,8 +20,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.sipp_harness import CALLER_IP, SIPGUARD_IP, Sipguard, free_port, running, write_config
-from tests.test_net_driver import SDP, UdpPeer, header, sip_request, status_of
+from tests.sipp_harness import (
+    CALLER_IP,
+    SIPGUARD_IP,
+    Setup,
+    Sipguard,
+    free_port,
+    running,
+    write_config,
+)
+from tests.test_net_driver import (
+    SDP,
+    UdpPeer,
+    header,
+    scrape_samples,
+    sip_request,
+    status_of,
+)
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -103,6 +118,7 @@ def test_a_trunk_with_a_tls_name_takes_calls_only_from_a_certificate_with_that_n
         udp.close()
         later = [f for f in callee.recv_all(0.5) if f.startswith(b"INVITE ")]
         log = sg.log_tail(200)
+        samples = scrape_samples(sg)
     callee.close()
 
     assert named == ([100], None), (named, log)
@@ -116,7 +132,12 @@ def test_a_trunk_with_a_tls_name_takes_calls_only_from_a_certificate_with_that_n
     # (the first call's INVITE is retransmitted meanwhile: the callee never answers it)
     new_calls = {header(f, "Call-ID") for f in later} - {header(f, "Call-ID") for f in forwarded}
     assert not new_calls, "a refused call reached the callee"
-    assert "is not *.carrier.test (trunk customers): refused" in log
+    refused = [
+        v
+        for n, lab, v in samples
+        if n == "sipguard_rejected_total" and lab == {"reason": "tls_name"}
+    ]
+    assert refused == [3.0], refused  # the other name, none, and UDP
 
 
 class TlsServer:
@@ -148,14 +169,9 @@ class TlsServer:
         self.sock.close()
 
 
-@pytest.mark.parametrize(("cert", "reached"), [("sbc1", True), ("stranger", False)])
-def test_a_tls_target_must_hold_its_trunks_name(tmp_path: Path, cert: str, reached: bool) -> None:
-    """Towards a trunk with a tls_name, the B-leg goes only to a server whose certificate
-    (verified against the listen entry's ca) holds that name; otherwise the connection is
-    closed before anything is sent, and the call fails."""
-    server = TlsServer(cert)
-    port = free_port()
-    setup = write_config(
+def tls_config(tmp_path: Path, port: int, pbx: dict[str, object]) -> Setup:
+    """UDP and TLS (with the test CA) on ``port``; ``pbx``: fields of the pbx trunk."""
+    return write_config(
         tmp_path,
         sip_port=port,
         overrides={
@@ -170,14 +186,32 @@ def test_a_tls_target_must_hold_its_trunks_name(tmp_path: Path, cert: str, reach
                     "ca": str(TLS / "ca.crt"),
                 },
             ],
-            "trunks": {
-                "pbx": {
-                    "targets": [f"sip:127.0.0.2:{server.port};transport=tls"],
-                    "tls_name": "sbc1.carrier.test",
-                }
-            },
+            # the pbx's sources are not where its targets are: the name to check comes
+            # from where the call is routed, not from the sources
+            "trunks": {"pbx": {"sources": ["127.0.0.9/32"], **pbx}},
         },
     )
+
+
+@pytest.mark.parametrize(
+    ("cert", "tls_name", "reached"),
+    [
+        ("sbc1", "sbc1.carrier.test", True),
+        ("sbc1", "*.carrier.test", True),  # no SNI: the name is checked by sipguard
+        ("stranger", "sbc1.carrier.test", False),
+        ("stranger", "*.carrier.test", False),
+    ],
+)
+def test_a_tls_target_must_hold_its_trunks_name(
+    tmp_path: Path, cert: str, tls_name: str, reached: bool
+) -> None:
+    """Towards a trunk with a tls_name, the B-leg goes only to a server whose certificate
+    (verified against the listen entry's ca) holds that name; otherwise the connection is
+    closed before anything is sent, and the call fails."""
+    server = TlsServer(cert)
+    port = free_port()
+    target = f"sip:127.0.0.2:{server.port};transport=tls"
+    setup = tls_config(tmp_path, port, {"targets": [target], "tls_name": tls_name})
     sg = Sipguard(setup)
     caller = UdpPeer()
     try:
@@ -194,4 +228,41 @@ def test_a_tls_target_must_hold_its_trunks_name(tmp_path: Path, cert: str, reach
     else:
         assert server.received == b"", server.received[:200]
         assert final is not None and status_of(final) in (408, 480, 500, 502, 503), (final, log)
-        assert "is not sbc1.carrier.test: its certificate holds stranger.test" in log, log
+        assert f"is not {tls_name}: its certificate holds stranger.test" in log, log
+
+
+def test_a_connection_from_the_targets_address_without_the_name_is_not_reused(
+    tmp_path: Path,
+) -> None:
+    """A client that connects from the target's own address and port, with no
+    certificate, is not the trunk's peer: the B-leg is never sent on its connection
+    (RFC 5923 §6), but on a new one, which fails here (nobody listens there)."""
+    target_port = free_port("127.0.0.2")
+    port = free_port()
+    target = f"sip:127.0.0.2:{target_port};transport=tls"
+    setup = tls_config(tmp_path, port, {"targets": [target], "tls_name": "sbc1.carrier.test"})
+    sg = Sipguard(setup)
+    caller = UdpPeer()
+    ctx = ssl.create_default_context(cafile=str(TLS / "ca.crt"))
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    raw.bind(("127.0.0.2", target_port))
+    try:
+        with running(sg):
+            sg.start()
+            raw.connect((SIPGUARD_IP, port))
+            with ctx.wrap_socket(raw, server_hostname=SIPGUARD_IP) as impostor:
+                impostor.settimeout(0.5)
+                invite = sip_request("INVITE", local=caller.local, body=SDP)
+                final = caller.transact(invite, (SIPGUARD_IP, port), timeout=10.0)
+                got = b""
+                with contextlib.suppress(TimeoutError, ssl.SSLError, OSError):
+                    while chunk := impostor.recv(65536):
+                        got += chunk
+            log = sg.log_tail(200)
+    finally:
+        caller.close()
+        with contextlib.suppress(OSError):
+            raw.close()
+    assert b"INVITE" not in got, got[:200]
+    assert final is not None and status_of(final) in (408, 480, 500, 502, 503), (final, log)

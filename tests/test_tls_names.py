@@ -39,6 +39,19 @@ def test_the_common_name_counts_only_without_subject_alt_names() -> None:
     # a sip: URI with a user part is no domain: nothing, and still no common name
     user = {"subject": subject, "subjectAltName": (("URI", "sip:alice@new.test"),)}
     assert certificate_names(user) == frozenset()
+    # nor when the subjectAltName holds only addresses
+    address = {"subject": subject, "subjectAltName": (("IP Address", "192.0.2.1"),)}
+    assert certificate_names(address) == frozenset()
+
+
+def test_a_sip_uri_names_its_domain_without_port_or_parameters() -> None:
+    san = (
+        ("URI", "sip:a.example.net:5061;transport=tls"),
+        ("URI", "SIP:B.Example.Net"),
+        ("URI", "sips:c.example.net"),  # RFC 5922 §7.1 names sip: URIs only
+        ("URI", "https://d.example.net"),
+    )
+    assert certificate_names({"subjectAltName": san}) == {"a.example.net", "b.example.net"}
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,8 @@ class B2BUA:
         self.down: dict[Flow, Prober] = {}
         self.resolved: dict[str, list[tuple[str, str, int]]] = {}
         self._target_flows: dict[str, list[Flow]] = {}
+        # (listen entry, host, port) of a TLS next hop -> the tls_name of its trunk
+        self._tls_expected: dict[tuple[int, str, int], str] = {}
         self._flood: dict[str, int] = {}
         self._flood_second = -1
         self.stats_in: dict[str, int] = {}
@@ -196,6 +198,7 @@ class B2BUA:
         self._trunks_by_source.clear()
         self.layer.t = self._timers(config)
         self._target_flows.clear()
+        self._tls_expected.clear()
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
 
     def drain(self) -> None:
@@ -424,29 +427,37 @@ class B2BUA:
     # -- a new call ------------------------------------------------------------------------
 
     def _trunk_for(self, flow: Flow) -> Trunk | None:
-        """The trunk of a new request from ``flow`` (SPEC §2), kept per socket and source;
-        a trunk with a ``tls_name`` only over TLS, from a certificate holding that name."""
+        """The trunk of a new request from ``flow`` (SPEC §2), kept per socket and source."""
         key = (flow.local, flow.host)
         cache = self._trunks_by_source
         if key in cache:
-            trunk = cache[key]
-        else:
-            if len(cache) >= 4096:
-                cache.clear()  # many sources (a scan): kept small, worked out again
-            trunk = self.config.match_trunk(flow.local, ipaddress.ip_address(flow.host))
-            cache[key] = trunk
-        if trunk is not None and trunk.tls_name is not None:
-            names = self.peer_names(flow.conn) if flow.transport == "tls" else frozenset()
-            if not name_matches(trunk.tls_name, names):
-                log.info(
-                    "%s peer %s is not %s (trunk %s): refused",
-                    flow.transport.upper(),
-                    flow.host,
-                    trunk.tls_name,
-                    trunk.name,
-                )
-                return None
+            return cache[key]
+        if len(cache) >= 4096:
+            cache.clear()  # many sources (a scan): kept small, worked out again
+        trunk = cache[key] = self.config.match_trunk(flow.local, ipaddress.ip_address(flow.host))
         return trunk
+
+    def _tls_name_proven(self, trunk: Trunk, flow: Flow) -> bool:
+        """A trunk with a ``tls_name`` takes requests only over TLS, on a connection whose
+        verified certificate holds that name (SPEC §2); checked on every new request."""
+        if trunk.tls_name is None:
+            return True
+        names = self.peer_names(flow.conn) if flow.transport == "tls" else frozenset()
+        if name_matches(trunk.tls_name, names):
+            return True
+        log.debug(
+            "%s peer %s is not %s (trunk %s): refused",
+            flow.transport.upper(),
+            flow.host,
+            trunk.tls_name,
+            trunk.name,
+        )
+        return False
+
+    def expected_tls_name(self, local: int, host: str, port: int) -> str | None:
+        """The ``tls_name`` a TLS connection from listen entry ``local`` to ``host:port``
+        must find in the server's certificate: that of the trunk routed there, or None."""
+        return self._tls_expected.get((local, host, port))
 
     def _new_call(self, req: Request, tx: ServerTransaction, now: float) -> None:
         if (req.call_id, req.from_.tag or "", req.cseq.number) in self.invites:
@@ -456,6 +467,9 @@ class B2BUA:
         trunk = self._trunk_for(tx.flow)
         if trunk is None:
             self._reject(tx, 403, "unknown_source", now)
+            return
+        if trunk.tls_name is not None and not self._tls_name_proven(trunk, tx.flow):
+            self._reject(tx, 403, "tls_name", now)
             return
         mf = req.max_forwards
         if mf is not None and mf <= 0:
@@ -681,6 +695,14 @@ class B2BUA:
                 continue
             if listen.trunks is not None and trunk.name not in listen.trunks:
                 continue
+            if transport == "tls" and trunk.tls_name is not None:
+                expected = self._tls_expected
+                if len(expected) >= 4096:
+                    # Request-URI hosts of many calls: worked out again, the trunks'
+                    # targets too (their flows are kept, and would not come back here)
+                    expected.clear()
+                    self._target_flows.clear()
+                expected[(i, host, port)] = trunk.tls_name
             return Flow(transport, i, host, port)
         return None
 

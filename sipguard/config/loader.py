@@ -20,6 +20,7 @@ are checked once all its fields are valid. A :class:`ConfigError` is one line,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -491,14 +492,25 @@ def _config_problems(config: Config) -> Iterator[tuple[str, str]]:
                 yield f"trunks.{name}.{field}", _no_trunk(target, config)
         if trunk.media == "anchor" and not config.rtpengine.control:
             yield f"trunks.{name}.media", "anchor needs rtpengine.control addresses"
-        if trunk.tls_name is not None and not any(
-            e.transport == "tls" and e.ca is not None and (e.trunks is None or name in e.trunks)
-            for e in config.listen
-        ):
-            yield (
-                f"trunks.{name}.tls_name",
-                "needs a tls listen entry with ca serving this trunk (to verify the name)",
-            )
+        if trunk.tls_name is not None:
+            serving = [
+                i
+                for i, e in enumerate(config.listen)
+                if e.transport == "tls" and (e.trunks is None or name in e.trunks)
+            ]
+            if not serving:
+                yield f"trunks.{name}.tls_name", "needs a tls listen entry serving this trunk"
+            for i in serving:
+                if config.listen[i].ca is None:
+                    # its peers could never prove the name there, and the connections
+                    # opened from it would trust the system's CAs for it
+                    yield (
+                        f"listen[{i}].ca",
+                        f"required: it serves trunk {name!r}, which has tls_name",
+                    )
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(trunk.tls_name)
+                yield f"trunks.{name}.tls_name", "a certificate name, not an IP address"
     yield from _overlapping_sources(config)
 
 

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -30,6 +31,7 @@ from sipguard.net.httpd import MetricsServer
 from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
 from sipguard.sip.errors import SipError
 from sipguard.sip.message import Limits, Request, Response, parse_message
+from sipguard.sip.tlsnames import name_matches
 from sipguard.sip.transaction import Flow
 
 log = logging.getLogger("sipguard")
@@ -242,6 +244,7 @@ class Driver:
         self._shed_logged = 0  # Shedder.shed at the last overload log line
         self._overloaded = False  # an overload was logged, and its end not yet
         self._queue_peak = 0  # the largest reading since the last overload log line
+        self._client_contexts: dict[tuple[int, bool], ssl.SSLContext] = {}
 
     # -- input -----------------------------------------------------------------------------
 
@@ -327,9 +330,21 @@ class Driver:
                 else:
                     flow = request_flow(flow, data)
             conn = self.conn_by_addr.get((flow.transport, flow.host, flow.port))
+            if conn is not None and flow.transport == "tls" and not self._proves(conn, flow):
+                conn = None  # a connection found by address, but not the trunk's peer
         if conn is None or conn.closed:
             conn = self.connect(flow)
         conn.send(data)
+
+    def _proves(self, conn: StreamConnection, flow: Flow) -> bool:
+        """May a TLS connection found by ``flow``'s address carry it? Where the next hop
+        must hold a trunk's ``tls_name``: only a connection that checks it (opened by us
+        for that name) or whose verified certificate holds it (RFC 5923 §6: reuse only
+        once the certificate has proved the name)."""
+        expected = self.tls_name_for(flow.local, flow.host, flow.port)
+        if expected is None:
+            return True
+        return conn.expect_name == expected or name_matches(expected, conn.names)
 
     # -- stream connections ----------------------------------------------------------------
 
@@ -350,7 +365,7 @@ class Driver:
     def connect(self, flow: Flow) -> StreamConnection:
         conn = StreamConnection(self, flow.transport, flow.local, flow.host, flow.port)
         self.register(conn)
-        conn.start_connect(self.config.listen[flow.local])
+        conn.start_connect()
         return conn
 
     def close_idle(self) -> int:
@@ -469,14 +484,32 @@ class Driver:
         conn = self.conns.get(conn_id)
         return conn.names if conn is not None else frozenset()
 
-    def tls_name_for(self, index: int, host: str) -> str | None:
-        """The ``tls_name`` of the trunk a connection to ``host`` from listen entry ``index``
-        reaches (the trunk whose sources hold it), or None."""
+    def tls_name_for(self, index: int, host: str, port: int) -> str | None:
+        """The ``tls_name`` a TLS connection from listen entry ``index`` to ``host:port``
+        must find in the server's certificate: that of the trunk the core routed there,
+        else (an in-dialog peer) that of the trunk whose sources hold ``host``; or None."""
+        name = self.core.expected_tls_name(index, host, port)
+        if name is not None:
+            return name
         try:
             trunk = self.config.match_trunk(index, ipaddress.ip_address(host))
         except ValueError:
             return None
         return trunk.tls_name if trunk is not None else None
+
+    def client_context(self, index: int, by_name: bool) -> ssl.SSLContext:
+        """The TLS context of connections opened from listen entry ``index``: the server's
+        certificate verified against the entry's ``ca`` (or the system's CAs), and its
+        host name checked by the TLS library, or, ``by_name``, by the caller against a
+        trunk's ``tls_name``. Made once per entry and kind."""
+        key = (index, by_name)
+        ctx = self._client_contexts.get(key)
+        if ctx is None:
+            ctx = ssl.create_default_context(cafile=self.config.listen[index].ca)
+            if by_name:
+                ctx.check_hostname = False
+            self._client_contexts[key] = ctx
+        return ctx
 
     def connection_failed(self, conn: StreamConnection) -> None:
         """A connection we opened could not be made: fail its client transactions now,
@@ -522,6 +555,8 @@ class Driver:
                 self.tcp[i] = await TcpListener.create(self, i, listen)
             else:
                 self.tcp[i] = await TcpListener.create(self, i, listen, tls=True)
+                for by_name in (False, True):  # a CA file that cannot be read fails here
+                    self.client_context(i, by_name)
             log.info("listening on %s %s:%d", listen.transport, listen.address, listen.port)
         configured = self.config.limits.overload_queue_kb
         _, smallest = self.receive_memory()

@@ -13,7 +13,7 @@ import logging
 import socket
 import ssl
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sipguard.config.model import Listen
 from sipguard.sip.errors import SipError
@@ -122,19 +122,17 @@ class StreamConnection(asyncio.Protocol):
         self.names: frozenset[str] = frozenset()  # TLS: what the peer's certificate proves
         self.expect_name: str | None = None  # TLS, opened by us: the trunk's tls_name
 
-    def start_connect(self, listen: Listen) -> None:
+    def start_connect(self) -> None:
         loop = asyncio.get_running_loop()
         ctx: ssl.SSLContext | None = None
         server_name: str | None = None
         if self.transport == "tls":
-            ctx = ssl.create_default_context(cafile=listen.ca)
-            self.expect_name = self.driver.tls_name_for(self.index, self.host)
-            if self.expect_name is not None:
-                # the certificate must hold the trunk's name, checked once connected (a
-                # "*." name is no host name to check against)
-                ctx.check_hostname = False
-                if not self.expect_name.startswith("*."):
-                    server_name = self.expect_name  # SNI
+            self.expect_name = self.driver.tls_name_for(self.index, self.host, self.port)
+            # with a name expected, the certificate must hold it, checked once connected
+            # (a "*." name is no host name for the TLS library to check)
+            ctx = self.driver.client_context(self.index, self.expect_name is not None)
+            if self.expect_name is not None and not self.expect_name.startswith("*."):
+                server_name = self.expect_name  # SNI
         self.connecting = loop.create_task(self._connect(ctx, server_name))
 
     async def _connect(self, ctx: ssl.SSLContext | None, server_name: str | None) -> None:
@@ -151,6 +149,8 @@ class StreamConnection(asyncio.Protocol):
                 5.0,
             )
         except (TimeoutError, OSError) as exc:
+            if self.stream is not None:  # connected just as the time ran out: it stands
+                return
             log.info("cannot connect to %s %s:%d: %s", self.transport, self.host, self.port, exc)
             self.closed = True
             self.driver.unregister(self)
@@ -169,7 +169,9 @@ class StreamConnection(asyncio.Protocol):
                     ", ".join(sorted(self.names)) or "no name",
                 )
                 self.pending.clear()  # never sent to a peer that is not who it must be
-                self.close()
+                self.closed = True
+                cast(asyncio.Transport, transport).abort()  # nothing more read from it either
+                self.driver.unregister(self)
                 self.driver.connection_failed(self)
                 return
         sock = transport.get_extra_info("socket")
@@ -181,6 +183,8 @@ class StreamConnection(asyncio.Protocol):
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:  # closed by us (a certificate without the name): read nothing
+            return
         self.last_active = self.driver.loop.time()
         try:
             messages = self.framer.feed(data)

@@ -24,16 +24,16 @@ def certificate_names(peercert: dict[str, Any] | None) -> frozenset[str]:
     if not peercert:
         return frozenset()
     names: set[str] = set()
-    for kind, value in peercert.get("subjectAltName", ()):
-        if kind == "DNS":
-            names.add(str(value).lower())
-        elif kind == "URI" and str(value).lower().startswith("sip:"):
-            # sip:example.net (a domain, RFC 5922 §7.1); a user part or parameters are not
-            # a domain's identity
-            host = str(value)[4:]
-            if "@" not in host and ";" not in host:
-                names.add(host.lower())
-    if names or any(kind in ("DNS", "URI") for kind, _ in peercert.get("subjectAltName", ())):
+    if "subjectAltName" in peercert:  # then the common name is not an identity (§7.1)
+        for kind, value in peercert["subjectAltName"]:
+            if kind == "DNS":
+                names.add(str(value).lower())
+            elif kind == "URI" and str(value)[:4].lower() == "sip:":
+                # sip:example.net: the domain, without port or parameters (§7.2); one
+                # with a user part names a user, not a domain
+                host = str(value)[4:].split(";", 1)[0]
+                if "@" not in host and not host.startswith("["):
+                    names.add(host.rsplit(":", 1)[0].lower())
         return frozenset(names)
     for rdn in peercert.get("subject", ()):
         for key, value in rdn:
