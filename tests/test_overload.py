@@ -34,9 +34,11 @@ def test_a_short_queue_admits_every_call() -> None:
     assert admitted_of(s, 1000) == 1000
 
 
-def test_a_growing_queue_cuts_the_admitted_fraction_at_each_reading() -> None:
+def test_a_queue_growing_above_the_threshold_cuts_the_fraction_at_each_reading() -> None:
     s = Shedder()
-    s.update(THRESHOLD + 1, THRESHOLD)
+    s.update(THRESHOLD + 1, THRESHOLD)  # one reading above: maybe a pause caught up on
+    assert not s.shedding and admitted_of(s, 100) == 100
+    s.update(THRESHOLD + 2, THRESHOLD)  # still growing: an overload
     assert s.shedding and s.admitted == pytest.approx(DECREASE)
     assert admitted_of(s, 100) == 75  # spread evenly, not drawn at random
     assert s.shed == 25
@@ -45,6 +47,21 @@ def test_a_growing_queue_cuts_the_admitted_fraction_at_each_reading() -> None:
     for _ in range(20):
         s.update(8 * THRESHOLD, THRESHOLD)  # as long as it does not shrink
     assert admitted_of(s, 1000) <= 1  # a flood: almost every new call refused
+
+
+def test_past_twice_the_threshold_the_first_reading_cuts() -> None:
+    s = Shedder()
+    s.update(2 * THRESHOLD + 1, THRESHOLD)
+    assert s.shedding and s.admitted == pytest.approx(DECREASE)
+
+
+def test_a_pause_caught_up_on_refuses_nothing() -> None:
+    """A queue just above the threshold once, then shrinking: the host paused, sipguard
+    catches up (slowly, near its capacity), and no call is refused meanwhile."""
+    s = Shedder()
+    for queued in (0, THRESHOLD + THRESHOLD // 2, THRESHOLD + 1, THRESHOLD // 2, 0):
+        s.update(queued, THRESHOLD)
+        assert not s.shedding
 
 
 def test_a_queue_above_the_threshold_but_shrinking_is_the_last_cut_at_work() -> None:
@@ -59,7 +76,7 @@ def test_a_queue_above_the_threshold_but_shrinking_is_the_last_cut_at_work() -> 
 
 def test_the_fraction_holds_until_the_queue_is_under_a_quarter_then_grows_back() -> None:
     s = Shedder()
-    s.update(THRESHOLD + 1, THRESHOLD)
+    s.update(2 * THRESHOLD + 1, THRESHOLD)
     s.update(THRESHOLD // 2, THRESHOLD)  # between a quarter and the threshold: hold
     assert s.admitted == pytest.approx(DECREASE)
     s.update(THRESHOLD // 4, THRESHOLD)
@@ -226,6 +243,7 @@ async def test_a_reload_to_zero_stops_shedding_and_the_buffer_caps_the_threshold
             client.sendto(b"x" * 600, sock.getsockname())
         client.close()
         driver.read_queues()
+        driver.read_queues()  # above the threshold twice, not shrinking: an overload
         assert driver.core.shedder.shedding
         driver.config = default_config("limits: {overload_queue_kb: 0}\n")  # a reload
         driver.read_queues()

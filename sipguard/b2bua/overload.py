@@ -13,8 +13,9 @@ datagram with its overhead). It calls :meth:`Shedder.update` with each reading. 
 core asks :meth:`Shedder.admit` for each new call that the capacity limits let through,
 and refuses it with ``503`` (no ``Retry-After``, SPEC §8) when the answer is no.
 
-The fraction admitted follows AIMD, as TCP's congestion window does. While the queue is
-above the threshold and not shrinking, the fraction is cut by a quarter at each reading.
+The fraction admitted follows AIMD, as TCP's congestion window does. While the queue
+grows above the threshold (at two readings in a row, or past twice the threshold at
+once), the fraction is cut by a quarter at each reading.
 Once the queue is back under a quarter of the threshold, it grows by a twentieth per
 reading, up to every call. In between it holds. The calls admitted are spread evenly (a
 credit counter), not drawn at random. Emergency calls never ask: they have their own
@@ -50,10 +51,15 @@ class Shedder:
         if threshold <= 0:
             self.admitted = 1.0
         elif queued > threshold:
-            # cut again only while the queue still grows: a shrinking queue is the last
-            # cut at work, and cutting on would swing the fraction far below what the
-            # element can carry
-            if not self.shedding or queued >= self.queued:
+            # cut while the queue grows above the threshold: at a second reading in a
+            # row, or at once from twice the threshold. A queue that shrinks is the last
+            # cut at work (cutting on would swing the fraction far below what the
+            # element can carry), or a pause of the host being caught up on: one reading
+            # just above the threshold is not yet an overload
+            growing = queued >= self.queued
+            if (growing and self.queued > threshold) or (
+                queued > 2 * threshold and (growing or not self.shedding)
+            ):
                 self.admitted *= DECREASE
         elif queued * 4 <= threshold and self.admitted < 1.0:
             self.admitted = min(1.0, self.admitted + INCREASE)
