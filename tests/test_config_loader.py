@@ -216,7 +216,10 @@ def test_every_field_can_be_set() -> None:
         numbering=Numbering(country_code="44", national_prefix="", international_prefix="011"),
         limits=TrunkLimits(cps=10, max_calls=100),
         media="anchor",
-        targets=("sips:sbc.carrier.example.com:5061;transport=tcp", "sip:[2001:db8:100::1]"),
+        targets=(
+            "sips:sbc.carrier.example.com:5061;transport=tcp",
+            "sip:[2001:db8:100::1];transport=tls",
+        ),
         header_allowlist=frozenset({"x-carrier-ref", "accept-language"}),  # lower-cased
         tls_name="*.carrier.example.com",
     )
@@ -354,6 +357,14 @@ TRUNK = "trunks: {pbx: {sources: [127.0.0.2/32]}}\n"
             2,
             "trunks.pbx.tls_name",
             "not an IP address",
+        ),
+        (
+            "listen: [{transport: tls, address: 127.0.0.1, port: 5061, cert: a, key: b, ca: c}]\n"
+            "trunks: {pbx: {targets: ['sips:a.test', 'sip:b.test;transport=TLS', 'sip:c.test'],"
+            " tls_name: a.test}}\n",
+            2,
+            "trunks.pbx.targets[2]",
+            "reached over TLS only",
         ),
         ("listen: [{transport: udp, address: '::1', port: 5060, trunks: x}]\n", 1, "", "list"),
         ("listen: [{transport: udp, address: '::1', port: 5060, trunks: []}]\n", 1, "", "no trunk"),

@@ -113,3 +113,31 @@ def test_the_same_source_over_udp_matches_no_trunk_that_needs_a_name() -> None:
     w.from_caller(invite(1))
     assert [r.status for r in responses(w.take_caller()) if r.status >= 200] == [403]
     assert requests(w.take_callee()) == []
+
+
+ROUTED_CONFIG = CONFIG.replace(
+    "  - {transport: tcp, address: 127.0.0.1, port: 5060}\n",
+    "  - {transport: tls, address: 127.0.0.1, port: 5061, cert: s.crt, key: s.key, ca: c}\n",
+).replace('    targets: ["sip:127.0.0.2:5080"]\n', '    tls_name: "*.carrier.test"\n')
+
+
+@pytest.mark.parametrize(
+    ("ruri", "sent"),
+    [
+        ("sip:0201234567@127.0.0.2:5080", False),  # UDP: never, towards a named trunk
+        ("sip:0201234567@127.0.0.2:5080;transport=tcp", False),
+        ("sip:0201234567@127.0.0.2:5080;transport=tls", True),
+    ],
+)
+def test_a_trunk_with_a_tls_name_is_reached_over_tls_only(ruri: str, sent: bool) -> None:
+    """A trunk without targets receives its calls at the Request-URI (inside its sources):
+    with a tls_name, only where that is a TLS address; the name then goes with the route."""
+    w = Wire(config_text(ROUTED_CONFIG))
+    assert w.config.trunks["pbx"].targets == ()
+    w.from_caller(
+        invite(1).replace(b"INVITE sip:0201234567@127.0.0.1:5060 ", f"INVITE {ruri} ".encode())
+    )
+    got = requests(w.take_callee(), "INVITE")
+    assert len(got) == int(sent)
+    finals = [r.status for r in responses(w.take_caller()) if r.status >= 200]
+    assert finals == ([] if sent else [403])

@@ -161,8 +161,8 @@ class B2BUA:
         self.down: dict[Flow, Prober] = {}
         self.resolved: dict[str, list[tuple[str, str, int]]] = {}
         self._target_flows: dict[str, list[Flow]] = {}
-        # (listen entry, host, port) of a TLS next hop -> the tls_name of its trunk
-        self._tls_expected: dict[tuple[int, str, int], str] = {}
+        # (listen entry, host, port) of a configured TLS target -> its trunk's tls_name
+        self._tls_targets: dict[tuple[int, str, int], str] = {}
         self._flood: dict[str, int] = {}
         self._flood_second = -1
         self.stats_in: dict[str, int] = {}
@@ -198,7 +198,6 @@ class B2BUA:
         self._trunks_by_source.clear()
         self.layer.t = self._timers(config)
         self._target_flows.clear()
-        self._tls_expected.clear()
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
 
     def drain(self) -> None:
@@ -456,8 +455,10 @@ class B2BUA:
 
     def expected_tls_name(self, local: int, host: str, port: int) -> str | None:
         """The ``tls_name`` a TLS connection from listen entry ``local`` to ``host:port``
-        must find in the server's certificate: that of the trunk routed there, or None."""
-        return self._tls_expected.get((local, host, port))
+        must find in the server's certificate, where that is a configured target of a
+        trunk with one; None elsewhere (the driver then looks at the trunks' sources,
+        which hold every Request-URI and redirect route)."""
+        return self._tls_targets.get((local, host, port))
 
     def _new_call(self, req: Request, tx: ServerTransaction, now: float) -> None:
         if (req.call_id, req.from_.tag or "", req.cseq.number) in self.invites:
@@ -651,6 +652,12 @@ class B2BUA:
                     if flow is not None and flow not in flows:
                         flows.append(flow)
             self._target_flows[trunk.name] = flows
+            if trunk.tls_name is not None:
+                # what these next hops must prove: kept for as long as the process runs
+                # (calls in progress keep their targets across reloads); as many as the
+                # configured targets' addresses
+                for f in flows:
+                    self._tls_targets[(f.local, f.host, f.port)] = trunk.tls_name
         return flows
 
     def _targets(self, trunk_out: Trunk, ruri: Uri, emergency: bool, now: float) -> list[Flow]:
@@ -688,21 +695,15 @@ class B2BUA:
 
     def _flow_on(self, transport: str, host: str, port: int, trunk: Trunk) -> Flow | None:
         """A flow to ``host:port`` from the first listen entry that fits (transport, family,
-        trunk)."""
+        trunk); a trunk with a ``tls_name`` is reached over TLS only."""
+        if trunk.tls_name is not None and transport != "tls":
+            return None
         v6 = ":" in host
         for i, listen in enumerate(self.config.listen):
             if listen.transport != transport or (":" in listen.address) != v6:
                 continue
             if listen.trunks is not None and trunk.name not in listen.trunks:
                 continue
-            if transport == "tls" and trunk.tls_name is not None:
-                expected = self._tls_expected
-                if len(expected) >= 4096:
-                    # Request-URI hosts of many calls: worked out again, the trunks'
-                    # targets too (their flows are kept, and would not come back here)
-                    expected.clear()
-                    self._target_flows.clear()
-                expected[(i, host, port)] = trunk.tls_name
             return Flow(transport, i, host, port)
         return None
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import Final
 
 DECREASE: Final = 0.75  # the admitted fraction, times this, per reading above the threshold
+MIN_ADMITTED: Final = 0.01  # never less: some new calls still get through a long overload
 INCREASE: Final = 0.05  # added per reading once the queue is under a quarter of it
 
 
@@ -60,7 +61,7 @@ class Shedder:
             if (growing and self.queued > threshold) or (
                 queued > 2 * threshold and (growing or not self.shedding)
             ):
-                self.admitted *= DECREASE
+                self.admitted = max(MIN_ADMITTED, self.admitted * DECREASE)
         elif queued * 4 <= threshold and self.admitted < 1.0:
             self.admitted = min(1.0, self.admitted + INCREASE)
         self.queued = queued

@@ -511,6 +511,13 @@ def _config_problems(config: Config) -> Iterator[tuple[str, str]]:
             with contextlib.suppress(ValueError):
                 ipaddress.ip_address(trunk.tls_name)
                 yield f"trunks.{name}.tls_name", "a certificate name, not an IP address"
+            for j, target in enumerate(trunk.targets):
+                text = target.lower()
+                if not text.startswith("sips:") and ";transport=tls" not in text:
+                    yield (
+                        f"trunks.{name}.targets[{j}]",
+                        "a trunk with tls_name is reached over TLS only: sips: or ;transport=tls",
+                    )
     yield from _overlapping_sources(config)
 
 

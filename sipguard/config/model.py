@@ -180,7 +180,8 @@ class Trunk:
     # extra headers copied towards this trunk when it is untrusted (lower-case names)
     header_allowlist: frozenset[str] = frozenset()
     # TLS trunks: the name the peer's certificate must hold (verified against the ``ca`` of
-    # the TLS listen entry), or "*." and a domain; requests without it match no trunk
+    # the TLS listen entry), or "*." and a domain; requests without it are refused (403),
+    # and the trunk is reached over TLS only
     tls_name: str | None = None
 
     def emergency_target(self) -> str | None:

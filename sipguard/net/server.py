@@ -344,6 +344,8 @@ class Driver:
         expected = self.tls_name_for(flow.local, flow.host, flow.port)
         if expected is None:
             return True
+        if conn.index != flow.local:  # verified against another entry's CAs
+            return False
         return conn.expect_name == expected or name_matches(expected, conn.names)
 
     # -- stream connections ----------------------------------------------------------------
@@ -501,11 +503,16 @@ class Driver:
         """The TLS context of connections opened from listen entry ``index``: the server's
         certificate verified against the entry's ``ca`` (or the system's CAs), and its
         host name checked by the TLS library, or, ``by_name``, by the caller against a
-        trunk's ``tls_name``. Made once per entry and kind."""
+        trunk's ``tls_name``; the entry's own certificate presented when asked for. Made
+        once per entry and kind."""
         key = (index, by_name)
         ctx = self._client_contexts.get(key)
         if ctx is None:
-            ctx = ssl.create_default_context(cafile=self.config.listen[index].ca)
+            listen = self.config.listen[index]
+            ctx = ssl.create_default_context(cafile=listen.ca)
+            if listen.cert is not None and listen.key is not None:
+                # our certificate, for a server that asks for one (mutual TLS)
+                ctx.load_cert_chain(listen.cert, listen.key)
             if by_name:
                 ctx.check_hostname = False
             self._client_contexts[key] = ctx
@@ -563,7 +570,8 @@ class Driver:
         if configured and smallest and self.overload_threshold(smallest) < configured * 1024:
             log.warning(
                 "limits.overload_queue_kb: %d KiB is more than a quarter of the UDP receive "
-                "buffer (%d KiB, as net.core.rmem_max allows): new calls are shed from %d KiB",
+                "buffer (%d KiB as the kernel counts it, twice what net.core.rmem_max "
+                "allows): new calls are shed from %d KiB",
                 configured,
                 smallest // 1024,
                 self.overload_threshold(smallest) // 1024,

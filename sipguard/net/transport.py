@@ -149,8 +149,6 @@ class StreamConnection(asyncio.Protocol):
                 5.0,
             )
         except (TimeoutError, OSError) as exc:
-            if self.stream is not None:  # connected just as the time ran out: it stands
-                return
             log.info("cannot connect to %s %s:%d: %s", self.transport, self.host, self.port, exc)
             self.closed = True
             self.driver.unregister(self)
@@ -172,7 +170,10 @@ class StreamConnection(asyncio.Protocol):
                 self.closed = True
                 cast(asyncio.Transport, transport).abort()  # nothing more read from it either
                 self.driver.unregister(self)
-                self.driver.connection_failed(self)
+                try:
+                    self.driver.connection_failed(self)
+                except Exception:  # never out into the TLS layer
+                    log.exception("internal error failing the transactions of a connection")
                 return
         sock = transport.get_extra_info("socket")
         if sock is not None:
