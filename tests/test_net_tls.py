@@ -43,6 +43,21 @@ pytestmark = [pytest.mark.timeout(60)]
 TLS = Path(__file__).parent / "data" / "tls"
 
 
+def listens(port: int) -> list[dict[str, object]]:
+    """UDP, and TLS with sipguard's certificate and the test CA, both on ``port``."""
+    return [
+        {"transport": "udp", "address": SIPGUARD_IP, "port": port},
+        {
+            "transport": "tls",
+            "address": SIPGUARD_IP,
+            "port": port,
+            "cert": str(TLS / "sipguard.crt"),
+            "key": str(TLS / "sipguard.key"),
+            "ca": str(TLS / "ca.crt"),
+        },
+    ]
+
+
 def tls_call(port: int, cert: str | None) -> tuple[list[int], str | None]:
     """An INVITE over TLS from 127.0.0.3 with ``cert`` (a test certificate, or none):
     the statuses answered within 2 s, and the TLS error (or "closed") if the connection
@@ -86,19 +101,11 @@ def test_a_trunk_with_a_tls_name_takes_calls_only_from_a_certificate_with_that_n
     tmp_path: Path,
 ) -> None:
     port = free_port()
-    tls_listen = {
-        "transport": "tls",
-        "address": SIPGUARD_IP,
-        "port": port,
-        "cert": str(TLS / "sipguard.crt"),
-        "key": str(TLS / "sipguard.key"),
-        "ca": str(TLS / "ca.crt"),
-    }
     setup = write_config(
         tmp_path,
         sip_port=port,
         overrides={
-            "listen": [{"transport": "udp", "address": SIPGUARD_IP, "port": port}, tls_listen],
+            "listen": listens(port),
             "trunks": {"customers": {"tls_name": "*.carrier.test"}},
         },
     )
@@ -175,17 +182,7 @@ def tls_config(tmp_path: Path, port: int, pbx: dict[str, object]) -> Setup:
         tmp_path,
         sip_port=port,
         overrides={
-            "listen": [
-                {"transport": "udp", "address": SIPGUARD_IP, "port": port},
-                {
-                    "transport": "tls",
-                    "address": SIPGUARD_IP,
-                    "port": port,
-                    "cert": str(TLS / "sipguard.crt"),
-                    "key": str(TLS / "sipguard.key"),
-                    "ca": str(TLS / "ca.crt"),
-                },
-            ],
+            "listen": listens(port),
             # the pbx's sources are not where its targets are: the name to check comes
             # from where the call is routed, not from the sources
             "trunks": {"pbx": {"sources": ["127.0.0.9/32"], **pbx}},
