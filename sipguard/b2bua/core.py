@@ -427,13 +427,18 @@ class B2BUA:
 
     def _trunk_for(self, flow: Flow) -> Trunk | None:
         """The trunk of a new request from ``flow`` (SPEC §2), kept per socket and source."""
-        key = (flow.local, flow.host)
+        return self.trunk_of_source(flow.local, flow.host)
+
+    def trunk_of_source(self, local: int, host: str) -> Trunk | None:
+        """The trunk whose sources hold ``host`` on listen entry ``local`` (kept); raise
+        ``ValueError`` if ``host`` is no IP address."""
+        key = (local, host)
         cache = self._trunks_by_source
         if key in cache:
             return cache[key]
         if len(cache) >= 4096:
             cache.clear()  # many sources (a scan): kept small, worked out again
-        trunk = cache[key] = self.config.match_trunk(flow.local, ipaddress.ip_address(flow.host))
+        trunk = cache[key] = self.config.match_trunk(local, ipaddress.ip_address(host))
         return trunk
 
     def _tls_name_proven(self, trunk: Trunk, flow: Flow) -> bool:

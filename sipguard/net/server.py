@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 import math
 import os
@@ -494,7 +493,7 @@ class Driver:
         if name is not None:
             return name
         try:
-            trunk = self.config.match_trunk(index, ipaddress.ip_address(host))
+            trunk = self.core.trunk_of_source(index, host)  # kept by the core, per source
         except ValueError:
             return None
         return trunk.tls_name if trunk is not None else None
