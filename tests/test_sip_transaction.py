@@ -12,6 +12,8 @@ the document after changing the table: ``python -m tests.test_sip_transaction``.
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,11 +68,20 @@ class FakeTU:
         self.requests: list[tuple[Request, ServerTransaction | None, float]] = []
         self.strays: list[tuple[Response, Flow, float]] = []
         self.react: Callable[[Request, ServerTransaction | None, float], None] | None = None
+        self.cancel_refused: set[tuple[int, str]] = set()  # (listen entry, host)
 
     def on_request(self, req: Request, tx: ServerTransaction | None, now: float) -> None:
         self.requests.append((req, tx, now))
         if self.react is not None:
             self.react(req, tx, now)
+
+    def on_ack(self, req: Request, flow: Flow, now: float) -> None:
+        self.requests.append((req, None, now))
+        if self.react is not None:
+            self.react(req, None, now)
+
+    def cancel_allowed(self, invite: ServerTransaction, flow: Flow) -> bool:
+        return (flow.local, flow.host) not in self.cancel_refused
 
     def on_stray_response(self, resp: Response, flow: Flow, now: float) -> None:
         self.strays.append((resp, flow, now))
@@ -911,6 +922,26 @@ def test_cancel_with_no_matching_invite_gets_481() -> None:
     assert_idle(lay)
 
 
+def test_cancel_from_another_peer_gets_a_stateless_481_and_the_real_one_still_works() -> None:
+    """The branch a CANCEL is matched by (§9.2) is the caller's, and a third party can copy
+    it: where the TU refuses the CANCEL's source, it is answered 481 as if there were no
+    INVITE, keeps no transaction, and the caller's own CANCEL still matches."""
+    lay, tu, owner, stx, _invite = serve()
+    forger = Flow("udp", 0, "198.51.100.7", 5060)
+    tu.cancel_refused.add((0, forger.host))
+    lay.receive_request(req("CANCEL"), forger, 0.1)
+    [(to, data)] = lay.outbox
+    lay.outbox.clear()
+    refusal = parse_message(data)
+    assert isinstance(refusal, Response) and refusal.status == 481 and to == forger
+    assert owner.cancels == []
+    assert not [k for k in lay.server if k[-1] == "CANCEL"]  # nothing kept
+    lay.receive_request(req("CANCEL"), UDP, 0.2)
+    [ok] = take(lay)
+    assert isinstance(ok, Response) and ok.status == 200
+    assert [tx for tx, _, _ in owner.cancels] == [stx]
+
+
 def test_cancel_of_a_different_branch_does_not_match() -> None:
     lay, _, owner, _stx, _ = serve(branch="z9hG4bK-inv")
     lay.receive_request(req("CANCEL", branch="z9hG4bK-other"), UDP, 0.1)
@@ -1329,6 +1360,40 @@ def test_ids_are_unique_and_branches_carry_the_cookie() -> None:
     tags = {new_tag() for _ in range(1000)}
     assert len(branches) == len(tags) == 1000
     assert all(b.startswith(MAGIC_COOKIE) and len(b) > len(MAGIC_COOKIE) for b in branches)
+
+
+def test_ids_are_random_not_a_counter() -> None:
+    """RFC 3261 §19.3, SPEC §8: the Call-IDs, tags and branches we make are what an
+    in-dialog request is matched by, so none may tell anything about the next. 100,000
+    ids: all distinct, each 80 bits of hex, consecutive ones share no more leading digits
+    than chance gives (a counter behind a fixed prefix would share most of them), and
+    every hex digit is about equally common in every position."""
+    n = 100_000
+    ids = [new_tag() for _ in range(n)]
+    assert len(set(ids)) == n
+    assert all(len(i) == 20 and int(i, 16) >= 0 for i in ids)
+
+    def common(a: str, b: str) -> int:
+        k = 0
+        while k < len(a) and a[k] == b[k]:
+            k += 1
+        return k
+
+    shared = [common(a, b) for a, b in itertools.pairwise(ids)]
+    # P(k or more equal leading digits) = 16**-k: over 100,000 pairs, k >= 8 would be a
+    # one-in-43,000 accident; the mean is 1/15
+    assert max(shared) < 8
+    assert sum(shared) / len(shared) < 0.1
+    # the last digits, where a counter moves fastest, are as uniform as the first
+    for pos in (0, 10, 19):
+        counts = Counter(i[pos] for i in ids)
+        assert len(counts) == 16
+        assert max(counts.values()) < n / 16 * 1.1 and min(counts.values()) > n / 16 * 0.9
+    # branches are the cookie and one such id
+    branches = [new_branch() for _ in range(1000)]
+    assert all(
+        b.startswith(MAGIC_COOKIE + "-") and len(b) == len(MAGIC_COOKIE) + 21 for b in branches
+    )
 
 
 def test_a_transition_missing_from_the_table_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -87,7 +87,7 @@ def tls_wire(names: frozenset[str]) -> Wire:
     w = Wire(config_text(TLS_CONFIG), caller_transport="tls")
     assert w.config.listen[1].transport == "tls"
     assert w.config.trunks["customers"].tls_name == "*.carrier.test"
-    w.core.peer_names = lambda conn: names if conn == 1 else frozenset()
+    w.core.connection_up(1, names)
     return w
 
 

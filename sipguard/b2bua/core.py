@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sipguard.b2bua.call import (
@@ -69,6 +68,7 @@ SUPPORTED = "100rel, replaces, timer"
 AUTH_RETRY_WINDOW = 32.0
 # option-tag lists a call reads (Call.__init__, _answered, _provisional, _new_call)
 _TOKEN_HEADERS = ("supported", "require", "allow")
+_NO_NAMES: frozenset[str] = frozenset()
 KNOWN_KINDS = frozenset(
     ALLOW.replace(" ", "").split(",")
     + ["REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER"]
@@ -122,10 +122,6 @@ class Prober:
             self.timer = None
 
 
-def _no_names(conn: int) -> frozenset[str]:
-    return frozenset()
-
-
 class B2BUA:
     def __init__(
         self,
@@ -150,9 +146,9 @@ class B2BUA:
         self.trunk_calls: dict[str, int] = {}
         self.trunk_cps: dict[str, tuple[int, int]] = {}  # trunk -> (second, count)
         self.shedder = Shedder()  # fed by the driver's readings of the receive queue
-        # the names a TLS connection's verified certificate holds, by connection id (the
-        # driver's; none in memory)
-        self.peer_names: Callable[[int], frozenset[str]] = _no_names
+        # the open TCP/TLS connections, by the driver's id, with the names a TLS
+        # connection's verified certificate holds (inputs: connection_up/_down)
+        self.conns: dict[int, frozenset[str]] = {}
         self.draining = False
         self.accepting = True  # False while the CDR spool is full (refuse non-emergency)
         self.wall_offset = wall_offset  # wall clock = now + wall_offset (set by the driver)
@@ -202,6 +198,14 @@ class B2BUA:
 
     def drain(self) -> None:
         self.draining = True
+
+    def connection_up(self, conn: int, names: frozenset[str] = frozenset()) -> None:
+        """A TCP or TLS connection is open (and, over TLS, its certificate holds ``names``,
+        verified): requests may arrive on it."""
+        self.conns[conn] = names
+
+    def connection_down(self, conn: int) -> None:
+        self.conns.pop(conn, None)
 
     @property
     def active_calls(self) -> int:
@@ -336,7 +340,7 @@ class B2BUA:
         return f"<sip:{la.host}:{la.port}{t}>"
 
     def new_call_id(self) -> str:
-        return f"{IDS.next()}-sg"
+        return IDS.next()
 
     # -- transaction user ------------------------------------------------------------------
 
@@ -367,16 +371,51 @@ class B2BUA:
         leg = call.a if call.a.key() == key else call.b
         return None if leg is None else (call, leg)
 
-    def on_request(self, req: Request, tx: ServerTransaction | None, now: float) -> None:
+    def from_peer(self, trunk: Trunk, set_up: Flow, flow: Flow) -> bool:
+        """Is a request on ``flow`` from the peer a leg of ``trunk`` was set up with on
+        ``set_up`` (SPEC §8)? Its source lies in the trunk's sources on a listen entry that
+        serves it, or is the very address the leg was set up with; a trunk with a
+        ``tls_name`` speaks only over TLS connections that proved it; and while the
+        connection the leg was set up on is open, nothing else speaks for that peer. Once
+        that connection has closed, the peer may open another (RFC 3261 §18), from
+        another port."""
+        if (flow.local, flow.host) != (set_up.local, set_up.host):
+            found = self.trunk_of_source(flow.local, flow.host)
+            if found is None or found.name != trunk.name:
+                return False
+        if trunk.tls_name is not None and not self._tls_name_proven(trunk, flow):
+            return False
+        return not (set_up.conn and set_up.conn in self.conns and flow.conn != set_up.conn)
+
+    def _dialog_source(self, found: tuple[Call, Leg], flow: Flow) -> bool:
+        call, leg = found
+        if self.from_peer(call.trunk_in if leg.is_a else call.trunk_out, leg.flow, flow):
+            return True
+        if self.metrics is not None:
+            self.metrics.inc(self.metrics.rejected, "dialog_source")
+        log.debug("in-dialog request from %s, not the leg's peer: refused", flow.host)
+        return False
+
+    def cancel_allowed(self, invite: ServerTransaction, flow: Flow) -> bool:
+        """A CANCEL is matched by its INVITE's branch (§9.2), which its sender chose and a
+        third party can copy: only the INVITE's own peer may cancel it."""
+        owner = invite.owner
+        if isinstance(owner, Call):
+            return self._dialog_source((owner, owner.a), flow)
+        return (flow.local, flow.host) == (invite.flow.local, invite.flow.host)
+
+    def on_ack(self, req: Request, flow: Flow, now: float) -> None:
+        found = self._leg((req.call_id, req.to.tag or ""))
+        if found is not None and self._dialog_source(found, flow):
+            found[0].on_ack(found[1], req, now)
+
+    def on_request(self, req: Request, tx: ServerTransaction, now: float) -> None:
         to_tag = req.to.tag
-        if tx is None:  # ACK for a 2xx: part of the dialog, not of a transaction
-            found = self._leg((req.call_id, to_tag or ""))
-            if found is not None:
-                found[0].on_ack(found[1], req, now)
-            return
         if to_tag is not None:
             found = self._leg((req.call_id, to_tag))
-            if found is None:
+            # a request from anyone but the leg's peer is answered as if there were no
+            # such dialog: the same 481 reveals nothing about the calls there are
+            if found is None or not self._dialog_source(found, tx.flow):
                 tx.respond(make_response(req, 481), now)
                 return
             found[0].on_in_dialog(found[1], req, tx, now)
@@ -446,7 +485,7 @@ class B2BUA:
         verified certificate holds that name (SPEC §2); checked on every new request."""
         if trunk.tls_name is None:
             return True
-        names = self.peer_names(flow.conn) if flow.transport == "tls" else frozenset()
+        names = self.conns.get(flow.conn, _NO_NAMES) if flow.transport == "tls" else _NO_NAMES
         if name_matches(trunk.tls_name, names):
             return True
         log.debug(

@@ -224,7 +224,6 @@ class Driver:
             instance=writer.instance if writer is not None else None,
             wall_offset=time.time() - self.loop.time(),
         )
-        self.core.peer_names = self.peer_names
         self.udp: dict[int, UdpEndpoint] = {}
         self.tcp: dict[int, TcpListener] = {}
         self.conns: dict[int, StreamConnection] = {}
@@ -357,8 +356,13 @@ class Driver:
         self.conns[conn.id] = conn
         self.conn_by_addr[(conn.transport, conn.host, conn.port)] = conn
 
+    def connection_up(self, conn: StreamConnection) -> None:
+        """``conn`` is open (a TLS one with its certificate checked): the core learns it."""
+        self.core.connection_up(conn.id, conn.names)
+
     def unregister(self, conn: StreamConnection) -> None:
         self.conns.pop(conn.id, None)
+        self.core.connection_down(conn.id)
         key = (conn.transport, conn.host, conn.port)
         if self.conn_by_addr.get(key) is conn:
             del self.conn_by_addr[key]
@@ -479,11 +483,6 @@ class Driver:
             log.warning("overload over: every new call admitted again")
             self._overload_logged_at = now
             self._overloaded = False
-
-    def peer_names(self, conn_id: int) -> frozenset[str]:
-        """The names the certificate of TLS connection ``conn_id`` holds (verified)."""
-        conn = self.conns.get(conn_id)
-        return conn.names if conn is not None else frozenset()
 
     def tls_name_for(self, index: int, host: str, port: int) -> str | None:
         """The ``tls_name`` a TLS connection from listen entry ``index`` to ``host:port``

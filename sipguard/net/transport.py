@@ -179,6 +179,7 @@ class StreamConnection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.driver.connection_up(self)
         for data in self.pending:
             self.stream.write(data)  # type: ignore[union-attr]
         self.pending.clear()

@@ -158,26 +158,54 @@ class ServerOwner(Protocol):
 class TransactionUser(Protocol):
     """What the layer above receives: requests that start no transaction of theirs."""
 
-    def on_request(self, req: Request, tx: ServerTransaction | None, now: float) -> None: ...
+    def on_request(self, req: Request, tx: ServerTransaction, now: float) -> None: ...
+
+    def on_ack(self, req: Request, flow: Flow, now: float) -> None:
+        """An ACK for a 2xx: part of its dialog, not of a transaction (§17.1.1.3)."""
+
+    def cancel_allowed(self, invite: ServerTransaction, flow: Flow) -> bool:
+        """May a CANCEL that arrived on ``flow`` cancel ``invite``? If not, it is answered
+        481 as if there were no such transaction (§9.2)."""
 
     def on_stray_response(self, resp: Response, flow: Flow, now: float) -> None: ...
 
 
 class _IdSource:
-    """Unique branch / tag / Call-ID material: a random prefix per process and a counter."""
+    """Branch, tag and Call-ID material: 80 bits from the OS's CSPRNG per id.
 
-    __slots__ = ("_n", "_prefix")
+    RFC 3261 §19.3 asks for cryptographically random tags and Call-IDs, and the dialog
+    keys (Call-ID and tags) are what an in-dialog request is matched by: a counter that
+    shows in one reply would let anyone predict the next call's ids. ``os.urandom`` is
+    read in batches (one system call per ``_BATCH`` ids), so the cost per id is a slice.
+    """
+
+    __slots__ = ("_buf", "_pos")
+
+    _WIDTH = 20  # hex digits: 80 bits
+    _BATCH = 256
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex()
-        self._n = 0
+        self._buf = ""
+        self._pos = 0
+
+    def reset(self) -> None:
+        """Forget the batch (a forked child must never repeat its parent's ids)."""
+        self._buf = ""
+        self._pos = 0
 
     def next(self) -> str:
-        self._n += 1
-        return f"{self._prefix}{self._n:x}"
+        pos = self._pos
+        end = pos + self._WIDTH
+        if end > len(self._buf):
+            self._buf = os.urandom(self._WIDTH // 2 * self._BATCH).hex()
+            pos = 0
+            end = self._WIDTH
+        self._pos = end
+        return self._buf[pos:end]
 
 
 IDS = _IdSource()
+os.register_at_fork(after_in_child=IDS.reset)
 
 
 def new_branch() -> str:
@@ -667,7 +695,7 @@ class TransactionLayer:
             if tx is not None and tx.state in (State.COMPLETED, State.CONFIRMED):
                 tx.ack_received(now)  # ACK for our non-2xx final: absorbed here (§17.2.1)
                 return
-            self.tu.on_request(req, None, now)  # ACK for a 2xx: its own transaction
+            self.tu.on_ack(req, flow, now)  # ACK for a 2xx: its own transaction
             return
         if tx is not None:
             tx.retransmitted(now)
@@ -684,9 +712,14 @@ class TransactionLayer:
         if ctx is not None:
             ctx.retransmitted(now)
             return
+        invite_tx = self.server.get((*key[:-1], "INVITE"))
+        if invite_tx is not None and not self.tu.cancel_allowed(invite_tx, flow):
+            # answered as if there were no such INVITE, statelessly: a transaction kept
+            # for it would absorb the real CANCEL with the same branch as a retransmission
+            self.send(flow, make_response(cancel, 481, to_tag=new_tag()).to_bytes())
+            return
         ctx = ServerTransaction(self, key, cancel, flow)
         self.server[key] = ctx
-        invite_tx = self.server.get((*key[:-1], "INVITE"))
         if invite_tx is None:
             # §8.2.6.2: a response to a request without a To tag gets one
             ctx.respond(make_response(cancel, 481, to_tag=new_tag()), now)

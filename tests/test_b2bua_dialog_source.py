@@ -1,0 +1,203 @@
+"""A dialog is bound to the peer it was set up with (SPEC §8, RFC 3261 §12.2.2, §9.2).
+
+In memory (``tests/callsim``): a live call's exact Call-ID and tags, sent from an address
+that matches no trunk, from another trunk's address, and over another connection of the
+right address, get the ``481`` any dialog-less request gets, reach nobody, change
+nothing and are counted; the same from the leg's own peer still works, also after a
+target refresh and after its connection has closed.
+"""
+
+from __future__ import annotations
+
+from sipguard.metrics import Metrics
+from sipguard.sip.message import Request, Response
+from sipguard.sip.transaction import Flow
+from tests.callsim import (
+    CALLEE,
+    CALLER,
+    CONFIG,
+    PEER2,
+    SDP,
+    STRANGER,
+    Established,
+    Wire,
+    callee_request,
+    config_text,
+    establish,
+    in_dialog,
+    invite,
+    requests,
+    response_to,
+)
+
+# a third trunk at PEER2's address: a customer that could try to end another's calls
+OTHER_TRUNK = """
+  other:
+    sources: [127.0.0.4/32]
+    route_to: pbx
+    allowed_cli: ["+3140*"]
+    default_cli: "+31401234000"
+"""
+
+EVIL_SDP = SDP.replace(b"127.0.0.3", b"198.51.100.66")
+
+
+def wire(transport: str = "udp") -> Wire:
+    return Wire(config_text(CONFIG + OTHER_TRUNK), metrics=Metrics(), caller_transport=transport)
+
+
+def refused(w: Wire) -> float:
+    assert w.metrics is not None
+    value = w.metrics.registry.get_sample_value(
+        "sipguard_rejected_total", {"reason": "dialog_source"}
+    )
+    return value or 0.0
+
+
+def active(w: Wire) -> float:
+    assert w.metrics is not None
+    return w.metrics.registry.get_sample_value("sipguard_active_calls") or 0.0
+
+
+def rewrite_via(data: bytes, addr: tuple[str, int]) -> bytes:
+    """The same request as sent from ``addr`` (its Via names it, as a forger's would)."""
+    h, p = addr
+    return data.replace(f"{CALLER[0]}:{CALLER[1]}".encode(), f"{h}:{p}".encode()).replace(
+        f"{CALLEE[0]}:{CALLEE[1]}".encode(), f"{h}:{p}".encode()
+    )
+
+
+def statuses(msgs: list[Request | Response]) -> list[int]:
+    return [m.status for m in msgs if isinstance(m, Response)]
+
+
+def caller_bye(call: Established, branch: str = "bye") -> bytes:
+    return in_dialog("BYE", call.a_ok, 2, call.n, f"z9hG4bK-{call.n}-{branch}")
+
+
+def callee_reinvite(call: Established, cseq: int = 2) -> bytes:
+    return callee_request("INVITE", call.b_invite, call.callee_tag, cseq, call.n, body=EVIL_SDP)
+
+
+def assert_untouched(w: Wire, before: float) -> None:
+    """Nothing reached either peer, the call is still up, and the refusal was counted."""
+    assert w.take_caller() == []
+    assert w.take_callee() == []
+    assert active(w) == 1
+    assert refused(w) == before + 1
+    assert [r for r in w.core.cdr_out if r.kind == "end"] == []
+
+
+def test_a_forged_bye_or_reinvite_from_a_source_of_no_trunk_is_a_481() -> None:
+    w = wire()
+    call = establish(w, 1)
+    for data in (caller_bye(call), callee_reinvite(call)):
+        before = refused(w)
+        w.from_peer(STRANGER, rewrite_via(data, STRANGER))
+        assert statuses(w.take(STRANGER)) == [481]
+        assert_untouched(w, before)
+
+
+def test_a_forged_bye_or_reinvite_from_another_trunks_address_is_a_481() -> None:
+    w = wire()
+    call = establish(w, 1)
+    for data in (caller_bye(call), callee_reinvite(call)):
+        before = refused(w)
+        w.from_peer(PEER2, rewrite_via(data, PEER2))
+        assert statuses(w.take(PEER2)) == [481]
+        assert_untouched(w, before)
+
+
+def test_a_forged_ack_with_sdp_is_dropped_silently() -> None:
+    w = wire()
+    call = establish(w, 1)
+    before = refused(w)
+    ack = in_dialog("ACK", call.a_ok, 1, 1, "z9hG4bK-forged-ack", body=EVIL_SDP)
+    w.from_peer(STRANGER, rewrite_via(ack, STRANGER))
+    assert w.take(STRANGER) == []
+    assert_untouched(w, before)
+
+
+def test_the_real_peers_end_the_call_and_the_cdr_says_who() -> None:
+    w = wire()
+    call = establish(w, 1)
+    w.from_peer(
+        STRANGER, rewrite_via(callee_request("BYE", call.b_invite, "callee1", 2, 1), STRANGER)
+    )
+    w.take(STRANGER)
+    w.from_caller(caller_bye(call))
+    (bye,) = requests(w.take_callee(), "BYE")
+    w.from_callee(response_to(bye, 200, "OK", None))
+    assert statuses(w.take_caller()) == [200]
+    (end,) = [r for r in w.core.cdr_out if r.kind == "end"]
+    assert end.end_reason == "caller_bye"
+    assert active(w) == 0
+
+
+def test_the_callee_ends_the_call_after_a_target_refresh() -> None:
+    """RFC 3261 §12.2.1.1: a re-INVITE with a new Contact moves the leg's remote target;
+    the peer is still the one the leg was set up with, and its BYE is believed."""
+    w = wire()
+    call = establish(w, 1)
+    moved = callee_request("INVITE", call.b_invite, call.callee_tag, 2, 1, body=SDP).replace(
+        b"Contact: <sip:127.0.0.2:5080>", b"Contact: <sip:moved@127.0.0.2:5099>"
+    )
+    w.from_callee(moved)
+    (reinvite,) = requests(w.take_caller(), "INVITE")
+    w.from_caller(response_to(reinvite, 200, "OK", None, SDP, contact=CALLER))
+    (ok,) = [m for m in w.take_callee() if isinstance(m, Response) and m.status == 200]
+    w.from_callee(callee_request("ACK", call.b_invite, call.callee_tag, 2, 1))
+    w.take_caller()
+    w.from_callee(callee_request("BYE", call.b_invite, call.callee_tag, 3, 1))
+    (bye,) = requests(w.take_caller(), "BYE")
+    w.from_caller(response_to(bye, 200, "OK", None, contact=CALLER))
+    (end,) = [r for r in w.core.cdr_out if r.kind == "end"]
+    assert end.end_reason == "callee_bye"
+    assert ok.status == 200
+
+
+def test_a_forged_cancel_copying_the_invites_branch_is_a_481_and_the_call_goes_on() -> None:
+    w = wire()
+    data = invite(1)
+    w.from_caller(data)
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 180, "Ringing", "callee1"))
+    w.take_caller()
+    cancel = (
+        data.split(b"\r\n\r\n")[0]
+        .replace(b"INVITE sip:", b"CANCEL sip:")
+        .replace(b"CSeq: 1 INVITE", b"CSeq: 1 CANCEL")
+        .replace(b"Content-Type: application/sdp\r\n", b"")
+        .split(b"Content-Length")[0]
+        + b"Content-Length: 0\r\n\r\n"
+    )
+    before = refused(w)
+    w.from_peer(STRANGER, cancel)  # the Via still names the caller: a forger copies it
+    assert statuses(w.take(STRANGER)) == [481]  # back to where it came from (RFC 3581)
+    assert w.take_caller() == []
+    assert w.take_callee() == []  # no CANCEL of the B-leg
+    assert refused(w) == before + 1
+    w.from_caller(cancel)  # the caller's own CANCEL still works
+    assert sorted(statuses(w.take_caller())) == [200, 487]
+    assert requests(w.take_callee(), "CANCEL")
+
+
+def test_over_tcp_only_the_legs_open_connection_speaks_for_its_peer() -> None:
+    """The same address but another connection (another port) is not the caller while
+    the caller's own connection is open; once it has closed, the caller may reconnect."""
+    w = wire("tcp")
+    w.core.connection_up(1)
+    call = establish(w, 1)
+    bye = caller_bye(call)
+    before = refused(w)
+    w.core.receive(bye, Flow("tcp", 1, *CALLER, conn=2), w.now)
+    w.flush()
+    assert statuses(w.take_caller()) == [481]  # on connection 2, to the forger
+    assert_untouched(w, before)
+    w.core.connection_down(1)
+    w.core.receive(caller_bye(call, "bye2"), Flow("tcp", 1, *CALLER, conn=3), w.now)
+    w.flush()
+    (bye_b,) = requests(w.take_callee(), "BYE")
+    w.from_callee(response_to(bye_b, 200, "OK", None))
+    (end,) = [r for r in w.core.cdr_out if r.kind == "end"]
+    assert end.end_reason == "caller_bye"
