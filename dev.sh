@@ -81,6 +81,7 @@ lint() {
     "$VENV/bin/ruff" check sipguard tests benchmarks loadtests tools
     "$VENV/bin/ruff" format --check sipguard tests benchmarks loadtests tools
     "$VENV/bin/mypy" --strict sipguard
+    "$PY" tools/imports.py --quiet  # no import cycle, layers respected; b2bua/ sizes
 }
 
 cmd="${1:-}"

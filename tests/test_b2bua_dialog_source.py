@@ -171,12 +171,13 @@ def test_a_forged_cancel_copying_the_invites_branch_is_a_481_and_the_call_goes_o
         .split(b"Content-Length")[0]
         + b"Content-Length: 0\r\n\r\n"
     )
-    before = refused(w)
-    w.from_peer(STRANGER, cancel)  # the Via still names the caller: a forger copies it
+    # the Via still names the caller, as a forger copies it: a CANCEL matches its INVITE
+    # only from the INVITE's source (RFC 3261 §17.2.3 scoped to it), so this one matches
+    # nothing and gets the 481 of a CANCEL for no INVITE
+    w.from_peer(STRANGER, cancel)
     assert statuses(w.take(STRANGER)) == [481]  # back to where it came from (RFC 3581)
     assert w.take_caller() == []
     assert w.take_callee() == []  # no CANCEL of the B-leg
-    assert refused(w) == before + 1
     w.from_caller(cancel)  # the caller's own CANCEL still works
     assert sorted(statuses(w.take_caller())) == [200, 487]
     assert requests(w.take_callee(), "CANCEL")
@@ -201,3 +202,59 @@ def test_over_tcp_only_the_legs_open_connection_speaks_for_its_peer() -> None:
     w.from_callee(response_to(bye_b, 200, "OK", None))
     (end,) = [r for r in w.core.cdr_out if r.kind == "end"]
     assert end.end_reason == "caller_bye"
+
+
+def test_a_refused_reinvite_draws_exactly_one_response() -> None:
+    """SPEC §8, no amplification: the 481 is sent without a transaction, so it is not
+    retransmitted towards a source that may be forged (Timer G would send it 11 times)."""
+    w = wire()
+    call = establish(w, 1)
+    w.from_peer(STRANGER, rewrite_via(callee_reinvite(call), STRANGER))
+    w.advance(40.0)
+    assert statuses(w.take(STRANGER)) == [481]
+    assert w.core.layer.server == {}
+
+
+def test_a_forger_using_the_callers_next_branch_cannot_swallow_its_bye() -> None:
+    """A caller's next branch may be predictable (a counter): a request from elsewhere
+    with it makes no transaction the caller's real BYE would be taken as a copy of."""
+    w = wire()
+    call = establish(w, 1)
+    bye = caller_bye(call)  # the Via names the caller, the branch is the caller's next
+    w.from_peer(PEER2, bye)
+    assert statuses(w.take(PEER2)) == [481]
+    w.from_caller(bye)
+    (bye_b,) = requests(w.take_callee(), "BYE")
+    w.from_callee(response_to(bye_b, 200, "OK", None))
+    assert statuses(w.take_caller()) == [200]
+    assert active(w) == 0
+
+
+def test_a_request_with_another_remote_tag_is_not_of_the_dialog() -> None:
+    """RFC 3261 §12.2.2: the remote tag is part of the dialog's id."""
+    w = wire()
+    call = establish(w, 1)
+    info = callee_request("INFO", call.b_invite, "another-fork", 2, 1)
+    w.from_callee(info)
+    assert statuses(w.take_callee()) == [481]
+    assert w.take_caller() == []
+
+
+def test_another_trunk_cannot_take_over_a_challenged_b_leg() -> None:
+    """The retry of a challenged INVITE goes on the same B-leg (RFC 3261 §22.2), matched
+    by the caller's Call-ID and From tag, which are the caller's to choose: only the
+    caller that was challenged continues that leg."""
+    w = wire()
+    w.from_caller(invite(1))
+    (b1,) = requests(w.take_callee(), "INVITE")
+    chal = 'Proxy-Authenticate: Digest realm="pbx", nonce="n1"\r\n'
+    w.from_callee(response_to(b1, 407, "Proxy Authentication Required", "t", extra=chal))
+    w.take_callee()
+    w.take_caller()
+    cred = 'Proxy-Authorization: Digest username="x", realm="pbx", nonce="n1", response="0"\r\n'
+    w.from_peer(PEER2, invite(1, headers=cred, cseq=2, addr=PEER2, from_user="+31401234567"))
+    (other,) = requests(w.take_callee(), "INVITE")
+    assert other.call_id != b1.call_id  # a call of its own, not the caller's leg
+    w.from_caller(invite(1, headers=cred, cseq=2))
+    (retry,) = requests(w.take_callee(), "INVITE")
+    assert (retry.call_id, retry.from_.tag) == (b1.call_id, b1.from_.tag)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipguard.b2bua.call import delta_seconds
+from sipguard.b2bua.session_timer import delta_seconds
 from sipguard.config.model import MAX_SESSION_INTERVAL
 from tests.callsim import (
     SDP_CALLEE,

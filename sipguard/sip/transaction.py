@@ -41,6 +41,7 @@ INVITE may ring for as long as the TU lets it. After the TU CANCELs it, the INVI
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,6 +89,10 @@ class Timers:
     t2: float = 4.0
     t4: float = 5.0
     d: float = 32.0
+
+
+class IllegalTransitionError(Exception):
+    """A transaction was moved along no row of :data:`TRANSITIONS`: a bug of ours."""
 
 
 class State(Enum):
@@ -233,7 +238,9 @@ class Transaction:
         self._deadline: Timer | None = None
 
     def _to(self, state: State) -> None:
-        assert (self.machine, self.state, state) in _ALLOWED, (self.machine, self.state, state)
+        if (self.machine, self.state, state) not in _ALLOWED:
+            # a check that ``python -O`` keeps: a move outside the table is our bug
+            raise IllegalTransitionError(f"{self.machine}: {self.state.value} -> {state.value}")
         self.state = state
         if state is State.TERMINATED:
             self._cancel_timers()
@@ -571,6 +578,25 @@ def server_key(req: Request, via: Via) -> tuple[str, ...]:
     )
 
 
+def source_key(req: Request, via: Via, flow: Flow) -> tuple[str, ...]:
+    """:func:`server_key` of a request from ``flow``'s source. A retransmission comes from
+    where the request came from; a third party that copies the branch (a caller's next
+    branch can be predictable) makes a transaction of its own, and never absorbs the real
+    request as its retransmission."""
+    return (str(flow.local), flow.host, *server_key(req, via))
+
+
+_TAG_KEY = os.urandom(16)
+
+
+def stateless_tag(req: Request) -> str:
+    """The To tag of a response sent without a transaction: the same for every
+    retransmission of the request (§8.2.6.2, §17.2.3), and nothing to guess from."""
+    via = req.top_via
+    material = f"{req.call_id}\n{req.from_.tag}\n{via.branch}\n{via.sent_by()}".encode()
+    return hashlib.blake2b(material, key=_TAG_KEY, digest_size=10).hexdigest()
+
+
 def _own_branch(req: Request) -> str:
     """The branch of a request we built: its Via comes first, read without parsing it."""
     name, value = req.headers[0] if req.headers else ("", "")
@@ -683,9 +709,18 @@ class TransactionLayer:
 
     # -- server side -----------------------------------------------------------------------
 
+    def respond_stateless(self, tx: ServerTransaction, resp: Response) -> None:
+        """Answer ``tx``'s request once and forget the transaction, as a stateless UAS
+        does (§8.2.7): a refusal that must draw one response per request and keep nothing.
+        A retransmitted request is answered again, the same (its To tag must not be new:
+        :func:`stateless_tag`)."""
+        if self.server.get(tx.key) is tx:
+            del self.server[tx.key]
+        self.send(tx.flow, resp.to_bytes())
+
     def receive_request(self, req: Request, flow: Flow, now: float) -> None:
         via = req.top_via
-        key = server_key(req, via)
+        key = source_key(req, via, flow)
         method = req.method
         if method == "CANCEL":
             self._receive_cancel(req, key, flow, now)
@@ -713,17 +748,13 @@ class TransactionLayer:
             ctx.retransmitted(now)
             return
         invite_tx = self.server.get((*key[:-1], "INVITE"))
-        if invite_tx is not None and not self.tu.cancel_allowed(invite_tx, flow):
-            # answered as if there were no such INVITE, statelessly: a transaction kept
-            # for it would absorb the real CANCEL with the same branch as a retransmission
-            self.send(flow, make_response(cancel, 481, to_tag=new_tag()).to_bytes())
+        if invite_tx is None or not self.tu.cancel_allowed(invite_tx, flow):
+            # no such INVITE, or not its peer's to cancel: 481, the same either way and
+            # statelessly (§8.2.7), so it tells nothing and keeps nothing
+            self.send(flow, make_response(cancel, 481, to_tag=stateless_tag(cancel)).to_bytes())
             return
         ctx = ServerTransaction(self, key, cancel, flow)
         self.server[key] = ctx
-        if invite_tx is None:
-            # §8.2.6.2: a response to a request without a To tag gets one
-            ctx.respond(make_response(cancel, 481, to_tag=new_tag()), now)
-            return
         # §9.2: the 200 to the CANCEL SHOULD carry the To tag of the INVITE's responses
         tag = invite_tx.local_tag
         if tag is None and invite_tx.last_to is not None:

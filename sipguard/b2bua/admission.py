@@ -1,0 +1,279 @@
+"""Whether a new INVITE becomes a call: every check, in one order, in one place.
+
+:func:`admit` takes the request, where it came from, the policy and the load, and gives
+:class:`Admitted` (the caller's identity and the next trunk) or :class:`Refused` (the
+final response and, for an attempt that got as far as an identity, its CDR facts). The
+order, first refusal wins:
+
+====  ==========================================  ======  ======================  =====
+step  check                                       status  reason (rejected_total)  CDR
+====  ==========================================  ======  ======================  =====
+1     the source matches no trunk (SPEC §2)        403     unknown_source          no
+2     the trunk's ``tls_name`` not proved          403     tls_name                no
+3     the same INVITE by another path (§8.2.2.2)   482     loop_detected           no
+4     ``Max-Forwards`` at 0 (RFC 7332)             483     too_many_hops           no
+5     no ``Contact`` (§8.1.1.8)                    400     bad_request             no
+6     a Request-URI scheme we do not route         416     unsupported_uri_scheme  no
+7     a ``Require`` we do not support              420     bad_extension           no
+8     no caller identity, or one refused           403     no_caller_identity,     yes
+      (``cli_policy: reject``)                            cli_not_allowed
+9     no next trunk for the call                   404     no_route                yes
+10    a capacity limit (:meth:`Capacity.limit`)    503     (the limit)             yes
+11    session interval below our Min-SE (4028 §9)  422     session_interval_…      yes
+12    privacy that cannot be given, anonymity      500,    privacy_unavailable,    yes
+      refused (SPEC §3, :func:`refusal`)           433     anonymity_disallowed
+====  ==========================================  ======  ======================  =====
+
+From step 8 on the attempt is a call attempt: it is answered ``100 Trying`` first and its
+refusal has an end record. An emergency call is refused by no limit but the emergency
+reserve, by no session interval and by no privacy rule.
+"""
+
+from __future__ import annotations
+
+from sipguard.b2bua.identity import CallIdentity, CallRefusedError, identify
+from sipguard.b2bua.overload import Shedder
+from sipguard.b2bua.session_timer import interval_too_small
+from sipguard.config.model import Config, Trunk
+from sipguard.policy.decision import refusal
+from sipguard.sip.message import Request
+from sipguard.sip.tlsnames import name_matches
+from sipguard.sip.transaction import Flow
+
+SUPPORTED_REQUIRE = frozenset({"100rel", "timer", "replaces"})
+SCHEMES = frozenset({"sip", "sips", "tel", "urn"})
+# per-source new-call counts are kept for one second, for at most this many sources
+MAX_FLOOD_SOURCES = 65536
+
+
+MergeKey = tuple[str, str, int, int, str]
+
+
+def merge_key(req: Request, flow: Flow) -> MergeKey:
+    """(Call-ID, From tag, CSeq, listen entry, source) of an INVITE: the same INVITE again
+    by another path is refused 482 (§8.2.2.2), but only one from the same place (a
+    source elsewhere learns nothing of the calls there are)."""
+    return (req.call_id, req.from_.tag or "", req.cseq.number, flow.local, flow.host)
+
+
+class Admitted:
+    __slots__ = ("ident", "trunk_out")
+
+    def __init__(self, ident: CallIdentity, trunk_out: Trunk) -> None:
+        self.ident = ident
+        self.trunk_out = trunk_out
+
+
+class Refused:
+    """The final response refusing a new INVITE, and the CDR facts of the attempt
+    (``end_reason`` None: refused before it was a call attempt, no record)."""
+
+    __slots__ = (
+        "callee",
+        "caller",
+        "end_reason",
+        "headers",
+        "ident",
+        "label",
+        "phrase",
+        "route",
+        "status",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        label: str,
+        phrase: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        *,
+        end_reason: str | None = None,
+        route: str | None = None,
+        caller: str = "",
+        callee: str = "",
+        ident: CallIdentity | None = None,
+    ) -> None:
+        self.status = status
+        self.label = label
+        self.phrase = phrase
+        self.headers = headers
+        self.end_reason = end_reason
+        self.route = route
+        self.caller = caller
+        self.callee = callee
+        self.ident = ident
+
+    @property
+    def presentation(self) -> str:
+        # a caller refused before the decision is recorded as withheld: its number
+        # stays out of the callee's itemised bill
+        return self.ident.decision.presentation if self.ident is not None else "restricted"
+
+
+class Capacity:
+    """The calls in progress, in total, per trunk and emergency, and the rates of new
+    ones per trunk and per source: what the limits of SPEC §1.4 and §8 are checked on."""
+
+    __slots__ = ("_flood", "_flood_second", "calls", "emergency_calls", "trunk_calls", "trunk_cps")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.emergency_calls = 0
+        self.trunk_calls: dict[str, int] = {}
+        self.trunk_cps: dict[str, tuple[int, int]] = {}  # trunk -> (second, count)
+        self._flood: dict[str, int] = {}
+        self._flood_second = -1
+
+    def take(self, trunk: str, emergency: bool) -> None:
+        self.calls += 1
+        if emergency:
+            self.emergency_calls += 1
+        self.trunk_calls[trunk] = self.trunk_calls.get(trunk, 0) + 1
+
+    def give_back(self, trunk: str, emergency: bool) -> None:
+        self.calls -= 1
+        if emergency:
+            self.emergency_calls -= 1
+        left = self.trunk_calls.get(trunk, 1) - 1
+        if left > 0:
+            self.trunk_calls[trunk] = left
+        else:
+            self.trunk_calls.pop(trunk, None)
+
+    def limit(
+        self,
+        config: Config,
+        trunk: Trunk,
+        emergency: bool,
+        now: float,
+        source: str,
+        shedder: Shedder,
+        *,
+        draining: bool,
+        accepting: bool,
+    ) -> str | None:
+        """Why a new call must be refused with 503, or None, in this order."""
+        limits = config.limits
+        if emergency:
+            # the reserved emergency capacity is the one cap that applies to them
+            return "emergency_limit" if self.emergency_calls >= limits.emergency_max_calls else None
+        if limits.source_rps and self._flooding(source, now, limits.source_rps):
+            return "source_flood"
+        if draining:
+            return "draining"
+        if not accepting:
+            return "cdr_spool_full"
+        if self.calls - self.emergency_calls >= limits.max_calls:
+            return "max_calls"
+        tl = trunk.limits
+        if tl.max_calls and self.trunk_calls.get(trunk.name, 0) >= tl.max_calls:
+            return "trunk_max_calls"
+        if not shedder.admit():
+            return "overload"  # the receive queue grows: part of the new calls are shed
+        if tl.cps:
+            second = int(now)
+            sec, count = self.trunk_cps.get(trunk.name, (second, 0))
+            if sec != second:
+                sec, count = second, 0
+            if count >= tl.cps:
+                return "trunk_cps"
+            self.trunk_cps[trunk.name] = (sec, count + 1)
+        return None
+
+    def _flooding(self, source: str, now: float, rps: int) -> bool:
+        """More than ``rps`` new calls this second from one source address (SPEC §8)."""
+        second = int(now)
+        if second != self._flood_second or len(self._flood) >= MAX_FLOOD_SOURCES:
+            self._flood_second = second
+            self._flood.clear()  # one small dict per second: no unbounded growth
+        count = self._flood.get(source, 0) + 1
+        self._flood[source] = count
+        return count > rps
+
+
+def admit(
+    req: Request,
+    trunk: Trunk | None,
+    config: Config,
+    capacity: Capacity,
+    shedder: Shedder,
+    now: float,
+    *,
+    source: str,
+    tls_names: frozenset[str],
+    merged: bool,
+    draining: bool,
+    accepting: bool,
+) -> Admitted | Refused:
+    """The decision on a new INVITE from ``source`` that matched ``trunk`` (None: no
+    trunk); ``tls_names``: the names its TLS connection proved; ``merged``: the same
+    INVITE already made a call. See the module's table for the order."""
+    if trunk is None:
+        return Refused(403, "unknown_source")
+    if trunk.tls_name is not None and not name_matches(trunk.tls_name, tls_names):
+        return Refused(403, "tls_name")
+    if merged:
+        return Refused(482, "loop_detected")
+    mf = req.max_forwards
+    if mf is not None and mf <= 0:
+        return Refused(483, "too_many_hops")
+    if not req.contacts:
+        return Refused(400, "bad_request", "Missing Contact")
+    if req.request_uri.scheme not in SCHEMES:
+        return Refused(416, "unsupported_uri_scheme")
+    require = req.tokens("require") - SUPPORTED_REQUIRE
+    if require:
+        return Refused(420, "bad_extension", None, [("Unsupported", ", ".join(sorted(require)))])
+    try:
+        ident = identify(req, trunk, config)
+    except CallRefusedError as exc:
+        return Refused(
+            exc.status,
+            exc.label,
+            exc.reason,
+            end_reason="rejected",
+            route=trunk.route_to,
+            caller=exc.caller,
+            callee=exc.callee,
+        )
+    decision = ident.decision
+    emergency = decision.emergency
+    route = trunk.emergency_target() if emergency else trunk.route_to
+    trunk_out = config.trunks.get(route) if route else None
+
+    def refused(
+        status: int,
+        label: str,
+        end_reason: str,
+        phrase: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Refused:
+        return Refused(
+            status,
+            label,
+            phrase,
+            headers,
+            end_reason=end_reason,
+            route=route,
+            caller=ident.caller,
+            callee=ident.callee,
+            ident=ident,
+        )
+
+    if trunk_out is None:
+        return refused(404, "no_route", "rejected")
+    limited = capacity.limit(
+        config, trunk, emergency, now, source, shedder, draining=draining, accepting=accepting
+    )
+    if limited is not None:
+        return refused(503, limited, "limit")
+    if not emergency and interval_too_small(req, config):
+        # RFC 4028 §9: the caller retries with our Min-SE (an emergency call never waits
+        # for that: its interval is raised instead)
+        headers = [("Min-SE", str(config.sip.min_se))]
+        return refused(422, "session_interval_too_small", "rejected", None, headers)
+    # no media is anchored yet (rtpengine): Privacy: session;critical cannot be given
+    r = refusal(decision, ident.facts, trunk_out, media_anchored=False)
+    if r is not None:
+        return refused(r.status, r.label, "rejected", r.phrase)
+    return Admitted(ident, trunk_out)

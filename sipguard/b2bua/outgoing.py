@@ -1,0 +1,276 @@
+"""The B-leg INVITE of a call until it is answered: targets, failover, redirects, 422.
+
+One attempt at a time goes to the first of the call's targets. A target that does not
+answer in time, answers ``503`` or fails in transport is given up (the element probes it,
+:class:`~sipguard.b2bua.host.TargetFailed`) and the next one is tried; a ``3xx`` inside
+the next trunk is followed (at most three times, never relayed); a ``422`` is retried
+with the larger ``Min-SE`` (RFC 4028 §7.4); a ``401``/``407`` is relayed to the caller and
+the B-leg kept for its retry (:class:`~sipguard.b2bua.host.Challenged`). The callee's
+reliable provisional responses are PRACKed here (RFC 3262 §4).
+
+The state is this object's; the call it serves is passed in.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sipguard.b2bua.bleg import build_b_invite
+from sipguard.b2bua.host import Challenged, TargetFailed
+from sipguard.b2bua.leg import IGNORE, Leg
+from sipguard.b2bua.peers import Peers
+from sipguard.b2bua.routing import redirect_target
+from sipguard.b2bua.session_timer import delta_seconds
+from sipguard.config.model import Config, Trunk
+from sipguard.sip.message import Request, Response
+from sipguard.sip.transaction import ClientTransaction, Flow
+
+if TYPE_CHECKING:
+    from sipguard.b2bua.call import Call
+
+MAX_RETRIES = 3  # redirects and 422 retries of one call, together
+AUTH_RETRY_WINDOW = 32.0  # how long a challenged B-leg waits for the caller's retry
+MAX_CHALLENGES = 1000  # challenged B-legs kept at once
+
+
+class Outgoing:
+    """The B-leg INVITE's attempts: ``targets[0]`` is the one being tried."""
+
+    __slots__ = (
+        "ack",
+        "credentials",
+        "cseq",
+        "forks",
+        "min_se",
+        "offer",
+        "redirect",
+        "retries",
+        "rseq",
+        "targets",
+        "tx",
+    )
+
+    def __init__(self) -> None:
+        self.targets: list[Flow] = []
+        self.redirect: str | None = None  # the Request-URI a followed 3xx gave
+        self.retries = 0  # redirects followed and 422s retried
+        # the largest Min-SE a 422 of the next hop asked for (RFC 4028 §7.4), 0 if none
+        self.min_se = 0
+        self.credentials = False  # this INVITE answers a challenge relayed from the B-leg
+        self.tx: ClientTransaction | None = None  # the INVITE now out
+        self.cseq = 0  # its CSeq (PRACKs in the early dialog move the leg's local_seq)
+        self.rseq = 0  # the highest RSeq of the callee's reliable 1xx seen (RFC 3262)
+        self.ack: bytes | None = None  # our ACK of the 2xx
+        self.offer = b""  # the offer in a late-offer 2xx, which the caller's ACK answers
+        self.forks: dict[str, bytes] | None = None  # To tag -> our ACK, of 2xx we BYEd
+
+    def start(self, call: Call, targets: list[Flow], now: float, reuse: Leg | None) -> None:
+        """Send the B-leg INVITE to the first target; the rest are for failover."""
+        self.targets = targets
+        if reuse is not None:
+            # the retry of a challenged INVITE goes on the same B-leg (RFC 3261 §22.2)
+            call.b = reuse
+            self.credentials = True
+        else:
+            call.b = Leg(call.host, False, call.host.new_call_id(), targets[0])
+        self.send(call, now)
+
+    def send(self, call: Call, now: float) -> None:
+        b = call.b
+        assert b is not None
+        flow = self.targets[0]
+        b.flow = flow
+        b.remote_tag = None
+        b.local_seq += 1
+        self.cseq = b.local_seq
+        config = call.config
+        inv = build_b_invite(
+            call.a_invite.request,
+            call.crossing,
+            config,
+            flow=flow,
+            via=call.host.via(flow),
+            contact=call.host.contact(flow),
+            call_id=b.call_id,
+            local_tag=b.local_tag,
+            cseq=b.local_seq,
+            redirect=self.redirect,
+            remote_uri=b.remote_uri,
+            session_interval=self.session_interval(config),
+            min_se=self.min_se_value(config),
+            credentials=self.credentials,
+        )
+        b.local_uri = inv.local_uri
+        b.remote_uri = inv.remote_uri
+        b.remote_target = inv.remote_target
+        if inv.sdp:
+            b.sdp = inv.sdp
+        self.tx = b.send(inv.request, call, now)
+        call.arm(now, config.sip.target_timeout, lambda t: self.target_timeout(call, t))
+
+    def target_timeout(self, call: Call, now: float) -> None:
+        """No provisional response from this target in time: try the next one."""
+        call.timer = None
+        tx = self.tx
+        if not call.early or tx is None or tx.provisional_seen:
+            return
+        # not forgotten: CANCELled as soon as it may be (§9.1), and a 2xx that comes late
+        # after all is ACKed and ended with BYE (§13.2.2.4) rather than left answered
+        call.host.layer.cancel(tx, now)
+        self.next_target(call, now, 408)
+
+    def next_target(self, call: Call, now: float, status: int) -> None:
+        self.redirect = None  # a redirect's Request-URI was for the target that failed
+        if self.targets:
+            call.host.outcomes.append(TargetFailed(call, now, self.targets[0]))
+            self.targets = self.targets[1:]
+        if self.targets and call.early:
+            self.send(call, now)
+            return
+        final = 408 if status == 408 else 503
+        call.answer_a(final, now)
+        call.finish(now, "timeout" if final == 408 else "rejected", final)
+
+    def provisional(self, call: Call, resp: Response, now: float) -> bool:
+        """A provisional response: the early dialog learnt, a reliable one PRACKed.
+        False: not to be relayed (a retransmission, or an RSeq that is no number)."""
+        b = call.b
+        assert b is not None
+        to_tag = resp.to.tag
+        if not to_tag or (b.remote_tag is not None and b.remote_tag != to_tag):
+            return True
+        # the early dialog (the first fork's): its target serves UPDATE and PRACK
+        b.learn(resp)
+        rseq_text = (resp.get("rseq") or "").strip()
+        if not rseq_text or "100rel" not in resp.tokens("require"):
+            return True
+        if not (rseq_text.isascii() and rseq_text.isdigit()) or len(rseq_text) > 10:
+            return False  # an RSeq that is not a number: the response is ignored
+        rack = f"{rseq_text} {resp.cseq.number} INVITE"
+        b.send(b.request("PRACK", [("RAck", rack)]), call, now)
+        rseq = int(rseq_text)
+        if rseq <= self.rseq:
+            # a retransmission (our PRACK was lost): PRACKed again, not relayed again
+            # (RFC 3262 §4: only a higher RSeq is a new response)
+            return False
+        self.rseq = rseq
+        return True
+
+    def failed(self, call: Call, resp: Response, now: float) -> None:
+        """A final failure of the attempt: the next target, a redirect or retry, or the
+        caller told."""
+        status = resp.status
+        if status == 503:
+            self.next_target(call, now, status)
+            return
+        if 300 <= status < 400:
+            found = redirect_target(call.config.listen, call.trunk_out, resp)
+            if found is not None and self.retries < MAX_RETRIES:
+                self.retries += 1
+                flow, self.redirect = found
+                self.targets = [flow, *self.targets[1:]]
+                self.send(call, now)
+                return
+            # a 3xx is never relayed (topology): it is a failure of this target
+            call.answer_a(480, now)
+            call.finish(now, "rejected", 480)
+            return
+        if status == 422:
+            min_se = delta_seconds((resp.get("min-se") or "").split(";")[0])
+            asked = self.session_interval(call.config)
+            if min_se is not None and min_se > asked and self.retries < MAX_RETRIES:
+                # RFC 4028 §7.4: again, asking for the largest Min-SE a 422 gave
+                self.retries += 1
+                self.min_se = max(self.min_se, min_se)
+                self.send(call, now)
+                return
+            # a 422 we cannot satisfy (no usable Min-SE, none above what we asked for, or
+            # too many): the caller's session is not at fault, and a 422 relayed without
+            # our Min-SE would only fail it (RFC 4028 §9 and its erratum 1687)
+            call.answer_a(500, now, "Session Interval Not Agreed")
+            call.finish(now, "rejected", 500)
+            return
+        if status in (401, 407):
+            call.host.outcomes.append(Challenged(call, now))
+        call.relay_to_a(resp, now)
+        call.finish(now, "rejected", status)
+
+    def session_interval(self, config: Config) -> int:
+        """The Session-Expires our INVITE asks for (0: none), RFC 4028 §7.4: our interval,
+        raised to the largest Min-SE a 422 of the next hop gave."""
+        se = config.sip.session_expires
+        if se <= 0 and not self.min_se:
+            return 0
+        return max(se, self.min_se, config.sip.min_se)
+
+    def min_se_value(self, config: Config) -> int:
+        """The Min-SE our INVITE carries: ours, or a 422's if larger."""
+        return max(config.sip.min_se, self.min_se)
+
+    def ack_and_bye(self, call: Call, resp: Response, now: float, flow: Flow | None) -> None:
+        """A 2xx we will not use: ACK it and end that dialog with BYE (§13.2.2.4).
+
+        ``flow``: where it came from, when not from the B-leg's current target.
+        """
+        b = call.b
+        assert b is not None
+        flow = flow or b.flow
+        tag = resp.to.tag or ""
+        if self.forks is None:
+            self.forks = {}
+        forks = self.forks
+        layer = call.host.layer
+        if tag in forks:
+            # that 2xx again (our ACK was lost): ACK it again, BYE it only once (§13.2.2.4)
+            layer.send(flow, forks[tag], retransmission=True)
+            return
+        fork = Leg(call.host, False, b.call_id, flow)
+        fork.local_tag = b.local_tag
+        fork.local_uri = b.local_uri
+        fork.remote_uri = b.remote_uri
+        fork.learn(resp)
+        if not resp.contacts:
+            fork.remote_target = b.remote_target
+        fork.local_seq = resp.cseq.number
+        forks[tag] = fork.ack(resp.cseq.number, b"")
+        layer.send(fork.flow, forks[tag])
+        fork.send(fork.request("BYE"), IGNORE, now)
+
+
+class Challenges:
+    """B-legs whose INVITE the next hop challenged (401/407), kept for the caller's retry
+    with credentials, which goes on the same B-leg (RFC 3261 §22.2): by the caller's
+    Call-ID and From tag, for :data:`AUTH_RETRY_WINDOW` seconds, at most
+    :data:`MAX_CHALLENGES` of them."""
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        # the caller's (Call-ID, From tag) -> (when, the B-leg, the caller's trunk, where
+        # its INVITE came from)
+        self.waiting: dict[tuple[str, str], tuple[float, Leg, Trunk, Flow]] = {}
+
+    def remember(self, call: Call, now: float) -> None:
+        if call.b is None:
+            return
+        waiting = self.waiting
+        entry = (now, call.b, call.trunk_in, call.a.flow)
+        waiting[(call.a.call_id, call.a.remote_tag or "")] = entry
+        if len(waiting) > MAX_CHALLENGES or len(waiting) % 64 == 0:
+            fresh = now - AUTH_RETRY_WINDOW
+            kept = [(k, v) for k, v in waiting.items() if v[0] > fresh]
+            self.waiting = dict(kept[-MAX_CHALLENGES:])  # the oldest go first
+
+    def retry_leg(self, req: Request, flow: Flow, peers: Peers, now: float) -> Leg | None:
+        """The B-leg a caller's INVITE with credentials retries on, if it is one: from
+        the caller that was challenged (its ids alone are the caller's to choose)."""
+        key = (req.call_id, req.from_.tag or "")
+        entry = self.waiting.get(key)
+        if entry is None or not peers.from_peer(entry[2], entry[3], flow):
+            return None
+        del self.waiting[key]
+        if entry[0] < now - AUTH_RETRY_WINDOW:
+            return None
+        if not (req.has("authorization") or req.has("proxy-authorization")):
+            return None
+        return entry[1]
