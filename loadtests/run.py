@@ -657,6 +657,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (e.g. from a `timeout` wrapper) unwinds like Ctrl-C, so that every process
     # started here is stopped by its PID on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.report and (args.hold_calls or args.find_max or args.versus_sippy):
+        print("--report reports the runs of --rate only", file=sys.stderr)
+        return 2
     if args.floor and (args.hold_calls or args.find_max or args.transport != "udp"):
         print("--floor runs UDP at the rates of --rate only", file=sys.stderr)
         return 2
