@@ -10,8 +10,10 @@ cd "$(dirname "$0")"
 
 VENV=.venv
 PY="$VENV/bin/python"
-# Debian packages the test suite uses: SIPp, PostgreSQL (CDR sink tests).
-TEST_DEBS="sip-tester postgresql"
+# Debian packages the test suite uses: SIPp, PostgreSQL (CDR sink tests), Prometheus and
+# promtool (docker/prometheus/ checked and run against sipguard), systemd-analyze
+# (deploy/systemd/ verified).
+TEST_DEBS="sip-tester postgresql prometheus systemd"
 
 say() { printf '%s\n' "dev.sh: $*" >&2; }
 

@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from loadtests.report import SAMPLES, ProcSampler, write_report  # noqa: E402
 from tests.sipp_harness import (  # noqa: E402
     CALLEE_IP,
     SIPGUARD_IP,
@@ -265,7 +266,8 @@ def run_element(
         who = f"{label}: " if label else ""
         _say(f"  {who}{total} calls at {rate:g}/s, held {hold_ms} ms, {transport} …", quiet)
         t0 = time.monotonic()
-        res = caller.run()
+        with ProcSampler(element, setup.workdir / SAMPLES):  # CPU and RSS for --report
+            res = caller.run()
         wall = time.monotonic() - t0
         result.cpu_s = element.cpu_seconds() - cpu0
         result.peak_rss_kb = element.status().get("VmHWM", 0)
@@ -640,6 +642,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "instead of sipguard; with --versus-sippy, beside sippy and sipguard in every run",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="write a Markdown report with PNG plots of the --rate runs into DIR\n"
+        "(loadtests/report.py; needs matplotlib: pip install -e .[load])",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.rate is None:
@@ -648,11 +657,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (e.g. from a `timeout` wrapper) unwinds like Ctrl-C, so that every process
     # started here is stopped by its PID on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.report and (args.hold_calls or args.find_max or args.versus_sippy):
+        print("--report reports the runs of --rate only", file=sys.stderr)
+        return 2
     if args.floor and (args.hold_calls or args.find_max or args.transport != "udp"):
         print("--floor runs UDP at the rates of --rate only", file=sys.stderr)
         return 2
+    build = ""
     if not args.floor or args.versus_sippy:  # the floor alone starts no sipguard
-        _say(f"sipguard: {use_build(pure=args.pure)}", args.quiet)
+        build = use_build(pure=args.pure)
+        _say(f"sipguard: {build}", args.quiet)
     args.limits = (
         None if args.overload_queue_kb is None else {"overload_queue_kb": args.overload_queue_kb}
     )
@@ -756,6 +770,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("median " + row(median_result(runs)), flush=True)
             everything += runs
             status |= 0 if all(r.ok for r in runs) else 1
+        if args.report:
+            table = "\n".join([header(), *(row(r) for r in everything)])
+            command = " ".join(["python", *sys.argv]) if argv is None else " ".join(argv)
+            out = write_report(
+                Path(args.report),
+                [asdict(r) for r in everything],
+                table,
+                command=command,
+                build=build,
+            )
+            _say(f"report: {out}", args.quiet)
         if args.json:
             print(json.dumps([asdict(r) for r in everything]))
         return status

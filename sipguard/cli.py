@@ -50,8 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: OK ({len(config.trunks)} trunks)")
         return 0
     if args.command == "run":
+        from sipguard.net.logs import setup_logging
         from sipguard.net.server import run
 
+        # log_format applied here: the basicConfig() in run() leaves a configured root be
+        setup_logging(config.log_level, config.log_format)
         return run(config, args.config)
     if args.command == "cdr":
         from sipguard.cdr import admin

@@ -101,6 +101,28 @@ class Metrics:
             registry=r,
         )
         self.admitted_ratio.set(1.0)
+        self.ready = Gauge(
+            "sipguard_ready",
+            "1 while /readyz answers 200, 0 while draining (read at each scrape)",
+            registry=r,
+        )
+        self.cdr_spool_bytes = Gauge(
+            "sipguard_cdr_spool_bytes",
+            "Bytes of CDR records waiting in the spool for the database (0 without one)",
+            registry=r,
+        )
+        self.cdr_spool_max_bytes = Gauge(
+            "sipguard_cdr_spool_max_bytes",
+            "cdr.spool_max_bytes of a sink that spools (0 without a spool)",
+            registry=r,
+        )
+        self.tls_name_failures = Counter(
+            "sipguard_tls_name_failures_total",
+            "TLS connections sipguard opened whose peer failed certificate verification or "
+            "did not prove the trunk's tls_name (refused requests: "
+            'sipguard_rejected_total{reason="tls_name"})',
+            registry=r,
+        )
         self.media_unanchored = Counter(
             "sipguard_media_unanchored_total",
             "Calls carried without the media anchoring they asked for (rtpengine down)",

@@ -290,6 +290,30 @@ def test_spool_full_refuse_and_drop_without_a_server(tmp_path: Path) -> None:
     sink.close()
 
 
+def test_the_spool_gauges_show_how_full_the_spool_is(tmp_path: Path) -> None:
+    # what the "spool filling" alert (docker/prometheus/alerts.yml) reads
+    dead = f"postgresql://postgres@127.0.0.1:{_free_port()}/none"
+    metrics = Metrics()
+    w = CdrWriter(
+        cfg_for(tmp_path, dead, spool_max_bytes=1_000_000), metrics, recover=False, retention=False
+    )
+    w.start()
+
+    def gauge(name: str) -> float:
+        return metrics.registry.get_sample_value(name) or 0.0
+
+    try:
+        for r in call(w.new_call_id(), NOW - 60):
+            w.submit(r)
+        wait_for(lambda: gauge("sipguard_cdr_spool_bytes") > 0)
+        assert gauge("sipguard_cdr_spool_max_bytes") == 1_000_000
+        assert gauge("sipguard_cdr_spool_bytes") == sum(
+            f.stat().st_size for f in spool_files(tmp_path)
+        )
+    finally:
+        w.close(5)
+
+
 def test_spool_survives_a_restart_and_a_torn_line(tmp_path: Path) -> None:
     dead = f"postgresql://postgres@127.0.0.1:{_free_port()}/none"
     cfg = cfg_for(tmp_path, dead)

@@ -217,15 +217,20 @@ def test_a_tls_target_must_hold_its_trunks_name(
             invite = sip_request("INVITE", local=caller.local, body=SDP)
             final = caller.transact(invite, (SIPGUARD_IP, port), timeout=3.0 if reached else 10.0)
             log = sg.log_tail(200)
+            failures = sum(
+                v for n, _, v in scrape_samples(sg) if n == "sipguard_tls_name_failures_total"
+            )
     finally:
         caller.close()
         server.close()
     if reached:
         assert server.received.startswith(b"INVITE sip:"), (server.received[:200], log)
+        assert failures == 0
     else:
         assert server.received == b"", server.received[:200]
         assert final is not None and status_of(final) in (408, 480, 500, 502, 503), (final, log)
         assert f"is not {tls_name}: its certificate holds stranger.test" in log, log
+        assert failures >= 1  # the "TLS name failures" alert (docker/prometheus/alerts.yml)
 
 
 def test_a_connection_from_the_targets_address_without_the_name_is_not_reused(

@@ -258,6 +258,9 @@ class PostgresSink:
             log.info("cdr: delivered %d spooled records", delivered)
         return WriteResult(written=delivered)
 
+    def spool_usage(self) -> tuple[int, int]:
+        return self._spool.bytes, self._spool.max_bytes
+
     def maintain(self) -> WriteResult:
         try:
             self._spool.tick()

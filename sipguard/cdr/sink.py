@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sipguard.cdr.record import CdrRecord
 
@@ -99,3 +99,11 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Flush, fsync (unless ``fsync: never``) and release everything."""
+
+
+@runtime_checkable
+class Spooling(Protocol):
+    """A sink that keeps records in an on-disk spool while its store is down."""
+
+    def spool_usage(self) -> tuple[int, int]:
+        """Bytes in the spool now, and the most it may hold."""

@@ -60,6 +60,7 @@ from sipguard.cdr.sink import (
     SinkError,
     SinkUnavailableError,
     SpoolFullError,
+    Spooling,
     WriteResult,
 )
 from sipguard.cdr.state import DirLock, instance_tag, write_heartbeat
@@ -318,6 +319,10 @@ class CdrWriter:
             log.error("cdr: %d records dropped (the sink fails and the queue is full)", dropped)
 
     def _maintain(self) -> None:
+        if self._metrics is not None and isinstance(self._sink, Spooling):
+            used, most = self._sink.spool_usage()  # first: maintain() fails while it is down
+            self._metrics.cdr_spool_bytes.set(used)
+            self._metrics.cdr_spool_max_bytes.set(most)
         self._account(self._sink.maintain())
 
     def _heartbeat(self) -> None:

@@ -203,6 +203,8 @@ class Config:
     sip: SipTimers = field(default_factory=SipTimers)
     drain_seconds: float = 30.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # text, or json: one object per line for a log collector (a restart applies a change)
+    log_format: Literal["text", "json"] = "text"
     dns: Dns = field(default_factory=Dns)
 
     def match_trunk(self, listen_index: int, source_ip: IPAddress) -> Trunk | None:

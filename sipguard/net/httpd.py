@@ -34,6 +34,7 @@ class MetricsServer:
     def _body(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
             self.driver.export_stats()
+            self.metrics.ready.set(0 if self.driver.core.draining else 1)
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"

@@ -150,6 +150,8 @@ class StreamConnection(asyncio.Protocol):
             )
         except (TimeoutError, OSError) as exc:
             log.info("cannot connect to %s %s:%d: %s", self.transport, self.host, self.port, exc)
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                self.driver.metrics.tls_name_failures.inc()
             self.closed = True
             self.driver.unregister(self)
             self.driver.connection_failed(self)
@@ -159,6 +161,7 @@ class StreamConnection(asyncio.Protocol):
         if self.transport == "tls":
             self.names = certificate_names(transport.get_extra_info("peercert"))
             if self.expect_name is not None and not name_matches(self.expect_name, self.names):
+                self.driver.metrics.tls_name_failures.inc()
                 log.warning(
                     "TLS peer %s:%d is not %s: its certificate holds %s; closing",
                     self.host,

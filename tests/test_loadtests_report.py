@@ -1,0 +1,129 @@
+"""loadtests/report.py: a load report (Markdown and PNG plots) from a run's files, fed
+small synthetic SIPp statistics, response times and process samples."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtests.report import SAMPLES, ProcSampler, read_run, write_report
+
+pytest.importorskip("matplotlib")  # the plots (the test extra installs it)
+
+T0 = 1796341868.0
+COLUMNS = "StartTime;CurrentTime;OutgoingCall(P);SuccessfulCall(P);FailedCall(P);Retransmissions(P)"
+
+
+def stat_file(path: Path, rows: list[tuple[int, int, int, int]]) -> None:
+    """A SIPp -trace_stat file: one row a second; CurrentTime is date, time, epoch."""
+    lines = [COLUMNS + ";"]
+    for i, (out, ok, failed, retrans) in enumerate(rows):
+        when = f"2026-12-03\t23:51:{i:02d}.000000\t{T0 + i:.6f}"
+        lines.append(f"x;{when};{out};{ok};{failed};{retrans};")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def synthetic_run(workdir: Path) -> dict[str, Any]:
+    workdir.mkdir()
+    stat_file(
+        workdir / "uac_stat.csv",
+        [(0, 0, 0, 0), (100, 0, 0, 0), (100, 98, 2, 3), (100, 100, 0, 0), (0, 100, 0, 1)],
+    )
+    stat_file(workdir / "uas_stat.csv", [(0, 0, 0, 0)] * 2 + [(0, 0, 0, 5)] + [(0, 0, 0, 0)] * 2)
+    rtts = [f"{1000 + 10 * i};{4 if i % 10 else 12};1" for i in range(300)]
+    (workdir / "uac_1234_rtt.csv").write_text("Date_ms;response_time_ms;rtd_no\n" + "\n".join(rtts))
+    samples = [f"{T0 + i / 2:.3f};{0.05 * i:.3f};{40000 + 100 * i}" for i in range(10)]
+    (workdir / SAMPLES).write_text("t;cpu_s;rss_kb\n" + "\n".join(samples) + "\n")
+    return {
+        "rate": 100.0,
+        "duration_s": 3.0,
+        "hold_ms": 1000,
+        "attempted": 300,
+        "succeeded": 298,
+        "failed": 2,
+        "achieved_cps": 99.3,
+        "retransmissions": 9,
+        "setup_p50_ms": 4.0,
+        "setup_p99_ms": 12.0,
+        "cpu_s": 0.45,
+        "cpu_s_per_1k": 1.51,
+        "peak_rss_kb": 40960,
+        "loop_pause_max_ms": 3.2,
+        "element": "sipguard",
+        "failures": {"FailedCallRejected(C)": 2},
+        "workdir": str(workdir),
+    }
+
+
+def test_a_runs_series_come_from_sipps_statistics_and_the_samples(tmp_path: Path) -> None:
+    synthetic_run(tmp_path / "run")
+    s = read_run(tmp_path / "run")
+    assert s.t == [1.0, 2.0, 3.0, 4.0]
+    assert s.offered == [100.0, 100.0, 100.0, 0.0]
+    assert s.completed == [0.0, 98.0, 100.0, 100.0]
+    assert s.failed == [0, 2, 0, 0]
+    assert s.retrans == [0, 8, 0, 1]  # uac + uas
+    assert len(s.setup_ms) == 300 and s.setup_t[0] == 1.0
+    assert s.cpu_pct == pytest.approx([10.0] * 9)  # 0.05 s of CPU every 0.5 s
+    assert s.rss_mb[-1] == pytest.approx((40000 + 900) / 1024)
+
+
+def test_the_report_has_the_runners_figures_and_its_plots(tmp_path: Path) -> None:
+    result = synthetic_run(tmp_path / "run")
+    table = "rate/s  attempted\n   100        300"
+    out = tmp_path / "report"
+    md = write_report(out, [result], table, command="python loadtests/run.py --rate 100")
+    text = md.read_text()
+    assert md == out / "README.md"
+    assert "python loadtests/run.py --rate 100" in text
+    assert table in text  # the runner's own lines, as printed
+    for figure in (
+        "| calls attempted | 300 |",
+        "| calls succeeded | 298 |",
+        "| calls failed | 2 |",
+        "| calls/s achieved | 99 |",
+        "| SIPp retransmissions (both sides) | 9 |",
+        "| setup p50, ms (INVITE→200) | 4 |",
+        "| setup p99, ms | 12 |",
+        "| CPU seconds | 0.45 |",
+        "| peak RSS, MB | 40.0 |",
+        "FailedCallRejected(C)",
+    ):
+        assert figure in text, figure
+    for name in ("calls.png", "failures.png", "setup.png", "process.png"):
+        assert f"]({name})" in text
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_several_runs_get_plots_of_their_own(tmp_path: Path) -> None:
+    runs = [synthetic_run(tmp_path / "a"), synthetic_run(tmp_path / "b")]
+    runs[1]["rate"] = 200.0
+    write_report(tmp_path / "out", runs, "table")
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
+    assert len(names) == 8 and names[0].startswith("1-") and names[-1].startswith("2-")
+    assert "## sipguard at 200 calls/s" in (tmp_path / "out" / "README.md").read_text()
+
+
+class FakeElement:
+    def __init__(self) -> None:
+        self.cpu = 0.0
+
+    def cpu_seconds(self) -> float:
+        self.cpu += 0.01
+        return self.cpu
+
+    def status(self) -> dict[str, int]:
+        return {"VmRSS": 1234}
+
+
+def test_the_sampler_writes_cpu_and_rss_while_it_runs(tmp_path: Path) -> None:
+    path = tmp_path / SAMPLES
+    with ProcSampler(FakeElement(), path, interval=0.01):
+        time.sleep(0.1)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "t;cpu_s;rss_kb"
+    assert len(lines) >= 4
+    assert all(x.endswith(";1234") for x in lines[1:])
