@@ -123,6 +123,25 @@ class Metrics:
             'sipguard_rejected_total{reason="tls_name"})',
             registry=r,
         )
+        self.emergency_refused = Counter(
+            "sipguard_emergency_refused_total",
+            "Emergency calls refused, by reason (a trunk over its share of the reserve: a "
+            "flood of emergency calls, an attack on the emergency service)",
+            ["reason"],
+            registry=r,
+        )
+        self.cdr_refusals_unrecorded = Counter(
+            "sipguard_cdr_refusals_unrecorded_total",
+            "Refused call attempts past limits.refused_cdr_rps, counted instead of written",
+            ["trunk_in"],
+            registry=r,
+        )
+        self.privacy_egress_blocked = Counter(
+            "sipguard_privacy_egress_blocked_total",
+            "Messages not sent because they would have carried a withheld caller's number or "
+            "address towards an untrusted trunk (a bug upstream; the call was ended)",
+            registry=r,
+        )
         self.media_unanchored = Counter(
             "sipguard_media_unanchored_total",
             "Calls carried without the media anchoring they asked for (rtpengine down)",

@@ -110,35 +110,77 @@ class Refused:
         return self.ident.decision.presentation if self.ident is not None else "restricted"
 
 
+def emergency_share(config: Config, trunk: Trunk) -> tuple[int, int]:
+    """(emergency calls at once, new ones per second) that ``trunk`` may take of the
+    global emergency reserve (SPEC §8): its own limits, or by default a fair share, the
+    reserve divided among the trunks that can place calls, and a quarter of that per
+    second. One trunk's flood of fake 112 calls then never refuses another's real one."""
+    tl = trunk.limits
+    reserve = config.limits.emergency_max_calls
+    callers = sum(1 for t in config.trunks.values() if t.route_to or t.emergency_route_to)
+    calls = min(tl.emergency_max_calls or max(1, reserve // max(1, callers)), reserve)
+    return calls, tl.emergency_cps or max(1, calls // 4)
+
+
+def _count(table: dict[str, int], key: str, step: int) -> None:
+    left = table.get(key, 0) + step
+    if left > 0:
+        table[key] = left
+    else:
+        table.pop(key, None)  # no entry for a trunk without calls
+
+
+def within_rate(table: dict[str, tuple[int, int]], key: str, now: float, rate: int) -> bool:
+    """One more this second for ``key`` in ``table``, if fewer than ``rate`` were."""
+    second = int(now)
+    sec, count = table.get(key, (second, 0))
+    if sec != second:
+        count = 0
+    if count >= rate:
+        return False
+    table[key] = (second, count + 1)
+    return True
+
+
 class Capacity:
     """The calls in progress, in total, per trunk and emergency, and the rates of new
-    ones per trunk and per source: what the limits of SPEC §1.4 and §8 are checked on."""
+    ones per trunk and per source: what the limits of SPEC §1.4 and §8 are checked on.
+    Its tables hold one entry per trunk, and per source for one second at most."""
 
-    __slots__ = ("_flood", "_flood_second", "calls", "emergency_calls", "trunk_calls", "trunk_cps")
+    __slots__ = (
+        "_flood",
+        "_flood_second",
+        "calls",
+        "emergency_calls",
+        "trunk_calls",
+        "trunk_cps",
+        "trunk_emergency",
+        "trunk_emergency_cps",
+    )
 
     def __init__(self) -> None:
         self.calls = 0
         self.emergency_calls = 0
         self.trunk_calls: dict[str, int] = {}
+        self.trunk_emergency: dict[str, int] = {}
         self.trunk_cps: dict[str, tuple[int, int]] = {}  # trunk -> (second, count)
+        self.trunk_emergency_cps: dict[str, tuple[int, int]] = {}
         self._flood: dict[str, int] = {}
         self._flood_second = -1
 
     def take(self, trunk: str, emergency: bool) -> None:
         self.calls += 1
+        _count(self.trunk_calls, trunk, 1)
         if emergency:
             self.emergency_calls += 1
-        self.trunk_calls[trunk] = self.trunk_calls.get(trunk, 0) + 1
+            _count(self.trunk_emergency, trunk, 1)
 
     def give_back(self, trunk: str, emergency: bool) -> None:
         self.calls -= 1
+        _count(self.trunk_calls, trunk, -1)
         if emergency:
             self.emergency_calls -= 1
-        left = self.trunk_calls.get(trunk, 1) - 1
-        if left > 0:
-            self.trunk_calls[trunk] = left
-        else:
-            self.trunk_calls.pop(trunk, None)
+            _count(self.trunk_emergency, trunk, -1)
 
     def limit(
         self,
@@ -155,8 +197,16 @@ class Capacity:
         """Why a new call must be refused with 503, or None, in this order."""
         limits = config.limits
         if emergency:
-            # the reserved emergency capacity is the one cap that applies to them
-            return "emergency_limit" if self.emergency_calls >= limits.emergency_max_calls else None
+            # the reserved emergency capacity is the one cap that applies to them, shared
+            # fairly between the trunks
+            if self.emergency_calls >= limits.emergency_max_calls:
+                return "emergency_limit"
+            calls, cps = emergency_share(config, trunk)
+            if self.trunk_emergency.get(trunk.name, 0) >= calls:
+                return "trunk_emergency_limit"
+            if not within_rate(self.trunk_emergency_cps, trunk.name, now, cps):
+                return "trunk_emergency_cps"
+            return None
         if limits.source_rps and self._flooding(source, now, limits.source_rps):
             return "source_flood"
         if draining:
@@ -170,14 +220,8 @@ class Capacity:
             return "trunk_max_calls"
         if not shedder.admit():
             return "overload"  # the receive queue grows: part of the new calls are shed
-        if tl.cps:
-            second = int(now)
-            sec, count = self.trunk_cps.get(trunk.name, (second, 0))
-            if sec != second:
-                sec, count = second, 0
-            if count >= tl.cps:
-                return "trunk_cps"
-            self.trunk_cps[trunk.name] = (sec, count + 1)
+        if tl.cps and not within_rate(self.trunk_cps, trunk.name, now, tl.cps):
+            return "trunk_cps"
         return None
 
     def _flooding(self, source: str, now: float, rps: int) -> bool:

@@ -32,7 +32,7 @@ from sipguard.b2bua.host import (
 from sipguard.b2bua.leg import Leg, LocalAddresses
 from sipguard.b2bua.outgoing import Challenges
 from sipguard.b2bua.overload import Shedder
-from sipguard.b2bua.peers import Peers
+from sipguard.b2bua.peers import EveryFew, Peers, Strangers
 from sipguard.b2bua.records import Records
 from sipguard.b2bua.routing import Prober, Router
 from sipguard.cdr.record import make_call_id, new_instance_tag
@@ -49,6 +49,7 @@ from sipguard.sip.transaction import (
     TransactionLayer,
     make_response,
     source_key,
+    stateless_tag,
 )
 
 log = logging.getLogger("sipguard.b2bua")
@@ -89,6 +90,8 @@ class B2BUA:
         self.invites: dict[MergeKey, Call] = {}
         self.challenges = Challenges()
         self.peers = Peers(config)
+        self.strangers = Strangers()
+        self._attack_log = EveryFew(10.0)  # the emergency-flood warning, per trunk
         self.draining = False
         self.accepting = True  # False while the CDR spool is full (refuse non-emergency)
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
@@ -173,6 +176,10 @@ class B2BUA:
             self._settle()
 
     def _receive(self, data: bytes, flow: Flow, now: float) -> None:
+        stranger = self._stranger(flow)
+        if stranger and not self.strangers.answer(flow.host, now, self._budget):
+            self._count_refused("unknown_source_silenced")  # read no further
+            return
         msg: Request | Response | None = None
         try:
             msg = parse_message(data, datagram=not flow.reliable, limits=self.parse_limits)
@@ -187,10 +194,17 @@ class B2BUA:
             if exc.response is None and exc.status is not None and isinstance(msg, Request):
                 attach_response(exc, msg.headers)
             self.parse_error()
-            if exc.response is not None and not data.lstrip(b"\r\n").startswith(b"ACK "):
-                # an ACK is never answered, not even a malformed one (§17.1.1.3, §17.2.1)
+            # a stranger gets nothing, an ACK is never answered, not even a malformed one
+            # (§17.1.1.3, §17.2.1)
+            if (
+                exc.response is not None
+                and not stranger
+                and not data.lstrip(b"\r\n").startswith(b"ACK ")
+            ):
                 self.layer.send(flow, exc.response)
             log.debug("malformed message from %s: %s", flow.transport, exc.reason)
+            return
+        if stranger and not self._from_stranger(msg, flow, now):
             return
         try:
             if isinstance(msg, Request):
@@ -216,6 +230,39 @@ class B2BUA:
             # call it belongs to is ended, never left half-done holding its slot for ever
             log.exception("internal error handling a message; its call is ended")
             self._end_after_error(msg, flow, now)
+
+    def _stranger(self, flow: Flow) -> bool:
+        """A source that matches no trunk and is no trunk's target (SPEC §2, §8)."""
+        return (
+            self.peers.trunk_of(flow.local, flow.host) is None
+            and flow.host not in self.router.target_hosts()
+        )
+
+    def _from_stranger(self, msg: Request | Response, flow: Flow, now: float) -> bool:
+        """A message from a stranger: go on only with a request of a dialog whose leg was
+        set up with that very address (its trunk's sources changed since, by a reload);
+        otherwise ``403`` to a request, statelessly and with nothing about sipguard in it
+        (no ``Allow``, no ``Server``), and nothing to an ACK or a response."""
+        if isinstance(msg, Response):
+            self._count_refused("unknown_source")
+            return False
+        if msg.to.tag is not None:
+            found = self._leg((msg.call_id, msg.to.tag))
+            if found is not None and self._dialog_source(found, msg, flow):
+                return True
+        self._count_refused("unknown_source")
+        if msg.method != "ACK":
+            resp = make_response(msg, 403, to_tag=stateless_tag(msg))
+            self.layer.send(flow, resp.to_bytes())
+        return False
+
+    def _count_refused(self, label: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(self.metrics.rejected, label)
+
+    @property
+    def _budget(self) -> int:
+        return self.config.limits.unknown_source_budget
 
     def parse_error(self) -> None:
         """A malformed message, or one the driver could not frame (a broken stream)."""
@@ -334,8 +381,7 @@ class B2BUA:
         return self._refused()
 
     def _refused(self) -> bool:
-        if self.metrics is not None:
-            self.metrics.inc(self.metrics.rejected, "dialog_source")
+        self._count_refused("dialog_source")
         return False
 
     def cancel_allowed(self, invite: ServerTransaction, flow: Flow) -> bool:
@@ -388,10 +434,15 @@ class B2BUA:
         headers: list[tuple[str, str]] | None = None,
         reason: str | None = None,
     ) -> None:
+        """Refuse a request statelessly (§8.2.7): one response per request received, never
+        retransmitted towards a source that may be forged, and no transaction kept. A
+        peer that lost it sends its request again and gets the same answer."""
         if self.metrics is not None:
             self.metrics.inc(self.metrics.rejected, label)
-        tx.respond(
-            make_response(tx.request, status, reason, to_tag=IDS.next(), headers=headers), now
+        req = tx.request
+        tag = stateless_tag(req)
+        self.layer.respond_stateless(
+            tx, make_response(req, status, reason, to_tag=tag, headers=headers)
         )
 
     # -- a new call ------------------------------------------------------------------------
@@ -417,8 +468,6 @@ class B2BUA:
             self._reject(tx, verdict.status, verdict.label, now, verdict.headers, verdict.phrase)
             return
         assert trunk is not None
-        # a call attempt: 100 Trying at once (§17.2.1), the caller stops retransmitting
-        tx.respond(make_response(req, 100), now)
         ident = verdict.ident
         if ident is not None and self.metrics is not None:
             decision = ident.decision
@@ -430,6 +479,8 @@ class B2BUA:
                 verdict.trunk_out, req.request_uri, verdict.ident.decision.emergency
             )
             if targets:
+                # a call: 100 Trying at once (§17.2.1), the caller stops retransmitting
+                tx.respond(make_response(req, 100), now)
                 self._start(req, tx, trunk, verdict, targets, now)
                 return
             status = 503 if verdict.trunk_out.targets else 403
@@ -443,7 +494,21 @@ class B2BUA:
                 ident=verdict.ident,
             )
         self._reject(tx, verdict.status, verdict.label, now, verdict.headers, verdict.phrase)
-        self.records.refused(trunk.name, verdict, now)
+        self.records.refused(trunk.name, verdict, now, config.limits.refused_cdr_rps)
+        if ident is not None and ident.decision.emergency:
+            self._emergency_refused(trunk, verdict.label, now)
+
+    def _emergency_refused(self, trunk: Trunk, label: str, now: float) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(self.metrics.emergency_refused, label)
+        if label.startswith("trunk_emergency") and self._attack_log.event(trunk.name, now):
+            log.warning(
+                "emergency calls from trunk %s refused over its share of the emergency "
+                "reserve (%s): a flood of emergency calls is an attack on the emergency "
+                "service",
+                trunk.name,
+                label,
+            )
 
     def _start(
         self,

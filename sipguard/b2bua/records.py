@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from sipguard.b2bua.admission import within_rate
 from sipguard.cdr.record import CdrRecord, end_of, end_record, epoch_ms, make_call_id, start_record
 from sipguard.metrics import Metrics
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 class Records:
     """The CDRs and call metrics of one element (``instance``: its tag in every id)."""
 
-    __slots__ = ("instance", "metrics", "out", "wall")
+    __slots__ = ("_refusals", "instance", "metrics", "out", "wall")
 
     def __init__(
         self, instance: str, metrics: Metrics | None, wall: Callable[[float], float]
@@ -30,18 +31,27 @@ class Records:
         self.metrics = metrics
         self.wall = wall
         self.out: list[CdrRecord] = []
+        self._refusals: dict[str, tuple[int, int]] = {}  # trunk -> (second, records)
 
     def _count(self, trunk_in: str, trunk_out: str, result: str) -> None:
         if self.metrics is not None:
             self.metrics.inc(self.metrics.calls, trunk_in, trunk_out, result)
 
-    def refused(self, trunk_in: str, refusal: Refused, now: float) -> None:
-        """The end record of a call attempt refused before it had a B-leg."""
+    def refused(self, trunk_in: str, refusal: Refused, now: float, rate: int) -> None:
+        """The end record of a call attempt refused before it had a B-leg: at most
+        ``rate`` a second per trunk (0: all), the rest counted (a flood of refused INVITEs
+        writes no flood of records); an emergency call's always."""
         end_reason = refusal.end_reason
         if end_reason is None:
             return
-        wall = self.wall(now)
         ident = refusal.ident
+        emergency = ident is not None and ident.decision.emergency
+        if rate and not emergency and not within_rate(self._refusals, trunk_in, now, rate):
+            if self.metrics is not None:
+                self.metrics.inc(self.metrics.cdr_refusals_unrecorded, trunk_in)
+            self._count(trunk_in, refusal.route or "", end_reason)
+            return
+        wall = self.wall(now)
         self.out.append(
             end_record(
                 call_id=make_call_id(self.instance),
@@ -50,7 +60,7 @@ class Records:
                 caller=refusal.caller,
                 callee=refusal.callee,
                 presentation=refusal.presentation,  # type: ignore[arg-type]
-                emergency=ident is not None and ident.decision.emergency,
+                emergency=emergency,
                 start=wall,
                 answer=None,
                 end=wall,

@@ -131,17 +131,28 @@ class Router:
         self.down: dict[Flow, Prober] = {}
         self.resolved: dict[str, list[tuple[str, str, int]]] = {}
         self._flows: dict[str, list[Flow]] = {}
+        self._hosts: frozenset[str] | None = None  # of every trunk's targets
         # (listen entry, host, port) of a configured TLS target -> its trunk's tls_name
         self.tls_targets: dict[tuple[int, str, int], str] = {}
 
     def reload(self, config: Config) -> None:
         self.config = config
         self._flows.clear()
+        self._hosts = None
 
     def set_resolved(self, resolved: dict[str, list[tuple[str, str, int]]]) -> None:
         """Where each configured target URI resolves to (RFC 3263, done by the driver)."""
         self.resolved = resolved
         self._flows.clear()
+        self._hosts = None
+
+    def target_hosts(self) -> frozenset[str]:
+        """The addresses of every trunk's targets: known peers, in sources or not."""
+        hosts = self._hosts
+        if hosts is None:
+            trunks = self.config.trunks.values()
+            hosts = self._hosts = frozenset(f.host for t in trunks for f in self.trunk_targets(t))
+        return hosts
 
     def trunk_targets(self, trunk: Trunk) -> list[Flow]:
         """Every next hop of a trunk's ``targets``, in order, resolved (cached)."""

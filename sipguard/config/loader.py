@@ -371,6 +371,8 @@ _CHECKS: dict[tuple[type, str], Check] = {
     (Limits, "emergency_max_calls"): _AT_LEAST_ONE,
     (Limits, "source_rps"): _NON_NEGATIVE,
     (Limits, "overload_queue_kb"): _NON_NEGATIVE,
+    (Limits, "unknown_source_budget"): _NON_NEGATIVE,
+    (Limits, "refused_cdr_rps"): _NON_NEGATIVE,
     (RtpEngine, "control"): _rule(
         lambda v: _host_port(_RTPENGINE, v), "expected udp:HOST:PORT, got {v!r}"
     ),
@@ -397,6 +399,8 @@ _CHECKS: dict[tuple[type, str], Check] = {
     (Numbering, "international_prefix"): _DIGITS,
     (TrunkLimits, "cps"): _NON_NEGATIVE,
     (TrunkLimits, "max_calls"): _NON_NEGATIVE,
+    (TrunkLimits, "emergency_max_calls"): _NON_NEGATIVE,
+    (TrunkLimits, "emergency_cps"): _NON_NEGATIVE,
     (Trunk, "restricted_numbers"): _E164,
     (Trunk, "permanent_numbers"): _E164,
     (Trunk, "allowed_cli"): _CLI_PATTERN,

@@ -80,6 +80,12 @@ class Limits:
     # of the receive buffer), part of the new calls are refused with 503 until the queue
     # is short again (0: off)
     overload_queue_kb: int = 2048
+    # requests per window (10 s) from a source matching no trunk, each answered 403
+    # statelessly; past it that source gets silence until it has been quiet for a window
+    unknown_source_budget: int = 20
+    # end records of refused call attempts per trunk and second; the rest are counted in
+    # sipguard_cdr_refusals_unrecorded_total, not written (0: every one written)
+    refused_cdr_rps: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +163,10 @@ class Numbering:
 class TrunkLimits:
     cps: int = 0  # new calls per second from this trunk (0: no limit)
     max_calls: int = 0  # calls at once from this trunk (0: only the global limit)
+    # emergency calls at once from this trunk, and new ones per second, under the global
+    # reserve (0: a fair share of it, :func:`sipguard.b2bua.admission.emergency_share`)
+    emergency_max_calls: int = 0
+    emergency_cps: int = 0
 
 
 @dataclass(frozen=True, slots=True)
