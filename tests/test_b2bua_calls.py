@@ -1,7 +1,7 @@
 """Call flows through the sans-IO B2BUA: what a SIP engineer checks on each leg's wire.
 
 The caller (127.0.0.3, trunk ``customers``), sipguard and the callee (127.0.0.2, trunk
-``pbx``) are wired in memory by :mod:`tests.callsim`, with a fake clock: a lost datagram
+``pbx``) are wired in memory by :mod:`testkit.callsim`, with a fake clock: a lost datagram
 is one not delivered, and ``advance()`` fires the timers in order. T1 is 0.5 s, so
 64*T1 is 32 s.
 """
@@ -17,7 +17,7 @@ from sipguard.b2bua.call import Call
 from sipguard.metrics import Metrics
 from sipguard.sip.message import Request, Response
 from sipguard.sip.transaction import Flow
-from tests.callsim import (
+from testkit.callsim import (
     CALLEE,
     CALLER,
     CONFIG,

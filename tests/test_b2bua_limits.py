@@ -2,7 +2,7 @@
 
 SPEC §2 (an unknown source gets 403), the top of SPEC (REGISTER, SUBSCRIBE: 405), §1.4
 (emergency calls pass every limit up to their own reserved capacity), §4 (drain), §8
-(503 without Retry-After). The wiring and the fake clock are :mod:`tests.callsim`'s.
+(503 without Retry-After). The wiring and the fake clock are :mod:`testkit.callsim`'s.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from sipguard.sip.message import Request, Response
-from tests.callsim import (
+from testkit.callsim import (
     CALLER,
     CONFIG,
     SDP_CALLEE,

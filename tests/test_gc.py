@@ -16,7 +16,7 @@ import pytest
 
 from sipguard.metrics import Metrics
 from sipguard.net.server import GC_OBJECTS_PER_ITEM, GcGuard
-from tests.callsim import (
+from testkit.callsim import (
     CALLER,
     SDP_CALLEE,
     STRANGER,

@@ -133,6 +133,7 @@ def test_compiled_core_passes_the_core_tests(tmp_path: Path) -> None:
 
     skip = shutil.ignore_patterns("__pycache__", "*.so", "*.pyd")
     shutil.copytree(ROOT / "tests", tmp_path / "tests", ignore=skip)
+    shutil.copytree(ROOT / "testkit", tmp_path / "testkit", ignore=skip)  # the call simulator
     shutil.copytree(ROOT / "docs", tmp_path / "docs")  # the transaction diagrams are checked
     shutil.copy(ROOT / "pyproject.toml", tmp_path)  # mypy and pytest settings
     (tmp_path / "tests" / "test_zz_compiled.py").write_text(IS_COMPILED)

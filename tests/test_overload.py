@@ -13,7 +13,7 @@ from sipguard.config.loader import ConfigError
 from sipguard.metrics import Metrics
 from sipguard.net import server
 from sipguard.net.transport import UdpEndpoint
-from tests.callsim import Wire, default_config, establish, in_dialog, invite, requests, responses
+from testkit.callsim import Wire, default_config, establish, in_dialog, invite, requests, responses
 
 THRESHOLD = 512 * 1024
 

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from sipguard.config.loader import ConfigError, load_config
-from tests.sipp_harness import CALLER_IP, Sipp, free_port, metric_sum, running, sipp_available
+from testkit.sipp import CALLER_IP, Sipp, free_port, metric_sum, running, sipp_available
 from tests.test_sipp_privacy import (
     CALLER,
     DIALLED,

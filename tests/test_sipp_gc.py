@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sipp_harness import (
+from testkit.sipp import (
     Sipguard,
     metric_sum,
     running,
