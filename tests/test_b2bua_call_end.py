@@ -35,6 +35,7 @@ from testkit.callsim import (
     start_call,
     statuses,
 )
+from testkit.metrics import sample
 
 # -- BYE from either side ------------------------------------------------------------------
 
@@ -253,21 +254,17 @@ def test_the_metrics_count_calls_in_progress_setups_and_results() -> None:
     """SPEC §7 through the core itself: sipguard_active_calls is read at scrape time."""
     metrics = Metrics()
     w = Wire(metrics=metrics)
-
-    def sample(name: str, **labels: str) -> float | None:
-        return metrics.registry.get_sample_value(name, labels or None)
-
-    assert sample("sipguard_active_calls") == 0
+    assert sample(metrics, "sipguard_active_calls") == 0
     establish(w, 1)
     establish(w, 2)
-    assert sample("sipguard_active_calls") == 2
-    assert sample("sipguard_call_setup_seconds_count") == 2
+    assert sample(metrics, "sipguard_active_calls") == 2
+    assert sample(metrics, "sipguard_call_setup_seconds_count") == 2
     basic_call(w, 3)
-    assert sample("sipguard_active_calls") == 2
+    assert sample(metrics, "sipguard_active_calls") == 2
     w.core.shutdown(w.now)
     w.flush()
-    assert sample("sipguard_active_calls") == 0
+    assert sample(metrics, "sipguard_active_calls") == 0
     answered = sample(
-        "sipguard_calls_total", trunk_in="customers", trunk_out="pbx", result="answered"
+        metrics, "sipguard_calls_total", trunk_in="customers", trunk_out="pbx", result="answered"
     )
     assert answered == 3

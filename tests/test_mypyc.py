@@ -30,7 +30,7 @@ TEST_GLOBS = (
     "tests/test_sip_*.py",
     "tests/test_policy_*.py",
     "tests/test_b2bua_*.py",
-    "tests/test_gc.py",
+    "tests/test_net_gc.py",
 )
 
 

@@ -18,7 +18,7 @@ caller's number, the caller's IP address, the cell id and the IMEI, as the case 
 and checks the CDR records and the ``sipguard_presentation_total`` metric.
 
 SPEC.md §1-§3 and §5 are the contract; the sections below follow the list of end-to-end
-cases of issue 4 ("What it must show"). ``tests/test_reload.py`` uses the same bench.
+cases of issue 4 ("What it must show"). ``tests/test_net_reload.py`` uses the same bench.
 """
 
 from __future__ import annotations
