@@ -80,9 +80,9 @@ sys.exit(0 if ok else 1)'; then
 }
 
 lint() {
-    "$VENV/bin/ruff" check sipguard tests benchmarks loadtests tools
-    "$VENV/bin/ruff" format --check sipguard tests benchmarks loadtests tools
-    "$VENV/bin/mypy" --strict sipguard
+    "$VENV/bin/ruff" check sipguard testkit tests benchmarks loadtests tools
+    "$VENV/bin/ruff" format --check sipguard testkit tests benchmarks loadtests tools
+    "$VENV/bin/mypy" --strict sipguard testkit
     "$PY" tools/imports.py --quiet  # no import cycle, layers respected; b2bua/ sizes
 }
 

@@ -25,7 +25,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 from sipguard.b2bua.core import B2BUA
 from sipguard.net.server import core_build, tune_gc
 from sipguard.sip.transaction import Flow
-from tests.callsim import Wire, basic_call
+from testkit.callsim import Wire, basic_call
 
 MESSAGES_PER_CALL = 14  # received and sent by the B2BUA: 7 on each leg
 

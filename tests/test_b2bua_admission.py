@@ -18,7 +18,7 @@ from sipguard.b2bua.admission import Admitted, Capacity, Refused, admit
 from sipguard.b2bua.overload import Shedder
 from sipguard.config.model import Config, Trunk
 from sipguard.sip.message import Request, parse_message
-from tests.callsim import default_config, invite
+from testkit.callsim import default_config, invite
 
 
 @dataclasses.dataclass

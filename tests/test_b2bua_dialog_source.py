@@ -12,7 +12,7 @@ from __future__ import annotations
 from sipguard.metrics import Metrics
 from sipguard.sip.message import Request, Response
 from sipguard.sip.transaction import Flow
-from tests.callsim import (
+from testkit.callsim import (
     CALLEE,
     CALLER,
     CONFIG,
@@ -88,13 +88,15 @@ def assert_untouched(w: Wire, before: float) -> None:
     assert [r for r in w.core.cdr_out if r.kind == "end"] == []
 
 
-def test_a_forged_bye_or_reinvite_from_a_source_of_no_trunk_is_a_481() -> None:
+def test_a_forged_bye_or_reinvite_from_a_source_of_no_trunk_is_a_403() -> None:
+    """A source that matches no trunk gets 403 whatever it sends (SPEC §8), the live
+    call's exact ids included: the same answer as without them."""
     w = wire()
     call = establish(w, 1)
     for data in (caller_bye(call), callee_reinvite(call)):
         before = refused(w)
         w.from_peer(STRANGER, rewrite_via(data, STRANGER))
-        assert statuses(w.take(STRANGER)) == [481]
+        assert statuses(w.take(STRANGER)) == [403]
         assert_untouched(w, before)
 
 
@@ -173,9 +175,12 @@ def test_a_forged_cancel_copying_the_invites_branch_is_a_481_and_the_call_goes_o
     )
     # the Via still names the caller, as a forger copies it: a CANCEL matches its INVITE
     # only from the INVITE's source (RFC 3261 §17.2.3 scoped to it), so this one matches
-    # nothing and gets the 481 of a CANCEL for no INVITE
+    # nothing; from another trunk it gets the 481 of a CANCEL for no INVITE, from a source
+    # of no trunk the 403 of everything else
+    w.from_peer(PEER2, cancel)
+    assert statuses(w.take(PEER2)) == [481]  # back to where it came from (RFC 3581)
     w.from_peer(STRANGER, cancel)
-    assert statuses(w.take(STRANGER)) == [481]  # back to where it came from (RFC 3581)
+    assert statuses(w.take(STRANGER)) == [403]
     assert w.take_caller() == []
     assert w.take_callee() == []  # no CANCEL of the B-leg
     w.from_caller(cancel)  # the caller's own CANCEL still works
@@ -209,9 +214,11 @@ def test_a_refused_reinvite_draws_exactly_one_response() -> None:
     retransmitted towards a source that may be forged (Timer G would send it 11 times)."""
     w = wire()
     call = establish(w, 1)
-    w.from_peer(STRANGER, rewrite_via(callee_reinvite(call), STRANGER))
+    for peer in (STRANGER, PEER2):
+        w.from_peer(peer, rewrite_via(callee_reinvite(call), peer))
     w.advance(40.0)
-    assert statuses(w.take(STRANGER)) == [481]
+    assert statuses(w.take(STRANGER)) == [403]
+    assert statuses(w.take(PEER2)) == [481]
     assert w.core.layer.server == {}
 
 

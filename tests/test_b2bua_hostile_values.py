@@ -13,7 +13,7 @@ import pytest
 
 from sipguard.b2bua.session_timer import delta_seconds
 from sipguard.config.model import MAX_SESSION_INTERVAL
-from tests.callsim import (
+from testkit.callsim import (
     SDP_CALLEE,
     Wire,
     in_dialog,

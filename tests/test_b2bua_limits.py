@@ -2,17 +2,22 @@
 
 SPEC §2 (an unknown source gets 403), the top of SPEC (REGISTER, SUBSCRIBE: 405), §1.4
 (emergency calls pass every limit up to their own reserved capacity), §4 (drain), §8
-(503 without Retry-After). The wiring and the fake clock are :mod:`tests.callsim`'s.
+(503 without Retry-After). The wiring and the fake clock are :mod:`testkit.callsim`'s.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from sipguard.config.model import Config
+from sipguard.metrics import Metrics
 from sipguard.sip.message import Request, Response
-from tests.callsim import (
+from testkit.callsim import (
     CALLER,
     CONFIG,
+    PEER2,
     SDP_CALLEE,
     STRANGER,
     Wire,
@@ -188,8 +193,15 @@ def test_trunk_cps() -> None:
     assert w.core.calls == 3
 
 
+def with_trunk_limits(config: Config, trunk: str, **limits: int) -> Config:
+    t = config.trunks[trunk]
+    changed = dataclasses.replace(t, limits=dataclasses.replace(t.limits, **limits))
+    return dataclasses.replace(config, trunks={**config.trunks, trunk: changed})
+
+
 def test_an_emergency_call_passes_max_calls_up_to_its_own_cap() -> None:
-    w = Wire(default_config("limits: {max_calls: 1, emergency_max_calls: 2}\n"))
+    config = default_config("limits: {max_calls: 1, emergency_max_calls: 2}\n")
+    w = Wire(with_trunk_limits(config, "customers", emergency_max_calls=2))
     w.from_caller(invite(1))
     answer(w, 1)
     w.take_caller()
@@ -368,3 +380,73 @@ def test_a_flood_from_one_source_is_refused_but_not_its_emergency_calls() -> Non
     w.take_callee()
     w.from_caller(invite(5))
     assert len(requests(w.take_callee(), "INVITE")) == 1
+
+
+# -- emergency calls: served, never a weapon (SPEC §8) -----------------------------------
+
+PEER_TRUNK = """
+  other:
+    sources: [127.0.0.4/32]
+    route_to: pbx
+    allowed_cli: ["+3140*"]
+    default_cli: "+31401234000"
+"""
+
+
+def emergency_invite(n: int, addr: tuple[str, int] = CALLER) -> bytes:
+    user = "+31401234567" if addr == PEER2 else "+31201234567"
+    return invite(n, user="112", addr=addr, from_user=user)
+
+
+def test_one_trunks_112_flood_is_cut_at_its_share_and_another_trunks_112_goes_through() -> None:
+    """The reserve (6) is shared by the three trunks that can call: 2 each by default. A
+    flood from one trunk is refused past its share, counted and logged as an attack;
+    a real 112 from another trunk is still admitted."""
+    metrics = Metrics()
+    config = config_text(CONFIG + PEER_TRUNK)
+    config = dataclasses.replace(
+        config, limits=dataclasses.replace(config.limits, emergency_max_calls=6)
+    )
+    w = Wire(config, metrics=metrics)
+    finals_seen = []
+    for n in range(1, 6):
+        w.from_caller(emergency_invite(n))
+        finals_seen += [r.status for r in finals(w.take_caller())]
+    assert len(requests(w.take_callee(), "INVITE")) == 2
+    assert finals_seen == [503, 503, 503]
+    value = metrics.registry.get_sample_value(
+        "sipguard_emergency_refused_total", {"reason": "trunk_emergency_limit"}
+    )
+    assert value == 3
+    w.from_peer(PEER2, emergency_invite(10, PEER2))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    assert b_inv.uri.startswith("sip:112@")
+    assert w.core.calls == 3
+
+
+def test_a_trunks_emergency_calls_per_second_are_capped() -> None:
+    config = with_trunk_limits(default_config(), "customers", emergency_cps=2)
+    w = Wire(config)
+    for n in range(1, 5):
+        w.from_caller(emergency_invite(n))
+    assert len(requests(w.take_callee(), "INVITE")) == 2
+    assert [r.status for r in finals(w.take_caller())] == [503, 503]
+    w.advance(1.0)  # a new second
+    w.take_callee()  # the retransmissions of the first two
+    w.from_caller(emergency_invite(9))
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+
+
+def test_refused_attempts_past_the_rate_are_counted_not_recorded() -> None:
+    """A flood of refused INVITEs writes no flood of CDRs (limits.refused_cdr_rps)."""
+    metrics = Metrics()
+    w = Wire(default_config("limits: {max_calls: 0, refused_cdr_rps: 3}\n"), metrics=metrics)
+    w.core.drain()
+    for n in range(1, 11):
+        w.from_caller(invite(n))
+    assert [r.status for r in finals(w.take_caller())] == [503] * 10
+    assert len(w.core.cdr_out) == 3
+    unrecorded = metrics.registry.get_sample_value(
+        "sipguard_cdr_refusals_unrecorded_total", {"trunk_in": "customers"}
+    )
+    assert unrecorded == 7

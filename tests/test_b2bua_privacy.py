@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from sipguard.sip.message import Request, Response
-from tests.callsim import (
+from testkit.callsim import (
     CALLEE,
     PSAP,
     SDP,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.sipp_harness import (
+from testkit.sipp import (
     Sipguard,
     read_cdrs,
     running,

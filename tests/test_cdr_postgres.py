@@ -29,7 +29,8 @@ from sipguard.cdr.state import instance_tag, write_heartbeat
 from sipguard.cdr.writer import CdrWriter
 from sipguard.config.model import CdrConfig, Config, Numbering, Trunk
 from sipguard.metrics import Metrics
-from tests.pgserver import PgCluster, _free_port, pg_cluster, pg_dsn
+from testkit.pgserver import PgCluster, pg_cluster, pg_dsn
+from testkit.sipp import free_port
 
 __all__ = ["pg_cluster", "pg_dsn"]  # fixtures, imported to be found
 
@@ -268,7 +269,7 @@ def test_purge_and_export(tmp_path: Path, pg_cluster: PgCluster, pg_dsn: str) ->
 
 
 def test_spool_full_refuse_and_drop_without_a_server(tmp_path: Path) -> None:
-    dead = f"postgresql://postgres@127.0.0.1:{_free_port()}/none"
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
     records = [r for i in range(20) for r in call(make_call_id("0123abcd"), NOW - i)]
     room = sum(len(r.to_json()) + 1 for r in records[:10]) + 5
     cfg = cfg_for(tmp_path, dead, spool_max_bytes=room)
@@ -292,7 +293,7 @@ def test_spool_full_refuse_and_drop_without_a_server(tmp_path: Path) -> None:
 
 def test_the_spool_gauges_show_how_full_the_spool_is(tmp_path: Path) -> None:
     # what the "spool filling" alert (docker/prometheus/alerts.yml) reads
-    dead = f"postgresql://postgres@127.0.0.1:{_free_port()}/none"
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
     metrics = Metrics()
     w = CdrWriter(
         cfg_for(tmp_path, dead, spool_max_bytes=1_000_000), metrics, recover=False, retention=False
@@ -315,7 +316,7 @@ def test_the_spool_gauges_show_how_full_the_spool_is(tmp_path: Path) -> None:
 
 
 def test_spool_survives_a_restart_and_a_torn_line(tmp_path: Path) -> None:
-    dead = f"postgresql://postgres@127.0.0.1:{_free_port()}/none"
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
     cfg = cfg_for(tmp_path, dead)
     sink = PostgresSink(cfg, writable=True, connect_timeout=2)
     records = [r for i in range(5) for r in call(make_call_id("0123abcd"), NOW - i)]

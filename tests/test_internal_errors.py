@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from sipguard.b2bua.call import Call
-from tests.callsim import SDP_CALLEE, Wire, basic_call, invite, requests, response_to, responses
+from testkit.callsim import SDP_CALLEE, Wire, basic_call, invite, requests, response_to, responses
 
 
 def test_an_internal_error_on_the_answer_ends_the_call_and_frees_its_slot(

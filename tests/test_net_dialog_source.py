@@ -18,19 +18,8 @@ from pathlib import Path
 import pytest
 
 from sipguard.sip.message import Request, Response, parse_message
-from tests.callsim import callee_request, response_to
-from tests.sipp_harness import (
-    CALLEE_IP,
-    CALLER_IP,
-    Setup,
-    Sipguard,
-    metric_sum,
-    read_cdrs,
-    running,
-    sipp_available,
-    write_config,
-)
-from tests.test_net_driver import (
+from testkit.callsim import callee_request, response_to
+from testkit.rawsip import (
     SDP,
     UdpPeer,
     b_leg_invite,
@@ -42,6 +31,17 @@ from tests.test_net_driver import (
     tcp_read_message,
     tcp_transact,
     wait_for,
+)
+from testkit.sipp import (
+    CALLEE_IP,
+    CALLER_IP,
+    Setup,
+    Sipguard,
+    metric_sum,
+    read_cdrs,
+    running,
+    sipp_available,
+    write_config,
 )
 
 pytestmark = [

@@ -11,7 +11,7 @@ import pytest
 
 from sipguard.cli import main
 from sipguard.net.logs import CALL_LINE, JsonFormatter, event_name
-from tests.sipp_harness import Sipguard, read_cdrs, running, sipp_available, uac, uas, write_config
+from testkit.sipp import Sipguard, read_cdrs, running, sipp_available, uac, uas, write_config
 
 CALLS = 5
 # SIPp's From is no number: the untrusted customers trunk puts its default_cli in its place

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sipp_harness import Sipguard, running, sipp_available, write_config
-from tests.test_net_driver import (
+from testkit.rawsip import (
     SDP,
     UdpPeer,
     header,
@@ -27,6 +26,7 @@ from tests.test_net_driver import (
     sipguard_addr,
     status_of,
 )
+from testkit.sipp import Sipguard, running, sipp_available, write_config
 
 pytestmark = [
     pytest.mark.sipp,

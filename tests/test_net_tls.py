@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.sipp_harness import (
+from testkit.rawsip import (
+    SDP,
+    UdpPeer,
+    header,
+    scrape_samples,
+    sip_request,
+    status_of,
+)
+from testkit.sipp import (
     CALLER_IP,
     SIPGUARD_IP,
     Setup,
@@ -28,14 +36,6 @@ from tests.sipp_harness import (
     free_port,
     running,
     write_config,
-)
-from tests.test_net_driver import (
-    SDP,
-    UdpPeer,
-    header,
-    scrape_samples,
-    sip_request,
-    status_of,
 )
 
 pytestmark = [pytest.mark.timeout(60)]

@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from sipguard.metrics import Metrics
-from tests.sipp_harness import (
+from testkit.sipp import (
     SIPGUARD_IP,
     Sipguard,
     _child_setup,

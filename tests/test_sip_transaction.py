@@ -6,7 +6,8 @@ it was sent. Loss is a datagram that is simply not fed to the other side.
 
 The state diagrams in ``docs/transactions.md`` are drawn from ``TRANSITIONS`` by
 :func:`render_transitions`; a test checks that the document holds exactly that drawing,
-and another that every row of the table is taken by at least one test here. To redraw
+and a session hook (``tests/conftest.py``) that every row of the table is taken by at
+least one test here, whenever the whole module ran, in whatever order. To redraw
 the document after changing the table: ``python -m tests.test_sip_transaction``.
 """
 
@@ -45,6 +46,9 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "transactions.md"
 # -- which rows of TRANSITIONS the tests take ---------------------------------------------
 
 FIRED: set[tuple[str, State, State]] = set()
+# compiled with mypyc, the machines call ``_to`` natively and the recording below sees
+# nothing: the session check is then left out (``tests/test_mypyc.py`` runs this module so)
+RECORDED = not (txm.__file__ or "").endswith((".so", ".pyd"))
 
 
 @pytest.fixture(autouse=True)
@@ -1519,18 +1523,14 @@ def test_the_table_has_no_duplicate_rows_and_only_known_states() -> None:
         assert a is not State.TERMINATED and a is not b and event and section
 
 
-def test_zz_every_row_of_the_table_is_exercised(request: pytest.FixtureRequest) -> None:
-    """Runs last: every transition in TRANSITIONS was made by some test above."""
-    here = [i for i in request.session.items if getattr(i, "module", None) is request.module]
-    names = {i.originalname for i in here if isinstance(i, pytest.Function)}
-    defined = {n for n in dir(request.module) if n.startswith("test_")}
-    if names != defined:
-        pytest.skip("only part of this module was selected")
-    assert here[-1] is request.node, "this test must run after the others"
+def unexercised_rows() -> list[str]:
+    """What the session hook reports once every test here has run: the rows of
+    TRANSITIONS no test took, and any transition taken that is not in the table."""
     missing = [r for r in TRANSITIONS if (r[0], r[1], r[2]) not in FIRED]
-    assert not missing, f"rows never exercised: {missing}"
     unknown = FIRED - {(m, a, b) for m, a, b, _, _ in TRANSITIONS}
-    assert not unknown
+    return [f"row never exercised: {r}" for r in missing] + [
+        f"transition not in the table: {u}" for u in sorted(unknown, key=str)
+    ]
 
 
 def _write_docs() -> None:

@@ -11,15 +11,15 @@ No timing is asserted except the CDR durations, which are what billing charges.
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.sipp_harness import (
+from testkit.load import row, run_load
+from testkit.sipp import (
     Sipguard,
     read_cdrs,
     running,
@@ -100,26 +100,25 @@ def test_thousand_calls_through_sipguard(tmp_path: Path, transport: str) -> None
     )
 
 
-def _load_runner() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("loadtests_run", REPO / "loadtests" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_load_runner_smoke(tmp_path: Path) -> None:
-    """loadtests/run.py's own code path, briefly: 300 calls at 100/s, none may fail.
+    """The load runner's own code path (``testkit.load``, under ``loadtests/run.py``),
+    briefly: 300 calls at 100/s, none may fail; and its command line starts.
 
     The figures it prints (calls/s, setup times, CPU, RSS) are measurements, never
     asserted here.
     """
-    run = _load_runner()
-    result = run.run_load(100, 3, 200, workdir=tmp_path, quiet=True)
+    result = run_load(100, 3, 200, workdir=tmp_path, quiet=True)
     assert result.attempted == 300, result
     assert result.succeeded == 300, result
     assert result.failed == 0, result
     assert result.cdr_end_records == 300, result
     assert result.setup_p50_ms is not None and result.cpu_s > 0 and result.peak_rss_kb > 0
-    assert run.row(result)  # the table line renders
+    assert row(result)  # the table line renders
+    cli = subprocess.run(
+        [sys.executable, str(REPO / "loadtests" / "run.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert cli.returncode == 0 and "--versus-sippy" in cli.stdout, cli.stderr

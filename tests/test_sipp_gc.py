@@ -1,6 +1,6 @@
 """sipguard runs without the cyclic garbage collector: nothing it does leaves a cycle.
 
-``tests/test_gc.py`` checks the sans-IO core. This runs the whole process (uvloop, the
+``tests/test_net_gc.py`` checks the sans-IO core. This runs the whole process (uvloop, the
 transports, the CDR thread, the metrics server) under SIPp with the guard made to collect
 every second (a ``sitecustomize`` on ``PYTHONPATH`` sets its bounds to 0), then reads what
 the collections found from the metrics: nothing, over UDP and over TCP.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sipp_harness import (
+from testkit.sipp import (
     Sipguard,
     metric_sum,
     running,

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.sipp_harness import (
+from testkit.sipp import (
     CALLEE_IP,
     CALLER_IP,
     CORPUS,

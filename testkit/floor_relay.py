@@ -1,6 +1,6 @@
-"""The floor relay's process: a bare stateless SIP relay on uvloop (``loadtests/floor.py``).
+"""The floor relay's process: a bare stateless SIP relay on uvloop (``testkit/floor.py``).
 
-    python loadtests/floor_relay.py LISTEN_IP:PORT TARGET_IP:PORT
+    python testkit/floor_relay.py LISTEN_IP:PORT TARGET_IP:PORT
 
 It imports nothing of the runner or of sipguard, so that its memory and start-up are
 its own. Requests (from the SIPp uac) get one ``Via`` line of its own pushed on top and

@@ -18,7 +18,7 @@ the SIPp uas; ``-c`` puts its command socket in the run's directory instead of
 ``/var/run``), with its log level at WARN (``SIPLOG_LVL``) as sipguard's is at
 ``warning``. It is pinned to core 1 and both SIPp processes to core 0, exactly like
 sipguard; the SIPp uac, uas, rates, call counts and call hold time are those of
-``run.py``'s runs (:func:`run.run_element`), one after the other, in the same process.
+the load runner's runs (:func:`testkit.load.run_element`), one after the other, in the same process.
 
 For each rate, sippy runs first, then sipguard; one table follows with, per rate and
 element: calls attempted, succeeded, failed, the success rate, calls/s achieved, p99
@@ -30,7 +30,6 @@ about 150 calls/s), to show the headroom. These are measurements: nothing is ass
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -43,19 +42,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from loadtests.floor import FLOOR_LABEL, run_floor_load  # noqa: E402
-from loadtests.peer import PeerError, PeerProcess  # noqa: E402
-from loadtests.run import LoadResult, run_load, run_peer  # noqa: E402
-from tests.sipp_harness import (  # noqa: E402
-    CALLEE_IP,
-    SIPGUARD_IP,
-    SIPP,
-    Setup,
-)
+from testkit.floor import FLOOR_LABEL, run_floor_load
+from testkit.load import LoadResult, run_load, run_peer, say
+from testkit.peer import PeerError, PeerProcess
+from testkit.sipp import CALLEE_IP, REPO, SIPGUARD_IP, SIPP, Setup
 
 SIPPY_VERSION = "2.5.0"
 SIPPY_FALLBACK = "sippy>=2,<3"
@@ -85,11 +75,6 @@ class SippyInstall:
     @property
     def label(self) -> str:
         return f"sippy {self.version}"
-
-
-def _say(msg: str, quiet: bool) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -154,22 +139,22 @@ def install_sippy(
     if reuse and (venv / ".complete").exists():
         got = _installed_version(venv)
         if got is not None:
-            _say(f"sippy {got}: reusing the venv {venv}", quiet)
+            say(f"sippy {got}: reusing the venv {venv}", quiet)
             return _checked(SippyInstall(venv, version, got, _b2bua_command(venv)))
     if venv.exists():
         shutil.rmtree(venv)
     root.mkdir(parents=True, exist_ok=True)
-    _say(f"creating a venv for sippy in {venv} …", quiet)
+    say(f"creating a venv for sippy in {venv} …", quiet)
     subprocess.run(
         [sys.executable, "-m", "venv", str(venv)],
         check=True,
         timeout=300,
         capture_output=True,
     )
-    _say(f"pip install sippy=={version} …", quiet)
+    say(f"pip install sippy=={version} …", quiet)
     r = _pip(venv, f"sippy=={version}")
     if r.returncode != 0:
-        _say(
+        say(
             f"sippy=={version} could not be installed ({_last_line(r.stderr)}); "
             f"trying {SIPPY_FALLBACK!r} …",
             quiet,
@@ -408,34 +393,49 @@ def cpu_ratio(sipguard: LoadResult, sippy: LoadResult) -> float | None:
     return a / b if a is not None and b else None
 
 
-def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
+def versus(
+    rates: Sequence[float],
+    solo: Sequence[float],
+    duration_s: float,
+    hold_ms: int = 1000,
+    *,
+    base: Path,
+    pin: bool = True,
+    repeat: int = 1,
+    transport: str = "udp",
+    sippy_version: str = SIPPY_VERSION,
+    sippy_cache: Path | None = None,
+    callee: str = "lowercase",
+    floor: bool = False,
+    limits: dict[str, int] | None = None,
+    as_json: bool = False,
+    quiet: bool = False,
+) -> int:
     """``run.py --versus-sippy``: install sippy, run both at each rate, print one table.
 
-    Exit status 1 if a sipguard run had 0.1% failed calls or more (sippy's failures are
-    reported, not judged), 2 if sippy could not be installed or started.
+    ``solo``: rates sipguard alone runs at too; ``callee``: ``lowercase`` (the built-in
+    uas with ``transport=udp``, :func:`lowercase_uas`) or ``builtin``; ``floor``: the floor
+    relay runs after sipguard at every rate and repeat. Exit status 1 if a sipguard run
+    had 0.1% failed calls or more (sippy's failures are reported, not judged), 2 if sippy
+    could not be installed or started.
     """
-    if args.transport != "udp":
+    if transport != "udp":
         print("--versus-sippy runs UDP only (sippy's B2BUA listens on UDP)", file=sys.stderr)
         return 2
-    rates = [float(x) for x in args.rate.split(",") if x]
-    solo = [float(x) for x in args.sipguard_only_rates.split(",") if x]
-    cache = Path(args.sippy_cache).expanduser() if args.sippy_cache else None
     venv_tmp: tempfile.TemporaryDirectory[str] | None = None
     try:
-        if cache is not None:
-            root = cache
+        if sippy_cache is not None:
+            root = sippy_cache
         else:
             venv_tmp = tempfile.TemporaryDirectory(prefix="sipguard-sippy-venv-")
             root = Path(venv_tmp.name)
         try:
-            install = install_sippy(
-                root, args.sippy_version, reuse=cache is not None, quiet=args.quiet
-            )
+            install = install_sippy(root, sippy_version, reuse=sippy_cache is not None, quiet=quiet)
         except (SippyInstallError, subprocess.SubprocessError, OSError) as e:
             print(f"sippy could not be installed: {e}", file=sys.stderr)
             return 2
         scenario: str | Path = "uas"
-        if args.versus_uas == "lowercase":
+        if callee == "lowercase":
             scenario = lowercase_uas(base / "scenarios")
         note = (
             f" (sippy=={install.requested} could not be installed: the latest 2.x instead)"
@@ -447,10 +447,10 @@ def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
             "SIPp built-in uac → element → SIPp "
             + (
                 "built-in uas with transport=udp in its Contact"
-                if args.versus_uas == "lowercase"
+                if callee == "lowercase"
                 else "built-in uas (transport=UDP)"
             )
-            + f", the same for both; calls held {args.hold_ms} ms, {args.duration:g} s of "
+            + f", the same for both; calls held {hold_ms} ms, {duration_s:g} s of "
             "calls per run, UDP"
             + (f"; element on core {SIPPY_CPU[0]}, SIPp on core 0" if pin else "")
         )
@@ -465,18 +465,18 @@ def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
         # with --repeat, the pairs are interleaved (sippy, sipguard, sippy, sipguard …): the
         # VM's noise moves both alike, and the summary gives the median ratio of the pairs
         for rate in [*rates, *(r for r in solo if r not in rates)]:
-            for i in range(max(1, args.repeat)):
+            for i in range(max(1, repeat)):
                 sp: LoadResult | None = None
                 if rate in rates:
                     try:
                         sp = run_sippy_load(
                             install,
                             rate,
-                            args.duration,
-                            args.hold_ms,
+                            duration_s,
+                            hold_ms,
                             workdir=base / f"sippy-rate-{rate:g}-{i}",
                             pin=pin,
-                            quiet=args.quiet,
+                            quiet=quiet,
                             uas_scenario=scenario,
                         )
                     except SippyError as e:
@@ -486,31 +486,31 @@ def versus_main(args: argparse.Namespace, *, base: Path, pin: bool) -> int:
                     show(VersusRow(install.label, sp, callee_byes(wd), None, sippy_log_errors(wd)))
                 sg = run_load(
                     rate,
-                    args.duration,
-                    args.hold_ms,
+                    duration_s,
+                    hold_ms,
                     workdir=base / f"sipguard-rate-{rate:g}-{i}",
                     pin=pin,
-                    quiet=args.quiet,
+                    quiet=quiet,
                     uas_scenario=scenario,
-                    limits=args.limits,
+                    limits=limits,
                 )
                 ratio = cpu_ratio(sg, sp) if sp is not None else None
                 show(VersusRow("sipguard", sg, callee_byes(Path(sg.workdir)), ratio))
                 status |= 0 if sg.ok else 1
-                if args.floor:  # what a relay doing no SIP work costs here at this rate
+                if floor:  # what a relay doing no SIP work costs here at this rate
                     fl = run_floor_load(
                         rate,
-                        args.duration,
-                        args.hold_ms,
+                        duration_s,
+                        hold_ms,
                         workdir=base / f"floor-rate-{rate:g}-{i}",
                         pin=pin,
-                        quiet=args.quiet,
+                        quiet=quiet,
                         uas_scenario=scenario,
                     )
                     ratio = cpu_ratio(fl, sp) if sp is not None else None
                     show(VersusRow(FLOOR_LABEL, fl, callee_byes(Path(fl.workdir)), ratio))
         _summary(rows, install)
-        if args.json:
+        if as_json:
             print(
                 json.dumps(
                     [

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from sipguard.sip.tlsnames import certificate_names, name_matches
-from tests.callsim import CONFIG, Wire, config_text, invite, requests, responses
+from testkit.callsim import CONFIG, Wire, config_text, invite, requests, responses
 
 TLS = Path(__file__).parent / "data" / "tls"
 

@@ -1,4 +1,4 @@
-"""loadtests/report.py: a load report (Markdown and PNG plots) from a run's files, fed
+"""testkit/report.py: a load report (Markdown and PNG plots) from a run's files, fed
 small synthetic SIPp statistics, response times and process samples."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from loadtests.report import SAMPLES, ProcSampler, read_run, write_report
+from testkit.report import SAMPLES, ProcSampler, read_run, write_report
 
 pytest.importorskip("matplotlib")  # the plots (the test extra installs it)
 

@@ -1,4 +1,4 @@
-"""The floor relay of the load runner (``loadtests/floor.py``, ``run.py --floor``).
+"""The floor relay of the load runner (``testkit/floor.py``, ``loadtests/run.py --floor``).
 
 Its CPU per call is quoted as the floor under every Python element at a rate, so it must
 really carry the calls: a relay that dropped them would cost nothing and prove nothing.
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.floor_relay import relay, via_prefix
-from tests.sipp_harness import sipp_available
+from testkit.floor_relay import relay, via_prefix
+from testkit.sipp import sipp_available
 
 TARGET = ("127.0.0.2", 5090)
 PREFIX = via_prefix("127.0.0.1", 5070)
@@ -128,8 +128,8 @@ def test_what_it_cannot_relay_is_dropped(data: bytes) -> None:
 @pytest.mark.timeout(90)
 def test_the_floor_relay_carries_every_call_of_a_sipp_run(tmp_path: Path) -> None:
     """Through the runner's own code path (``run_element``): 200 calls at 100/s."""
-    from loadtests.floor import run_floor_load
-    from loadtests.run import row
+    from testkit.floor import run_floor_load
+    from testkit.load import row
 
     result = run_floor_load(100, 2, 200, workdir=tmp_path, quiet=True, pin=False)
     assert result.attempted == 200, result

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from tests.sipp_harness import percentile  # the runner's percentiles: nearest rank
+from testkit.sipp import percentile  # the runner's percentiles: nearest rank
 
 SAMPLES = "proc_samples.csv"
 SAMPLE_SECONDS = 0.5

@@ -1,6 +1,7 @@
 """A caller and a callee in memory, wired to the sans-IO B2BUA core with a fake clock.
 
-Used by the scenario tests (no sockets, no sleeps: a lost datagram is one not delivered)
+Used by the scenario tests (no sockets, no sleeps: a lost datagram is one not delivered,
+and :meth:`Wire.advance` fires the timers in order; T1 is 0.5 s, so 64*T1 is 32 s)
 and by ``benchmarks/b2bua.py``. The messages are what SIPp's built-in ``uac``/``uas``
 scenarios send, so the benchmark measures the same work as a SIPp load run.
 
@@ -271,6 +272,59 @@ def requests(msgs: list[Request | Response], method: str | None = None) -> list[
 
 def responses(msgs: list[Request | Response], status: int | None = None) -> list[Response]:
     return [m for m in msgs if isinstance(m, Response) and (status is None or m.status == status)]
+
+
+# -- what the call-flow tests share ---------------------------------------------------------
+
+T1 = 0.5  # the default configuration's T1, seconds: 64*T1 is 32 s
+
+
+def statuses(msgs: list[Request | Response]) -> list[int | str]:
+    return [m.status if isinstance(m, Response) else m.method for m in msgs]
+
+
+class Recorder:
+    """A drop hook that loses nothing, or the first ``lose`` matches, and notes when."""
+
+    def __init__(self, wire: Wire, match: str, to: tuple[str, int], lose: int = 0) -> None:
+        self.wire = wire
+        self.match = match.encode()
+        self.to = to
+        self.lose = lose
+        self.times: list[float] = []
+
+    def __call__(self, flow: Flow, data: bytes) -> bool:
+        if (flow.host, flow.port) != self.to or not data.startswith(self.match):
+            return False
+        self.times.append(self.wire.now)
+        if self.lose > 0:
+            self.lose -= 1
+            return True
+        return False
+
+
+def start_call(wire: Wire, n: int, data: bytes | None = None) -> Request:
+    """The caller's INVITE sent; the B-leg INVITE the callee received."""
+    wire.from_caller(data if data is not None else invite(n))
+    (b_inv,) = requests(wire.take_callee(), "INVITE")
+    return b_inv
+
+
+def cancel_of(n: int) -> bytes:
+    """The caller's CANCEL of its INVITE ``n`` (§9.1: the same Request-URI, top Via,
+    From, To, Call-ID and CSeq number)."""
+    return (
+        f"CANCEL sip:0201234567@127.0.0.1:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.3:5062;branch=z9hG4bK-{n}-1-0\r\n"
+        f"From: sipp <sip:+31201234567@127.0.0.3:5062>;tag={n}SIPpTag001\r\n"
+        f"To: <sip:0201234567@127.0.0.1:5060>\r\n"
+        f"Call-ID: {n}-sim@127.0.0.3\r\n"
+        "CSeq: 1 CANCEL\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+# a caller that supports session timers and asks for 90 s, refreshed by itself
+SE_CALLER = "Supported: timer\r\nSession-Expires: 90;refresher=uac\r\n"
 
 
 @dataclass

@@ -20,13 +20,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from loadtests.peer import PeerProcess  # noqa: E402
-from loadtests.run import SIPGUARD_CPU, LoadResult, run_peer  # noqa: E402
-from tests.sipp_harness import CALLEE_IP, SIPGUARD_IP, Setup  # noqa: E402
+from testkit.load import SIPGUARD_CPU, LoadResult, run_peer
+from testkit.peer import PeerProcess
+from testkit.sipp import CALLEE_IP, SIPGUARD_IP, Setup
 
 FLOOR_LABEL = "floor relay"
 RELAY = Path(__file__).resolve().with_name("floor_relay.py")

@@ -10,7 +10,7 @@ The server binaries come from Debian's ``postgresql`` package (``/usr/lib/postgr
 or ``$PG_BINDIR``. If they are missing the fixture fails: ``./dev.sh test`` (as root)
 installs the package.
 
-Import the fixtures into a test module: ``from tests.pgserver import pg_cluster, pg_dsn``.
+Import the fixtures into a test module: ``from testkit.pgserver import pg_cluster, pg_dsn``.
 Use them from one module only (a session fixture imported into two modules is two
 fixtures, so two clusters).
 """
@@ -24,7 +24,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
+from testkit.sipp import free_port
 
 _db_numbers = itertools.count(1)
 
@@ -50,13 +51,6 @@ def _bindir() -> str | None:
         return os.path.dirname(found[-1])
     which = shutil.which("pg_ctl")
     return os.path.dirname(which) if which else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -176,7 +170,7 @@ def pg_cluster() -> Iterator[PgCluster]:
         except KeyError:
             pytest.fail("running as root but there is no postgres user; run ./dev.sh test")
         os.chown(root, pw.pw_uid, pw.pw_gid)
-    cluster = PgCluster(bindir=bindir, root=root, port=_free_port(), as_postgres=as_postgres)
+    cluster = PgCluster(bindir=bindir, root=root, port=free_port(), as_postgres=as_postgres)
     try:
         cluster.initdb()
         cluster.start()

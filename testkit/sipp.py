@@ -1,4 +1,4 @@
-"""Reusable pieces for the SIPp integration tests and the load-test runner.
+"""sipguard and SIPp as processes on loopback: the SIPp integration tests and the load runner.
 
 Everything runs on loopback with one address per role (SIPP-NOTES, issue 3):
 
@@ -23,7 +23,7 @@ Every child process is started with ``PR_SET_PDEATHSIG`` so that it gets SIGTERM
 test process itself dies; tests still stop every process they start by its PID.
 
 This module is imported explicitly by the tests that need it (it is not a conftest) and
-by ``loadtests/run.py``.
+by the load runner's measuring library (:mod:`testkit.load`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "sipp-scenarios"
-DATA = Path(__file__).resolve().parent / "data" / "sipp"
+DATA = REPO / "tests" / "data" / "sipp"
 
 CALLER_IP = "127.0.0.3"
 SIPGUARD_IP = "127.0.0.1"
@@ -80,7 +80,7 @@ def sipguard_command() -> list[str]:
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(cpus: Sequence[int] | None) -> Any:
+def child_setup(cpus: Sequence[int] | None) -> Any:
     """preexec_fn: die with the parent; optionally pin to ``cpus``."""
 
     def setup() -> None:
@@ -94,7 +94,7 @@ def _child_setup(cpus: Sequence[int] | None) -> Any:
     return setup
 
 
-def _pin_prefix(cpus: Sequence[int] | None) -> list[str]:
+def pin_prefix(cpus: Sequence[int] | None) -> list[str]:
     """``taskset -c N`` (it execs the program, so the PID stays the program's)."""
     if cpus is None or TASKSET is None or not _cpus_exist(cpus):
         return []
@@ -326,7 +326,7 @@ class Sipguard:
 
     def start(self, timeout: float = 15.0) -> Sipguard:
         cmd = [
-            *_pin_prefix(self.cpus),
+            *pin_prefix(self.cpus),
             *sipguard_command(),
             "run",
             "-c",
@@ -341,7 +341,7 @@ class Sipguard:
             stdout=self._log,
             stderr=self._log,
             # the test process runs no threads of its own; PDEATHSIG is a safety net
-            preexec_fn=_child_setup(None if _pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
+            preexec_fn=child_setup(None if pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -749,7 +749,7 @@ class Sipp:
         self.sipp_cmd = cmd
         # the wrapper: SIGTERM a little after SIPp's own -timeout, SIGKILL 5 s later
         self.cmd = [
-            *_pin_prefix(cpus),
+            *pin_prefix(cpus),
             TIMEOUT,
             "--kill-after=5",
             f"{int(timeout_s) + 10}",
@@ -771,7 +771,7 @@ class Sipp:
             stdout=self._out,
             stderr=subprocess.STDOUT,
             # the test process runs no threads of its own; PDEATHSIG is a safety net
-            preexec_fn=_child_setup(None if _pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
+            preexec_fn=child_setup(None if pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
         )
         return self
 

@@ -6,21 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.sipp_harness import (  # noqa: E402
+from testkit.sipp import (
     SIPGUARD_IP,
     Setup,
-    _child_setup,
-    _pin_prefix,
+    child_setup,
+    pin_prefix,
     proc_cpu_seconds,
     proc_status_kb,
     stop_pid,
@@ -52,7 +47,7 @@ class PeerProcess:
         self.cpus = cpus
         self.env = dict(env) if env is not None else None
         self.log_path = setup.workdir / log_name
-        self.cmd = [*_pin_prefix(cpus), *command]
+        self.cmd = [*pin_prefix(cpus), *command]
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None
         self._log: Any = None
@@ -71,7 +66,7 @@ class PeerProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
-            preexec_fn=_child_setup(None if _pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
+            preexec_fn=child_setup(None if pin_prefix(self.cpus) else self.cpus),  # noqa: PLW1509
         )
         addr = f"{SIPGUARD_IP}:{self.setup.sip_port}"
         deadline = time.monotonic() + timeout

@@ -22,8 +22,7 @@ import pytest
 import yaml
 
 from sipguard.config.loader import ConfigError, load_config
-from tests.sipp_harness import CALLER_IP, Sipp, free_port, metric_sum, running, sipp_available
-from tests.test_sipp_privacy import (
+from testkit.privacy import (
     CALLER,
     DIALLED,
     PBX_IP,
@@ -37,6 +36,7 @@ from tests.test_sipp_privacy import (
     end_records,
     presentation_counts,
 )
+from testkit.sipp import CALLER_IP, Sipp, free_port, metric_sum, running, sipp_available
 
 pytestmark = [
     pytest.mark.sipp,

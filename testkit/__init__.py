@@ -1,0 +1,21 @@
+"""What the tests, the benchmarks and the load runner share: one package, imported by all three.
+
+``tests/``, ``benchmarks/`` and ``loadtests/`` import this package and never each other,
+and ``tests/`` holds nothing but tests (and the session checks of its ``conftest.py``).
+
+* :mod:`testkit.callsim` — a caller and a callee wired in memory to the sans-IO core,
+  with a fake clock, and what the call-flow tests share (the scenario tests,
+  ``benchmarks/b2bua.py``);
+* :mod:`testkit.metrics` — a metric read as exported, through the registry;
+* :mod:`testkit.sipp` — sipguard and SIPp as processes on loopback (the SIPp tests,
+  the load runner); :mod:`testkit.rawsip` — raw SIP over sockets towards such a
+  sipguard; :mod:`testkit.privacy` — the privacy bench of the SIPp tests;
+* :mod:`testkit.pgserver` — a throwaway PostgreSQL cluster (pytest fixtures);
+* :mod:`testkit.peer` — another element as a process where sipguard would listen;
+* :mod:`testkit.load` — the load runner's measuring library (``loadtests/run.py`` is its
+  command line), with :mod:`testkit.floor` (the floor relay, whose process is
+  ``floor_relay.py``) and :mod:`testkit.sippy` (sippy side by side).
+
+The load runner's imports point one way: ``sipp`` ← ``peer`` ← ``load`` ← ``floor`` ←
+``sippy``. Nothing here imports ``tests``, ``benchmarks`` or ``loadtests``.
+"""
