@@ -8,7 +8,6 @@ and keeps exactly one ``call_at`` armed for the core's next deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import math
@@ -20,6 +19,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from sipguard.b2bua.core import B2BUA
 from sipguard.cdr.writer import CdrWriter
 from sipguard.config.loader import ConfigError, load_config
@@ -27,10 +28,10 @@ from sipguard.config.model import Config
 from sipguard.metrics import Metrics
 from sipguard.net.dns import TargetResolver
 from sipguard.net.httpd import MetricsServer
+from sipguard.net.routing import fails_with, reroute
+from sipguard.net.throttle import OverloadLog
+from sipguard.net.tlspeer import expected_name, may_carry
 from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
-from sipguard.sip.errors import SipError
-from sipguard.sip.message import Limits, Request, Response, parse_message
-from sipguard.sip.tlsnames import name_matches
 from sipguard.sip.transaction import Flow
 
 log = logging.getLogger("sipguard")
@@ -67,56 +68,11 @@ def message_kind(data: bytes) -> str:
     return _OUT_KIND.get(data[: sp + 1], "other") if sp > 0 else "other"
 
 
-def _own_message(data: bytes) -> Request | Response:
-    """Parse a message sipguard itself built, within no limit tighter than its own size
-    (a relayed body may be larger than a peer's message may be; a route set long)."""
-    limits = Limits(max_message=len(data), max_headers=len(data), max_line=len(data))
-    return parse_message(data, datagram=False, limits=limits)
-
-
-def response_flow(flow: Flow, data: bytes) -> Flow:
-    """Where a response goes over TCP or TLS once its request's connection is gone (RFC
-    3261 §18.2.2): the address the request came from (its ``received``) and the port of
-    the top Via's sent-by, or the transport's default port when the Via names none."""
-    default = 5061 if flow.transport == "tls" else 5060
-    try:
-        port = _own_message(data).top_via.port or default
-    except SipError:  # our own response: never malformed, but never worse than before
-        log.debug("no Via port in a response to resend: %s:%d kept", flow.host, flow.port)
-        return Flow(flow.transport, flow.local, flow.host, flow.port)
-    return Flow(flow.transport, flow.local, flow.host, port)
-
-
-def next_hop_port(req: Request, transport: str) -> int:
-    """The port where the peer of an in-dialog request listens: its first ``Route``'s, or
-    else its Request-URI's (the peer's Contact), or the transport's default (RFC 3261
-    §12.2.1.1; sipguard sends the whole route set as ``Route``, strict router or not)."""
-    routes = req.name_addrs("route")
-    uri = routes[0].uri if routes else req.request_uri
-    return uri.host_port(5061 if transport == "tls" else 5060)[1]
-
-
-def request_flow(flow: Flow, data: bytes) -> Flow:
-    """Where an in-dialog request goes over TCP or TLS once the dialog's connection is
-    gone: the peer's address as before (symmetric, as the dialog was set up) and the port
-    where it listens (:func:`next_hop_port`, RFC 3261 §18.1.1)."""
-    try:
-        msg = _own_message(data)
-        if not isinstance(msg, Request):
-            raise SipError("not a request")
-        port = next_hop_port(msg, flow.transport)
-    except SipError:  # our own request: never malformed, but never worse than before
-        log.debug("no next hop in a request to resend: %s:%d kept", flow.host, flow.port)
-        return Flow(flow.transport, flow.local, flow.host, flow.port)
-    return Flow(flow.transport, flow.local, flow.host, port)
-
-
 # the guard collects when the objects tracked by the cyclic collector have grown by this
 # many more than the calls and transactions alive account for (GC_OBJECTS_PER_ITEM each:
 # about 27 per call in progress, 9 per transaction kept for 64*T1, measured)
 GC_GUARD_OBJECTS = 1_000_000
 GC_OBJECTS_PER_ITEM = 64
-OVERLOAD_LOG_S = 10.0  # at most one overload log line this often
 
 
 # Above this many messages per second the driver sends once per loop iteration (bursts:
@@ -238,10 +194,7 @@ class Driver:
         self.stopping = asyncio.Event()
         self._exported: dict[str, dict[str, int]] = {}
         self._exported_rtx = 0
-        self._overload_logged_at = float("-inf")  # on the loop's clock
-        self._shed_logged = 0  # Shedder.shed at the last overload log line
-        self._overloaded = False  # an overload was logged, and its end not yet
-        self._queue_peak = 0  # the largest reading since the last overload log line
+        self.overload_log = OverloadLog()
         self._client_contexts: dict[tuple[int, bool], ssl.SSLContext] = {}
 
     # -- input -----------------------------------------------------------------------------
@@ -319,32 +272,20 @@ class Driver:
         conn = self.conns.get(flow.conn) if flow.conn else None
         if conn is None or conn.closed:
             if flow.conn:
-                # the connection this flow named has closed: a response goes to the port
-                # of the top Via's sent-by (RFC 3261 §18.2.2), a request to its next
-                # hop's port, where the peer listens, never to the closed connection's
-                # ephemeral port
-                if data.startswith(b"SIP/2.0 "):
-                    flow = response_flow(flow, data)
-                else:
-                    flow = request_flow(flow, data)
+                # the connection this flow named has closed: to where the peer listens,
+                # never to the closed connection's ephemeral port (RFC 3261 §18)
+                flow = reroute(flow, data)
             conn = self.conn_by_addr.get((flow.transport, flow.host, flow.port))
-            if conn is not None and flow.transport == "tls" and not self._proves(conn, flow):
+            if conn is not None and flow.transport == "tls" and not self._may_carry(conn, flow):
                 conn = None  # a connection found by address, but not the trunk's peer
         if conn is None or conn.closed:
             conn = self.connect(flow)
         conn.send(data)
 
-    def _proves(self, conn: StreamConnection, flow: Flow) -> bool:
-        """May a TLS connection found by ``flow``'s address carry it? Where the next hop
-        must hold a trunk's ``tls_name``: only a connection that checks it (opened by us
-        for that name) or whose verified certificate holds it (RFC 5923 §6: reuse only
-        once the certificate has proved the name)."""
+    def _may_carry(self, conn: StreamConnection, flow: Flow) -> bool:
+        """May a TLS connection found by ``flow``'s address carry it (:func:`may_carry`)?"""
         expected = self.tls_name_for(flow.local, flow.host, flow.port)
-        if expected is None:
-            return True
-        if conn.index != flow.local:  # verified against another entry's CAs
-            return False
-        return conn.expect_name == expected or name_matches(expected, conn.names)
+        return may_carry(expected, flow.local, conn.index, conn.expect_name, conn.names)
 
     # -- stream connections ----------------------------------------------------------------
 
@@ -357,10 +298,14 @@ class Driver:
         self.conn_by_addr[(conn.transport, conn.host, conn.port)] = conn
 
     def connection_up(self, conn: StreamConnection) -> None:
-        """``conn`` is open (a TLS one with its certificate checked): the core learns it."""
+        """``conn`` is open (a TLS one with its certificate checked): the core learns it
+        (an accepted one is registered now, one we opened was when we opened it)."""
+        if conn.id not in self.conns:
+            self.register(conn)
         self.core.connection_up(conn.id, conn.names)
 
     def unregister(self, conn: StreamConnection) -> None:
+        """``conn`` is closed or could not be opened: forgotten."""
         self.conns.pop(conn.id, None)
         self.core.connection_down(conn.id)
         key = (conn.transport, conn.host, conn.port)
@@ -372,6 +317,10 @@ class Driver:
         self.register(conn)
         conn.start_connect()
         return conn
+
+    def framing_error(self) -> None:
+        """A stream broke framing and was closed: counted as a parse error."""
+        self.metrics.parse_errors.inc()
 
     def close_idle(self) -> int:
         """Close TCP/TLS connections idle for ``tcp_idle_timeout`` that no call uses."""
@@ -460,29 +409,11 @@ class Driver:
         shedder.update(queued, self.overload_threshold(smallest))
         self.metrics.receive_queue.set(queued)
         self.metrics.admitted_ratio.set(shedder.admitted)
-        self._queue_peak = max(self._queue_peak, queued)
-        # one line at the first call shed, then at most one per OVERLOAD_LOG_S while
-        # calls are shed, and one when none has been for that long
-        now = self.loop.time()
-        if now - self._overload_logged_at < OVERLOAD_LOG_S:
-            return
-        if shedder.shed != self._shed_logged:
-            log.warning(
-                "overload: %d new calls shed (%d since start); up to %d KiB waited in the "
-                "receive queues, %.0f%% of new calls admitted now",
-                shedder.shed - self._shed_logged,
-                shedder.shed,
-                self._queue_peak // 1024,
-                shedder.admitted * 100,
-            )
-            self._shed_logged = shedder.shed
-            self._overload_logged_at = now
-            self._queue_peak = queued
-            self._overloaded = True
-        elif self._overloaded and not shedder.shedding:
-            log.warning("overload over: every new call admitted again")
-            self._overload_logged_at = now
-            self._overloaded = False
+        line = self.overload_log.reading(
+            self.loop.time(), queued, shedder.shed, shedder.shedding, shedder.admitted
+        )
+        if line is not None:
+            log.warning("%s", line)
 
     def tls_name_for(self, index: int, host: str, port: int) -> str | None:
         """The ``tls_name`` a TLS connection from listen entry ``index`` to ``host:port``
@@ -495,7 +426,7 @@ class Driver:
             trunk = self.core.trunk_of_source(index, host)  # kept by the core, per source
         except ValueError:
             return None
-        return trunk.tls_name if trunk is not None else None
+        return expected_name(None, trunk)
 
     def client_context(self, index: int, by_name: bool) -> ssl.SSLContext:
         """The TLS context of connections opened from listen entry ``index``: the server's
@@ -523,13 +454,9 @@ class Driver:
         now = self.loop.time()
         for tx in list(self.core.layer.client.values()):
             f = tx.flow
-            if f.transport != conn.transport or f.host != conn.host:
-                continue
-            port = f.port
-            if f.conn and f.conn not in self.conns:  # its connection is gone: redirected
-                with contextlib.suppress(SipError):
-                    port = next_hop_port(tx.request, f.transport)
-            if port == conn.port:
+            if fails_with(
+                f, tx.request, conn.transport, conn.host, conn.port, f.conn in self.conns
+            ):
                 tx.fail(now)
         self.flush()
 
@@ -630,7 +557,12 @@ async def serve(config_path: str, config: Config) -> int:
     lag_task = loop_create(driver.lag_probe())
     httpd: MetricsServer | None = None
     if config.metrics is not None:
-        httpd = MetricsServer(metrics, driver)
+
+        def metrics_body() -> bytes:
+            driver.export_stats()
+            return generate_latest(metrics.registry)
+
+        httpd = MetricsServer(metrics_body, lambda: not driver.core.draining)
         await httpd.start(config.metrics.address, config.metrics.port)
     loop = asyncio.get_running_loop()
 

@@ -1,8 +1,9 @@
 """UDP, TCP and TLS transports on the running loop (uvloop in production).
 
-Each received datagram or framed stream message goes to :meth:`Driver.feed` with the
-:class:`Flow` it came on; the driver sends through :meth:`UdpEndpoint.send` and
-:meth:`StreamConnection.send`. A stream that breaks framing is closed (RFC 3261 §18.3).
+Each received datagram or framed stream message goes to :meth:`Host.feed` with the
+:class:`Flow` it came on; the host (the driver) sends through :meth:`UdpEndpoint.send`
+and :meth:`StreamConnection.send`. A stream that breaks framing is closed (RFC 3261
+§18.3).
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import logging
 import socket
 import ssl
 import sys
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
-from sipguard.config.model import Listen
+from sipguard.config.model import Config, Listen
+from sipguard.net.tlspeer import proves, server_name
 from sipguard.sip.errors import SipError
 from sipguard.sip.framer import StreamFramer
-from sipguard.sip.tlsnames import certificate_names, name_matches
+from sipguard.sip.tlsnames import certificate_names
 from sipguard.sip.transaction import Flow
-
-if TYPE_CHECKING:
-    from sipguard.net.server import Driver
 
 log = logging.getLogger("sipguard.net")
 
@@ -35,8 +34,41 @@ _MEMINFO_SIZE = 9 * 4
 MAX_STREAM_BACKLOG = 4 * 1024 * 1024
 
 
+class Host(Protocol):
+    """What the transports need of the driver that owns them."""
+
+    @property
+    def config(self) -> Config: ...
+
+    def feed(self, data: bytes, flow: Flow) -> None:
+        """A datagram or one framed stream message arrived on ``flow``."""
+
+    def flush(self) -> None:
+        """Send what the messages fed so far made (before a connection closes)."""
+
+    def framing_error(self) -> None:
+        """A stream broke framing and is closed: count it."""
+
+    def new_conn_id(self) -> int: ...
+
+    def connection_up(self, conn: StreamConnection) -> None:
+        """``conn`` is open (a TLS one with its certificate checked)."""
+
+    def unregister(self, conn: StreamConnection) -> None:
+        """``conn`` is closed, or could not be opened: forget it (called once or more)."""
+
+    def connection_failed(self, conn: StreamConnection) -> None:
+        """A connection we opened could not be made, or is not the peer it must be."""
+
+    def tls_name_for(self, index: int, host: str, port: int) -> str | None:
+        """The name a TLS server at ``host:port`` must prove, or None."""
+
+    def client_context(self, index: int, by_name: bool) -> ssl.SSLContext:
+        """The TLS context of connections opened from listen entry ``index``."""
+
+
 class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, driver: Driver, index: int) -> None:
+    def __init__(self, driver: Host, index: int) -> None:
         self.driver = driver
         self.index = index
         self.transport: asyncio.DatagramTransport | None = None
@@ -44,7 +76,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._flows: dict[tuple[str, int], Flow] = {}
 
     @classmethod
-    async def create(cls, driver: Driver, index: int, address: str, port: int) -> UdpEndpoint:
+    async def create(cls, driver: Host, index: int, address: str, port: int) -> UdpEndpoint:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -103,48 +135,44 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 class StreamConnection(asyncio.Protocol):
     """One TCP or TLS connection, accepted or opened by us."""
 
-    def __init__(
-        self, driver: Driver, transport_name: str, index: int, host: str, port: int
-    ) -> None:
+    def __init__(self, driver: Host, transport_name: str, index: int, host: str, port: int) -> None:
         self.driver = driver
         self.transport = transport_name
         self.index = index
         self.host = host
         self.port = port
         self.id = driver.new_conn_id()
+        self.loop = asyncio.get_running_loop()
         self.framer = StreamFramer(driver.config.sip.max_message_bytes)
         self.stream: asyncio.Transport | None = None
         self.pending: list[bytes] = []
         self.closed = False
         self.flow = Flow(transport_name, index, host, port, self.id)
         self.connecting: asyncio.Task[None] | None = None
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self.loop.time()
         self.names: frozenset[str] = frozenset()  # TLS: what the peer's certificate proves
         self.expect_name: str | None = None  # TLS, opened by us: the trunk's tls_name
 
     def start_connect(self) -> None:
-        loop = asyncio.get_running_loop()
         ctx: ssl.SSLContext | None = None
-        server_name: str | None = None
+        sni: str | None = None
         if self.transport == "tls":
             self.expect_name = self.driver.tls_name_for(self.index, self.host, self.port)
             # with a name expected, the certificate must hold it, checked once connected
             # (a "*." name is no host name for the TLS library to check)
             ctx = self.driver.client_context(self.index, self.expect_name is not None)
-            if self.expect_name is not None and not self.expect_name.startswith("*."):
-                server_name = self.expect_name  # SNI
-        self.connecting = loop.create_task(self._connect(ctx, server_name))
+            sni = server_name(self.expect_name)
+        self.connecting = self.loop.create_task(self._connect(ctx, sni))
 
-    async def _connect(self, ctx: ssl.SSLContext | None, server_name: str | None) -> None:
-        loop = asyncio.get_running_loop()
+    async def _connect(self, ctx: ssl.SSLContext | None, sni: str | None) -> None:
         try:
             await asyncio.wait_for(
-                loop.create_connection(
+                self.loop.create_connection(
                     lambda: self,
                     self.host,
                     self.port,
                     ssl=ctx,
-                    server_hostname=server_name if ctx is not None else None,
+                    server_hostname=sni if ctx is not None else None,
                 ),
                 5.0,
             )
@@ -158,7 +186,7 @@ class StreamConnection(asyncio.Protocol):
         self.stream = transport  # type: ignore[assignment]
         if self.transport == "tls":
             self.names = certificate_names(transport.get_extra_info("peercert"))
-            if self.expect_name is not None and not name_matches(self.expect_name, self.names):
+            if not proves(self.expect_name, self.names):
                 log.warning(
                     "TLS peer %s:%d is not %s: its certificate holds %s; closing",
                     self.host,
@@ -187,7 +215,7 @@ class StreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:  # closed by us (a certificate without the name): read nothing
             return
-        self.last_active = self.driver.loop.time()
+        self.last_active = self.loop.time()
         try:
             messages = self.framer.feed(data)
         except SipError as exc:
@@ -211,8 +239,7 @@ class StreamConnection(asyncio.Protocol):
         # first (the driver sends once per loop iteration; closed, it would connect anew)
         self.driver.flush()
         log.info("closing %s connection from %s: %s", self.transport, self.host, exc.reason)
-        self.driver.core.parse_errors += 1
-        self.driver.metrics.parse_errors.inc()
+        self.driver.framing_error()
         self.close()
 
     def send(self, data: bytes) -> None:
@@ -221,7 +248,7 @@ class StreamConnection(asyncio.Protocol):
         if self.stream is None:
             self.pending.append(data)
             return
-        self.last_active = self.driver.loop.time()
+        self.last_active = self.loop.time()
         if self.stream.get_write_buffer_size() > MAX_STREAM_BACKLOG:
             log.warning("peer %s is not reading; closing the connection", self.host)
             self.close()
@@ -247,7 +274,7 @@ class TcpListener:
 
     @classmethod
     async def create(
-        cls, driver: Driver, index: int, listen: Listen, tls: bool = False
+        cls, driver: Host, index: int, listen: Listen, tls: bool = False
     ) -> TcpListener:
         ctx: ssl.SSLContext | None = None
         if tls:
@@ -279,5 +306,4 @@ class _Accepted(StreamConnection):
         if peer:
             self.host, self.port = peer[0], peer[1]
         self.flow = Flow(self.transport, self.index, self.host, self.port, self.id)
-        self.driver.register(self)
         super().connection_made(transport)
