@@ -12,6 +12,7 @@ import gc
 import logging
 import math
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from prometheus_client import generate_latest
+from prometheus_client import Gauge, generate_latest
 
 from sipguard.b2bua.core import B2BUA
 from sipguard.cdr.writer import CdrWriter
@@ -28,8 +29,14 @@ from sipguard.config.model import Config
 from sipguard.metrics import Metrics
 from sipguard.net.dns import TargetResolver
 from sipguard.net.httpd import MetricsServer
+from sipguard.net.limits import (
+    HEADER_TIMEOUT,
+    ConnectionLimits,
+    HeadDeadlines,
+    descriptor_plan,
+)
 from sipguard.net.routing import fails_with, reroute
-from sipguard.net.throttle import OverloadLog
+from sipguard.net.throttle import OverloadLog, Throttle
 from sipguard.net.tlspeer import expected_name, may_carry
 from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
 from sipguard.sip.transaction import Flow
@@ -73,6 +80,7 @@ def message_kind(data: bytes) -> str:
 # about 27 per call in progress, 9 per transaction kept for 64*T1, measured)
 GC_GUARD_OBJECTS = 1_000_000
 GC_OBJECTS_PER_ITEM = 64
+LIMIT_LOG_S = 10.0  # at most one log line this often about connections refused or closed
 
 
 # Above this many messages per second the driver sends once per loop iteration (bursts:
@@ -196,6 +204,19 @@ class Driver:
         self._exported_rtx = 0
         self.overload_log = OverloadLog()
         self._client_contexts: dict[tuple[int, bool], ssl.SSLContext] = {}
+        # TCP/TLS: the connection limits (the total capped by the descriptors at start),
+        # the connections that owe a message head, and how often refusals are said
+        limits = config.limits
+        self.limits = ConnectionLimits(limits.tcp_max_connections, limits.tcp_max_per_source)
+        self.heads = HeadDeadlines()
+        self._refusal_log = Throttle(LIMIT_LOG_S)
+        self._timeout_log = Throttle(LIMIT_LOG_S)
+        open_conns = Gauge(
+            "sipguard_tcp_connections",
+            "TCP/TLS connections open (accepted, and opened by sipguard)",
+            registry=metrics.registry,
+        )
+        open_conns.set_function(lambda: float(self.limits.open))
 
     # -- input -----------------------------------------------------------------------------
 
@@ -305,15 +326,23 @@ class Driver:
         self.core.connection_up(conn.id, conn.names)
 
     def unregister(self, conn: StreamConnection) -> None:
-        """``conn`` is closed or could not be opened: forgotten."""
+        """``conn`` is closed or was never set up: forgotten, and its slot let go."""
         self.conns.pop(conn.id, None)
         self.core.connection_down(conn.id)
         key = (conn.transport, conn.host, conn.port)
         if self.conn_by_addr.get(key) is conn:
             del self.conn_by_addr[key]
+        if conn.owes_head:
+            conn.owes_head = False
+            self.heads.stop(conn.id)
+        if conn.counted:
+            conn.counted = False
+            self.limits.closed(conn.source)
 
     def connect(self, flow: Flow) -> StreamConnection:
         conn = StreamConnection(self, flow.transport, flow.local, flow.host, flow.port)
+        conn.counted = True  # counted in the total, never refused (a call's target)
+        self.limits.opened()
         self.register(conn)
         conn.start_connect()
         return conn
@@ -321,6 +350,82 @@ class Driver:
     def framing_error(self) -> None:
         """A stream broke framing and was closed: counted as a parse error."""
         self.metrics.parse_errors.inc()
+
+    def admit_connection(self, index: int, host: str) -> bool:
+        """Take a connection accepted on listen entry ``index`` from ``host``, or refuse
+        it (then it is closed at once), counted and said at most once per
+        :data:`LIMIT_LOG_S`. A source that matches a trunk may use every slot."""
+        try:
+            known = self.core.trunk_of_source(index, host) is not None
+        except ValueError:
+            known = False
+        reason = self.limits.admit(host, known)
+        if reason is None:
+            return True
+        self.metrics.inc(self.metrics.rejected, reason)
+        n = self._refusal_log.event(self.loop.time())
+        if n:
+            log.warning(
+                "TCP/TLS connection limit: %d connections refused (%s; %d open, at most %d, "
+                "%d per source)",
+                n,
+                reason,
+                self.limits.open,
+                self.limits.cap,
+                self.limits.per_source,
+            )
+        return False
+
+    def close_late_heads(self) -> int:
+        """Close the connections that owe a message head longer than
+        ``sip.tcp_header_timeout`` (a header trickled, or nothing sent since the accept)."""
+        now = self.loop.time()
+        closed = 0
+        for conn_id in self.heads.expired(now, self.config.sip.tcp_header_timeout):
+            conn = self.conns.get(conn_id)
+            if conn is None:
+                continue
+            conn.owes_head = False
+            if conn.closed:
+                continue
+            conn.close()
+            closed += 1
+            self.metrics.inc(self.metrics.rejected, HEADER_TIMEOUT)
+            n = self._timeout_log.event(now)
+            if n:
+                log.info(
+                    "%d TCP/TLS connections closed: no whole message head within %gs",
+                    n,
+                    self.config.sip.tcp_header_timeout,
+                )
+        return closed
+
+    def apply_limits(self) -> None:
+        """Size the connection limits to the configuration and the descriptors: the soft
+        ``RLIMIT_NOFILE`` is raised towards what the limits need, as far as the hard
+        limit allows, with a warning where it stays short (fewer connections then)."""
+        limits = self.config.limits
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        plan = descriptor_plan(soft, hard, limits.tcp_max_connections)
+        if plan.soft != soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (plan.soft, hard))
+            except (ValueError, OSError) as exc:
+                log.warning("cannot raise the descriptor limit to %d: %s", plan.soft, exc)
+                plan = descriptor_plan(soft, soft, limits.tcp_max_connections)
+            else:
+                log.info("descriptor limit (RLIMIT_NOFILE) raised from %d to %d", soft, plan.soft)
+        if plan.short:
+            log.warning(
+                "descriptor limit (RLIMIT_NOFILE) %d is below the %d that "
+                "limits.tcp_max_connections (%d) and a reserve need: at most %d TCP/TLS "
+                "connections",
+                plan.soft,
+                plan.wanted,
+                limits.tcp_max_connections,
+                plan.cap,
+            )
+        self.limits.configure(plan.cap, limits.tcp_max_per_source)
 
     def close_idle(self) -> int:
         """Close TCP/TLS connections idle for ``tcp_idle_timeout`` that no call uses."""
@@ -345,6 +450,18 @@ class Driver:
                 self.close_idle()
             except Exception:
                 log.exception("internal error in the connection sweep")
+
+    async def head_sweep(self) -> None:
+        """Close late message heads, looked for a few times per ``tcp_header_timeout``
+        (so a connection is closed within a fifth of it, at most 1 s, after its deadline)."""
+        while True:
+            await asyncio.sleep(min(1.0, max(0.05, self.config.sip.tcp_header_timeout / 5)))
+            if not self.heads:
+                continue
+            try:
+                self.close_late_heads()
+            except Exception:
+                log.exception("internal error closing late message heads")
 
     async def lag_probe(self, interval: float = 0.05) -> None:
         """Measure how late the loop wakes a sleeper: the longest pause, for the metrics."""
@@ -480,6 +597,7 @@ class Driver:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.apply_limits()  # before the first socket: the descriptors it may use
         for i, listen in enumerate(self.config.listen):
             if listen.transport == "udp":
                 self.udp[i] = await UdpEndpoint.create(self, i, listen.address, listen.port)
@@ -554,6 +672,7 @@ async def serve(config_path: str, config: Config) -> int:
 
     dns_task = start_dns(config)
     sweep_task = loop_create(driver.sweep())
+    head_task = loop_create(driver.head_sweep())
     lag_task = loop_create(driver.lag_probe())
     httpd: MetricsServer | None = None
     if config.metrics is not None:
@@ -586,6 +705,7 @@ async def serve(config_path: str, config: Config) -> int:
         nonlocal dns_task
         driver.config = new
         driver.core.reload(new)
+        driver.apply_limits()
         dns_task.cancel()
         resolver.reconfigure(new.dns)
         dns_task = start_dns(new)
@@ -614,6 +734,7 @@ async def serve(config_path: str, config: Config) -> int:
         await asyncio.sleep(0.2)  # let the BYEs go out
     dns_task.cancel()
     sweep_task.cancel()
+    head_task.cancel()
     lag_task.cancel()
     driver.flush()  # what the last messages made (a flush may still be queued)
     driver.close()

@@ -3,13 +3,16 @@
 Each received datagram or framed stream message goes to :meth:`Host.feed` with the
 :class:`Flow` it came on; the host (the driver) sends through :meth:`UdpEndpoint.send`
 and :meth:`StreamConnection.send`. A stream that breaks framing is closed (RFC 3261
-§18.3).
+§18.3). A listener accepts connections itself, so that the host can refuse one at once,
+before a TLS handshake (:meth:`Host.admit_connection`); a connection that owes a message
+head is tracked in :attr:`Host.heads` for the host to close when it is late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -17,6 +20,7 @@ import sys
 from typing import Any, Protocol, cast
 
 from sipguard.config.model import Config, Listen
+from sipguard.net.limits import HeadDeadlines
 from sipguard.net.tlspeer import proves, server_name
 from sipguard.sip.errors import SipError
 from sipguard.sip.framer import StreamFramer
@@ -32,6 +36,10 @@ UDP_BUFFER = 8 * 1024 * 1024
 SO_MEMINFO = 55
 _MEMINFO_SIZE = 9 * 4
 MAX_STREAM_BACKLOG = 4 * 1024 * 1024
+LISTEN_BACKLOG = 1024
+# accept() failing for want of descriptors or memory: wait this long before the next try
+ACCEPT_RETRY_S = 0.1
+_ACCEPT_STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Host(Protocol):
@@ -39,6 +47,9 @@ class Host(Protocol):
 
     @property
     def config(self) -> Config: ...
+
+    @property
+    def heads(self) -> HeadDeadlines: ...
 
     def feed(self, data: bytes, flow: Flow) -> None:
         """A datagram or one framed stream message arrived on ``flow``."""
@@ -51,11 +62,16 @@ class Host(Protocol):
 
     def new_conn_id(self) -> int: ...
 
+    def admit_connection(self, index: int, host: str) -> bool:
+        """Whether to take a connection accepted on listen entry ``index`` from ``host``
+        (False: it is closed at once); a connection taken is counted until
+        :meth:`unregister`."""
+
     def connection_up(self, conn: StreamConnection) -> None:
         """``conn`` is open (a TLS one with its certificate checked)."""
 
     def unregister(self, conn: StreamConnection) -> None:
-        """``conn`` is closed, or could not be opened: forget it (called once or more)."""
+        """``conn`` is closed, or never opened: forget it (called once or more)."""
 
     def connection_failed(self, conn: StreamConnection) -> None:
         """A connection we opened could not be made, or is not the peer it must be."""
@@ -152,6 +168,11 @@ class StreamConnection(asyncio.Protocol):
         self.last_active = self.loop.time()
         self.names: frozenset[str] = frozenset()  # TLS: what the peer's certificate proves
         self.expect_name: str | None = None  # TLS, opened by us: the trunk's tls_name
+        # counted by the host's connection limits: accepted from this source address
+        # (counted at accept), or opened by us (counted with None); False once let go
+        self.counted = False
+        self.source: str | None = None
+        self.owes_head = False  # tracked in host.heads: a message head is due
 
     def start_connect(self) -> None:
         ctx: ssl.SSLContext | None = None
@@ -215,12 +236,21 @@ class StreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:  # closed by us (a certificate without the name): read nothing
             return
-        self.last_active = self.loop.time()
+        self.last_active = now = self.loop.time()
         try:
             messages = self.framer.feed(data)
         except SipError as exc:
             self._framing_error(exc)
             return
+        # a message head is due from the first byte of a message left incomplete (or,
+        # since the accept, until the first message): see sip.tcp_header_timeout
+        if self.framer.buffered:
+            if messages or not self.owes_head:
+                self.owes_head = True
+                self.driver.heads.start(self.id, now)
+        elif messages and self.owes_head:
+            self.owes_head = False
+            self.driver.heads.stop(self.id)
         if self.framer.pings:
             self.framer.pings = 0
             self.send(b"\r\n")  # RFC 5626 §4.4.1 pong
@@ -269,8 +299,18 @@ class StreamConnection(asyncio.Protocol):
 
 
 class TcpListener:
-    def __init__(self, server: asyncio.AbstractServer) -> None:
-        self.server = server
+    """A listening TCP socket that accepts connections itself: each is counted against
+    the host's limits (or closed at once) before its TLS handshake, which has a deadline
+    (``sip.tcp_header_timeout``)."""
+
+    def __init__(
+        self, driver: Host, index: int, sock: socket.socket, ctx: ssl.SSLContext | None
+    ) -> None:
+        self.driver = driver
+        self.index = index
+        self.sock = sock
+        self.ctx = ctx
+        self.task: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(
@@ -286,24 +326,93 @@ class TcpListener:
                 # tls_name matches only connections whose certificate holds that name
                 ctx.load_verify_locations(cafile=listen.ca)
                 ctx.verify_mode = ssl.CERT_OPTIONAL
+        listener = cls(driver, index, listening_socket(listen.address, listen.port), ctx)
+        listener.task = asyncio.get_running_loop().create_task(listener._accept_loop())
+        return listener
 
-        def factory() -> StreamConnection:
-            conn = _Accepted(driver, "tls" if tls else "tcp", index, "", 0)
-            return conn
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                if self.sock.fileno() < 0:
+                    return  # closed
+                if exc.errno in _ACCEPT_STARVED:
+                    log.debug("cannot accept a connection now: %s", exc)
+                else:
+                    log.warning("cannot accept a connection: %s", exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            try:
+                self._accepted(loop, sock, addr)
+            except Exception:  # the listener must go on accepting
+                log.exception("internal error accepting a connection")
+                sock.close()
 
-        server = await asyncio.get_running_loop().create_server(
-            factory, listen.address, listen.port, ssl=ctx, reuse_address=True, backlog=1024
+    def _accepted(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: tuple[Any, ...]
+    ) -> None:
+        host, port = str(addr[0]), int(addr[1])
+        if not self.driver.admit_connection(self.index, host):
+            sock.close()
+            return
+        conn = _Accepted(
+            self.driver, "tls" if self.ctx is not None else "tcp", self.index, host, port
         )
-        return cls(server)
+        conn.counted, conn.source = True, host
+        conn.connecting = loop.create_task(conn.set_up(sock, self.ctx))
 
     def close(self) -> None:
-        self.server.close()
+        if self.task is not None:
+            self.task.cancel()
+        self.sock.close()
+
+
+def listening_socket(address: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket listening on ``address:port`` (an IP address), as
+    ``loop.create_server`` makes one: address reuse, IPv6 only on an IPv6 address."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _Accepted(StreamConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.host, self.port = peer[0], peer[1]
         self.flow = Flow(self.transport, self.index, self.host, self.port, self.id)
+        # a head is due from now on, until its first message comes whole
+        self.owes_head = True
+        self.driver.heads.start(self.id, self.loop.time())
         super().connection_made(transport)
+
+    async def set_up(self, sock: socket.socket, ctx: ssl.SSLContext | None) -> None:
+        """Make the accepted ``sock`` this connection: over TLS after a handshake within
+        ``sip.tcp_header_timeout``. One that fails or runs out of time is let go."""
+        loop = self.loop
+        made = False
+        try:
+            if ctx is None:
+                await loop.connect_accepted_socket(lambda: self, sock)
+            else:
+                timeout = self.driver.config.sip.tcp_header_timeout
+                await loop.connect_accepted_socket(
+                    lambda: self, sock, ssl=ctx, ssl_handshake_timeout=timeout
+                )
+            made = True
+        except OSError as exc:  # SSL errors, timeouts and resets among them
+            log.debug("%s connection from %s not set up: %r", self.transport, self.host, exc)
+        finally:
+            if not made:  # whatever stopped it (cancelled too): its slot is let go
+                sock.close()
+                self.closed = True
+                self.driver.unregister(self)
