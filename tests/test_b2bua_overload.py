@@ -12,6 +12,7 @@ from sipguard.b2bua.overload import DECREASE, INCREASE, MIN_ADMITTED, Shedder
 from sipguard.config.loader import ConfigError
 from sipguard.metrics import Metrics
 from sipguard.net import server
+from sipguard.net.throttle import OVERLOAD_LOG_S
 from sipguard.net.transport import UdpEndpoint
 from testkit.callsim import Wire, default_config, establish, in_dialog, invite, requests, responses
 from testkit.metrics import sample
@@ -214,13 +215,13 @@ async def test_the_driver_sheds_from_its_readings_and_exports_them(
         assert not driver.core.shedder.shedding
         assert sample(metrics, "sipguard_overload_admitted_ratio") == 1.0
         assert sample(metrics, "sipguard_receive_queue_bytes") == 0
-        driver._overload_logged_at -= server.OVERLOAD_LOG_S  # the next line is due
+        driver.overload_log.last -= OVERLOAD_LOG_S  # the next line is due
         driver.read_queues()
         assert caplog.records[-1].getMessage().startswith("overload:")  # the one left over
-        driver._overload_logged_at -= server.OVERLOAD_LOG_S
+        driver.overload_log.last -= OVERLOAD_LOG_S
         driver.read_queues()
         assert caplog.records[-1].getMessage() == "overload over: every new call admitted again"
-        driver._overload_logged_at -= server.OVERLOAD_LOG_S
+        driver.overload_log.last -= OVERLOAD_LOG_S
         driver.read_queues()  # said once
         assert len(caplog.records) == 3
     finally:

@@ -37,25 +37,9 @@ from testkit.sipp import (
     running,
     write_config,
 )
+from testkit.tls import TLS, listens
 
 pytestmark = [pytest.mark.timeout(60)]
-
-TLS = Path(__file__).parent / "data" / "tls"
-
-
-def listens(port: int) -> list[dict[str, object]]:
-    """UDP, and TLS with sipguard's certificate and the test CA, both on ``port``."""
-    return [
-        {"transport": "udp", "address": SIPGUARD_IP, "port": port},
-        {
-            "transport": "tls",
-            "address": SIPGUARD_IP,
-            "port": port,
-            "cert": str(TLS / "sipguard.crt"),
-            "key": str(TLS / "sipguard.key"),
-            "ca": str(TLS / "ca.crt"),
-        },
-    ]
 
 
 def tls_call(port: int, cert: str | None) -> tuple[list[int], str | None]:

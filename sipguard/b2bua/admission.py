@@ -114,7 +114,8 @@ def emergency_share(config: Config, trunk: Trunk) -> tuple[int, int]:
     """(emergency calls at once, new ones per second) that ``trunk`` may take of the
     global emergency reserve (SPEC §8): its own limits, or by default a fair share, the
     reserve divided among the trunks that can place calls, and a quarter of that per
-    second (at least 5, or all of it where it is smaller). One trunk's flood of fake 112 calls then never refuses another's real one."""
+    second (at least 5, or all of it where it is smaller). One trunk's flood of fake 112
+    calls then never refuses another's real one."""
     tl = trunk.limits
     reserve = config.limits.emergency_max_calls
     callers = sum(1 for t in config.trunks.values() if t.route_to or t.emergency_route_to)

@@ -373,6 +373,8 @@ _CHECKS: dict[tuple[type, str], Check] = {
     (Limits, "overload_queue_kb"): _NON_NEGATIVE,
     (Limits, "unknown_source_budget"): _NON_NEGATIVE,
     (Limits, "refused_cdr_rps"): _NON_NEGATIVE,
+    (Limits, "tcp_max_connections"): _AT_LEAST_ONE,
+    (Limits, "tcp_max_per_source"): _AT_LEAST_ONE,
     (RtpEngine, "control"): _rule(
         lambda v: _host_port(_RTPENGINE, v), "expected udp:HOST:PORT, got {v!r}"
     ),
@@ -393,6 +395,7 @@ _CHECKS: dict[tuple[type, str], Check] = {
         f"must be from 90 (RFC 4028) to {MAX_SESSION_INTERVAL}, got {{v}}",
     ),
     (SipTimers, "tcp_idle_timeout"): _POSITIVE,
+    (SipTimers, "tcp_header_timeout"): _POSITIVE,
     (SipTimers, "max_message_bytes"): _POSITIVE,
     (Numbering, "country_code"): _pattern(r"(?:[1-9][0-9]{0,2})?", "1 to 3 digits, got {v!r}"),
     (Numbering, "national_prefix"): _DIGITS,

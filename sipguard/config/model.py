@@ -86,6 +86,11 @@ class Limits:
     # end records of refused call attempts per trunk and second; the rest are counted in
     # sipguard_cdr_refusals_unrecorded_total, not written (0: every one written)
     refused_cdr_rps: int = 20
+    # TCP/TLS connections open at once, in total (accepted and opened by us; fewer where
+    # the descriptor limit allows fewer) and accepted from one source address: one more is
+    # closed at once (the connections sipguard opens are counted, never refused)
+    tcp_max_connections: int = 10000
+    tcp_max_per_source: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,10 @@ class SipTimers:
     min_se: int = 90
     # idle TCP connections with no call on them are closed after this time
     tcp_idle_timeout: float = 120.0
+    # a TCP/TLS connection that has not delivered a whole message head this long after its
+    # first byte (or after it was accepted, before its first message) is closed; the
+    # deadline of a TLS handshake too
+    tcp_header_timeout: float = 5.0
     max_message_bytes: int = 65535
     # a call that rings this long with no answer is ended (RFC 3261 §16.6 Timer C, > 3 min)
     no_answer_timeout: float = 185.0

@@ -1,26 +1,24 @@
 """A tiny HTTP/1.1 endpoint for ``/metrics``, ``/healthz`` and ``/readyz``.
 
 Served on the same event loop as SIP; each request is answered and the connection
-closed. ``/readyz`` says 503 while draining, so a load balancer stops sending.
+closed. ``/readyz`` says 503 while draining, so a load balancer stops sending. It knows
+nothing of SIP: it is given what ``/metrics`` shows and whether sipguard is ready.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from sipguard.metrics import Metrics
-
-if TYPE_CHECKING:
-    from sipguard.net.server import Driver
+from prometheus_client import CONTENT_TYPE_LATEST
 
 
 class MetricsServer:
-    def __init__(self, metrics: Metrics, driver: Driver) -> None:
-        self.metrics = metrics
-        self.driver = driver
+    def __init__(self, metrics_body: Callable[[], bytes], ready: Callable[[], bool]) -> None:
+        """``metrics_body()``: the Prometheus text of ``/metrics``; ``ready()``: False
+        while draining (``/readyz`` then says 503)."""
+        self.metrics_body = metrics_body
+        self.ready = ready
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, address: str, port: int) -> None:
@@ -33,13 +31,11 @@ class MetricsServer:
 
     def _body(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
-            self.driver.export_stats()
-            self.metrics.ready.set(0 if self.driver.core.draining else 1)
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.metrics.registry)
+            return 200, CONTENT_TYPE_LATEST, self.metrics_body()
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
         if path == "/readyz":
-            if self.driver.core.draining:
+            if not self.ready():
                 return 503, "text/plain", b"draining\n"
             return 200, "text/plain", b"ready\n"
         return 404, "text/plain", b"not found\n"

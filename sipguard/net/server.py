@@ -8,17 +8,19 @@ and keeps exactly one ``call_at`` armed for the core's next deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import math
 import os
+import resource
 import signal
 import ssl
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from prometheus_client import Gauge, generate_latest
 
 from sipguard.b2bua.core import B2BUA
 from sipguard.cdr.writer import CdrWriter
@@ -27,10 +29,16 @@ from sipguard.config.model import Config
 from sipguard.metrics import Metrics
 from sipguard.net.dns import TargetResolver
 from sipguard.net.httpd import MetricsServer
+from sipguard.net.limits import (
+    HEADER_TIMEOUT,
+    ConnectionLimits,
+    HeadDeadlines,
+    descriptor_plan,
+)
+from sipguard.net.routing import fails_with, reroute
+from sipguard.net.throttle import OverloadLog, Throttle
+from sipguard.net.tlspeer import expected_name, may_carry
 from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
-from sipguard.sip.errors import SipError
-from sipguard.sip.message import Limits, Request, Response, parse_message
-from sipguard.sip.tlsnames import name_matches
 from sipguard.sip.transaction import Flow
 
 log = logging.getLogger("sipguard")
@@ -67,56 +75,12 @@ def message_kind(data: bytes) -> str:
     return _OUT_KIND.get(data[: sp + 1], "other") if sp > 0 else "other"
 
 
-def _own_message(data: bytes) -> Request | Response:
-    """Parse a message sipguard itself built, within no limit tighter than its own size
-    (a relayed body may be larger than a peer's message may be; a route set long)."""
-    limits = Limits(max_message=len(data), max_headers=len(data), max_line=len(data))
-    return parse_message(data, datagram=False, limits=limits)
-
-
-def response_flow(flow: Flow, data: bytes) -> Flow:
-    """Where a response goes over TCP or TLS once its request's connection is gone (RFC
-    3261 §18.2.2): the address the request came from (its ``received``) and the port of
-    the top Via's sent-by, or the transport's default port when the Via names none."""
-    default = 5061 if flow.transport == "tls" else 5060
-    try:
-        port = _own_message(data).top_via.port or default
-    except SipError:  # our own response: never malformed, but never worse than before
-        log.debug("no Via port in a response to resend: %s:%d kept", flow.host, flow.port)
-        return Flow(flow.transport, flow.local, flow.host, flow.port)
-    return Flow(flow.transport, flow.local, flow.host, port)
-
-
-def next_hop_port(req: Request, transport: str) -> int:
-    """The port where the peer of an in-dialog request listens: its first ``Route``'s, or
-    else its Request-URI's (the peer's Contact), or the transport's default (RFC 3261
-    §12.2.1.1; sipguard sends the whole route set as ``Route``, strict router or not)."""
-    routes = req.name_addrs("route")
-    uri = routes[0].uri if routes else req.request_uri
-    return uri.host_port(5061 if transport == "tls" else 5060)[1]
-
-
-def request_flow(flow: Flow, data: bytes) -> Flow:
-    """Where an in-dialog request goes over TCP or TLS once the dialog's connection is
-    gone: the peer's address as before (symmetric, as the dialog was set up) and the port
-    where it listens (:func:`next_hop_port`, RFC 3261 §18.1.1)."""
-    try:
-        msg = _own_message(data)
-        if not isinstance(msg, Request):
-            raise SipError("not a request")
-        port = next_hop_port(msg, flow.transport)
-    except SipError:  # our own request: never malformed, but never worse than before
-        log.debug("no next hop in a request to resend: %s:%d kept", flow.host, flow.port)
-        return Flow(flow.transport, flow.local, flow.host, flow.port)
-    return Flow(flow.transport, flow.local, flow.host, port)
-
-
 # the guard collects when the objects tracked by the cyclic collector have grown by this
 # many more than the calls and transactions alive account for (GC_OBJECTS_PER_ITEM each:
 # about 27 per call in progress, 9 per transaction kept for 64*T1, measured)
 GC_GUARD_OBJECTS = 1_000_000
 GC_OBJECTS_PER_ITEM = 64
-OVERLOAD_LOG_S = 10.0  # at most one overload log line this often
+LIMIT_LOG_S = 10.0  # at most one log line this often about connections refused or closed
 
 
 # Above this many messages per second the driver sends once per loop iteration (bursts:
@@ -238,11 +202,21 @@ class Driver:
         self.stopping = asyncio.Event()
         self._exported: dict[str, dict[str, int]] = {}
         self._exported_rtx = 0
-        self._overload_logged_at = float("-inf")  # on the loop's clock
-        self._shed_logged = 0  # Shedder.shed at the last overload log line
-        self._overloaded = False  # an overload was logged, and its end not yet
-        self._queue_peak = 0  # the largest reading since the last overload log line
+        self.overload_log = OverloadLog()
         self._client_contexts: dict[tuple[int, bool], ssl.SSLContext] = {}
+        # TCP/TLS: the connection limits (the total capped by the descriptors at start),
+        # the connections that owe a message head, and how often refusals are said
+        limits = config.limits
+        self.limits = ConnectionLimits(limits.tcp_max_connections, limits.tcp_max_per_source)
+        self.heads = HeadDeadlines()
+        self._refusal_log = Throttle(LIMIT_LOG_S)
+        self._timeout_log = Throttle(LIMIT_LOG_S)
+        open_conns = Gauge(
+            "sipguard_tcp_connections",
+            "TCP/TLS connections open (accepted, and opened by sipguard)",
+            registry=metrics.registry,
+        )
+        open_conns.set_function(lambda: float(self.limits.open))
 
     # -- input -----------------------------------------------------------------------------
 
@@ -319,32 +293,20 @@ class Driver:
         conn = self.conns.get(flow.conn) if flow.conn else None
         if conn is None or conn.closed:
             if flow.conn:
-                # the connection this flow named has closed: a response goes to the port
-                # of the top Via's sent-by (RFC 3261 §18.2.2), a request to its next
-                # hop's port, where the peer listens, never to the closed connection's
-                # ephemeral port
-                if data.startswith(b"SIP/2.0 "):
-                    flow = response_flow(flow, data)
-                else:
-                    flow = request_flow(flow, data)
+                # the connection this flow named has closed: to where the peer listens,
+                # never to the closed connection's ephemeral port (RFC 3261 §18)
+                flow = reroute(flow, data)
             conn = self.conn_by_addr.get((flow.transport, flow.host, flow.port))
-            if conn is not None and flow.transport == "tls" and not self._proves(conn, flow):
+            if conn is not None and flow.transport == "tls" and not self._may_carry(conn, flow):
                 conn = None  # a connection found by address, but not the trunk's peer
         if conn is None or conn.closed:
             conn = self.connect(flow)
         conn.send(data)
 
-    def _proves(self, conn: StreamConnection, flow: Flow) -> bool:
-        """May a TLS connection found by ``flow``'s address carry it? Where the next hop
-        must hold a trunk's ``tls_name``: only a connection that checks it (opened by us
-        for that name) or whose verified certificate holds it (RFC 5923 §6: reuse only
-        once the certificate has proved the name)."""
+    def _may_carry(self, conn: StreamConnection, flow: Flow) -> bool:
+        """May a TLS connection found by ``flow``'s address carry it (:func:`may_carry`)?"""
         expected = self.tls_name_for(flow.local, flow.host, flow.port)
-        if expected is None:
-            return True
-        if conn.index != flow.local:  # verified against another entry's CAs
-            return False
-        return conn.expect_name == expected or name_matches(expected, conn.names)
+        return may_carry(expected, flow.local, conn.index, conn.expect_name, conn.names)
 
     # -- stream connections ----------------------------------------------------------------
 
@@ -356,22 +318,117 @@ class Driver:
         self.conns[conn.id] = conn
         self.conn_by_addr[(conn.transport, conn.host, conn.port)] = conn
 
+    def tls_name_failed(self) -> None:
+        self.metrics.tls_name_failures.inc()
+
     def connection_up(self, conn: StreamConnection) -> None:
-        """``conn`` is open (a TLS one with its certificate checked): the core learns it."""
+        """``conn`` is open (a TLS one with its certificate checked): the core learns it
+        (an accepted one is registered now, one we opened was when we opened it)."""
+        if conn.id not in self.conns:
+            self.register(conn)
         self.core.connection_up(conn.id, conn.names)
 
     def unregister(self, conn: StreamConnection) -> None:
+        """``conn`` is closed or was never set up: forgotten, and its slot let go."""
         self.conns.pop(conn.id, None)
         self.core.connection_down(conn.id)
         key = (conn.transport, conn.host, conn.port)
         if self.conn_by_addr.get(key) is conn:
             del self.conn_by_addr[key]
+        if conn.owes_head:
+            conn.owes_head = False
+            self.heads.stop(conn.id)
+        if conn.counted:
+            conn.counted = False
+            self.limits.closed(conn.source)
 
     def connect(self, flow: Flow) -> StreamConnection:
         conn = StreamConnection(self, flow.transport, flow.local, flow.host, flow.port)
+        conn.counted = True  # counted in the total, never refused (a call's target)
+        self.limits.opened()
         self.register(conn)
         conn.start_connect()
         return conn
+
+    def framing_error(self) -> None:
+        """A stream broke framing and was closed: counted as a parse error."""
+        self.metrics.parse_errors.inc()
+
+    def admit_connection(self, index: int, host: str) -> bool:
+        """Take a connection accepted on listen entry ``index`` from ``host``, or refuse
+        it (then it is closed at once), counted and said at most once per
+        :data:`LIMIT_LOG_S`. A source that matches a trunk may use every slot."""
+        try:
+            known = self.core.trunk_of_source(index, host) is not None
+        except ValueError:
+            known = False
+        reason = self.limits.admit(host, known)
+        if reason is None:
+            return True
+        self.metrics.inc(self.metrics.rejected, reason)
+        n = self._refusal_log.event(self.loop.time())
+        if n:
+            log.warning(
+                "TCP/TLS connection limit: %d connections refused (%s; %d open, at most %d, "
+                "%d per source)",
+                n,
+                reason,
+                self.limits.open,
+                self.limits.cap,
+                self.limits.per_source,
+            )
+        return False
+
+    def close_late_heads(self) -> int:
+        """Close the connections that owe a message head longer than
+        ``sip.tcp_header_timeout`` (a header trickled, or nothing sent since the accept)."""
+        now = self.loop.time()
+        closed = 0
+        for conn_id in self.heads.expired(now, self.config.sip.tcp_header_timeout):
+            conn = self.conns.get(conn_id)
+            if conn is None:
+                continue
+            conn.owes_head = False
+            if conn.closed:
+                continue
+            conn.close()
+            closed += 1
+            self.metrics.inc(self.metrics.rejected, HEADER_TIMEOUT)
+            n = self._timeout_log.event(now)
+            if n:
+                log.info(
+                    "%d TCP/TLS connections closed: no whole message head within %gs",
+                    n,
+                    self.config.sip.tcp_header_timeout,
+                )
+        return closed
+
+    def apply_limits(self) -> None:
+        """Size the connection limits to the configuration and the descriptors: the soft
+        ``RLIMIT_NOFILE`` is raised towards what the limits need, as far as the hard
+        limit allows, with a warning where it stays short (fewer connections then)."""
+        limits = self.config.limits
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        plan = descriptor_plan(soft, hard, limits.tcp_max_connections)
+        if plan.soft != soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (plan.soft, hard))
+            except (ValueError, OSError) as exc:
+                log.warning("cannot raise the descriptor limit to %d: %s", plan.soft, exc)
+                plan = descriptor_plan(soft, soft, limits.tcp_max_connections)
+            else:
+                log.info("descriptor limit (RLIMIT_NOFILE) raised from %d to %d", soft, plan.soft)
+        if plan.short:
+            log.warning(
+                "descriptor limit (RLIMIT_NOFILE) %d is below the %d that "
+                "limits.tcp_max_connections (%d) and a reserve need: at most %d TCP/TLS "
+                "connections",
+                plan.soft,
+                plan.wanted,
+                limits.tcp_max_connections,
+                plan.cap,
+            )
+        self.limits.configure(plan.cap, limits.tcp_max_per_source)
 
     def close_idle(self) -> int:
         """Close TCP/TLS connections idle for ``tcp_idle_timeout`` that no call uses."""
@@ -396,6 +453,18 @@ class Driver:
                 self.close_idle()
             except Exception:
                 log.exception("internal error in the connection sweep")
+
+    async def head_sweep(self) -> None:
+        """Close late message heads, looked for a few times per ``tcp_header_timeout``
+        (so a connection is closed within a fifth of it, at most 1 s, after its deadline)."""
+        while True:
+            await asyncio.sleep(min(1.0, max(0.05, self.config.sip.tcp_header_timeout / 5)))
+            if not self.heads:
+                continue
+            try:
+                self.close_late_heads()
+            except Exception:
+                log.exception("internal error closing late message heads")
 
     async def lag_probe(self, interval: float = 0.05) -> None:
         """Measure how late the loop wakes a sleeper: the longest pause, for the metrics."""
@@ -460,29 +529,11 @@ class Driver:
         shedder.update(queued, self.overload_threshold(smallest))
         self.metrics.receive_queue.set(queued)
         self.metrics.admitted_ratio.set(shedder.admitted)
-        self._queue_peak = max(self._queue_peak, queued)
-        # one line at the first call shed, then at most one per OVERLOAD_LOG_S while
-        # calls are shed, and one when none has been for that long
-        now = self.loop.time()
-        if now - self._overload_logged_at < OVERLOAD_LOG_S:
-            return
-        if shedder.shed != self._shed_logged:
-            log.warning(
-                "overload: %d new calls shed (%d since start); up to %d KiB waited in the "
-                "receive queues, %.0f%% of new calls admitted now",
-                shedder.shed - self._shed_logged,
-                shedder.shed,
-                self._queue_peak // 1024,
-                shedder.admitted * 100,
-            )
-            self._shed_logged = shedder.shed
-            self._overload_logged_at = now
-            self._queue_peak = queued
-            self._overloaded = True
-        elif self._overloaded and not shedder.shedding:
-            log.warning("overload over: every new call admitted again")
-            self._overload_logged_at = now
-            self._overloaded = False
+        line = self.overload_log.reading(
+            self.loop.time(), queued, shedder.shed, shedder.shedding, shedder.admitted
+        )
+        if line is not None:
+            log.warning("%s", line)
 
     def tls_name_for(self, index: int, host: str, port: int) -> str | None:
         """The ``tls_name`` a TLS connection from listen entry ``index`` to ``host:port``
@@ -495,7 +546,7 @@ class Driver:
             trunk = self.core.trunk_of_source(index, host)  # kept by the core, per source
         except ValueError:
             return None
-        return trunk.tls_name if trunk is not None else None
+        return expected_name(None, trunk)
 
     def client_context(self, index: int, by_name: bool) -> ssl.SSLContext:
         """The TLS context of connections opened from listen entry ``index``: the server's
@@ -523,13 +574,9 @@ class Driver:
         now = self.loop.time()
         for tx in list(self.core.layer.client.values()):
             f = tx.flow
-            if f.transport != conn.transport or f.host != conn.host:
-                continue
-            port = f.port
-            if f.conn and f.conn not in self.conns:  # its connection is gone: redirected
-                with contextlib.suppress(SipError):
-                    port = next_hop_port(tx.request, f.transport)
-            if port == conn.port:
+            if fails_with(
+                f, tx.request, conn.transport, conn.host, conn.port, f.conn in self.conns
+            ):
                 tx.fail(now)
         self.flush()
 
@@ -553,6 +600,7 @@ class Driver:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.apply_limits()  # before the first socket: the descriptors it may use
         for i, listen in enumerate(self.config.listen):
             if listen.transport == "udp":
                 self.udp[i] = await UdpEndpoint.create(self, i, listen.address, listen.port)
@@ -627,10 +675,17 @@ async def serve(config_path: str, config: Config) -> int:
 
     dns_task = start_dns(config)
     sweep_task = loop_create(driver.sweep())
+    head_task = loop_create(driver.head_sweep())
     lag_task = loop_create(driver.lag_probe())
     httpd: MetricsServer | None = None
     if config.metrics is not None:
-        httpd = MetricsServer(metrics, driver)
+
+        def metrics_body() -> bytes:
+            driver.export_stats()
+            metrics.ready.set(0 if driver.core.draining else 1)
+            return generate_latest(metrics.registry)
+
+        httpd = MetricsServer(metrics_body, lambda: not driver.core.draining)
         await httpd.start(config.metrics.address, config.metrics.port)
     loop = asyncio.get_running_loop()
 
@@ -654,6 +709,7 @@ async def serve(config_path: str, config: Config) -> int:
         nonlocal dns_task
         driver.config = new
         driver.core.reload(new)
+        driver.apply_limits()
         dns_task.cancel()
         resolver.reconfigure(new.dns)
         dns_task = start_dns(new)
@@ -682,6 +738,7 @@ async def serve(config_path: str, config: Config) -> int:
         await asyncio.sleep(0.2)  # let the BYEs go out
     dns_task.cancel()
     sweep_task.cancel()
+    head_task.cancel()
     lag_task.cancel()
     driver.flush()  # what the last messages made (a flush may still be queued)
     driver.close()

@@ -1,28 +1,31 @@
 """UDP, TCP and TLS transports on the running loop (uvloop in production).
 
-Each received datagram or framed stream message goes to :meth:`Driver.feed` with the
-:class:`Flow` it came on; the driver sends through :meth:`UdpEndpoint.send` and
-:meth:`StreamConnection.send`. A stream that breaks framing is closed (RFC 3261 §18.3).
+Each received datagram or framed stream message goes to :meth:`Host.feed` with the
+:class:`Flow` it came on; the host (the driver) sends through :meth:`UdpEndpoint.send`
+and :meth:`StreamConnection.send`. A stream that breaks framing is closed (RFC 3261
+§18.3). A listener accepts connections itself, so that the host can refuse one at once,
+before a TLS handshake (:meth:`Host.admit_connection`); a connection that owes a message
+head is tracked in :attr:`Host.heads` for the host to close when it is late.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
 import sys
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
-from sipguard.config.model import Listen
+from sipguard.config.model import Config, Listen
+from sipguard.net.limits import HeadDeadlines
+from sipguard.net.tlspeer import proves, server_name
 from sipguard.sip.errors import SipError
 from sipguard.sip.framer import StreamFramer
-from sipguard.sip.tlsnames import certificate_names, name_matches
+from sipguard.sip.tlsnames import certificate_names
 from sipguard.sip.transaction import Flow
-
-if TYPE_CHECKING:
-    from sipguard.net.server import Driver
 
 log = logging.getLogger("sipguard.net")
 
@@ -33,10 +36,58 @@ UDP_BUFFER = 8 * 1024 * 1024
 SO_MEMINFO = 55
 _MEMINFO_SIZE = 9 * 4
 MAX_STREAM_BACKLOG = 4 * 1024 * 1024
+LISTEN_BACKLOG = 1024
+# accept() failing for want of descriptors or memory: wait this long before the next try
+ACCEPT_RETRY_S = 0.1
+_ACCEPT_STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Host(Protocol):
+    """What the transports need of the driver that owns them."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def heads(self) -> HeadDeadlines: ...
+
+    def feed(self, data: bytes, flow: Flow) -> None:
+        """A datagram or one framed stream message arrived on ``flow``."""
+
+    def flush(self) -> None:
+        """Send what the messages fed so far made (before a connection closes)."""
+
+    def framing_error(self) -> None:
+        """A stream broke framing and is closed: count it."""
+
+    def new_conn_id(self) -> int: ...
+
+    def admit_connection(self, index: int, host: str) -> bool:
+        """Whether to take a connection accepted on listen entry ``index`` from ``host``
+        (False: it is closed at once); a connection taken is counted until
+        :meth:`unregister`."""
+
+    def connection_up(self, conn: StreamConnection) -> None:
+        """``conn`` is open (a TLS one with its certificate checked)."""
+
+    def tls_name_failed(self) -> None:
+        """A TLS peer we connected to failed verification or did not prove its name."""
+
+    def unregister(self, conn: StreamConnection) -> None:
+        """``conn`` is closed, or never opened: forget it (called once or more)."""
+
+    def connection_failed(self, conn: StreamConnection) -> None:
+        """A connection we opened could not be made, or is not the peer it must be."""
+
+    def tls_name_for(self, index: int, host: str, port: int) -> str | None:
+        """The name a TLS server at ``host:port`` must prove, or None."""
+
+    def client_context(self, index: int, by_name: bool) -> ssl.SSLContext:
+        """The TLS context of connections opened from listen entry ``index``."""
 
 
 class UdpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, driver: Driver, index: int) -> None:
+    def __init__(self, driver: Host, index: int) -> None:
         self.driver = driver
         self.index = index
         self.transport: asyncio.DatagramTransport | None = None
@@ -44,7 +95,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._flows: dict[tuple[str, int], Flow] = {}
 
     @classmethod
-    async def create(cls, driver: Driver, index: int, address: str, port: int) -> UdpEndpoint:
+    async def create(cls, driver: Host, index: int, address: str, port: int) -> UdpEndpoint:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
@@ -103,55 +154,56 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 class StreamConnection(asyncio.Protocol):
     """One TCP or TLS connection, accepted or opened by us."""
 
-    def __init__(
-        self, driver: Driver, transport_name: str, index: int, host: str, port: int
-    ) -> None:
+    def __init__(self, driver: Host, transport_name: str, index: int, host: str, port: int) -> None:
         self.driver = driver
         self.transport = transport_name
         self.index = index
         self.host = host
         self.port = port
         self.id = driver.new_conn_id()
+        self.loop = asyncio.get_running_loop()
         self.framer = StreamFramer(driver.config.sip.max_message_bytes)
         self.stream: asyncio.Transport | None = None
         self.pending: list[bytes] = []
         self.closed = False
         self.flow = Flow(transport_name, index, host, port, self.id)
         self.connecting: asyncio.Task[None] | None = None
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self.loop.time()
         self.names: frozenset[str] = frozenset()  # TLS: what the peer's certificate proves
         self.expect_name: str | None = None  # TLS, opened by us: the trunk's tls_name
+        # counted by the host's connection limits: accepted from this source address
+        # (counted at accept), or opened by us (counted with None); False once let go
+        self.counted = False
+        self.source: str | None = None
+        self.owes_head = False  # tracked in host.heads: a message head is due
 
     def start_connect(self) -> None:
-        loop = asyncio.get_running_loop()
         ctx: ssl.SSLContext | None = None
-        server_name: str | None = None
+        sni: str | None = None
         if self.transport == "tls":
             self.expect_name = self.driver.tls_name_for(self.index, self.host, self.port)
             # with a name expected, the certificate must hold it, checked once connected
             # (a "*." name is no host name for the TLS library to check)
             ctx = self.driver.client_context(self.index, self.expect_name is not None)
-            if self.expect_name is not None and not self.expect_name.startswith("*."):
-                server_name = self.expect_name  # SNI
-        self.connecting = loop.create_task(self._connect(ctx, server_name))
+            sni = server_name(self.expect_name)
+        self.connecting = self.loop.create_task(self._connect(ctx, sni))
 
-    async def _connect(self, ctx: ssl.SSLContext | None, server_name: str | None) -> None:
-        loop = asyncio.get_running_loop()
+    async def _connect(self, ctx: ssl.SSLContext | None, sni: str | None) -> None:
         try:
             await asyncio.wait_for(
-                loop.create_connection(
+                self.loop.create_connection(
                     lambda: self,
                     self.host,
                     self.port,
                     ssl=ctx,
-                    server_hostname=server_name if ctx is not None else None,
+                    server_hostname=sni if ctx is not None else None,
                 ),
                 5.0,
             )
         except (TimeoutError, OSError) as exc:
             log.info("cannot connect to %s %s:%d: %s", self.transport, self.host, self.port, exc)
             if isinstance(exc, ssl.SSLCertVerificationError):
-                self.driver.metrics.tls_name_failures.inc()
+                self.driver.tls_name_failed()
             self.closed = True
             self.driver.unregister(self)
             self.driver.connection_failed(self)
@@ -160,8 +212,8 @@ class StreamConnection(asyncio.Protocol):
         self.stream = transport  # type: ignore[assignment]
         if self.transport == "tls":
             self.names = certificate_names(transport.get_extra_info("peercert"))
-            if self.expect_name is not None and not name_matches(self.expect_name, self.names):
-                self.driver.metrics.tls_name_failures.inc()
+            if not proves(self.expect_name, self.names):
+                self.driver.tls_name_failed()
                 log.warning(
                     "TLS peer %s:%d is not %s: its certificate holds %s; closing",
                     self.host,
@@ -190,12 +242,21 @@ class StreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:  # closed by us (a certificate without the name): read nothing
             return
-        self.last_active = self.driver.loop.time()
+        self.last_active = now = self.loop.time()
         try:
             messages = self.framer.feed(data)
         except SipError as exc:
             self._framing_error(exc)
             return
+        # a message head is due from the first byte of a message left incomplete (or,
+        # since the accept, until the first message): see sip.tcp_header_timeout
+        if self.framer.buffered:
+            if messages or not self.owes_head:
+                self.owes_head = True
+                self.driver.heads.start(self.id, now)
+        elif messages and self.owes_head:
+            self.owes_head = False
+            self.driver.heads.stop(self.id)
         if self.framer.pings:
             self.framer.pings = 0
             self.send(b"\r\n")  # RFC 5626 §4.4.1 pong
@@ -214,8 +275,7 @@ class StreamConnection(asyncio.Protocol):
         # first (the driver sends once per loop iteration; closed, it would connect anew)
         self.driver.flush()
         log.info("closing %s connection from %s: %s", self.transport, self.host, exc.reason)
-        self.driver.core.parse_errors += 1
-        self.driver.metrics.parse_errors.inc()
+        self.driver.framing_error()
         self.close()
 
     def send(self, data: bytes) -> None:
@@ -224,7 +284,7 @@ class StreamConnection(asyncio.Protocol):
         if self.stream is None:
             self.pending.append(data)
             return
-        self.last_active = self.driver.loop.time()
+        self.last_active = self.loop.time()
         if self.stream.get_write_buffer_size() > MAX_STREAM_BACKLOG:
             log.warning("peer %s is not reading; closing the connection", self.host)
             self.close()
@@ -245,12 +305,22 @@ class StreamConnection(asyncio.Protocol):
 
 
 class TcpListener:
-    def __init__(self, server: asyncio.AbstractServer) -> None:
-        self.server = server
+    """A listening TCP socket that accepts connections itself: each is counted against
+    the host's limits (or closed at once) before its TLS handshake, which has a deadline
+    (``sip.tcp_header_timeout``)."""
+
+    def __init__(
+        self, driver: Host, index: int, sock: socket.socket, ctx: ssl.SSLContext | None
+    ) -> None:
+        self.driver = driver
+        self.index = index
+        self.sock = sock
+        self.ctx = ctx
+        self.task: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(
-        cls, driver: Driver, index: int, listen: Listen, tls: bool = False
+        cls, driver: Host, index: int, listen: Listen, tls: bool = False
     ) -> TcpListener:
         ctx: ssl.SSLContext | None = None
         if tls:
@@ -262,25 +332,93 @@ class TcpListener:
                 # tls_name matches only connections whose certificate holds that name
                 ctx.load_verify_locations(cafile=listen.ca)
                 ctx.verify_mode = ssl.CERT_OPTIONAL
+        listener = cls(driver, index, listening_socket(listen.address, listen.port), ctx)
+        listener.task = asyncio.get_running_loop().create_task(listener._accept_loop())
+        return listener
 
-        def factory() -> StreamConnection:
-            conn = _Accepted(driver, "tls" if tls else "tcp", index, "", 0)
-            return conn
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, addr = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                if self.sock.fileno() < 0:
+                    return  # closed
+                if exc.errno in _ACCEPT_STARVED:
+                    log.debug("cannot accept a connection now: %s", exc)
+                else:
+                    log.warning("cannot accept a connection: %s", exc)
+                await asyncio.sleep(ACCEPT_RETRY_S)
+                continue
+            try:
+                self._accepted(loop, sock, addr)
+            except Exception:  # the listener must go on accepting
+                log.exception("internal error accepting a connection")
+                sock.close()
 
-        server = await asyncio.get_running_loop().create_server(
-            factory, listen.address, listen.port, ssl=ctx, reuse_address=True, backlog=1024
+    def _accepted(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, addr: tuple[Any, ...]
+    ) -> None:
+        host, port = str(addr[0]), int(addr[1])
+        if not self.driver.admit_connection(self.index, host):
+            sock.close()
+            return
+        conn = _Accepted(
+            self.driver, "tls" if self.ctx is not None else "tcp", self.index, host, port
         )
-        return cls(server)
+        conn.counted, conn.source = True, host
+        conn.connecting = loop.create_task(conn.set_up(sock, self.ctx))
 
     def close(self) -> None:
-        self.server.close()
+        if self.task is not None:
+            self.task.cancel()
+        self.sock.close()
+
+
+def listening_socket(address: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket listening on ``address:port`` (an IP address), as
+    ``loop.create_server`` makes one: address reuse, IPv6 only on an IPv6 address."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.listen(LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _Accepted(StreamConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        if peer:
-            self.host, self.port = peer[0], peer[1]
         self.flow = Flow(self.transport, self.index, self.host, self.port, self.id)
-        self.driver.register(self)
+        # a head is due from now on, until its first message comes whole
+        self.owes_head = True
+        self.driver.heads.start(self.id, self.loop.time())
         super().connection_made(transport)
+
+    async def set_up(self, sock: socket.socket, ctx: ssl.SSLContext | None) -> None:
+        """Make the accepted ``sock`` this connection: over TLS after a handshake within
+        ``sip.tcp_header_timeout``. One that fails or runs out of time is let go."""
+        loop = self.loop
+        made = False
+        try:
+            if ctx is None:
+                await loop.connect_accepted_socket(lambda: self, sock)
+            else:
+                timeout = self.driver.config.sip.tcp_header_timeout
+                await loop.connect_accepted_socket(
+                    lambda: self, sock, ssl=ctx, ssl_handshake_timeout=timeout
+                )
+            made = True
+        except OSError as exc:  # SSL errors, timeouts and resets among them
+            log.debug("%s connection from %s not set up: %r", self.transport, self.host, exc)
+        finally:
+            if not made:  # whatever stopped it (cancelled too): its slot is let go
+                sock.close()
+                self.closed = True
+                self.driver.unregister(self)
