@@ -10,8 +10,10 @@ cd "$(dirname "$0")"
 
 VENV=.venv
 PY="$VENV/bin/python"
-# Debian packages the test suite uses: SIPp, PostgreSQL (CDR sink tests).
-TEST_DEBS="sip-tester postgresql"
+# Debian packages the test suite uses: SIPp, PostgreSQL (CDR sink tests), and for the
+# container image tests (tests/test_docker_image.py, which start dockerd themselves where
+# none runs) Docker, debootstrap (their Debian base) and docker-compose.
+TEST_DEBS="sip-tester postgresql docker.io debootstrap docker-compose"
 
 say() { printf '%s\n' "dev.sh: $*" >&2; }
 
