@@ -10,7 +10,9 @@
   :class:`DockerUnavailableError` with the reason, and the tests skip with it.
 * :func:`ensure_base` makes the Debian bookworm base: ``debootstrap --variant=minbase``
   from the mirror this host's apt uses (read from its apt sources, never written down
-  here), imported with ``docker import``; kept while it is younger than a week.
+  here), imported with ``docker import``; kept while it is younger than a week. Where
+  debootstrap cannot run (not root), Docker Hub's ``debian:bookworm-slim`` if it can be
+  pulled.
 * :func:`build` runs ``docker build`` on the host's network, bounded by a timeout.
 
 Everything is bounded by timeouts; one test run at a time uses the private daemon (a lock
@@ -42,6 +44,7 @@ LOCK = Path("/run/sipguard-tests-docker.lock")
 LOCK_WAIT_S = 480.0
 BASE_IMAGE = "sipguard-base:bookworm"
 BASE_MAX_AGE = dt.timedelta(days=7)
+FALLBACK_BASE = "debian:bookworm-slim"  # Docker Hub's, where debootstrap cannot run
 
 
 class DockerUnavailableError(Exception):
@@ -291,12 +294,22 @@ def ensure_base(docker: Docker, log: list[str]) -> str:
         return BASE_IMAGE
     mirror = apt_mirror()
     debootstrap = shutil.which("debootstrap") or "/usr/sbin/debootstrap"
-    if mirror is None or not os.access(debootstrap, os.X_OK):
-        raise RuntimeError(
-            "cannot make the base image: "
-            + ("no bookworm mirror in /etc/apt" if mirror is None else "no debootstrap")
-            + " (Debian: apt-get install debootstrap)"
+    if mirror is None or not os.access(debootstrap, os.X_OK) or os.geteuid() != 0:
+        why = (
+            "no bookworm mirror in /etc/apt"
+            if mirror is None
+            else "debootstrap needs root"
+            if os.geteuid() != 0
+            else "no debootstrap (Debian: apt-get install debootstrap)"
         )
+        # where Docker Hub is reached, its image does as well
+        pulled = docker.run("pull", FALLBACK_BASE, check=False, timeout=300)
+        if pulled.returncode != 0:
+            raise RuntimeError(
+                f"cannot make the base image: {why}; {FALLBACK_BASE}: {pulled.stderr}"
+            )
+        log.append(f"base {FALLBACK_BASE}: pulled ({why})")
+        return FALLBACK_BASE
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sipguard-base-", dir="/var/tmp") as tmp:
         root = Path(tmp) / "root"

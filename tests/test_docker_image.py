@@ -137,7 +137,10 @@ def write_setup(root: Path, *, drain_seconds: int) -> dict[str, Any]:
     for name in ("config", "var", "report"):
         (root / name).mkdir(parents=True)
     (root / "config" / "sipguard.yaml").write_text(yaml.safe_dump(config))
-    os.chown(root / "var", SIPGUARD_UID, SIPGUARD_UID)  # the image's user writes there
+    if os.geteuid() == 0:  # the image's user writes there
+        os.chown(root / "var", SIPGUARD_UID, SIPGUARD_UID)
+    else:
+        (root / "var").chmod(0o777)
     return {
         "config_dir": root / "config",
         "var": root / "var",
