@@ -236,7 +236,7 @@ def test_compose_loadtest_profile_completes_every_call(kit: Kit, tmp_path: Path)
     summary_path = s["report"] / "summary.json"
     assert summary_path.exists(), f"no load report (exit {up.returncode}):\n{output[-4000:]}"
     summary = json.loads(summary_path.read_text())
-    report = (s["report"] / "summary.md").read_text()
+    report = (s["report"] / "summary.md").read_text("utf-8")
     assert up.returncode == 0 and summary["ok"], f"{report}\n{output[-3000:]}"
     assert "compiled core (mypyc)" in output
     rows = {r["scenario"]: r for r in summary["scenarios"]}
@@ -343,7 +343,7 @@ def test_health_check_turns_healthy_and_docker_stop_drains(kit: Kit, tmp_path: P
 
         # the calls in progress ended as the caller ended them, each with its CDRs
         waited = docker.run("wait", names["caller"], timeout=60).stdout.strip()
-        assert waited == "0", (s["report"] / "summary.md").read_text()
+        assert waited == "0", (s["report"] / "summary.md").read_text("utf-8")
         cdrs = read_cdrs(s["cdr"])
         ends = [r for r in cdrs if r["kind"] == "end"]
         assert len(ends) == 10
