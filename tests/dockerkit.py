@@ -197,6 +197,10 @@ def daemon(workdir: Path) -> Iterator[Docker]:
             yield Docker(env=env, own=True, compose=_compose_command(env), log=log)
         finally:
             _stop(proc)
+            # the network namespace dockerd keeps mounted there outlives it
+            netns = EXEC_ROOT / "exec" / "netns" / "default"
+            if netns.exists():
+                subprocess.run(["umount", str(netns)], capture_output=True, timeout=30, check=False)
 
 
 def _stop_pid(pid: int) -> None:
