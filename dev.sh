@@ -12,8 +12,10 @@ VENV=.venv
 PY="$VENV/bin/python"
 # Debian packages the test suite uses: SIPp, PostgreSQL (CDR sink tests), Prometheus and
 # promtool (docker/prometheus/ checked and run against sipguard), systemd-analyze
-# (deploy/systemd/ verified).
-TEST_DEBS="sip-tester postgresql prometheus systemd"
+# (deploy/systemd/ verified), and for the container image tests (tests/test_docker_image.py,
+# which start dockerd themselves where none runs) Docker, debootstrap (their Debian base)
+# and docker-compose.
+TEST_DEBS="sip-tester postgresql prometheus systemd docker.io debootstrap docker-compose"
 
 say() { printf '%s\n' "dev.sh: $*" >&2; }
 
