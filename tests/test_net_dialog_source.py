@@ -140,14 +140,16 @@ def test_forged_bye_and_reinvite_from_elsewhere_reach_nobody(tmp_path: Path) -> 
         caller.recv_all(0.2)
         callee.recv_all(0.2)
         cseq = 10
-        for forger in forgers:
+        for forger, status in zip(forgers, (403, 481), strict=True):
+            # a source of no trunk gets the 403 of everything it sends; another trunk
+            # the 481 of a request for no dialog
             for data in (
                 call.caller_request("BYE", forger.local, cseq),
                 call.caller_request("INVITE", forger.local, cseq + 1, EVIL_SDP),
                 call.callee_request("BYE", forger.local, cseq + 2),
                 call.callee_request("INVITE", forger.local, cseq + 3, EVIL_SDP),
             ):
-                assert final(forger, data, setup) == 481, (data, sg.log_tail())
+                assert final(forger, data, setup) == status, (data, sg.log_tail())
             cseq += 10
         # nothing reached either peer; the call is up; every forgery was counted
         assert requests_in(caller.recv_all(0.5)) == []

@@ -33,7 +33,7 @@ from sipguard.metrics import Metrics
 from testkit.sipp import (
     SIPGUARD_IP,
     Sipguard,
-    _child_setup,
+    child_setup,
     free_port,
     running,
     sipp_available,
@@ -178,7 +178,7 @@ class Prometheus:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_child_setup(None),  # noqa: PLW1509 - dies with the test
+                preexec_fn=child_setup(None),  # noqa: PLW1509 - dies with the test
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -247,7 +247,14 @@ def test_prometheus_evaluates_every_panel_and_alert_against_sipguard_under_load(
     tmp_path: Path,
 ) -> None:
     # an emergency capacity of 2: the 112 calls held 2 s at 10/s are partly refused
-    setup = write_config(tmp_path, overrides={"limits": {"emergency_max_calls": 2}})
+    setup = write_config(
+        tmp_path,
+        overrides={
+            "limits": {"emergency_max_calls": 2},
+            # the trunk may take the whole reserve: the global limit is what refuses here
+            "trunks": {"customers": {"limits": {"emergency_max_calls": 2, "emergency_cps": 100}}},
+        },
+    )
     sipguard = Sipguard(setup)
     prom = Prometheus(
         tmp_path / "prometheus", f"{SIPGUARD_IP}:{setup.metrics_port}", PROM_DIR / "alerts.yml"

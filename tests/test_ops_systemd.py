@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from sipguard.config.model import Config
+from testkit import sipp as sipp_harness
 from testkit.sipp import Sipguard, running, sipp_available, uac, uas, write_config
-from tests import sipp_harness
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "systemd"

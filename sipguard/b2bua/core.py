@@ -244,14 +244,13 @@ class B2BUA:
         otherwise ``403`` to a request, statelessly and with nothing about sipguard in it
         (no ``Allow``, no ``Server``), and nothing to an ACK or a response."""
         if isinstance(msg, Response):
-            self._count_refused("unknown_source")
             return False
         if msg.to.tag is not None:
             found = self._leg((msg.call_id, msg.to.tag))
             if found is not None and self._dialog_source(found, msg, flow):
                 return True
-        self._count_refused("unknown_source")
-        if msg.method != "ACK":
+        if msg.method != "ACK":  # an ACK (of our 403, say) gets nothing and is not counted
+            self._count_refused("unknown_source")
             resp = make_response(msg, 403, to_tag=stateless_tag(msg))
             self.layer.send(flow, resp.to_bytes())
         return False

@@ -117,7 +117,7 @@ def tune_gc() -> None:
     hundreds of thousands of objects, so a full collection takes 0.1 to 0.7 s during which no
     datagram is read (the pauses that made sippy fail, ``SIPP-NOTES.md``), and even the
     young collections take 2 to 50 ms. sipguard makes no reference cycles per call or per
-    message (``tests/test_gc.py``): reference counting frees each object the moment it is
+    message (``tests/test_net_gc.py``): reference counting frees each object the moment it is
     no longer used, and a collection would find nothing. So start-up objects are frozen and
     the automatic collector is turned off; :class:`GcGuard` runs it only if objects
     accumulate all the same (a cycle somewhere), and counts what it found.

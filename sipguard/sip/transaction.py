@@ -110,9 +110,10 @@ class State(Enum):
 
 
 S = State
-# (machine, from, to, event, RFC section). Each machine asserts that every state change it
-# makes is a row here; tests/test_sip_transaction.py checks that every row is exercised and
-# draws docs/transactions.md from this table.
+# (machine, from, to, event, RFC section). Each machine refuses a state change that is no
+# row here (IllegalTransitionError); tests/test_sip_transaction.py records the rows taken,
+# a session hook in tests/conftest.py fails the run if one never is, and
+# docs/transactions.md is drawn from this table.
 TRANSITIONS: tuple[tuple[str, State, State, str, str], ...] = (
     ("ICT", S.CALLING, S.PROCEEDING, "1xx (stop Timers A and B)", "17.1.1.2"),
     ("ICT", S.CALLING, S.ACCEPTED, "2xx", "RFC 6026 7.2"),
