@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testkit.sipp import stop_foreign_pid
+
 DATA_ROOT = Path("/var/lib/sipguard-tests/docker")
 EXEC_ROOT = Path("/run/sgt-docker")  # short: containerd's socket paths must stay short
 SOCKET = EXEC_ROOT / "docker.sock"
@@ -205,17 +207,7 @@ def daemon(workdir: Path) -> Iterator[Docker]:
 
 def _stop_pid(pid: int) -> None:
     """SIGTERM a dockerd this process did not start (a killed run's) by its PID."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    stop_foreign_pid(pid, signal.SIGTERM, step=0.5)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

@@ -26,13 +26,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from testkit.sipp import free_port
+from testkit.sipp import free_port, stop_foreign_pid
 
 _db_numbers = itertools.count(1)
 
@@ -127,17 +126,7 @@ class PgCluster:
         pid = self.pid()
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+        stop_foreign_pid(pid, signal.SIGINT)  # fast shutdown
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         out = subprocess.run(

@@ -127,6 +127,22 @@ def stop_pid(proc: subprocess.Popen[Any], grace: float = 5.0) -> int | None:
         return None
 
 
+def stop_foreign_pid(pid: int, sig: int, grace: float = 30.0, step: float = 0.05) -> None:
+    """Send ``sig`` to a process by its PID (one not started as a child here, so not
+    waitable), wait up to ``grace`` seconds for it to go, then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(step)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 # -- ports ---------------------------------------------------------------------------------
 
 _handed_out: set[int] = set()
