@@ -240,7 +240,9 @@ def test_a_reinvite_from_the_callee_before_the_callers_ack_waits_for_that_ack() 
     assert statuses(w.take_callee()) == [200]
 
 
-def test_a_held_reinvite_gets_481_when_the_call_ends_first() -> None:
+def test_a_held_reinvite_gets_487_when_the_call_ends_first() -> None:
+    """RFC 3261 §15.1.2: a re-INVITE held for the caller's ACK is pending in the dialog
+    that the BYE ends, so it is answered 487 like one already relayed."""
     w = Wire()
     b_inv = start_call(w, 1)
     w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
@@ -250,8 +252,9 @@ def test_a_held_reinvite_gets_481_when_the_call_ends_first() -> None:
     w.take_callee()
     w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-bye"))
     to_callee = w.take_callee()
-    assert [r.status for r in responses(to_callee)] == [481]
+    assert [r.status for r in responses(to_callee)] == [487]
     assert len(requests(to_callee, "BYE")) == 1
+    assert requests(w.take_caller(), "INVITE") == []  # never relayed
 
 
 def test_a_bye_crossing_a_relayed_reinvite_answers_it_487_and_drops_the_late_200() -> None:

@@ -323,7 +323,9 @@ PAIRS: list[Pair] = [
         # callee's BYE, the 200 is relayed (and must be ACKed by the callee); after it, the
         # re-INVITE gets 487 (§15.1.2). Both are right, and a SIPp scenario cannot take
         # both, so only the caller side, the CDR and the log are checked here; the 487
-        # path is tested deterministically in tests/test_b2bua_calls.py
+        # path is tested deterministically in tests/test_b2bua_in_dialog.py. The callee
+        # waits 300 ms after the ACK, so that the caller's ACK is in: a re-INVITE before
+        # it is held (§14.1), and the BYE then ends the call before it is relayed
         uas_must_pass=False,
     ),
     Pair(

@@ -271,4 +271,4 @@ class Dialogs:
             relay.inbound.respond(make_response(relay.inbound.request, 487), now)
         held, self.held = self.held, None
         if held is not None:
-            held[2].respond(make_response(held[1], 481), now)  # the dialog is gone
+            held[2].respond(make_response(held[1], 487), now)  # pending too: §15.1.2
