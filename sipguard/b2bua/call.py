@@ -442,6 +442,12 @@ class Call:
             b.send(b.request("BYE", extra), IGNORE, now)
         self.finish(now, reason, status)
 
+    def abort(self, now: float) -> None:
+        """Our own bug hit this call: end it, never left half-done holding its slot."""
+        if self.state != ENDED:
+            reason = "shutdown" if self.state == ANSWERED else "rejected"
+            self.hangup(True, now, reason=reason, status=self.status or 500, to_a=True)
+
     def finish(self, now: float, end_reason: str, status: int) -> None:
         if self.state == ENDED:
             return

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 
 from sipguard.b2bua.admission import Admitted, Capacity, MergeKey, Refused, admit, merge_key
-from sipguard.b2bua.call import ANSWERED, ENDED, Call
+from sipguard.b2bua.call import ENDED, Call
+from sipguard.b2bua.gate import METERED, STRANGER, Gate
 from sipguard.b2bua.host import (
     ALLOW,
     SUPPORTED,
@@ -32,13 +33,12 @@ from sipguard.b2bua.host import (
 from sipguard.b2bua.leg import Leg, LocalAddresses
 from sipguard.b2bua.outgoing import Challenges
 from sipguard.b2bua.overload import Shedder
-from sipguard.b2bua.peers import EveryFew, Peers, Strangers
+from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.records import Records
 from sipguard.b2bua.routing import Prober, Router
 from sipguard.cdr.record import make_call_id, new_instance_tag
 from sipguard.config.model import Config, Trunk
 from sipguard.metrics import Metrics
-from sipguard.policy.numbers import mask
 from sipguard.sip.errors import SipError
 from sipguard.sip.message import Limits, Request, Response, attach_response, parse_message
 from sipguard.sip.transaction import (
@@ -56,11 +56,6 @@ log = logging.getLogger("sipguard.b2bua")
 
 # option-tag lists a call reads: parsed on arrival, so a malformed one is a 400 at once
 _TOKEN_HEADERS = ("supported", "require", "allow")
-KNOWN_KINDS = frozenset(
-    ALLOW.replace(" ", "").split(",")
-    + ["REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER"]
-    + [f"{c}xx" for c in range(1, 7)]
-)
 
 
 class B2BUA:
@@ -90,12 +85,11 @@ class B2BUA:
         self.invites: dict[MergeKey, Call] = {}
         self.challenges = Challenges()
         self.peers = Peers(config)
-        self.strangers = Strangers()
-        self._attack_log = EveryFew(10.0)  # the emergency-flood warning, per trunk
+        self.gate = Gate(self.peers)  # every message accounted to its source, unread
         self.draining = False
         self.accepting = True  # False while the CDR spool is full (refuse non-emergency)
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
-        self.stats_in: dict[str, int] = {}
+        self.stats_in = self.records.stats_in
         self.stats_out: dict[str, int] = {}
         self.parse_errors = 0
         self.addresses = LocalAddresses(config)
@@ -176,10 +170,13 @@ class B2BUA:
             self._settle()
 
     def _receive(self, data: bytes, flow: Flow, now: float) -> None:
-        stranger = self._stranger(flow)
-        if stranger and not self.strangers.answer(flow.host, now, self._budget):
-            self._count_refused("unknown_source_silenced")  # read no further
+        door = self.gate.enter(
+            flow, now, self.config.limits, self.router.target_hosts(), self.shedder.admitted
+        )
+        if door >= METERED:  # read no further
+            self._count_refused("source_messages" if door == METERED else "unknown_source_silenced")
             return
+        stranger = door == STRANGER
         msg: Request | Response | None = None
         try:
             msg = parse_message(data, datagram=not flow.reliable, limits=self.parse_limits)
@@ -208,35 +205,21 @@ class B2BUA:
             return
         try:
             if isinstance(msg, Request):
-                self._count_in(msg.method)
+                self.records.message_in(msg.method)
                 self.layer.receive_request(msg, flow, now)
             else:
-                self._count_in(str(msg.status // 100) + "xx")
+                self.records.message_in(str(msg.status // 100) + "xx")
                 self.layer.receive_response(msg, flow, now)
         except SipError as exc:
             # a header read later turned out malformed: answer it if we can, never crash
             self.parse_error()
             if isinstance(msg, Request) and msg.method != "ACK":
-                resp = make_response(msg, exc.status or 400)
-                tx = self._server_tx(msg, flow)
-                if tx is not None and tx.last_status < 200:
-                    # answered through its transaction, which then ends (Timer J/H):
-                    # never left in the table, without a final response, for ever
-                    tx.respond(resp, now)
-                elif tx is None:
-                    self.layer.send(flow, resp.to_bytes())
+                self._answer(msg, flow, make_response(msg, exc.status or 400), now)
         except Exception:
             # our bug, not the peer's: the message is answered 500 where it can be, and the
             # call it belongs to is ended, never left half-done holding its slot for ever
             log.exception("internal error handling a message; its call is ended")
             self._end_after_error(msg, flow, now)
-
-    def _stranger(self, flow: Flow) -> bool:
-        """A source that matches no trunk and is no trunk's target (SPEC §2, §8)."""
-        return (
-            self.peers.trunk_of(flow.local, flow.host) is None
-            and flow.host not in self.router.target_hosts()
-        )
 
     def _from_stranger(self, msg: Request | Response, flow: Flow, now: float) -> bool:
         """A message from a stranger: go on only with a request of a dialog whose leg was
@@ -245,10 +228,8 @@ class B2BUA:
         (no ``Allow``, no ``Server``), and nothing to an ACK or a response."""
         if isinstance(msg, Response):
             return False
-        if msg.to.tag is not None:
-            found = self._leg((msg.call_id, msg.to.tag))
-            if found is not None and self._dialog_source(found, msg, flow):
-                return True
+        if msg.to.tag is not None and self._in_dialog(msg, flow) is not None:
+            return True
         if msg.method != "ACK":  # an ACK (of our 403, say) gets nothing and is not counted
             self._count_refused("unknown_source")
             resp = make_response(msg, 403, to_tag=stateless_tag(msg))
@@ -258,10 +239,6 @@ class B2BUA:
     def _count_refused(self, label: str) -> None:
         if self.metrics is not None:
             self.metrics.inc(self.metrics.rejected, label)
-
-    @property
-    def _budget(self) -> int:
-        return self.config.limits.unknown_source_budget
 
     def parse_error(self) -> None:
         """A malformed message, or one the driver could not frame (a broken stream)."""
@@ -295,9 +272,8 @@ class B2BUA:
     def _end_after_error(self, msg: Request | Response, flow: Flow, now: float) -> None:
         try:
             calls: set[Call] = set()
-            call_id = msg.call_id
             for tag in (msg.from_.tag, msg.to.tag):
-                leg = self._leg((call_id, tag or ""))
+                leg = self._leg((msg.call_id, tag or ""))
                 if leg is not None and self.peers.from_peer(
                     leg[0].trunk_of(leg[1]), leg[1].flow, flow
                 ):
@@ -307,38 +283,26 @@ class B2BUA:
                 if found is not None:
                     calls.add(found)
             for call in calls:
-                if call.state != ENDED:
-                    answered = call.state == ANSWERED
-                    call.hangup(
-                        True,
-                        now,
-                        reason="shutdown" if answered else "rejected",
-                        status=call.status or 500,
-                        to_a=True,
-                    )
+                call.abort(now)
             if isinstance(msg, Request) and msg.method != "ACK":
                 # after the hang-up, which answers the call's own INVITE with its leg's tag
-                resp = make_response(msg, 500, to_tag=None if msg.to.tag else IDS.next())
-                tx = self._server_tx(msg, flow)
-                if tx is None:
-                    self.layer.send(flow, resp.to_bytes())
-                elif tx.last_status < 200:
-                    tx.respond(resp, now)
+                to_tag = None if msg.to.tag else IDS.next()
+                self._answer(msg, flow, make_response(msg, 500, to_tag=to_tag), now)
         except Exception:
             log.exception("internal error ending a call after an internal error")
 
-    def _server_tx(self, req: Request, flow: Flow) -> ServerTransaction | None:
+    def _answer(self, req: Request, flow: Flow, resp: Response, now: float) -> None:
+        """Answer a request whatever became of it: through its transaction while that has
+        no final response (it then ends, Timer J/H, never left in the table for ever),
+        statelessly where it has none."""
         try:
-            return self.layer.server.get(source_key(req, req.top_via, flow))
+            tx = self.layer.server.get(source_key(req, req.top_via, flow))
         except SipError:
-            return None
-
-    def _count_in(self, kind: str) -> None:
-        # a peer chooses the method token: only known ones become metric labels (a bounded
-        # set that can never carry a number), the rest count as "other"
-        if kind not in KNOWN_KINDS:
-            kind = "other"
-        self.stats_in[kind] = self.stats_in.get(kind, 0) + 1
+            tx = None
+        if tx is None:
+            self.layer.send(flow, resp.to_bytes())
+        elif tx.last_status < 200:
+            tx.respond(resp, now)
 
     # -- the call host: local addresses and ids ----------------------------------------------
 
@@ -367,17 +331,21 @@ class B2BUA:
         leg = call.a if call.a.key() == key else call.b
         return None if leg is None else (call, leg)
 
-    def _dialog_source(self, found: tuple[Call, Leg], req: Request, flow: Flow) -> bool:
-        """Is ``req`` from the peer of the leg it names, and of that leg's dialog? The
-        remote tag is part of the dialog's id (§12.2.2): another fork's, or a forger's,
-        is no request of this dialog."""
+    def _in_dialog(self, req: Request, flow: Flow) -> tuple[Call, Leg] | None:
+        """The call and leg ``req`` names, if it comes from that leg's peer and is of its
+        dialog: the remote tag is part of the dialog's id (§12.2.2), and another fork's,
+        or a forger's, is no request of this dialog. Anyone else's is counted."""
+        found = self._leg((req.call_id, req.to.tag or ""))
+        if found is None:
+            return None
         call, leg = found
         if req.from_.tag == leg.remote_tag and self.peers.from_peer(
             call.trunk_of(leg), leg.flow, flow
         ):
-            return True
+            return found
         log.debug("in-dialog request from %s, not of the leg's peer: refused", flow.host)
-        return self._refused()
+        self._refused()
+        return None
 
     def _refused(self) -> bool:
         self._count_refused("dialog_source")
@@ -392,18 +360,17 @@ class B2BUA:
         return (flow.local, flow.host) == (invite.flow.local, invite.flow.host)
 
     def on_ack(self, req: Request, flow: Flow, now: float) -> None:
-        found = self._leg((req.call_id, req.to.tag or ""))
-        if found is not None and self._dialog_source(found, req, flow):
+        found = self._in_dialog(req, flow)
+        if found is not None:
             found[0].on_ack(found[1], req, now)
 
     def on_request(self, req: Request, tx: ServerTransaction, now: float) -> None:
-        to_tag = req.to.tag
-        if to_tag is not None:
-            found = self._leg((req.call_id, to_tag))
+        if req.to.tag is not None:
+            found = self._in_dialog(req, tx.flow)
             # a request from anyone but the leg's peer is answered as if there were no
             # such dialog: the same 481, statelessly (one response per request, nothing
             # kept), so it reveals nothing about the calls there are
-            if found is None or not self._dialog_source(found, req, tx.flow):
+            if found is None:
                 self.layer.respond_stateless(tx, make_response(req, 481))
                 return
             found[0].on_in_dialog(found[1], req, tx, now)
@@ -412,9 +379,12 @@ class B2BUA:
         if method == "INVITE":
             self._new_call(req, tx, now)
         elif method == "OPTIONS":
+            # a trunk's probe, answered statelessly as a refusal is (§8.2.7, §11.2): a
+            # flood of them keeps no transaction for 32 s each
             status = 503 if self.draining else 200
             headers = [("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", SUPPORTED)]
-            tx.respond(make_response(req, status, to_tag=IDS.next(), headers=headers), now)
+            resp = make_response(req, status, to_tag=stateless_tag(req), headers=headers)
+            self.layer.respond_stateless(tx, resp)
         elif method in ("REGISTER", "SUBSCRIBE", "PUBLISH", "NOTIFY", "MESSAGE", "INFO", "UPDATE"):
             self._reject(tx, 405, "method_not_allowed", now, [("Allow", ALLOW)])
         elif method == "REFER":
@@ -468,11 +438,8 @@ class B2BUA:
             return
         assert trunk is not None
         ident = verdict.ident
-        if ident is not None and self.metrics is not None:
-            decision = ident.decision
-            self.metrics.inc(self.metrics.presentation, decision.presentation, decision.reason)
-            if decision.emergency:
-                self.metrics.emergency_calls.inc()
+        if ident is not None:
+            self.records.decided(ident)
         if isinstance(verdict, Admitted):
             targets = self.router.targets(
                 verdict.trunk_out, req.request_uri, verdict.ident.decision.emergency
@@ -494,20 +461,6 @@ class B2BUA:
             )
         self._reject(tx, verdict.status, verdict.label, now, verdict.headers, verdict.phrase)
         self.records.refused(trunk.name, verdict, now, config.limits.refused_cdr_rps)
-        if ident is not None and ident.decision.emergency:
-            self._emergency_refused(trunk, verdict.label, now)
-
-    def _emergency_refused(self, trunk: Trunk, label: str, now: float) -> None:
-        if self.metrics is not None:
-            self.metrics.inc(self.metrics.emergency_refused, label)
-        if label.startswith("trunk_emergency") and self._attack_log.event(trunk.name, now):
-            log.warning(
-                "emergency calls from trunk %s refused over its share of the emergency "
-                "reserve (%s): a flood of emergency calls is an attack on the emergency "
-                "service",
-                trunk.name,
-                label,
-            )
 
     def _start(
         self,
@@ -537,17 +490,7 @@ class B2BUA:
         call.start_b(targets, now, reuse)
         assert call.b is not None
         self.dialogs[call.b.key()] = call
-        decision = ident.decision
-        log.info(
-            "call %s %s -> %s caller=%s presentation=%s reason=%s%s",
-            call.id,
-            trunk.name,
-            admitted.trunk_out.name,
-            mask(ident.caller, self.config.emergency_numbers),
-            decision.presentation,
-            decision.reason,
-            " emergency" if decision.emergency else "",
-        )
+        self.records.started(call, self.config.emergency_numbers)
 
     # -- call outcomes ---------------------------------------------------------------------
 

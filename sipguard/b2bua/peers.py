@@ -86,33 +86,3 @@ class EveryFew:
             return False
         self.last[key] = now
         return True
-
-
-STRANGER_WINDOW = 10.0  # seconds: limits.unknown_source_budget counts requests per window
-MAX_STRANGERS = 65536  # sources kept at once; a table that fills is started afresh
-
-
-class Strangers:
-    """Sources that match no trunk (SPEC §8): each gets ``budget`` answers per window;
-    past that, silence, until it has been quiet for a whole window. O(1) per source, at
-    most :data:`MAX_STRANGERS` of them."""
-
-    __slots__ = ("seen",)
-
-    def __init__(self) -> None:
-        self.seen: dict[str, tuple[float, int]] = {}  # host -> (window start, requests)
-
-    def answer(self, host: str, now: float, budget: int) -> bool:
-        """One more request from ``host``: may it be answered?"""
-        seen = self.seen
-        entry = seen.get(host)
-        if entry is None or now - entry[0] >= STRANGER_WINDOW:
-            if entry is None and len(seen) >= MAX_STRANGERS:
-                seen.clear()  # a scan of many sources: each still gets one answer a request
-            seen[host] = (now, 1)
-            return budget >= 1
-        count = entry[1] + 1
-        # over budget, the window starts again with every request: silence lasts for as
-        # long as the source keeps sending, and ends a window after it stops
-        seen[host] = (now if count > budget else entry[0], count)
-        return count <= budget

@@ -1,28 +1,44 @@
-"""What a call's outcomes write: its CDRs (SPEC §6) and the call metrics (SPEC §7).
+"""What a call's outcomes write: its CDRs (SPEC §6), the call metrics (SPEC §7), the log.
 
 A call answered gets its ``start`` record at once (a crash then loses no answered call);
 every call attempt ends with one ``end`` record, a refused one too. Records go to
-``out``, which the driver hands to the CDR writer after each input.
+``out``, which the driver hands to the CDR writer after each input. The messages
+received are counted by kind in ``stats_in`` (the driver reads it for the metrics).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.admission import within_rate
+from sipguard.b2bua.host import ALLOW
+from sipguard.b2bua.peers import EveryFew
 from sipguard.cdr.record import CdrRecord, end_of, end_record, epoch_ms, make_call_id, start_record
 from sipguard.metrics import Metrics
+from sipguard.policy.numbers import mask
 
 if TYPE_CHECKING:
     from sipguard.b2bua.admission import Refused
     from sipguard.b2bua.call import Call
+    from sipguard.b2bua.identity import CallIdentity
+
+log = logging.getLogger("sipguard.b2bua")
+
+# the message kinds counted by name: a peer chooses the method token, so only known ones
+# become metric labels (a bounded set that can never carry a number), the rest "other"
+KNOWN_KINDS = frozenset(
+    ALLOW.replace(" ", "").split(",")
+    + ["REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER"]
+    + [f"{c}xx" for c in range(1, 7)]
+)
 
 
 class Records:
     """The CDRs and call metrics of one element (``instance``: its tag in every id)."""
 
-    __slots__ = ("_refusals", "instance", "metrics", "out", "wall")
+    __slots__ = ("_attack_log", "_refusals", "instance", "metrics", "out", "stats_in", "wall")
 
     def __init__(
         self, instance: str, metrics: Metrics | None, wall: Callable[[float], float]
@@ -32,6 +48,37 @@ class Records:
         self.wall = wall
         self.out: list[CdrRecord] = []
         self._refusals: dict[str, tuple[int, int]] = {}  # trunk -> (second, records)
+        self._attack_log = EveryFew(10.0)  # the emergency-flood warning, per trunk
+        self.stats_in: dict[str, int] = {}  # messages received, by kind
+
+    def message_in(self, kind: str) -> None:
+        """A message received: a method, or a response's class (``"2xx"``)."""
+        if kind not in KNOWN_KINDS:
+            kind = "other"
+        self.stats_in[kind] = self.stats_in.get(kind, 0) + 1
+
+    def decided(self, ident: CallIdentity) -> None:
+        """A new call's privacy decision is made (whether the call goes on or not)."""
+        if self.metrics is not None:
+            decision = ident.decision
+            self.metrics.inc(self.metrics.presentation, decision.presentation, decision.reason)
+            if decision.emergency:
+                self.metrics.emergency_calls.inc()
+
+    def started(self, call: Call, emergency_numbers: tuple[str, ...]) -> None:
+        """A call goes on to its B-leg: one log line (numbers masked; net/logs.py reads it)."""
+        ident = call.crossing.ident
+        decision = ident.decision
+        log.info(
+            "call %s %s -> %s caller=%s presentation=%s reason=%s%s",
+            call.id,
+            call.trunk_in.name,
+            call.trunk_out.name,
+            mask(ident.caller, emergency_numbers),
+            decision.presentation,
+            decision.reason,
+            " emergency" if decision.emergency else "",
+        )
 
     def _count(self, trunk_in: str, trunk_out: str, result: str) -> None:
         if self.metrics is not None:
@@ -46,6 +93,8 @@ class Records:
             return
         ident = refusal.ident
         emergency = ident is not None and ident.decision.emergency
+        if emergency:
+            self._emergency_refused(trunk_in, refusal.label, now)
         if rate and not emergency and not within_rate(self._refusals, trunk_in, now, rate):
             if self.metrics is not None:
                 self.metrics.inc(self.metrics.cdr_refusals_unrecorded, trunk_in)
@@ -69,6 +118,18 @@ class Records:
             )
         )
         self._count(trunk_in, refusal.route or "", end_reason)
+
+    def _emergency_refused(self, trunk: str, label: str, now: float) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(self.metrics.emergency_refused, label)
+        if label.startswith("trunk_emergency") and self._attack_log.event(trunk, now):
+            log.warning(
+                "emergency calls from trunk %s refused over its share of the emergency "
+                "reserve (%s): a flood of emergency calls is an attack on the emergency "
+                "service",
+                trunk,
+                label,
+            )
 
     def answered(self, call: Call, now: float) -> None:
         ident = call.crossing.ident

@@ -1,0 +1,113 @@
+"""The door: every message is accounted to its source before a byte of it is read.
+
+Parsing and answering a message costs tens of microseconds; dropping one unread costs a
+few. So the first thing the core does with a datagram or a framed message is ask
+:meth:`Gate.enter` what its source may still send (SPEC §8, "per-source accounting of
+all traffic"):
+
+* **A trusted trunk's source** is never metered: its calls are what the element is for.
+* **An untrusted trunk's source, or a trunk's target outside the sources,** may send
+  ``limits.source_mps`` messages a second, of any kind. While the core sheds load, that
+  allowance shrinks with the fraction of new calls admitted (never under
+  :data:`MIN_MPS`), so that an overload is paid for first by the sources that flood,
+  never by a trusted trunk's calls. What is over it is dropped unread and counted
+  (``source_messages``).
+* **A source that matches no trunk** (a stranger) has ``limits.unknown_source_budget``
+  requests per window (:class:`Strangers`), each refused ``403`` statelessly by the core;
+  past that, silence until it has been quiet for a window (``unknown_source_silenced``).
+  All strangers together get at most :data:`STRANGER_ANSWERS` answers a second, so that
+  a flood from forged, ever new addresses buys no more than one from a single address.
+
+Every table here holds at most one small entry per source and is bounded: the per-second
+meter is emptied every second, and a table that fills is started afresh.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sipguard.b2bua.peers import Peers
+from sipguard.config.model import Limits
+from sipguard.sip.transaction import Flow
+
+OPEN: Final = 0  # read it
+STRANGER: Final = 1  # read it, to refuse it (403, statelessly)
+METERED: Final = 2  # dropped unread: the source's messages this second are spent
+SILENCED: Final = 3  # dropped unread: a stranger past its budget, or too many strangers
+
+STRANGER_WINDOW: Final = 10.0  # seconds: limits.unknown_source_budget counts per window
+MAX_STRANGERS: Final = 65536  # strangers kept at once; a table that fills starts afresh
+STRANGER_ANSWERS: Final = 200  # answers a second to all strangers together
+MAX_METERED: Final = 65536  # metered sources in one second; a table that fills starts afresh
+MIN_MPS: Final = 50  # an untrusted source's allowance while shedding never falls below
+
+
+class Strangers:
+    """Sources that match no trunk (SPEC §8): each gets ``budget`` answers per window;
+    past that, silence, until it has been quiet for a whole window. O(1) per source, at
+    most :data:`MAX_STRANGERS` of them."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[float, int]] = {}  # host -> (window start, requests)
+
+    def answer(self, host: str, now: float, budget: int) -> bool:
+        """One more request from ``host``: may it be answered?"""
+        seen = self.seen
+        entry = seen.get(host)
+        if entry is None or now - entry[0] >= STRANGER_WINDOW:
+            if entry is None and len(seen) >= MAX_STRANGERS:
+                seen.clear()  # a scan of many sources: each still gets one answer a request
+            seen[host] = (now, 1)
+            return budget >= 1
+        count = entry[1] + 1
+        # over budget, the window starts again with every request: silence lasts for as
+        # long as the source keeps sending, and ends a window after it stops
+        seen[host] = (now if count > budget else entry[0], count)
+        return count <= budget
+
+
+class Gate:
+    """What each source may still send (see the module's docstring)."""
+
+    __slots__ = ("_answers", "_counts", "_second", "peers", "strangers")
+
+    def __init__(self, peers: Peers) -> None:
+        self.peers = peers
+        self.strangers = Strangers()
+        self._second = -1
+        self._counts: dict[str, int] = {}  # host -> messages this second (metered sources)
+        self._answers = 0  # answers to strangers this second
+
+    def enter(
+        self, flow: Flow, now: float, limits: Limits, targets: frozenset[str], admitted: float
+    ) -> int:
+        """May a message from ``flow`` be read? :data:`OPEN`, :data:`STRANGER` (read, to
+        be refused), or why not (:data:`METERED`, :data:`SILENCED`). ``targets`` are the
+        trunks' target hosts; ``admitted`` the fraction of new calls the shedder admits."""
+        host = flow.host
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._counts.clear()
+            self._answers = 0
+        trunk = self.peers.trunk_of(flow.local, host)
+        if trunk is None and host not in targets:
+            if not self.strangers.answer(host, now, limits.unknown_source_budget):
+                return SILENCED
+            if self._answers >= STRANGER_ANSWERS:
+                return SILENCED
+            self._answers += 1
+            return STRANGER
+        mps = limits.source_mps
+        if not mps or (trunk is not None and trunk.trusted):
+            return OPEN
+        if admitted < 1.0:
+            mps = max(MIN_MPS, int(mps * admitted))
+        counts = self._counts
+        count = counts.get(host, 0) + 1
+        if count == 1 and len(counts) >= MAX_METERED:
+            counts.clear()
+        counts[host] = count
+        return OPEN if count <= mps else METERED

@@ -1,0 +1,154 @@
+"""The door (b2bua/gate.py, SPEC §8): a source that matches no trunk gets nothing (a
+stateless 403 for every request, within limits.unknown_source_budget, and silence past
+it); an untrusted trunk's source may send limits.source_mps messages a second, fewer while
+load is shed; a trusted trunk is never metered."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipguard.metrics import Metrics
+from sipguard.sip.message import Response
+from sipguard.sip.transaction import Flow
+from sipguard.b2bua.gate import MIN_MPS, STRANGER_ANSWERS
+from testkit.callsim import CALLEE, CALLER, STRANGER, Wire, default_config, invite
+
+METHODS = ("OPTIONS", "REGISTER", "INVITE", "BYE", "CANCEL", "INFO", "SUBSCRIBE", "FOO")
+
+
+def request(method: str, n: int, to_tag: str = "", src: tuple[str, int] = STRANGER) -> bytes:
+    h, p = src
+    to = "<sip:100@127.0.0.1>" + (f";tag={to_tag}" if to_tag else "")
+    return (
+        f"{method} sip:100@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {h}:{p};branch=z9hG4bK-scan-{n}\r\n"
+        f"From: <sip:scanner@{h}>;tag=s{n}\r\nTo: {to}\r\n"
+        f"Call-ID: scan-{n}\r\nCSeq: 1 {method}\r\nContact: <sip:scanner@{h}:{p}>\r\n"
+        "Max-Forwards: 70\r\nUser-Agent: friendly-scanner\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def sample(metrics: Metrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("sipguard_rejected_total", {"reason": reason}) or 0
+
+
+@pytest.mark.parametrize("to_tag", ["", "some-tag"], ids=["out-of-dialog", "in-dialog"])
+def test_every_method_gets_one_stateless_403_with_nothing_about_us(to_tag: str) -> None:
+    metrics = Metrics()
+    w = Wire(metrics=metrics)
+    for n, method in enumerate(METHODS):
+        w.from_peer(STRANGER, request(method, n, to_tag))
+    w.from_peer(STRANGER, request("ACK", 99, to_tag))  # an ACK: nothing
+    w.advance(40.0)  # no retransmission, no transaction kept
+    got = w.take(STRANGER)
+    assert [m.status for m in got if isinstance(m, Response)] == [403] * len(METHODS)
+    for resp in got:
+        assert not resp.has("allow") and not resp.has("server") and not resp.has("supported")
+        assert resp.to.tag  # §8.2.6.2
+    assert w.core.layer.server == {} and w.core.cdr_out == [] and w.core.calls == 0
+    assert w.take_callee() == []
+    assert sample(metrics, "unknown_source") == len(METHODS)
+
+
+def test_a_retransmission_gets_the_same_answer() -> None:
+    w = Wire()
+    w.from_peer(STRANGER, request("OPTIONS", 1))
+    w.from_peer(STRANGER, request("OPTIONS", 1))
+    first, again = w.others.pop(STRANGER)
+    assert first == again
+
+
+def test_past_its_budget_a_source_gets_silence_until_it_has_been_quiet() -> None:
+    metrics = Metrics()
+    w = Wire(default_config("limits: {unknown_source_budget: 3}\n"), metrics=metrics)
+    for n in range(10):
+        w.from_peer(STRANGER, request("OPTIONS", n))
+        w.advance(1.0)  # a steady scan: never quiet for 10 s
+    assert len(w.take(STRANGER)) == 3
+    assert sample(metrics, "unknown_source_silenced") == 7
+    w.advance(10.0)  # quiet for a whole window
+    w.from_peer(STRANGER, request("OPTIONS", 20))
+    assert len(w.take(STRANGER)) == 1
+
+
+def test_a_malformed_message_from_a_stranger_gets_nothing() -> None:
+    w = Wire()
+    w.from_peer(STRANGER, b"INVITE sip:x SIP/2.0\r\nVia: garbage\r\n\r\n")
+    assert w.take(STRANGER) == []
+
+
+def test_a_trunk_still_gets_its_answers() -> None:
+    w = Wire()
+    w.from_caller(invite(1))
+    assert w.take_callee()
+
+
+def _flood(w: Wire, src: tuple[str, int], count: int, method: str = "OPTIONS") -> int:
+    """``count`` requests from ``src`` within one second; the responses it got."""
+    for n in range(count):
+        w.from_peer(src, request(method, n, src=src))
+    return len(w.take(src))
+
+
+def test_an_untrusted_trunks_source_may_send_source_mps_a_second_then_nothing() -> None:
+    metrics = Metrics()
+    w = Wire(default_config("limits: {source_mps: 100}\n"), metrics=metrics)
+    w.advance(0.5)  # within one second, on a whole-second boundary's near side
+    assert _flood(w, CALLER, 150) == 100
+    assert _flood(w, CALLER, 150, "BYE") == 0  # any kind of message counts
+    assert sample(metrics, "source_messages") == 200
+    assert w.core.layer.server == {}  # the probes were answered statelessly
+    w.advance(1.0)  # the next second: a new allowance
+    assert _flood(w, CALLER, 10) == 10
+    w.from_caller(invite(1))  # and calls go on
+    assert w.take_callee()
+
+
+def test_a_trusted_trunk_is_never_metered() -> None:
+    w = Wire(default_config("limits: {source_mps: 10}\n"))
+    w.advance(0.5)
+    assert _flood(w, CALLEE, 50) == 50
+
+
+def test_source_mps_zero_meters_no_one() -> None:
+    w = Wire(default_config("limits: {source_mps: 0}\n"))
+    w.advance(0.5)
+    assert _flood(w, CALLER, 300) == 300
+
+
+def test_while_load_is_shed_an_untrusted_source_gets_less_and_a_trusted_one_all() -> None:
+    w = Wire(default_config("limits: {source_mps: 1000}\n"))
+    w.core.shedder.admitted = 0.01  # the deepest cut
+    w.advance(0.5)
+    assert _flood(w, CALLER, MIN_MPS + 20) == MIN_MPS
+    assert _flood(w, CALLEE, 200) == 200
+    w.core.shedder.admitted = 0.2
+    w.advance(1.0)
+    assert _flood(w, CALLER, 300) == 200
+
+
+def test_strangers_from_ever_new_addresses_get_a_bounded_number_of_answers() -> None:
+    """A flood from forged addresses, each new: no more answers a second than a few."""
+    metrics = Metrics()
+    w = Wire(metrics=metrics)
+    w.advance(0.5)
+    sent = STRANGER_ANSWERS + 300
+    for n in range(sent):
+        src = (f"198.51.{n // 250}.{n % 250 + 1}", 5060)
+        w.core.receive(request("OPTIONS", n, src=src), Flow("udp", 0, *src), w.now)
+    answered = w.core.outbox
+    assert len(answered) == STRANGER_ANSWERS
+    assert all(flow.host.startswith("198.51.") for flow, _ in answered)
+    assert sample(metrics, "unknown_source_silenced") == 300
+
+
+def test_an_options_probe_from_a_trunk_keeps_no_transaction() -> None:
+    """A trunk's OPTIONS gets 200 with what we allow, statelessly: a flood of them keeps
+    nothing for Timer J's 32 s, and a retransmission gets the same answer."""
+    w = Wire()
+    w.from_peer(CALLER, request("OPTIONS", 1, src=CALLER))
+    w.from_peer(CALLER, request("OPTIONS", 1, src=CALLER))
+    first, again = w.take(CALLER)
+    assert isinstance(first, Response) and first.status == 200 and first.has("allow")
+    assert first.to_bytes() == again.to_bytes()
+    assert w.core.layer.server == {}
