@@ -4,7 +4,11 @@ Drives the same 14-message flow as SIPp's uac/uas through ``B2BUA.receive`` with
 clock and prints calls per second of one core (median of several runs) and the cost per
 call and per message. ``--profile`` prints where the time goes (cProfile).
 
-    .venv/bin/python benchmarks/b2bua.py [--calls 5000] [--runs 5] [--profile]
+``--refused`` measures a new INVITE shed under overload instead (the core's shedder set
+to admit none): what a refusal costs, to hold against a whole call (issue 19: at most a
+tenth of it).
+
+    .venv/bin/python benchmarks/b2bua.py [--calls 5000] [--runs 5] [--profile] [--refused]
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 from sipguard.b2bua.core import B2BUA
 from sipguard.net.server import core_build, tune_gc
 from sipguard.sip.transaction import Flow
-from testkit.callsim import Wire, basic_call
+from testkit.callsim import Wire, basic_call, invite
 
 MESSAGES_PER_CALL = 14  # received and sent by the B2BUA: 7 on each leg
 
@@ -66,21 +70,42 @@ def run(calls: int) -> tuple[float, float]:
     return clock() - start, timed.inner
 
 
+def run_refused(calls: int) -> tuple[float, float]:
+    """(seconds for the whole run, seconds inside the core): new INVITEs, each shed."""
+    wire = Wire()
+    core = wire.core
+    core.shedder.shedding = True
+    core.shedder.admitted = 0.0  # admits none: every new call is refused 503 (overload)
+    timed = TimedCore(core)
+    wire.core = timed  # type: ignore[assignment]
+    clock = time.perf_counter
+    start = clock()
+    for n in range(calls):
+        wire.from_caller(invite(n))
+        wire.to_caller.clear()
+        core.cdr_out.clear()
+    if core.calls:
+        raise SystemExit("a call was admitted: the refusal path was not measured")
+    return clock() - start, timed.inner
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--refused", action="store_true", help="new INVITEs shed (503) instead")
     args = ap.parse_args()
+    measure = run_refused if args.refused else run
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(args.calls)
+        measure(args.calls)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
         return 0
     tune_gc()  # as sipguard run does: start-up objects frozen, the cyclic collector off
-    results = [run(args.calls) for _ in range(args.runs)]
+    results = [measure(args.calls) for _ in range(args.runs)]
     med = statistics.median(t for t, _ in results)
     core = statistics.median(c for _, c in results)
     # the simulator parses what the B2BUA sends and builds what the peers send: only the

@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import pytest
 
+from sipguard.b2bua.gate import MIN_STRAYS, STRANGER_ANSWERS
 from sipguard.metrics import Metrics
 from sipguard.sip.message import Response
 from sipguard.sip.transaction import Flow
-from sipguard.b2bua.gate import MIN_MPS, STRANGER_ANSWERS
-from testkit.callsim import CALLEE, CALLER, STRANGER, Wire, default_config, invite
+from testkit.callsim import (
+    CALLEE,
+    CALLER,
+    STRANGER,
+    Wire,
+    basic_call,
+    default_config,
+    invite,
+    statuses,
+)
 
 METHODS = ("OPTIONS", "REGISTER", "INVITE", "BYE", "CANCEL", "INFO", "SUBSCRIBE", "FOO")
 
@@ -90,37 +99,82 @@ def _flood(w: Wire, src: tuple[str, int], count: int, method: str = "OPTIONS") -
     return len(w.take(src))
 
 
-def test_an_untrusted_trunks_source_may_send_source_mps_a_second_then_nothing() -> None:
+def test_an_untrusted_source_may_send_stray_mps_strays_a_second_then_nothing() -> None:
     metrics = Metrics()
-    w = Wire(default_config("limits: {source_mps: 100}\n"), metrics=metrics)
-    w.advance(0.5)  # within one second, on a whole-second boundary's near side
+    w = Wire(default_config("limits: {stray_mps: 100}\n"), metrics=metrics)
+    w.advance(0.5)  # all within one second of the clock
     assert _flood(w, CALLER, 150) == 100
-    assert _flood(w, CALLER, 150, "BYE") == 0  # any kind of message counts
-    assert sample(metrics, "source_messages") == 200
+    assert sample(metrics, "source_messages") == 50
+    w.from_caller(invite(1))  # the rest of the second, its calls too are dropped unread
+    assert w.take_callee() == []
+    assert sample(metrics, "source_messages") == 51
     assert w.core.layer.server == {}  # the probes were answered statelessly
-    w.advance(1.0)  # the next second: a new allowance
-    assert _flood(w, CALLER, 10) == 10
-    w.from_caller(invite(1))  # and calls go on
+    w.advance(1.0)  # the next second: a new budget, and calls go on
+    w.from_caller(invite(2))
     assert w.take_callee()
 
 
+@pytest.mark.parametrize(
+    "stray",
+    [
+        request("BYE", 1, "no-such-dialog", src=CALLER),  # 481
+        request("REGISTER", 1, src=CALLER),  # 405
+        request("ACK", 1, "no-such-dialog", src=CALLER),  # nothing
+        b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKnone\r\n"
+        b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\n"
+        b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",  # a response of nothing
+        b"INVITE sip:x SIP/2.0\r\nVia: garbage\r\n\r\n",  # malformed
+    ],
+    ids=["bye-of-no-dialog", "register", "ack-of-nothing", "stray-response", "malformed"],
+)
+def test_every_kind_of_stray_counts(stray: bytes) -> None:
+    w = Wire(default_config("limits: {stray_mps: 3}\n"))
+    w.advance(0.5)
+    for _ in range(3):
+        w.from_caller(stray)
+    w.take_caller()
+    w.from_caller(invite(1))  # the budget is spent: dropped unread
+    assert w.take_callee() == [] and w.take_caller() == []
+
+
+def test_a_busy_trunks_calls_are_never_strays() -> None:
+    """Thousands of messages of calls in one second: none counts."""
+    w = Wire(default_config("limits: {stray_mps: 1}\n"))
+    w.advance(0.5)
+    for n in range(300):
+        basic_call(w, n)
+    ends = [r for r in w.core.cdr_out if r.kind == "end"]
+    assert w.core.calls == 0 and len(ends) == 300
+    assert {r.end_reason for r in ends} == {"caller_bye"}
+
+
+def test_a_call_refused_by_a_limit_is_no_stray() -> None:
+    """A 503 may be retried later: the caller's other calls must not pay for it."""
+    w = Wire(default_config("limits: {stray_mps: 1}\n"))
+    w.core.draining = True
+    w.advance(0.5)
+    for n in range(5):
+        w.from_caller(invite(n))
+    assert statuses(w.take_caller()) == [503] * 5
+
+
 def test_a_trusted_trunk_is_never_metered() -> None:
-    w = Wire(default_config("limits: {source_mps: 10}\n"))
+    w = Wire(default_config("limits: {stray_mps: 10}\n"))
     w.advance(0.5)
     assert _flood(w, CALLEE, 50) == 50
 
 
-def test_source_mps_zero_meters_no_one() -> None:
-    w = Wire(default_config("limits: {source_mps: 0}\n"))
+def test_stray_mps_zero_meters_no_one() -> None:
+    w = Wire(default_config("limits: {stray_mps: 0}\n"))
     w.advance(0.5)
     assert _flood(w, CALLER, 300) == 300
 
 
-def test_while_load_is_shed_an_untrusted_source_gets_less_and_a_trusted_one_all() -> None:
-    w = Wire(default_config("limits: {source_mps: 1000}\n"))
-    w.core.shedder.admitted = 0.01  # the deepest cut
+def test_while_load_is_shed_an_untrusted_source_gets_fewer_strays() -> None:
+    w = Wire(default_config("limits: {stray_mps: 1000}\n"))
+    w.core.shedder.admitted = 0.001  # the deepest cut
     w.advance(0.5)
-    assert _flood(w, CALLER, MIN_MPS + 20) == MIN_MPS
+    assert _flood(w, CALLER, MIN_STRAYS + 20) == MIN_STRAYS
     assert _flood(w, CALLEE, 200) == 200
     w.core.shedder.admitted = 0.2
     w.advance(1.0)

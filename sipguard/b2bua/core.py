@@ -36,6 +36,7 @@ from sipguard.b2bua.overload import Shedder
 from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.records import Records
 from sipguard.b2bua.routing import Prober, Router
+from sipguard.b2bua.shed import early_refusal
 from sipguard.cdr.record import make_call_id, new_instance_tag
 from sipguard.config.model import Config, Trunk
 from sipguard.metrics import Metrics
@@ -177,6 +178,33 @@ class B2BUA:
             self._count_refused("source_messages" if door == METERED else "unknown_source_silenced")
             return
         stranger = door == STRANGER
+        shed = self.shedder.shedding and not stranger and data.startswith(b"INVITE ")
+        if shed and self._shed(data, flow, now):
+            return
+        strays = self.layer.strays
+        self._read(data, flow, now, stranger)
+        if self.layer.strays != strays and not stranger:
+            self.gate.stray(flow)
+
+    def _shed(self, data: bytes, flow: Flow, now: float) -> bool:
+        """Shed a trunk's new INVITE unread, where the shedder refuses it (b2bua/shed.py)
+        and the trunk's refused attempts of this second get no more records."""
+        trunk = self.peers.trunk_of(flow.local, flow.host)
+        if trunk is None or self.records.recording(
+            trunk.name, now, self.config.limits.refused_cdr_rps
+        ):
+            return False
+        if self.shedder.admit():
+            self.shedder.granted = True  # the whole way admits it without asking again
+            return False
+        resp = early_refusal(data, self.config)
+        if resp is None:
+            return False  # an emergency call, or anything unusual: read in full
+        self.layer.send(flow, resp)
+        self.records.shed(trunk.name, trunk.route_to or "")
+        return True
+
+    def _read(self, data: bytes, flow: Flow, now: float, stranger: bool) -> None:
         msg: Request | Response | None = None
         try:
             msg = parse_message(data, datagram=not flow.reliable, limits=self.parse_limits)
@@ -191,6 +219,7 @@ class B2BUA:
             if exc.response is None and exc.status is not None and isinstance(msg, Request):
                 attach_response(exc, msg.headers)
             self.parse_error()
+            self.layer.strays += 1
             # a stranger gets nothing, an ACK is never answered, not even a malformed one
             # (§17.1.1.3, §17.2.1)
             if (
@@ -323,6 +352,8 @@ class B2BUA:
         call = self.dialogs.get(key)
         if call is not None and call.b is not None and call.b.key() == key:
             call.stray_2xx(resp, flow, now)
+        else:
+            self.layer.strays += 1
 
     def _leg(self, key: tuple[str, str]) -> tuple[Call, Leg] | None:
         call = self.dialogs.get(key)
@@ -361,7 +392,9 @@ class B2BUA:
 
     def on_ack(self, req: Request, flow: Flow, now: float) -> None:
         found = self._in_dialog(req, flow)
-        if found is not None:
+        if found is None:
+            self.layer.strays += 1
+        else:
             found[0].on_ack(found[1], req, now)
 
     def on_request(self, req: Request, tx: ServerTransaction, now: float) -> None:
@@ -371,6 +404,7 @@ class B2BUA:
             # such dialog: the same 481, statelessly (one response per request, nothing
             # kept), so it reveals nothing about the calls there are
             if found is None:
+                self.layer.strays += 1
                 self.layer.respond_stateless(tx, make_response(req, 481))
                 return
             found[0].on_in_dialog(found[1], req, tx, now)
@@ -381,6 +415,7 @@ class B2BUA:
         elif method == "OPTIONS":
             # a trunk's probe, answered statelessly as a refusal is (§8.2.7, §11.2): a
             # flood of them keeps no transaction for 32 s each
+            self.layer.strays += 1
             status = 503 if self.draining else 200
             headers = [("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", SUPPORTED)]
             resp = make_response(req, status, to_tag=stateless_tag(req), headers=headers)
@@ -408,6 +443,8 @@ class B2BUA:
         peer that lost it sends its request again and gets the same answer."""
         if self.metrics is not None:
             self.metrics.inc(self.metrics.rejected, label)
+        if status != 503:  # refused for good, not by a limit it may wait out: a stray
+            self.layer.strays += 1
         req = tx.request
         tag = stateless_tag(req)
         self.layer.respond_stateless(

@@ -2,16 +2,22 @@
 
 Parsing and answering a message costs tens of microseconds; dropping one unread costs a
 few. So the first thing the core does with a datagram or a framed message is ask
-:meth:`Gate.enter` what its source may still send (SPEC §8, "per-source accounting of
+:meth:`Gate.enter` whether its source may still send (SPEC §8, "per-source accounting of
 all traffic"):
 
 * **A trusted trunk's source** is never metered: its calls are what the element is for.
 * **An untrusted trunk's source, or a trunk's target outside the sources,** may send
-  ``limits.source_mps`` messages a second, of any kind. While the core sheds load, that
-  allowance shrinks with the fraction of new calls admitted (never under
-  :data:`MIN_MPS`), so that an overload is paid for first by the sources that flood,
-  never by a trusted trunk's calls. What is over it is dropped unread and counted
-  (``source_messages``).
+  ``limits.stray_mps`` stray messages a second: messages that belong to no call and make
+  none (an ``OPTIONS``, a request of no dialog, a stray response or ACK, a malformed
+  message, a request refused for good; never a call refused by a limit with ``503``,
+  which it may retry). The core reports each one (:meth:`Gate.stray`) once it knows.
+  Past the budget, every message of that source is dropped unread for the rest of the
+  second and counted (``source_messages``). Its calls' own messages are never counted,
+  so a busy trunk with thousands of calls a second is never metered; a flood of
+  anything else costs what the budget lets through and a few microseconds per message
+  after it. While the core sheds load, the budget shrinks with the fraction of new calls
+  admitted (never under :data:`MIN_STRAYS`): an overload is paid for first by the
+  sources that send junk, never by a trusted trunk's calls.
 * **A source that matches no trunk** (a stranger) has ``limits.unknown_source_budget``
   requests per window (:class:`Strangers`), each refused ``403`` statelessly by the core;
   past that, silence until it has been quiet for a window (``unknown_source_silenced``).
@@ -19,7 +25,7 @@ all traffic"):
   a flood from forged, ever new addresses buys no more than one from a single address.
 
 Every table here holds at most one small entry per source and is bounded: the per-second
-meter is emptied every second, and a table that fills is started afresh.
+counts are emptied every second, and a table that fills is started afresh.
 """
 
 from __future__ import annotations
@@ -32,14 +38,14 @@ from sipguard.sip.transaction import Flow
 
 OPEN: Final = 0  # read it
 STRANGER: Final = 1  # read it, to refuse it (403, statelessly)
-METERED: Final = 2  # dropped unread: the source's messages this second are spent
+METERED: Final = 2  # dropped unread: the source spent its stray messages this second
 SILENCED: Final = 3  # dropped unread: a stranger past its budget, or too many strangers
 
 STRANGER_WINDOW: Final = 10.0  # seconds: limits.unknown_source_budget counts per window
 MAX_STRANGERS: Final = 65536  # strangers kept at once; a table that fills starts afresh
 STRANGER_ANSWERS: Final = 200  # answers a second to all strangers together
-MAX_METERED: Final = 65536  # metered sources in one second; a table that fills starts afresh
-MIN_MPS: Final = 50  # an untrusted source's allowance while shedding never falls below
+MAX_METERED: Final = 65536  # sources with strays in one second; a full table starts afresh
+MIN_STRAYS: Final = 10  # an untrusted source's stray budget while shedding never falls below
 
 
 class Strangers:
@@ -71,13 +77,13 @@ class Strangers:
 class Gate:
     """What each source may still send (see the module's docstring)."""
 
-    __slots__ = ("_answers", "_counts", "_second", "peers", "strangers")
+    __slots__ = ("_answers", "_second", "_strays", "peers", "strangers")
 
     def __init__(self, peers: Peers) -> None:
         self.peers = peers
         self.strangers = Strangers()
         self._second = -1
-        self._counts: dict[str, int] = {}  # host -> messages this second (metered sources)
+        self._strays: dict[str, int] = {}  # host -> stray messages this second (untrusted)
         self._answers = 0  # answers to strangers this second
 
     def enter(
@@ -90,7 +96,7 @@ class Gate:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._counts.clear()
+            self._strays.clear()
             self._answers = 0
         trunk = self.peers.trunk_of(flow.local, host)
         if trunk is None and host not in targets:
@@ -100,14 +106,21 @@ class Gate:
                 return SILENCED
             self._answers += 1
             return STRANGER
-        mps = limits.source_mps
-        if not mps or (trunk is not None and trunk.trusted):
+        strays = self._strays.get(host)
+        if strays is None or not limits.stray_mps:
             return OPEN
+        budget = limits.stray_mps
         if admitted < 1.0:
-            mps = max(MIN_MPS, int(mps * admitted))
-        counts = self._counts
-        count = counts.get(host, 0) + 1
-        if count == 1 and len(counts) >= MAX_METERED:
-            counts.clear()
-        counts[host] = count
-        return OPEN if count <= mps else METERED
+            budget = max(MIN_STRAYS, int(budget * admitted))
+        return OPEN if strays < budget else METERED
+
+    def stray(self, flow: Flow) -> None:
+        """The message just read from ``flow`` belonged to no call and made none."""
+        trunk = self.peers.trunk_of(flow.local, flow.host)
+        if trunk is not None and trunk.trusted:
+            return
+        strays = self._strays
+        count = strays.get(flow.host)
+        if count is None and len(strays) >= MAX_METERED:
+            strays.clear()
+        strays[flow.host] = 1 if count is None else count + 1

@@ -38,7 +38,7 @@ INCREASE: Final = 0.05  # added per reading once the queue is under a quarter of
 class Shedder:
     """The fraction of new calls admitted, from the receive queue's readings."""
 
-    __slots__ = ("_credit", "admitted", "queued", "shed", "shedding")
+    __slots__ = ("_credit", "admitted", "granted", "queued", "shed", "shedding")
 
     def __init__(self) -> None:
         self.admitted = 1.0  # fraction of new calls admitted
@@ -46,6 +46,9 @@ class Shedder:
         self.shedding = False  # admitted < 1: some new calls are refused
         self.shed = 0  # new calls refused, since start
         self._credit = 0.0
+        # admitted already by a look before the call was read (b2bua/shed.py): the next
+        # ask is answered yes without drawing on the credit again
+        self.granted = False
 
     def update(self, queued: int, threshold: int) -> None:
         """One reading: ``queued`` bytes wait; shed above ``threshold`` (0: never)."""
@@ -72,6 +75,9 @@ class Shedder:
     def admit(self) -> bool:
         """May one more new call go on? Spreads the admitted fraction evenly over calls."""
         if not self.shedding:
+            return True
+        if self.granted:
+            self.granted = False
             return True
         self._credit += self.admitted
         if self._credit >= 1.0:

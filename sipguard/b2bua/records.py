@@ -84,6 +84,20 @@ class Records:
         if self.metrics is not None:
             self.metrics.inc(self.metrics.calls, trunk_in, trunk_out, result)
 
+    def recording(self, trunk_in: str, now: float, rate: int) -> bool:
+        """Would a refused call attempt of ``trunk_in`` still get its record this second?"""
+        if not rate:
+            return True
+        second, count = self._refusals.get(trunk_in, (-1, 0))
+        return second != int(now) or count < rate
+
+    def shed(self, trunk_in: str, trunk_out: str) -> None:
+        """A new call shed unread (b2bua/shed.py): counted, never written one by one."""
+        if self.metrics is not None:
+            self.metrics.inc(self.metrics.rejected, "overload")
+            self.metrics.inc(self.metrics.cdr_refusals_unrecorded, trunk_in)
+        self._count(trunk_in, trunk_out, "limit")
+
     def refused(self, trunk_in: str, refusal: Refused, now: float, rate: int) -> None:
         """The end record of a call attempt refused before it had a B-leg: at most
         ``rate`` a second per trunk (0: all), the rest counted (a flood of refused INVITEs

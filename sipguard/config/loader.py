@@ -370,7 +370,7 @@ _CHECKS: dict[tuple[type, str], Check] = {
     (Limits, "max_calls"): _NON_NEGATIVE,
     (Limits, "emergency_max_calls"): _AT_LEAST_ONE,
     (Limits, "source_rps"): _NON_NEGATIVE,
-    (Limits, "source_mps"): _NON_NEGATIVE,
+    (Limits, "stray_mps"): _NON_NEGATIVE,
     (Limits, "overload_queue_kb"): _NON_NEGATIVE,
     (Limits, "unknown_source_budget"): _NON_NEGATIVE,
     (Limits, "refused_cdr_rps"): _NON_NEGATIVE,

@@ -76,9 +76,10 @@ class Limits:
     emergency_max_calls: int = 200
     # per-source flood protection: requests per second from one source address (0: off)
     source_rps: int = 0
-    # messages a second, of any kind, from one source address of an untrusted trunk (or
-    # a trunk's target outside its sources); more are dropped unread (0: no limit)
-    source_mps: int = 2000
+    # stray messages a second (of no call, making none) from one address of an untrusted
+    # trunk (or a trunk's target outside its sources); past it, that address's messages
+    # are dropped unread for the rest of the second (0: no limit)
+    stray_mps: int = 1000
     # load shedding: above this many KiB held by the UDP receive queues (at most a quarter
     # of the receive buffer), part of the new calls are refused with 503 until the queue
     # is short again (0: off)

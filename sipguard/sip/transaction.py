@@ -598,6 +598,12 @@ def stateless_tag(req: Request) -> str:
     return hashlib.blake2b(material, key=_TAG_KEY, digest_size=10).hexdigest()
 
 
+def raw_stateless_tag(*lines: bytes) -> str:
+    """:func:`stateless_tag` of a request read only as lines (its Call-ID, From and top
+    Via lines, as they stand): the same for every retransmission, nothing to guess from."""
+    return hashlib.blake2b(b"\n".join(lines), key=_TAG_KEY, digest_size=10).hexdigest()
+
+
 def _own_branch(req: Request) -> str:
     """The branch of a request we built: its Via comes first, read without parsing it."""
     name, value = req.headers[0] if req.headers else ("", "")
@@ -624,6 +630,7 @@ class TransactionLayer:
         self.client: dict[tuple[str, ...], ClientTransaction] = {}
         self.server: dict[tuple[str, ...], ServerTransaction] = {}
         self.retransmissions = 0
+        self.strays = 0  # responses and CANCELs that matched no transaction
 
     # -- output --------------------------------------------------------------------------
 
@@ -706,7 +713,8 @@ class TransactionLayer:
         elif resp.cseq.method == "INVITE" and 200 <= resp.status < 300:
             # a 2xx retransmitted after the ICT ended (Timer M): the TU must still ACK it
             self.tu.on_stray_response(resp, flow, now)
-        # any other stray response is dropped (§18.1.2)
+        else:
+            self.strays += 1  # any other stray response is dropped (§18.1.2)
 
     # -- server side -----------------------------------------------------------------------
 
@@ -752,6 +760,7 @@ class TransactionLayer:
         if invite_tx is None or not self.tu.cancel_allowed(invite_tx, flow):
             # no such INVITE, or not its peer's to cancel: 481, the same either way and
             # statelessly (§8.2.7), so it tells nothing and keeps nothing
+            self.strays += 1
             self.send(flow, make_response(cancel, 481, to_tag=stateless_tag(cancel)).to_bytes())
             return
         ctx = ServerTransaction(self, key, cancel, flow)
