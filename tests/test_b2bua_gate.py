@@ -1,7 +1,8 @@
 """The door (b2bua/gate.py, SPEC §8): a source that matches no trunk gets nothing (a
 stateless 403 for every request, within limits.unknown_source_budget, and silence past
-it); an untrusted trunk's source may send limits.source_mps messages a second, fewer while
-load is shed; a trusted trunk is never metered."""
+it); an untrusted trunk's source may send limits.stray_mps stray messages a second (of no
+call), fewer while load is shed, then nothing but its calls' messages that second; a
+trusted trunk is never metered."""
 
 from __future__ import annotations
 
@@ -17,8 +18,14 @@ from testkit.callsim import (
     STRANGER,
     Wire,
     basic_call,
+    config_text,
     default_config,
+    establish,
+    in_dialog,
     invite,
+    requests,
+    response_to,
+    responses,
     statuses,
 )
 
@@ -172,13 +179,22 @@ def test_stray_mps_zero_meters_no_one() -> None:
 
 def test_while_load_is_shed_an_untrusted_source_gets_fewer_strays() -> None:
     w = Wire(default_config("limits: {stray_mps: 1000}\n"))
+    w.core.shedder.shedding = True
     w.core.shedder.admitted = 0.001  # the deepest cut
     w.advance(0.5)
     assert _flood(w, CALLER, MIN_STRAYS + 20) == MIN_STRAYS
     assert _flood(w, CALLEE, 200) == 200
-    w.core.shedder.admitted = 0.2
+    w.core.shedder.admitted = 0.75  # an untrusted trunk's calls: 2 * 0.75 - 1 of them
     w.advance(1.0)
-    assert _flood(w, CALLER, 300) == 200
+    assert _flood(w, CALLER, 600) == 500
+
+
+def test_a_budget_under_the_minimum_is_never_raised_by_shedding() -> None:
+    w = Wire(default_config("limits: {stray_mps: 3}\n"))
+    w.core.shedder.shedding = True
+    w.core.shedder.admitted = 0.001
+    w.advance(0.5)
+    assert _flood(w, CALLER, 10) == 3
 
 
 def test_strangers_from_ever_new_addresses_get_a_bounded_number_of_answers() -> None:
@@ -206,3 +222,80 @@ def test_an_options_probe_from_a_trunk_keeps_no_transaction() -> None:
     assert isinstance(first, Response) and first.status == 200 and first.has("allow")
     assert first.to_bytes() == again.to_bytes()
     assert w.core.layer.server == {}
+
+
+# -- found by the review (the attacks that failed) ----------------------------------------
+
+BALANCER = "127.0.0.9"
+BEHIND_A_BALANCER = """
+listen:
+  - {transport: udp, address: 127.0.0.1, port: 5060, trunks: [customers]}
+  - {transport: udp, address: 127.0.0.1, port: 5070, trunks: [pbx]}
+metrics: null
+identity_domain: sip.example.net
+cdr: {sink: file, path: var/test-cdr}
+limits: {stray_mps: 5}
+trunks:
+  customers:
+    sources: [127.0.0.9/32]
+    route_to: pbx
+    allowed_cli: ["+3120123*"]
+    default_cli: "+31201234000"
+    numbering: {country_code: "31", national_prefix: "0", international_prefix: "00"}
+  pbx:
+    sources: [127.0.0.9/32]
+    trusted: true
+    targets: ["sip:127.0.0.2:5080"]
+    route_to: customers
+"""
+
+
+def test_junk_on_an_untrusted_port_never_meters_a_trusted_trunk_behind_the_same_balancer() -> None:
+    """SPEC §2: behind a balancer each trunk has its own port; strays are counted per
+    listen entry and address, and a trusted trunk is never metered."""
+    w = Wire(config_text(BEHIND_A_BALANCER))
+    w.advance(0.1)
+    src = (BALANCER, 5999)
+    for n in range(10):  # anyone can forge these over UDP, from the balancer's address
+        w.core.receive(request("OPTIONS", n, src=src), Flow("udp", 0, *src), w.now)
+    w.core.outbox.clear()
+    data = invite(1).replace(b"127.0.0.3:5062", b"127.0.0.9:5062")
+    w.core.receive(data, Flow("udp", 1, BALANCER, 5062), w.now)  # the PBX's own port
+    assert w.core.outbox  # read and answered (here: no target for it), not dropped unread
+
+
+def test_a_metered_source_still_ends_and_answers_its_calls() -> None:
+    """Forged junk with a customer's address silences its new traffic for the rest of the
+    second, never the calls it has up: their messages still pass."""
+    metrics = Metrics()
+    w = Wire(default_config("limits: {stray_mps: 5}\n"), metrics=metrics)
+    w.advance(0.1)
+    est = establish(w, 99)
+    assert _flood(w, CALLER, 20) == 5
+    w.from_caller(invite(1))  # a new call: dropped unread
+    assert w.take_callee() == []
+    w.from_caller(in_dialog("BYE", est.a_ok, 2, 99, "z9hG4bK-99-bye"))
+    (bye,) = requests(w.take_callee(), "BYE")  # the BYE of its call goes through
+    w.from_callee(response_to(bye, 200, "OK", None))
+    assert [r.end_reason for r in w.core.cdr_out if r.kind == "end"] == ["caller_bye"]
+
+
+def test_the_acks_of_stateless_503s_are_no_strays() -> None:
+    """A busy untrusted trunk refused by a limit ACKs every 503 (§17.1.1.3): its other
+    calls must not pay for it."""
+    w = Wire(default_config("limits: {stray_mps: 3, refused_cdr_rps: 0}\n"))
+    w.core.draining = True  # every new call: 503
+    w.advance(0.1)
+    for n in range(10):
+        w.from_caller(invite(n))
+        (r,) = responses(w.take_caller(), 503)
+        ack = (
+            f"ACK sip:0201234567@127.0.0.1:5060 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.3:5062;branch=z9hG4bK-{n}-1-0\r\n"
+            f"From: {r.get('from')}\r\nTo: {r.get('to')}\r\nCall-ID: {r.call_id}\r\n"
+            "CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        w.from_caller(ack)
+    w.core.draining = False
+    w.from_caller(invite(11))
+    assert requests(w.take_callee(), "INVITE")

@@ -42,14 +42,17 @@ def test_a_queue_growing_above_the_threshold_cuts_the_fraction_at_each_reading()
     assert not s.shedding and admitted_of(s, 100) == 100
     s.update(THRESHOLD + 2, THRESHOLD)  # still growing: an overload
     assert s.shedding and s.admitted == pytest.approx(DECREASE)
-    assert admitted_of(s, 100) == 75  # spread evenly, not drawn at random
-    assert s.shed == 25
+    # spread evenly, not drawn at random; an untrusted trunk's calls first: 2 * 0.75 - 1
+    assert admitted_of(s, 100) == 50
+    assert s.shed == 50
+    assert sum(s.admit(trusted=True) for _ in range(100)) == 100  # a trusted one's: all
     s.update(2 * THRESHOLD, THRESHOLD)  # still growing: cut again
     assert s.admitted == pytest.approx(DECREASE**2)
     for _ in range(20):
         s.update(8 * THRESHOLD, THRESHOLD)  # as long as it does not shrink
     assert s.admitted == MIN_ADMITTED  # a flood: all but one call in a hundred refused
     assert admitted_of(s, 1000) == 10
+    assert sum(s.admit(trusted=True) for _ in range(1000)) == 20  # 2a: the trusted too
 
 
 def test_past_twice_the_threshold_the_first_reading_cuts() -> None:
@@ -198,7 +201,8 @@ async def test_the_driver_sheds_from_its_readings_and_exports_them(
         assert sample(metrics, "sipguard_receive_queue_bytes") >= 4 * 600
         assert sample(metrics, "sipguard_overload_admitted_ratio") == pytest.approx(DECREASE)
         assert not caplog.records  # nothing shed yet: nothing to say
-        shed = [driver.core.shedder.admit() for _ in range(8)]
+        shed = [driver.core.shedder.admit(trusted=True) for _ in range(6)]
+        shed += [driver.core.shedder.admit() for _ in range(4)]  # untrusted: half of them
         assert shed.count(False) == 2
         driver.read_queues()
         (line,) = [r.getMessage() for r in caplog.records]

@@ -8,8 +8,10 @@ import pytest
 
 from sipguard.b2bua.shed import early_refusal
 from sipguard.metrics import Metrics
-from sipguard.sip.message import Response, parse_message
+from sipguard.sip.message import Request, Response, parse_message
+from sipguard.sip.transaction import stateless_tag
 from testkit.callsim import (
+    CALLEE,
     Wire,
     default_config,
     establish,
@@ -53,14 +55,17 @@ def test_past_the_records_of_the_second_a_shed_call_is_answered_unread() -> None
 def test_the_early_503_answers_the_request_as_the_parser_would_read_it() -> None:
     data = invite(7)
     req = parse_message(data)
-    resp = early_refusal(data, CONFIG)
-    assert resp is not None and len(resp) <= len(data)
-    got = parse_message(resp)
+    assert isinstance(req, Request)
+    early = early_refusal(data, CONFIG)
+    assert early is not None and len(early.response) <= len(data)
+    got = parse_message(early.response)
     assert isinstance(got, Response) and got.status == 503
     assert got.call_id == req.call_id and got.cseq == req.cseq
     assert got.top_via.branch == req.top_via.branch
     assert got.from_.tag == req.from_.tag and got.to.tag
-    assert early_refusal(data, CONFIG) == resp  # a retransmission: the same answer
+    again = early_refusal(data, CONFIG)
+    assert again is not None and again.response == early.response  # a retransmission
+    assert got.to.tag == stateless_tag(req)  # the tag the whole way would give it
 
 
 def test_compact_header_names_and_several_vias_are_copied() -> None:
@@ -72,9 +77,9 @@ def test_compact_header_names_and_several_vias_are_copied() -> None:
         b"i: compact-1\r\nCSeq: 3 INVITE\r\nMax-Forwards: 70\r\n"
         b"Subject: a long enough request to answer\r\nl: 0\r\n\r\n"
     )
-    resp = early_refusal(data, CONFIG)
-    assert resp is not None
-    got = parse_message(resp)
+    early = early_refusal(data, CONFIG)
+    assert early is not None
+    got = parse_message(early.response)
     assert isinstance(got, Response)
     assert [v.branch for v in got.vias] == ["z9hG4bK-1", "z9hG4bK-0"]
     assert got.call_id == "compact-1" and got.cseq.number == 3
@@ -150,7 +155,87 @@ def test_while_shedding_an_emergency_call_and_a_re_invite_go_through() -> None:
 def test_a_call_the_shedder_admits_is_not_asked_twice() -> None:
     """One look before reading draws on the shedder's credit; the whole way does not."""
     w = shedding_wire(refused_cdr_rps=1)
-    w.core.shedder.admitted = 0.5  # every second call
+    w.core.shedder.admitted = 0.75  # every second call of an untrusted trunk
     for n in range(10):
         w.from_caller(invite(n))
     assert len(requests(w.take_callee(), "INVITE")) == 5
+
+
+# -- found by the review -----------------------------------------------------------------
+
+
+def _spend_records(w: Wire) -> None:
+    for n in range(100, 103):  # the trunk's refusal records of the second
+        w.from_caller(invite(n))
+    w.take_caller()
+    w.take_callee()
+
+
+def test_a_retransmission_of_a_call_under_way_is_never_shed() -> None:
+    """§17.2.1: one final response per INVITE. The retransmission of an admitted INVITE
+    is its transaction's, absorbed, whatever the shedder says now."""
+    w = shedding_wire(refused_cdr_rps=1)
+    w.core.shedder.admitted = 0.75  # every second untrusted call
+    _spend_records(w)
+    n = next(n for n in range(1, 10) if _admitted(w, n))
+    w.advance(0.5)
+    w.from_caller(invite(n))  # the caller's T1 retransmission
+    assert [r.status for r in responses(w.take_caller())] == [100]
+
+
+def _admitted(w: Wire, n: int) -> bool:
+    w.from_caller(invite(n))
+    w.take_caller()
+    return bool(requests(w.take_callee(), "INVITE"))
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["shed-unread", "shed-read"])
+def test_a_retransmission_of_a_shed_invite_is_shed_again(early: bool) -> None:
+    """§8.2.7: a request answered 503 is answered 503 again, with the same tag, never made
+    a call because the shedder's credit came round."""
+    w = shedding_wire(refused_cdr_rps=1 if early else 1000)
+    w.core.shedder.admitted = 0.75
+    _spend_records(w)
+    n = next(n for n in range(1, 10) if not _admitted(w, n))
+    w.from_caller(invite(n))
+    (first,) = responses(w.take_caller(), 503)
+    for _ in range(4):
+        w.from_caller(invite(n))
+        (again,) = responses(w.take_caller(), 503)
+        assert again.to.tag == first.to.tag
+    assert requests(w.take_callee(), "INVITE") == []
+
+
+def test_a_trusted_trunks_calls_are_shed_only_after_the_untrusted_ones() -> None:
+    """SPEC §8: an INVITE flood from a customer trunk grows the queue; the PBX's calls
+    still go through while the customers' are cut."""
+    w = shedding_wire(refused_cdr_rps=1)
+    w.core.shedder.admitted = 0.5  # untrusted: the minimum; trusted: all
+    for n in range(100, 120):
+        w.from_caller(invite(n))
+    w.take_caller()
+    finals = []
+    for n in range(20):
+        data = invite(n, user="+31201234567", addr=CALLEE).replace(
+            b"127.0.0.1:5060", b"127.0.0.3:5062"
+        )
+        w.from_callee(data)
+        finals += [r.status for r in responses(w.take_callee()) if r.status >= 200]
+    assert 503 not in finals
+    assert len(requests(w.take_caller(), "INVITE")) == 20
+
+
+def test_a_bare_line_break_is_never_copied_back() -> None:
+    """What the parser refuses as header injection is left to it: no Retry-After smuggled
+    into a limit's 503 (SPEC §8)."""
+    data = invite(1, body=b"").replace(b";tag=1SIPpTag001", b";tag=1\nRetry-After: 3600", 1)
+    assert early_refusal(data, CONFIG) is None
+    assert early_refusal(data.replace(b"\n", b"\r", 1), CONFIG) is None
+    assert early_refusal(invite(1, body=b"").replace(b"sipp", b"si\x00p", 1), CONFIG) is None
+
+
+def test_a_shed_invite_is_counted_as_received() -> None:
+    w = shedding_wire(refused_cdr_rps=1)
+    for n in range(10):
+        w.from_caller(invite(n))
+    assert w.core.stats_in.get("INVITE") == 10

@@ -55,6 +55,7 @@ MODULES = (
     "sipguard/b2bua/peers.py",
     "sipguard/b2bua/gate.py",
     "sipguard/b2bua/shed.py",
+    "sipguard/b2bua/table.py",
     "sipguard/b2bua/leg.py",
     "sipguard/b2bua/session_timer.py",
     "sipguard/b2bua/crossing.py",

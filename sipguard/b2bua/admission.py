@@ -27,6 +27,17 @@ step  check                                       status  reason (rejected_total
 From step 8 on the attempt is a call attempt: it is answered ``100 Trying`` first and its
 refusal has an end record. An emergency call is refused by no limit but the emergency
 reserve, by no session interval and by no privacy rule.
+
+Step 0, under overload only: a new INVITE from a trunk source that the shedder refuses
+is answered ``503`` (``overload``) before it is read at all, once its trunk's refusal
+records of the second are written (:mod:`~sipguard.b2bua.shed`; never an emergency
+call). Overload is a state of the element, not of the request: the checks above would
+cost it what it is short of. A retransmission of an INVITE refused ``503`` gets ``503``
+again, whichever path answered it.
+
+"Refused statelessly" everywhere: one response per request (§8.2.7), no transaction
+kept. Refusals for good (400, 403, 405, 481, 482, 483, 501) are strays that count
+against an untrusted source's budget (:mod:`~sipguard.b2bua.gate`); a limit's 503 is not.
 """
 
 from __future__ import annotations
@@ -219,7 +230,7 @@ class Capacity:
         tl = trunk.limits
         if tl.max_calls and self.trunk_calls.get(trunk.name, 0) >= tl.max_calls:
             return "trunk_max_calls"
-        if not shedder.admit():
+        if not shedder.admit(trunk.trusted):
             return "overload"  # the receive queue grows: part of the new calls are shed
         if tl.cps and not within_rate(self.trunk_cps, trunk.name, now, tl.cps):
             return "trunk_cps"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from sipguard.b2bua.admission import Admitted, Capacity, MergeKey, Refused, admit, merge_key
+from sipguard.b2bua.admission import Admitted, Capacity, Refused, admit
 from sipguard.b2bua.call import ENDED, Call
 from sipguard.b2bua.gate import METERED, STRANGER, Gate
 from sipguard.b2bua.host import (
@@ -30,13 +30,14 @@ from sipguard.b2bua.host import (
     Outcome,
     TargetFailed,
 )
-from sipguard.b2bua.leg import Leg, LocalAddresses
+from sipguard.b2bua.leg import LocalAddresses
 from sipguard.b2bua.outgoing import Challenges
 from sipguard.b2bua.overload import Shedder
 from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.records import Records
 from sipguard.b2bua.routing import Prober, Router
-from sipguard.b2bua.shed import early_refusal
+from sipguard.b2bua.shed import EarlyShed
+from sipguard.b2bua.table import CallTable
 from sipguard.cdr.record import make_call_id, new_instance_tag
 from sipguard.config.model import Config, Trunk
 from sipguard.metrics import Metrics
@@ -57,6 +58,9 @@ log = logging.getLogger("sipguard.b2bua")
 
 # option-tag lists a call reads: parsed on arrival, so a malformed one is a 400 at once
 _TOKEN_HEADERS = ("supported", "require", "allow")
+# refusals for good, which make a request a stray (b2bua/gate.py); not a limit's 503, a
+# 422 (retry with our Min-SE) or a 433 (a caller asked for privacy the trunk refuses)
+STRAY_STATUSES = frozenset({400, 403, 405, 481, 482, 483, 501})
 
 
 class B2BUA:
@@ -80,12 +84,11 @@ class B2BUA:
         self.router = Router(config, self.layer, self)
         self.capacity = Capacity()
         self.shedder = Shedder()  # fed by the driver's readings of the receive queue
-        self.dialogs: dict[tuple[str, str], Call] = {}
-        # (Call-ID, From tag, CSeq) of the INVITEs that made calls: a merged request
-        # (the same INVITE by another path) is refused with 482 (§8.2.2.2)
-        self.invites: dict[MergeKey, Call] = {}
+        self.early = EarlyShed(self.shedder)
         self.challenges = Challenges()
         self.peers = Peers(config)
+        self.table = CallTable(self.peers, self._refused)
+        self.dialogs = self.table.by_dialog  # the calls by each leg's dialog id
         self.gate = Gate(self.peers)  # every message accounted to its source, unread
         self.draining = False
         self.accepting = True  # False while the CDR spool is full (refuse non-emergency)
@@ -172,7 +175,13 @@ class B2BUA:
 
     def _receive(self, data: bytes, flow: Flow, now: float) -> None:
         door = self.gate.enter(
-            flow, now, self.config.limits, self.router.target_hosts(), self.shedder.admitted
+            flow,
+            now,
+            self.config.limits,
+            self.router.target_hosts(),
+            self.shedder.untrusted,
+            data,
+            self.gate.live,
         )
         if door >= METERED:  # read no further
             self._count_refused("source_messages" if door == METERED else "unknown_source_silenced")
@@ -183,6 +192,7 @@ class B2BUA:
             return
         strays = self.layer.strays
         self._read(data, flow, now, stranger)
+        self.shedder.granted = False  # asked for this INVITE only
         if self.layer.strays != strays and not stranger:
             self.gate.stray(flow)
 
@@ -194,13 +204,12 @@ class B2BUA:
             trunk.name, now, self.config.limits.refused_cdr_rps
         ):
             return False
-        if self.shedder.admit():
-            self.shedder.granted = True  # the whole way admits it without asking again
-            return False
-        resp = early_refusal(data, self.config)
+        server = self.layer.server
+        resp = self.early.refuse(data, flow, trunk.trusted, self.config, server, now)
         if resp is None:
-            return False  # an emergency call, or anything unusual: read in full
+            return False  # an emergency call, a call under way, anything unusual: read it
         self.layer.send(flow, resp)
+        self.records.message_in("INVITE")
         self.records.shed(trunk.name, trunk.route_to or "")
         return True
 
@@ -257,7 +266,7 @@ class B2BUA:
         (no ``Allow``, no ``Server``), and nothing to an ACK or a response."""
         if isinstance(msg, Response):
             return False
-        if msg.to.tag is not None and self._in_dialog(msg, flow) is not None:
+        if msg.to.tag is not None and self.table.in_dialog(msg, flow) is not None:
             return True
         if msg.method != "ACK":  # an ACK (of our 403, say) gets nothing and is not counted
             self._count_refused("unknown_source")
@@ -300,18 +309,7 @@ class B2BUA:
 
     def _end_after_error(self, msg: Request | Response, flow: Flow, now: float) -> None:
         try:
-            calls: set[Call] = set()
-            for tag in (msg.from_.tag, msg.to.tag):
-                leg = self._leg((msg.call_id, tag or ""))
-                if leg is not None and self.peers.from_peer(
-                    leg[0].trunk_of(leg[1]), leg[1].flow, flow
-                ):
-                    calls.add(leg[0])
-            if isinstance(msg, Request):
-                found = self.invites.get(merge_key(msg, flow))
-                if found is not None:
-                    calls.add(found)
-            for call in calls:
+            for call in self.table.of_message(msg, flow):
                 call.abort(now)
             if isinstance(msg, Request) and msg.method != "ACK":
                 # after the hang-up, which answers the call's own INVITE with its leg's tag
@@ -348,35 +346,11 @@ class B2BUA:
 
     def on_stray_response(self, resp: Response, flow: Flow, now: float) -> None:
         """A 2xx to our INVITE after its transaction ended (§13.2.2.4)."""
-        key = (resp.call_id, resp.from_.tag or "")
-        call = self.dialogs.get(key)
-        if call is not None and call.b is not None and call.b.key() == key:
+        call = self.table.callee_leg(resp)
+        if call is not None:
             call.stray_2xx(resp, flow, now)
         else:
             self.layer.strays += 1
-
-    def _leg(self, key: tuple[str, str]) -> tuple[Call, Leg] | None:
-        call = self.dialogs.get(key)
-        if call is None:
-            return None
-        leg = call.a if call.a.key() == key else call.b
-        return None if leg is None else (call, leg)
-
-    def _in_dialog(self, req: Request, flow: Flow) -> tuple[Call, Leg] | None:
-        """The call and leg ``req`` names, if it comes from that leg's peer and is of its
-        dialog: the remote tag is part of the dialog's id (§12.2.2), and another fork's,
-        or a forger's, is no request of this dialog. Anyone else's is counted."""
-        found = self._leg((req.call_id, req.to.tag or ""))
-        if found is None:
-            return None
-        call, leg = found
-        if req.from_.tag == leg.remote_tag and self.peers.from_peer(
-            call.trunk_of(leg), leg.flow, flow
-        ):
-            return found
-        log.debug("in-dialog request from %s, not of the leg's peer: refused", flow.host)
-        self._refused()
-        return None
 
     def _refused(self) -> bool:
         self._count_refused("dialog_source")
@@ -391,15 +365,15 @@ class B2BUA:
         return (flow.local, flow.host) == (invite.flow.local, invite.flow.host)
 
     def on_ack(self, req: Request, flow: Flow, now: float) -> None:
-        found = self._in_dialog(req, flow)
-        if found is None:
-            self.layer.strays += 1
-        else:
+        found = self.table.in_dialog(req, flow)
+        if found is not None:
             found[0].on_ack(found[1], req, now)
+        elif req.to.tag != stateless_tag(req):  # not the ACK of a stateless refusal
+            self.layer.strays += 1
 
     def on_request(self, req: Request, tx: ServerTransaction, now: float) -> None:
         if req.to.tag is not None:
-            found = self._in_dialog(req, tx.flow)
+            found = self.table.in_dialog(req, tx.flow)
             # a request from anyone but the leg's peer is answered as if there were no
             # such dialog: the same 481, statelessly (one response per request, nothing
             # kept), so it reveals nothing about the calls there are
@@ -443,10 +417,12 @@ class B2BUA:
         peer that lost it sends its request again and gets the same answer."""
         if self.metrics is not None:
             self.metrics.inc(self.metrics.rejected, label)
-        if status != 503:  # refused for good, not by a limit it may wait out: a stray
-            self.layer.strays += 1
         req = tx.request
         tag = stateless_tag(req)
+        if status in STRAY_STATUSES:  # refused for good, not by a limit to wait out
+            self.layer.strays += 1
+        elif status == 503 and req.method == "INVITE":  # its retransmissions: 503 too
+            self.early.remember(tx.flow, tag, now)
         self.layer.respond_stateless(
             tx, make_response(req, status, reason, to_tag=tag, headers=headers)
         )
@@ -456,6 +432,9 @@ class B2BUA:
     def _new_call(self, req: Request, tx: ServerTransaction, now: float) -> None:
         config = self.config
         flow = tx.flow
+        if self.early.again(req, flow):  # a retransmission of an INVITE refused with 503
+            self._reject(tx, 503, "overload", now)
+            return
         trunk = self.peers.trunk_of(flow.local, flow.host)
         verdict = admit(
             req,
@@ -466,7 +445,7 @@ class B2BUA:
             now,
             source=flow.host,
             tls_names=self.peers.names(flow),
-            merged=merge_key(req, flow) in self.invites,
+            merged=self.table.merged(req, flow),
             draining=self.draining,
             accepting=self.accepting,
         )
@@ -522,37 +501,28 @@ class B2BUA:
         )
         reuse = self.challenges.retry_leg(req, tx.flow, self.peers, now)
         self.capacity.take(trunk.name, call.emergency)
-        self.dialogs[call.a.key()] = call
-        self.invites[call.merge_key] = call
+        self.table.add_caller(call)
         call.start_b(targets, now, reuse)
         assert call.b is not None
-        self.dialogs[call.b.key()] = call
+        self.table.add_callee(call)
+        self.gate.opened(call.a.call_id, call.b.call_id)
         self.records.started(call, self.config.emergency_numbers)
 
     # -- call outcomes ---------------------------------------------------------------------
 
     def _ended(self, call: Call, end_reason: str, now: float) -> None:
         self.capacity.give_back(call.trunk_in.name, call.emergency)
-        for leg in (call.a, call.b):
-            if leg is not None and self.dialogs.get(leg.key()) is call:
-                del self.dialogs[leg.key()]
-        if self.invites.get(call.merge_key) is call:
-            del self.invites[call.merge_key]
+        self.gate.closed(call.a.call_id, call.b.call_id if call.b is not None else "")
+        self.table.remove(call)
         self.records.ended(call, end_reason, now)
 
     def streams_in_use(self) -> set[tuple[str, str, int]]:
-        """(transport, host, port) of every TCP/TLS peer a call in progress uses."""
-        out: set[tuple[str, str, int]] = set()
-        for call in self.dialogs.values():
-            for leg in (call.a, call.b):
-                if leg is not None and leg.flow.reliable:
-                    out.add((leg.flow.transport, leg.flow.host, leg.flow.port))
-        return out
+        return self.table.streams_in_use()
 
     def shutdown(self, now: float) -> None:
         """End every call (drain time is over): BYE both legs, CDRs with ``shutdown``."""
         try:
-            for call in set(self.dialogs.values()):
+            for call in self.table.calls():
                 if call.state != ENDED:
                     call.hangup(True, now, reason="shutdown", status=call.status or 503, to_a=True)
         finally:

@@ -77,21 +77,48 @@ class Strangers:
 class Gate:
     """What each source may still send (see the module's docstring)."""
 
-    __slots__ = ("_answers", "_second", "_strays", "peers", "strangers")
+    __slots__ = ("_answers", "_second", "_strays", "live", "peers", "strangers")
 
     def __init__(self, peers: Peers) -> None:
         self.peers = peers
         self.strangers = Strangers()
         self._second = -1
-        self._strays: dict[str, int] = {}  # host -> stray messages this second (untrusted)
+        # (listen entry, host) -> stray messages this second, of untrusted sources: behind a
+        # balancer each trunk has its own port (SPEC §2), and one's junk is not another's
+        self._strays: dict[tuple[int, str], int] = {}
         self._answers = 0  # answers to strangers this second
+        self.live: dict[str, int] = {}  # Call-IDs of both legs of the calls in progress
+
+    def opened(self, *call_ids: str) -> None:
+        """A call is in progress: its legs' messages pass a metered source."""
+        live = self.live
+        for cid in call_ids:
+            live[cid] = live.get(cid, 0) + 1
+
+    def closed(self, *call_ids: str) -> None:
+        live = self.live
+        for cid in call_ids:
+            count = live.get(cid, 0)
+            if count > 1:
+                live[cid] = count - 1
+            else:
+                live.pop(cid, None)
 
     def enter(
-        self, flow: Flow, now: float, limits: Limits, targets: frozenset[str], admitted: float
+        self,
+        flow: Flow,
+        now: float,
+        limits: Limits,
+        targets: frozenset[str],
+        admitted: float,
+        data: bytes,
+        live: dict[str, int],
     ) -> int:
-        """May a message from ``flow`` be read? :data:`OPEN`, :data:`STRANGER` (read, to
-        be refused), or why not (:data:`METERED`, :data:`SILENCED`). ``targets`` are the
-        trunks' target hosts; ``admitted`` the fraction of new calls the shedder admits."""
+        """May ``data`` from ``flow`` be read? :data:`OPEN`, :data:`STRANGER` (read, to be
+        refused), or why not (:data:`METERED`, :data:`SILENCED`). ``targets`` are the
+        trunks' target hosts; ``admitted`` the fraction of an untrusted trunk's new calls
+        the shedder admits; ``live`` the Call-IDs of the calls in progress, whose messages
+        a metered source may still send (its BYE ends a call, its 200 answers one)."""
         host = flow.host
         second = int(now)
         if second != self._second:
@@ -106,13 +133,17 @@ class Gate:
                 return SILENCED
             self._answers += 1
             return STRANGER
-        strays = self._strays.get(host)
-        if strays is None or not limits.stray_mps:
-            return OPEN
         budget = limits.stray_mps
+        if not budget or (trunk is not None and trunk.trusted):
+            return OPEN
+        strays = self._strays.get((flow.local, host))
+        if strays is None:
+            return OPEN
         if admitted < 1.0:
-            budget = max(MIN_STRAYS, int(budget * admitted))
-        return OPEN if strays < budget else METERED
+            budget = max(min(MIN_STRAYS, budget), int(budget * admitted))
+        if strays < budget or raw_call_id(data) in live:
+            return OPEN
+        return METERED
 
     def stray(self, flow: Flow) -> None:
         """The message just read from ``flow`` belonged to no call and made none."""
@@ -120,7 +151,26 @@ class Gate:
         if trunk is not None and trunk.trusted:
             return
         strays = self._strays
-        count = strays.get(flow.host)
+        key = (flow.local, flow.host)
+        count = strays.get(key)
         if count is None and len(strays) >= MAX_METERED:
             strays.clear()
-        strays[flow.host] = 1 if count is None else count + 1
+        strays[key] = 1 if count is None else count + 1
+
+
+def raw_call_id(data: bytes) -> str:
+    """The ``Call-ID`` of a message not parsed yet ('' if none is found): its first
+    ``Call-ID``/``i`` header line, any case, the value stripped."""
+    end = data.find(b"\r\n\r\n")
+    head = (data if end < 0 else data[:end]).lower()
+    for name in (b"\r\ncall-id", b"\r\ni"):
+        at = head.find(name)
+        while at >= 0:
+            rest = at + len(name)
+            colon = head.find(b":", rest)
+            if colon >= 0 and not head[rest:colon].strip(b" \t"):
+                eol = data.find(b"\r\n", colon)
+                value = data[colon + 1 : eol if eol >= 0 else len(data)]
+                return value.strip(b" \t").decode("utf-8", "surrogateescape")
+            at = head.find(name, rest)
+    return ""

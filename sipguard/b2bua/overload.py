@@ -22,6 +22,13 @@ credit counter), not drawn at random. Emergency calls never ask: they have their
 reserved capacity (SPEC §1.4). In-dialog requests and responses are never shed: they
 finish calls that are already up.
 
+The untrusted trunks' calls are shed first (SPEC §8: a flood from untrusted sources is
+shed before a trusted trunk's calls). The one fraction ``admitted`` (a) is split in two:
+an untrusted trunk's new calls get ``2a - 1`` of it (never under :data:`MIN_ADMITTED`), a
+trusted trunk's ``2a`` (at most all). While a falls from 1 to 1/2 only untrusted calls
+are refused; a trusted trunk's are refused only once the untrusted ones are down to the
+minimum, so a flood of INVITEs from a customer trunk costs the PBX's calls nothing.
+
 Over TCP and TLS the peer's kernel stops sending when ours stops reading. There are no
 retransmissions and no collapse, and their queues are not read.
 """
@@ -38,14 +45,15 @@ INCREASE: Final = 0.05  # added per reading once the queue is under a quarter of
 class Shedder:
     """The fraction of new calls admitted, from the receive queue's readings."""
 
-    __slots__ = ("_credit", "admitted", "granted", "queued", "shed", "shedding")
+    __slots__ = ("_credit", "_credit_trusted", "admitted", "granted", "queued", "shed", "shedding")
 
     def __init__(self) -> None:
         self.admitted = 1.0  # fraction of new calls admitted
         self.queued = 0  # bytes waiting at the last reading
         self.shedding = False  # admitted < 1: some new calls are refused
         self.shed = 0  # new calls refused, since start
-        self._credit = 0.0
+        self._credit = 0.0  # an untrusted trunk's calls
+        self._credit_trusted = 0.0
         # admitted already by a look before the call was read (b2bua/shed.py): the next
         # ask is answered yes without drawing on the credit again
         self.granted = False
@@ -70,18 +78,29 @@ class Shedder:
         self.queued = queued
         self.shedding = self.admitted < 1.0
         if not self.shedding:
-            self._credit = 0.0
+            self._credit = self._credit_trusted = 0.0
 
-    def admit(self) -> bool:
+    @property
+    def untrusted(self) -> float:
+        """The fraction of an untrusted trunk's new calls admitted."""
+        return 1.0 if not self.shedding else max(MIN_ADMITTED, 2.0 * self.admitted - 1.0)
+
+    def admit(self, trusted: bool = False) -> bool:
         """May one more new call go on? Spreads the admitted fraction evenly over calls."""
         if not self.shedding:
             return True
         if self.granted:
             self.granted = False
             return True
-        self._credit += self.admitted
-        if self._credit >= 1.0:
-            self._credit -= 1.0
-            return True
+        if trusted:
+            self._credit_trusted += min(1.0, 2.0 * self.admitted)
+            if self._credit_trusted >= 1.0:
+                self._credit_trusted -= 1.0
+                return True
+        else:
+            self._credit += self.untrusted
+            if self._credit >= 1.0:
+                self._credit -= 1.0
+                return True
         self.shed += 1
         return False

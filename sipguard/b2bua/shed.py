@@ -12,19 +12,31 @@ Only the plain case is taken. :func:`early_refusal` returns None, and the core g
 whole way (which may still shed the call), for anything else: an emergency call (the
 Request-URI's dialled number, its CLIR code removed, or ``urn:service:sos``: SPEC §1.4,
 never shed), a ``To`` with anything like a tag (a re-INVITE is never shed), a folded or
-repeated header line, a ``CSeq`` of another method, no end of the header, a start line
-that is not ``INVITE <uri> SIP/2.0``, or a response that would be larger than the request
-(never an amplifier, SPEC §8).
+repeated header line, a bare CR, LF or a NUL anywhere in the header (what the parser
+refuses as header injection is never copied back), a ``CSeq`` of another method, a top
+``Via`` without an RFC 3261 branch, no end of the header, a start line that is not
+``INVITE <uri> SIP/2.0``, or a response that would be larger than the request (never an
+amplifier, SPEC §8). The core asks only then whether the shedder admits the call, and
+first whether the INVITE is a retransmission: of a call under way (its transaction is
+there: never shed, §17.2.3) or of one shed already (:class:`Shed`: shed again, the same
+way, §8.2.7).
+
+The To tag is :func:`~sipguard.sip.transaction.stateless_tag`'s, made of the same raw
+``Call-ID``, ``From`` and top ``Via`` values: a request gets one tag whichever path
+answers it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Final
 
+from sipguard.b2bua.overload import Shedder
 from sipguard.config.model import Config
 from sipguard.policy.numbers import is_emergency, is_sos_urn, split_clir_code
 from sipguard.sip.errors import SipError
-from sipguard.sip.transaction import raw_stateless_tag
+from sipguard.sip.message import Request, parse_via
+from sipguard.sip.transaction import MAGIC_COOKIE, Flow, raw_stateless_tag, stateless_tag
 from sipguard.sip.uri import parse_uri
 
 _STATUS: Final = b"SIP/2.0 503 Service Unavailable\r\n"
@@ -43,13 +55,29 @@ _NAMES: Final = {
 }
 
 
-def early_refusal(data: bytes, config: Config) -> bytes | None:
+class Early:
+    """A new INVITE that may be shed unread: its ``503``, and its transaction's key
+    (§17.2.3: branch, sent-by, method) to look for a call it may already be."""
+
+    __slots__ = ("key", "response", "tag")
+
+    def __init__(self, response: bytes, key: tuple[str, str, str], tag: str) -> None:
+        self.response = response
+        self.key = key
+        self.tag = tag
+
+
+def early_refusal(data: bytes, config: Config) -> Early | None:
     """The ``503`` for ``data``, a new INVITE of no emergency, or None (see the module's
     docstring: the core then reads the request in full)."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
-    lines = data[:end].split(b"\r\n")
+    head = data[:end]
+    breaks = head.count(b"\r\n")
+    if head.count(b"\r") != breaks or head.count(b"\n") != breaks or b"\x00" in head:
+        return None  # a bare CR or LF, or a NUL: the parser's business
+    lines = head.split(b"\r\n")
     start = lines[0].split(b" ")
     if len(start) != 3 or start[0] != b"INVITE" or start[2] != b"SIP/2.0":
         return None
@@ -75,10 +103,18 @@ def early_refusal(data: bytes, config: Config) -> bytes | None:
     if not vias or len(found) != 4:
         return None
     to = found[b"t"].rstrip()
-    cseq = found[b"c"][found[b"c"].find(b":") + 1 :].split()
+    cseq = _value(found[b"c"]).split()
     if b"tag" in to.lower() or len(cseq) != 2 or cseq[1] != b"INVITE" or not cseq[0].isdigit():
         return None
-    tag = raw_stateless_tag(found[b"i"], found[b"f"], vias[0])
+    top_line = _value(vias[0])
+    try:
+        top = parse_via(top_line.split(b",", 1)[0].decode("utf-8", "surrogateescape"))
+    except SipError:
+        return None
+    branch = top.branch
+    if not branch or not branch.startswith(MAGIC_COOKIE) or len(branch) == len(MAGIC_COOKIE):
+        return None  # an RFC 2543 peer's transactions are matched otherwise (§17.2.3)
+    tag = raw_stateless_tag(_value(found[b"i"]), _value(found[b"f"]), top_line)
     resp = b"".join(
         [
             _STATUS,
@@ -97,7 +133,14 @@ def early_refusal(data: bytes, config: Config) -> bytes | None:
             _END,
         ]
     )
-    return resp if len(resp) <= len(data) else None
+    if len(resp) > len(data):
+        return None
+    return Early(resp, (branch, top.sent_by(), "INVITE"), tag)
+
+
+def _value(line: bytes) -> bytes:
+    """A header line's value, as the parser keeps it (blanks around it stripped)."""
+    return line[line.find(b":") + 1 :].strip(b" \t")
 
 
 def _emergency(ruri: bytes, config: Config) -> bool:
@@ -116,3 +159,76 @@ def _emergency(ruri: bytes, config: Config) -> bool:
         return False
     rest = split_clir_code(user, config.clir_codes)[0]
     return is_emergency(rest, config.emergency_numbers)
+
+
+SHED_MEMORY: Final = 32.0  # seconds a shed INVITE is remembered: 64*T1, its retransmissions
+MAX_SHED: Final = 32768  # remembered per half of that; a half that fills starts afresh
+
+
+class Shed:
+    """The INVITEs shed lately, by source and stateless tag: a retransmission of one is
+    shed again, never made a call after the caller was told 503 (§8.2.7). Two halves of
+    :data:`SHED_MEMORY` each, the older dropped as a whole: bounded, O(1) per INVITE."""
+
+    __slots__ = ("_new", "_old", "_since")
+
+    def __init__(self) -> None:
+        self._new: set[tuple[str, str]] = set()
+        self._old: set[tuple[str, str]] = set()
+        self._since = 0.0
+
+    def _turn(self, now: float) -> None:
+        if now - self._since >= SHED_MEMORY or len(self._new) >= MAX_SHED:
+            self._old, self._new = self._new, set()
+            self._since = now
+
+    def remember(self, host: str, tag: str, now: float) -> None:
+        self._turn(now)
+        self._new.add((host, tag))
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._new or key in self._old
+
+    def any(self) -> bool:
+        return bool(self._new or self._old)
+
+
+class EarlyShed:
+    """The shedder's answer to a new INVITE before it is read, and the memory that keeps
+    a retransmission's answer the same (see the module's docstring)."""
+
+    __slots__ = ("memory", "shedder")
+
+    def __init__(self, shedder: Shedder) -> None:
+        self.shedder = shedder
+        self.memory = Shed()
+
+    def refuse(
+        self,
+        data: bytes,
+        flow: Flow,
+        trusted: bool,
+        config: Config,
+        server: Collection[tuple[str, ...]],
+        now: float,
+    ) -> bytes | None:
+        """The ``503`` for ``data`` from a trunk (``trusted`` or not) if the shedder
+        refuses it, or None: read it in full. ``server``: the keys of the server
+        transactions (a retransmission of a call under way is never shed)."""
+        early = early_refusal(data, config)
+        if early is None or (str(flow.local), flow.host, *early.key) in server:
+            return None
+        shed_before = (flow.host, early.tag) in self.memory
+        if not shed_before and self.shedder.admit(trusted):
+            self.shedder.granted = True  # the whole way admits it without asking again
+            return None
+        self.memory.remember(flow.host, early.tag, now)
+        return early.response
+
+    def again(self, req: Request, flow: Flow) -> bool:
+        """Was ``req``, read in full, shed lately (a retransmission: shed again)?"""
+        return self.memory.any() and (flow.host, stateless_tag(req)) in self.memory
+
+    def remember(self, flow: Flow, tag: str, now: float) -> None:
+        """A request from ``flow`` was refused with ``503`` statelessly, To tag ``tag``."""
+        self.memory.remember(flow.host, tag, now)

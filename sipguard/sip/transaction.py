@@ -592,16 +592,18 @@ _TAG_KEY = os.urandom(16)
 
 def stateless_tag(req: Request) -> str:
     """The To tag of a response sent without a transaction: the same for every
-    retransmission of the request (§8.2.6.2, §17.2.3), and nothing to guess from."""
-    via = req.top_via
-    material = f"{req.call_id}\n{req.from_.tag}\n{via.branch}\n{via.sent_by()}".encode()
+    retransmission of the request (§8.2.6.2, §17.2.3), and nothing to guess from. Made
+    of the raw values of its ``Call-ID``, ``From`` and first ``Via`` line, so that a
+    request read only as lines (:mod:`sipguard.b2bua.shed`) gets the same one."""
+    values = (req.get("call-id") or "", req.get("from") or "", req.get("via") or "")
+    return raw_stateless_tag(*(v.encode("utf-8", "surrogateescape") for v in values))
+
+
+def raw_stateless_tag(call_id: bytes, from_: bytes, top_via_line: bytes) -> str:
+    """:func:`stateless_tag` of the raw values of a request's ``Call-ID``, ``From`` and
+    first ``Via`` line."""
+    material = b"\n".join((call_id, from_, top_via_line))
     return hashlib.blake2b(material, key=_TAG_KEY, digest_size=10).hexdigest()
-
-
-def raw_stateless_tag(*lines: bytes) -> str:
-    """:func:`stateless_tag` of a request read only as lines (its Call-ID, From and top
-    Via lines, as they stand): the same for every retransmission, nothing to guess from."""
-    return hashlib.blake2b(b"\n".join(lines), key=_TAG_KEY, digest_size=10).hexdigest()
 
 
 def _own_branch(req: Request) -> str:
