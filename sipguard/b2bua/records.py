@@ -28,11 +28,15 @@ log = logging.getLogger("sipguard.b2bua")
 
 # the message kinds counted by name: a peer chooses the method token, so only known ones
 # become metric labels (a bounded set that can never carry a number), the rest "other"
-KNOWN_KINDS = frozenset(
-    ALLOW.replace(" ", "").split(",")
-    + ["REGISTER", "SUBSCRIBE", "NOTIFY", "PUBLISH", "REFER"]
-    + [f"{c}xx" for c in range(1, 7)]
+KNOWN_METHODS = (
+    *ALLOW.replace(" ", "").split(","),
+    "REGISTER",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "REFER",
 )
+KNOWN_KINDS = frozenset([*KNOWN_METHODS, *(f"{c}xx" for c in range(1, 7))])
 
 
 class Records:

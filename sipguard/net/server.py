@@ -23,6 +23,7 @@ from typing import Any
 from prometheus_client import Gauge, generate_latest
 
 from sipguard.b2bua.core import B2BUA
+from sipguard.b2bua.records import KNOWN_KINDS, KNOWN_METHODS
 from sipguard.cdr.writer import CdrWriter
 from sipguard.config.loader import ConfigError, load_config
 from sipguard.config.model import Config
@@ -46,23 +47,7 @@ log = logging.getLogger("sipguard")
 # the ``kind`` label of sipguard_sip_messages_total: a method we know or a status class;
 # anything else (a peer may send any token as a method) is "other", so that a label never
 # carries what a peer wrote (SPEC §6: no number, no address) and the series stay few
-_METHODS = (
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "OPTIONS",
-    "REGISTER",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "MESSAGE",
-    "INFO",
-    "UPDATE",
-    "PRACK",
-    "REFER",
-)
-KINDS: frozenset[str] = frozenset([*_METHODS, "1xx", "2xx", "3xx", "4xx", "5xx", "6xx"])
+_METHODS = KNOWN_METHODS
 _OUT_KIND: dict[bytes, str] = {m.encode() + b" ": m for m in _METHODS}
 _OUT_STATUS: dict[int, str] = {ord(str(c)): f"{c}xx" for c in range(1, 7)}
 
@@ -589,7 +574,7 @@ class Driver:
             for kind, n in list(counts.items()):
                 delta = n - seen.get(kind, 0)
                 if delta:
-                    label = kind if kind in KINDS else "other"
+                    label = kind if kind in KNOWN_KINDS else "other"
                     m.sip_messages.labels(direction, label).inc(delta)
                     seen[kind] = n
         delta = core.layer.retransmissions - self._exported_rtx
