@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -191,7 +192,10 @@ def callee_answer(h: Harness, draw: st.DrawFn) -> None:
         extra = "Require: 100rel\r\nRSeq: 1\r\n"
     tag = None if status == 100 else f"callee{h.steps % 3}"
     body = callsim.SDP_CALLEE if status in (183, 200) else b""
-    data = callsim.response_to(inv, status, "X", tag, body, extra=extra)
+    try:
+        data = callsim.response_to(inv, status, "X", tag, body, extra=extra)
+    except UnicodeEncodeError:
+        return
     h.deliver(draw(_bytes(data)), CALLEE)
 
 
@@ -203,7 +207,10 @@ def caller_in_dialog(h: Harness, draw: st.DrawFn) -> None:
     body = callsim.SDP if method in ("INVITE", "UPDATE") else b""
     extra = "RAck: 1 1 INVITE\r\n" if method == "PRACK" else ""
     cseq = 1 if method in ("ACK", "CANCEL") else draw(st.integers(1, 5))
-    data = callsim.in_dialog(method, resp, cseq, 0, f"z9hG4bK-{h.steps}", body, extra)
+    try:
+        data = callsim.in_dialog(method, resp, cseq, 0, f"z9hG4bK-{h.steps}", body, extra)
+    except UnicodeEncodeError:  # the answer mirrors a header that is not UTF-8
+        return
     # the stranger sends the same (a hijack attempt) now and then
     addr = STRANGER if draw(st.integers(0, 4)) == 0 else CALLER
     h.deliver(draw(_bytes(data)), addr)
@@ -215,9 +222,12 @@ def callee_in_dialog(h: Harness, draw: st.DrawFn) -> None:
     inv = draw(st.sampled_from(h.b_invites))
     method = draw(st.sampled_from(["BYE", "INVITE", "UPDATE", "INFO", "NOTIFY"]))
     body = callsim.SDP_CALLEE if method in ("INVITE", "UPDATE") else b""
-    data = callsim.callee_request(
-        method, inv, f"callee{h.steps % 3}", draw(st.integers(1, 5)), h.steps, body
-    )
+    try:
+        data = callsim.callee_request(
+            method, inv, f"callee{h.steps % 3}", draw(st.integers(1, 5)), h.steps, body
+        )
+    except UnicodeEncodeError:  # sipguard's INVITE carries a header that is not UTF-8
+        return
     addr = STRANGER if draw(st.integers(0, 4)) == 0 else CALLEE
     h.deliver(draw(_bytes(data)), addr)
 
@@ -236,7 +246,8 @@ def stranger(h: Harness, draw: st.DrawFn) -> None:
     if draw(st.integers(0, 3)) == 0:
         text = callsim.invite(n, addr=STRANGER)
     if draw(st.integers(0, 5)) == 0 and h.b_invites:  # a response, as if it were the callee
-        text = callsim.response_to(draw(st.sampled_from(h.b_invites)), 200, "OK", "evil")
+        with contextlib.suppress(UnicodeEncodeError):
+            text = callsim.response_to(draw(st.sampled_from(h.b_invites)), 200, "OK", "evil")
     h.deliver(draw(_bytes(text)), STRANGER)
 
 
@@ -301,3 +312,38 @@ def test_a_stranger_flood_draws_at_most_one_answer_each_and_then_silence(method:
 
 
 # -- regressions: what the long runs found --------------------------------------------------
+
+# A Call-ID that is not UTF-8 (here the byte 0x80; read with surrogateescape) made the
+# stateless To tag's hash raise UnicodeEncodeError (sip/transaction.py, stateless_tag):
+# from a stranger it escaped receive() (the driver then logged a traceback for every such
+# datagram), and a trunk's refused INVITE got 500 and an internal error in the log.
+NON_UTF8_CALL_ID = (
+    b"INVITE sip:0201234567@127.0.0.1:5060 SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.3:5062;branch=z9hG4bK-1-1-0\r\n"
+    b"From: sipp <sip:+31201234567@127.0.0.3:5062>;tag=1SIPpTag001\r\n"
+    b"To: <sip:0201234567@127.0.0.1:5060>\r\n"
+    b"Call-ID: \x80\r\n"
+    b"CSeq: 1 INVITE\r\n"
+    b"Contact: sip:sipp@127.0.0.3:5062\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
+def test_regression_non_utf8_call_id_from_a_stranger() -> None:
+    h = Harness(B2BUA(callsim.default_config(LIMITS), Metrics()))
+    with internal_errors() as errors:
+        h.deliver(NON_UTF8_CALL_ID.replace(b"127.0.0.3:5062", b"192.0.2.9:5060"), STRANGER)
+    assert not errors.records
+    (answer,) = h.sent[STRANGER[0]]
+    assert answer.startswith(b"SIP/2.0 403 ")
+
+
+def test_regression_non_utf8_call_id_refused_from_a_trunk() -> None:
+    h = Harness(B2BUA(callsim.default_config("limits: {max_calls: 1}\n"), Metrics()))
+    h.deliver(callsim.invite(1), CALLER)  # the one call allowed
+    with internal_errors() as errors:
+        h.deliver(NON_UTF8_CALL_ID.replace(b"branch=z9hG4bK-1-1-0", b"branch=z9hG4bK-2"), CALLER)
+    assert not errors.records, [r.getMessage() for r in errors.records]
+    finals = [d[:12] for d in h.sent[CALLER[0]] if d[8:9] in b"3456"]
+    assert finals == [b"SIP/2.0 503 "]

@@ -594,7 +594,8 @@ def stateless_tag(req: Request) -> str:
     """The To tag of a response sent without a transaction: the same for every
     retransmission of the request (§8.2.6.2, §17.2.3), and nothing to guess from."""
     via = req.top_via
-    material = f"{req.call_id}\n{req.from_.tag}\n{via.branch}\n{via.sent_by()}".encode()
+    text = f"{req.call_id}\n{req.from_.tag}\n{via.branch}\n{via.sent_by()}"
+    material = text.encode("utf-8", "surrogateescape")  # a peer's bytes need not be UTF-8
     return hashlib.blake2b(material, key=_TAG_KEY, digest_size=10).hexdigest()
 
 
