@@ -58,9 +58,8 @@ def answer(request: bytes, status: int, reason: str) -> bytes:
     for line in head[1:]:
         name = line.split(b":", 1)[0].strip().lower()
         if name in _KEEP:
-            if name in (b"to", b"t") and b";tag=" not in line.lower():
-                line += b";tag=sink"
-            out.append(line)
+            tagless = name in (b"to", b"t") and b";tag=" not in line.lower()
+            out.append(line + b";tag=sink" if tagless else line)
     out.append(b"Content-Length: 0")
     return b"\r\n".join(out) + b"\r\n\r\n"
 
