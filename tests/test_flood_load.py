@@ -167,6 +167,7 @@ def test_flood_during_load_costs_the_trusted_trunk_nothing(tmp_path: Path) -> No
             if k.startswith("sipguard_rejected_total{")
         }
         parse_errors = metric_sum(m, "sipguard_parse_errors_total")
+        dropped = drops(setup.sip_port)
         alive = sg.healthy()
     log = sg.log_path.read_text(errors="replace")
     sent = sum(f.sent for f in floods)
@@ -179,7 +180,7 @@ def test_flood_during_load_costs_the_trusted_trunk_nothing(tmp_path: Path) -> No
         f"setup p99 {p99} ms (p50 {percentile(result.rtts_ms, 50)} ms)\n"
         f"RSS: baseline {baseline / 1024:.0f} MB, peak {peak / 1024:.0f} MB, "
         f"{SETTLE_S:.0f} s after {after / 1024:.0f} MB\n"
-        f"rejected {rejected}, parse errors {parse_errors:.0f}; UDP drops {drops(setup.sip_port)}"
+        f"rejected {rejected}, parse errors {parse_errors:.0f}; UDP drops {dropped}"
     )
     print("\n" + figures)
     context = f"{figures}\n{result.describe()[:4000]}\n--- sipguard log:\n{sg.log_tail(20)}"
