@@ -20,6 +20,12 @@ transaction the flood made is over by then; Python returns little memory to the 
 so "back near baseline" allows some slack); no ``Traceback`` in its log. Printed
 (``-s``): the flood rate achieved, the p99 INVITE→200 setup time of the legitimate calls
 (SIPp ``-trace_rtt``), the RSS figures, what sipguard counted as rejected.
+
+Measured on 2026-12-04 (2 cores shared with other work): the flood reaches 20,000/s;
+RSS 39 MB → peak 45-51 MB → the same after; 12 s: 70-386 of 1,500 calls refused
+``503`` by load shedding (``overload``), p99 256-360 ms; 30 s on a quieter moment: 0 of
+3,300 failed, p99 72 ms. Item 3 (per-source accounting, shedding the flood first) is
+what makes it pass every time.
 """
 
 from __future__ import annotations
