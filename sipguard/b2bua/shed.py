@@ -192,6 +192,9 @@ class Shed:
     def any(self) -> bool:
         return bool(self._new or self._old)
 
+    def __len__(self) -> int:
+        return len(self._new) + len(self._old)
+
 
 class EarlyShed:
     """The shedder's answer to a new INVITE before it is read, and the memory that keeps
