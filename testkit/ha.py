@@ -191,13 +191,11 @@ class Farm:
         """Set 1: every instance's customers entry; set 2: every instance's pbx entry; each
         probed and reached from the balancer port of the same trunk."""
         lines = ["# setid destination flags priority attrs"]
-        for setid, port_of, bal_port in (
-            (SET_CUSTOMERS, lambda i: i.customers_port, self.customers_port),
-            (SET_PBX, lambda i: i.pbx_port, self.pbx_port),
-        ):
+        for setid, bal_port in ((SET_CUSTOMERS, self.customers_port), (SET_PBX, self.pbx_port)):
             for inst in self.instances:
+                port = inst.customers_port if setid == SET_CUSTOMERS else inst.pbx_port
                 lines.append(
-                    f"{setid} sip:{inst.ip}:{port_of(inst)} 0 0 "
+                    f"{setid} sip:{inst.ip}:{port} 0 0 "
                     f"socket=udp:{BALANCER_IP}:{bal_port};duid=sg{inst.index}"
                 )
         return "\n".join(lines) + "\n"
