@@ -139,6 +139,7 @@ class Farm:
         dsn: str | None = None,
         ping_interval: int = 1,
         fr_timer_ms: int = 1000,
+        fr_inv_timer_ms: int = 120000,
         algorithm: int = 4,
         children: int = 4,
         dispatch_log: bool = True,
@@ -174,6 +175,7 @@ class Farm:
             "DS_LIST": str(self.ds_list),
             "DS_PING_INTERVAL": ping_interval,
             "FR_TIMER": fr_timer_ms,
+            "FR_INV_TIMER": fr_inv_timer_ms,
             "DS_ALG": algorithm,
             "CHILDREN": children,
         }
@@ -230,13 +232,14 @@ class Farm:
             self.stop()
 
     def dispatch_events(self) -> list[tuple[str, float, str]]:
-        """The balancer's log lines ``dispatch``/``failover``/``dst-down``/``dst-up``, each
+        """The balancer's log lines ``dispatch``/``failover``/``silent`` (an instance that
+        left an INVITE unanswered, taken out)/``dst-down``/``dst-up``, each
         as (event, unix time, destination URI), in the order they were logged."""
         out: list[tuple[str, float, str]] = []
         for line in self.kamailio.log_text().splitlines():
             parts = line.split()
             for i, word in enumerate(parts[:-2]):
-                if word in ("dispatch", "failover", "dst-down", "dst-up"):
+                if word in ("dispatch", "failover", "silent", "dst-down", "dst-up"):
                     with contextlib.suppress(ValueError):
                         out.append((word, float(parts[i + 1]), parts[i + 2]))
                     break
