@@ -142,6 +142,8 @@ class Farm:
         fr_inv_timer_ms: int = 120000,
         algorithm: int = 4,
         children: int = 4,
+        shm_mb: int = 128,
+        allocator: str | None = None,
         dispatch_log: bool = True,
         overrides: dict[str, Any] | None = None,
         instance_cpus: Sequence[Sequence[int] | None] | None = None,
@@ -187,6 +189,8 @@ class Farm:
             sip_addr=(BALANCER_IP, self.customers_port),
             defines=defines,
             cpus=balancer_cpus,
+            shm_mb=shm_mb,
+            allocator=allocator,
         )
 
     def dispatcher_list(self) -> str:

@@ -16,8 +16,9 @@ cores; on a 2-core machine the second instance shares core 0 with SIPp), Kamaili
 pinned. Measured per run: calls attempted/succeeded/failed, achieved calls/s
 (succeeded over the time calls were placed), INVITE→200 setup time p50/p99, the CPU
 seconds of the sipguard processes together and of Kamailio (its main process and every
-worker, ``/proc``), each per 1,000 calls, and how the calls were spread (end records per
-instance). Measurements on a shared VM: noisy, never asserted in a test.
+worker, ``/proc``; run with 512 MB of shared memory and the TLSF allocator), each per
+1,000 calls, and how the calls were spread (end records per instance). Measurements on
+a shared VM: noisy, never asserted in a test.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def run_farm(
         ping_interval=2,
         fr_timer_ms=2000,
         children=children,
+        shm_mb=512,
+        allocator="tlsf",
         dispatch_log=False,
         overrides={
             "log_level": "warning",

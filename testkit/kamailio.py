@@ -163,7 +163,9 @@ class Kamailio:
 
     ``sip_addr`` is the (host, port) that ``start()`` probes with ``OPTIONS``; ``listen``
     entries are passed as ``-l`` (``udp:127.0.0.1:5060``) for configurations that do not
-    set their own. ``children`` is ``-n`` (worker processes per UDP socket).
+    set their own. ``children`` is ``-n`` (worker processes per UDP socket); ``shm_mb``
+    the shared memory (``-m``: every transaction lives there until its wait timer, so a
+    few hundred calls a second need more than Debian's 64 MB); ``allocator`` is ``-x``.
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class Kamailio:
         shm_mb: int = 64,
         pkg_mb: int = 8,
         cpus: Sequence[int] | None = None,
+        allocator: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.config = Path(config)
@@ -189,6 +192,7 @@ class Kamailio:
         self.shm_mb = shm_mb
         self.pkg_mb = pkg_mb
         self.cpus = cpus
+        self.allocator = allocator
         self.extra_args = list(extra_args)
         self.rundir = self.workdir / "run"
         self.pid_file = self.workdir / "kamailio.pid"
@@ -217,6 +221,8 @@ class Kamailio:
         ]  # fmt: skip
         if os.path.isdir(MODULES_DIR):
             cmd += ["-L", MODULES_DIR]
+        if self.allocator is not None:
+            cmd += ["-x", self.allocator]  # shared and private memory manager: qm, fm, tlsf
         if self.children is not None:
             cmd += ["-n", str(self.children)]
         for entry in self.listen:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,10 +41,19 @@ from typing import Any
 import pytest
 
 from sipguard.cdr.postgres_sink import TABLE
-from testkit.ha import BALANCER_IP, Farm, Instance
-from testkit.kamailio import require_kamailio
+from testkit.ha import BALANCER_IP, KAMAILIO_CFG, Farm, Instance
+from testkit.kamailio import Kamailio, require_kamailio
 from testkit.pgserver import PgCluster, pg_cluster
-from testkit.sipp import CALLEE_IP, CALLER_IP, DATA, Sipp, SippResult, free_port, sipp_available
+from testkit.sipp import (
+    CALLEE_IP,
+    CALLER_IP,
+    DATA,
+    Sipp,
+    SippResult,
+    free_port,
+    sipguard_command,
+    sipp_available,
+)
 
 __all__ = ["pg_cluster"]  # a fixture, imported to be found
 
@@ -413,3 +423,28 @@ def test_trust_is_the_balancer_port_not_the_source(farm: HaFarm) -> None:
     )
     assert all(asserted not in v for v in from_customer["pai"]), from_customer
     assert asserted not in from_customer["from"], from_customer
+
+
+# -- the committed files -------------------------------------------------------------------
+
+
+def test_committed_configuration_and_examples_check(tmp_path: Path) -> None:
+    """``kamailio -c`` passes on deploy/kamailio/kamailio.cfg with its own defaults (it
+    parses the script and the modules' parameters; the dispatcher list is read at start,
+    which the farm tests do), and ``sipguard check-config`` on the example instance."""
+    require_kamailio()
+    deploy = KAMAILIO_CFG.parent
+    Kamailio(
+        KAMAILIO_CFG,
+        tmp_path / "k",
+        sip_addr=("127.0.0.1", 5060),
+        defines={"DS_LIST": str(deploy / "dispatcher.list")},
+    ).check()
+    out = subprocess.run(
+        [*sipguard_command(), "check-config", "-c", str(deploy / "sipguard-instance.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
