@@ -448,3 +448,33 @@ def test_committed_configuration_and_examples_check(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_callee_hangs_up_through_the_balancer(farm: HaFarm) -> None:
+    """sipguard's BYE to the caller follows the balancer's Record-Route (a request from
+    an instance goes where its dialog says)."""
+    before = records(farm)
+    n = next(_names)
+    uas = pbx(farm, f"hangup{n}-pbx", DATA / "ha" / "uas-bye.xml", calls=20)
+    try:
+        uas.wait_listening()
+        res = Sipp(
+            f"hangup{n}-uac",
+            DATA / "ha" / "uac-rr-bye.xml",
+            workdir=farm.workdir,
+            local_ip=CALLER_IP,
+            local_port=free_port(CALLER_IP),
+            remote=farm.customers_addr,
+            calls=20,
+            rate=20,
+            timeout_s=30,
+        ).run()
+        assert res.successful == 20 and res.failed == 0, res.describe()
+        byes = [m for m in res.traced() if m.direction == "received" and m.method == "BYE"]
+        assert len(byes) == 20
+        assert all(BALANCER_IP in m.header_all("via")[0] for m in byes), byes[0].head()
+        assert uas.wait(10).successful == 20
+    finally:
+        uas.stop()
+    ends = [r for r in new_records(farm, before, ends=20) if r["kind"] == "end"]
+    assert len(ends) == 20 and all(r["end_reason"] == "callee_bye" for r in ends), ends[:3]
