@@ -19,6 +19,9 @@ What is checked:
   one), plus the calls it was setting up that instant (at most a couple at this rate). On
   restart, its crash recovery closes the lost calls with ``crash_recovered``, so that
   every answered call has an ``end`` record;
+* in-dialog requests both ways: the caller's ACK and BYE follow the Record-Route to the
+  instance, and so does sipguard's BYE when the callee hangs up; a CANCEL follows its
+  INVITE;
 * privacy through the balancer: a withheld call (``#31#``), a 112 and a spoofed
   P-Asserted-Identity get the same decision as when sent to an instance directly; the
   same P-Asserted-Identity from the PBX's balancer port is believed (the trunk is the
@@ -47,6 +50,7 @@ from testkit.pgserver import PgCluster, pg_cluster
 from testkit.sipp import (
     CALLEE_IP,
     CALLER_IP,
+    CORPUS,
     DATA,
     Sipp,
     SippResult,
@@ -478,3 +482,34 @@ def test_the_callee_hangs_up_through_the_balancer(farm: HaFarm) -> None:
         uas.stop()
     ends = [r for r in new_records(farm, before, ends=20) if r["kind"] == "end"]
     assert len(ends) == 20 and all(r["end_reason"] == "callee_bye" for r in ends), ends[:3]
+
+
+def test_cancel_through_the_balancer(farm: HaFarm) -> None:
+    """A CANCEL follows its INVITE to the instance that has the call: 487, one record."""
+    before = records(farm)
+    n = next(_names)
+    uas = pbx(farm, f"cancel{n}-pbx", CORPUS / "drachtio-srf" / "uas-cancel.xml", calls=10)
+    try:
+        uas.wait_listening()
+        res = Sipp(
+            f"cancel{n}-uac",
+            CORPUS / "drachtio-srf" / "uac-cancel.xml",
+            workdir=farm.workdir,
+            local_ip=CALLER_IP,
+            local_port=free_port(CALLER_IP),
+            remote=farm.customers_addr,
+            calls=10,
+            rate=10,
+            timeout_s=30,
+        ).run()
+        assert res.successful == 10 and res.failed == 0, res.describe()
+        assert uas.wait(10).successful == 10
+    finally:
+        uas.stop()
+    deadline = time.monotonic() + 10
+    ends: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(ends) < 10:
+        ends = [r for k, r in records(farm).items() if k not in before and r["kind"] == "end"]
+        time.sleep(0.3)
+    assert len(ends) == 10, ends
+    assert all((r["status"], r["end_reason"]) == (487, "cancel") for r in ends), ends[:3]
