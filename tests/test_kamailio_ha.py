@@ -19,6 +19,8 @@ What is checked:
   one), plus the calls it was setting up that instant (at most a couple at this rate). On
   restart, its crash recovery closes the lost calls with ``crash_recovered``, so that
   every answered call has an ``end`` record;
+* a 112 call that the balancer sends to a frozen instance (SIGSTOP: no answer at all)
+  fails over to the other after FR_TIMER and is answered;
 * in-dialog requests both ways: the caller's ACK and BYE follow the Record-Route to the
   instance, and so does sipguard's BYE when the callee hangs up; a CANCEL follows its
   INVITE;
@@ -183,12 +185,16 @@ def tag_of(inst: Instance) -> str:
 
 
 def back_in(farm: Farm, inst: Instance, since: float, timeout: float = 10) -> None:
-    """Wait until the balancer has both of ``inst``'s destinations up again."""
+    """Wait until the balancer has every destination of ``inst`` that went down (or
+    silent) after ``since`` (when it was stopped) up again."""
     dests = {f"sip:{inst.ip}:{inst.customers_port}", f"sip:{inst.ip}:{inst.pbx_port}"}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ups = {d for ev, t, d in farm.dispatch_events() if ev == "dst-up" and t >= since}
-        if dests <= ups:
+        last: dict[str, str] = {}
+        for ev, t, d in farm.dispatch_events():
+            if d in dests and t >= since and ev in ("dst-down", "silent", "dst-up"):
+                last[d] = ev
+        if all(ev == "dst-up" for ev in last.values()):
             return
         time.sleep(0.2)
     raise AssertionError(f"{inst.ip} not back in the dispatcher:\n{farm.kamailio.log_tail()}")
@@ -267,9 +273,8 @@ def test_sigterm_drains_out_of_the_dispatcher_with_no_failed_call(farm: HaFarm) 
     late = [t for ev, t, d in events if ev == "dispatch" and d == dest and t > downs[0] + 0.05]
     assert not late, f"{len(late)} INVITEs sent to the draining instance after it was taken out"
 
-    restarted = time.time()
     inst.restart()
-    back_in(farm, inst, restarted)
+    back_in(farm, inst, t_term)
 
 
 def test_sigkill_new_calls_go_on_and_crash_recovery_closes_the_lost_ones(farm: HaFarm) -> None:
@@ -302,9 +307,8 @@ def test_sigkill_new_calls_go_on_and_crash_recovery_closes_the_lost_ones(farm: H
 
     # restart: crash recovery closes what the killed instance had answered
     inst.process.stop()
-    restarted = time.time()
     inst.restart()
-    back_in(farm, inst, restarted)
+    back_in(farm, inst, t_kill)
     fresh = new_records(farm, before, ends=result.successful + lost)
     starts = {r["id"] for r in fresh if r["kind"] == "start"}
     ends = {r["id"]: r for r in fresh if r["kind"] == "end"}
@@ -513,3 +517,42 @@ def test_cancel_through_the_balancer(farm: HaFarm) -> None:
         time.sleep(0.3)
     assert len(ends) == 10, ends
     assert all((r["status"], r["end_reason"]) == (487, "cancel") for r in ends), ends[:3]
+
+
+def test_an_emergency_call_fails_over_from_a_silent_instance(farm: HaFarm) -> None:
+    """112 calls placed while one instance is frozen (SIGSTOP: it neither answers nor
+    refuses): the balancer sends some of them to it, gets no answer within FR_TIMER (1 s)
+    and gives them to the other instance; every call is answered."""
+    frozen = farm.instances[0]
+    dest = f"sip:{frozen.ip}:{frozen.customers_port}"
+    n = next(_names)
+    uas = pbx(farm, f"sos{n}-pbx")
+    try:
+        uas.wait_listening()
+        os.kill(frozen.process.pid, signal.SIGSTOP)
+        t_stop = time.time()
+        try:
+            res = Sipp(
+                f"sos{n}-uac",
+                PRIV / "uac-call.xml",
+                workdir=farm.workdir,
+                local_ip=CALLER_IP,
+                local_port=free_port(CALLER_IP),
+                remote=farm.customers_addr,
+                calls=4,
+                rate=10,
+                timeout_s=30,
+                service="112",
+                extra=["-key", "caller", "+31201230011"],
+            ).run()
+        finally:
+            os.kill(frozen.process.pid, signal.SIGCONT)
+        assert res.successful == 4 and res.failed == 0, res.describe()
+    finally:
+        uas.stop()
+    events = farm.dispatch_events()
+    sent = [t for ev, t, d in events if ev == "dispatch" and d == dest and t >= t_stop]
+    silent = [t for ev, t, d in events if ev == "silent" and d == dest and t >= t_stop]
+    assert sent and silent, events[-12:]  # one went to the frozen one, and failed over
+    assert any(ev == "failover" and t >= t_stop for ev, t, _ in events)
+    back_in(farm, frozen, t_stop)
