@@ -38,6 +38,7 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,7 @@ import pytest
 
 from sipguard.cdr.postgres_sink import TABLE
 from testkit.ha import BALANCER_IP, KAMAILIO_CFG, Farm, Instance
+from testkit.ha_load import balanced_row, run_farm
 from testkit.kamailio import Kamailio, require_kamailio
 from testkit.pgserver import PgCluster, pg_cluster
 from testkit.sipp import (
@@ -54,6 +56,7 @@ from testkit.sipp import (
     CALLER_IP,
     CORPUS,
     DATA,
+    REPO,
     Sipp,
     SippResult,
     free_port,
@@ -556,3 +559,26 @@ def test_an_emergency_call_fails_over_from_a_silent_instance(farm: HaFarm) -> No
     assert sent and silent, events[-12:]  # one went to the frozen one, and failed over
     assert any(ev == "failover" and t >= t_stop for ev, t, _ in events)
     back_in(farm, frozen, t_stop)
+
+
+# -- the load runner's balancer mode -------------------------------------------------------
+
+
+def test_load_runner_balancer_smoke(tmp_path: Path) -> None:
+    """``loadtests/run.py --balancer kamailio``'s code path (``testkit/ha_load.py``),
+    briefly: 100 calls at 50/s through Kamailio to two instances, none may fail, both
+    get calls, both CPU figures are read. The figures themselves are never asserted."""
+    require_kamailio()
+    r = run_farm(50, 2, 200, instances=2, balancer=True, workdir=tmp_path, pin=False, quiet=True)
+    assert (r.attempted, r.succeeded, r.failed) == (100, 100, 0), r
+    assert sorted(r.calls_per_instance) == [50, 50], r  # round-robin
+    assert r.sipguard_cpu_s > 0 and r.balancer_cpu_s > 0, r
+    assert balanced_row(r)
+    cli = subprocess.run(
+        [sys.executable, str(REPO / "loadtests" / "run.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert cli.returncode == 0 and "--balancer" in cli.stdout, cli.stderr
