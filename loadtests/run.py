@@ -8,6 +8,8 @@
     python loadtests/run.py --hold-calls 10000                  # memory per held call
     python loadtests/run.py --versus-sippy --rate 100,150       # sippy, the same runs
     python loadtests/run.py --versus-sippy --rate 150 --repeat 3  # interleaved pairs, median ratio
+    python loadtests/run.py --instances 2 --balancer kamailio --rate 500 --duration 15
+                            # one sipguard directly, one and two behind Kamailio
 
 A command line over the measuring library :mod:`testkit.load` (the floor relay:
 :mod:`testkit.floor`; sippy: :mod:`testkit.sippy`), which says what is measured and how.
@@ -122,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the floor relay (testkit/floor.py: a bare stateless relay on uvloop)\n"
         "instead of sipguard; with --versus-sippy, beside sippy and sipguard in every run",
     )
+    p.add_argument(
+        "--balancer",
+        choices=("none", "kamailio"),
+        default="none",
+        help="kamailio: at each --rate, one sipguard directly, one behind Kamailio and\n"
+        "--instances behind Kamailio (deploy/kamailio/kamailio.cfg; testkit/ha_load.py)",
+    )
+    p.add_argument("--instances", type=int, default=2, help="with --balancer kamailio")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument(
         "--report",
@@ -185,6 +195,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(asdict(h)))
             return 0 if h.held_calls >= h.target_calls else 1
+
+        if args.balancer == "kamailio":
+            from testkit.ha_load import balanced_header, balanced_row, run_balanced
+
+            print(balanced_header(), flush=True)
+            found = []
+            for rate in (float(x) for x in args.rate.split(",") if x):
+                for r in run_balanced(
+                    rate,
+                    args.duration,
+                    args.hold_ms,
+                    instances=args.instances,
+                    workdir=base / f"balanced-{rate:g}",
+                    pin=pin,
+                    quiet=args.quiet,
+                ):
+                    print(balanced_row(r), flush=True)
+                    found.append(r)
+            if args.json:
+                print(json.dumps([asdict(r) for r in found]))
+            return 0 if all(r.failed <= FAIL_RATIO * r.attempted for r in found) else 1
 
         if args.versus_sippy:
             from testkit.sippy import versus
