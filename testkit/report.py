@@ -381,3 +381,68 @@ def write_report(
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path
+
+
+# -- goodput under overload (run.py --goodput) ------------------------------------------
+
+
+def plot_goodput(points: Sequence[dict[str, Any]], capacity: float, path: Path) -> str:
+    """Calls completed per second against calls offered per second, one point per run
+    (``offered_cps``, ``achieved_cps`` and ``factor`` each), with the ideal: everything
+    completed up to the capacity, the capacity beyond it."""
+    fig, ax = _figure(
+        f"Goodput: calls completed vs offered (capacity {capacity:g}/s)", "completed calls/s"
+    )
+    ax.set_xlabel("offered calls/s (placed by SIPp)")
+    xs = [float(p["offered_cps"]) for p in points]
+    ys = [float(p["achieved_cps"]) for p in points]
+    top = max([capacity, *xs]) * 1.05
+    ax.plot([0, capacity, top], [0, capacity, capacity], color="grey", linestyle=":", label="ideal")
+    ax.axhline(0.9 * capacity, color="tab:red", linestyle="--", alpha=0.5, label="90% of capacity")
+    ax.plot(xs, ys, marker="o", label="sipguard")
+    for p, x, y in zip(points, xs, ys, strict=True):
+        ax.annotate(f"{p['factor']:g}x", (x, y), textcoords="offset points", xytext=(4, -12))
+    ax.set_xlim(left=0, right=top)
+    ax.set_ylim(bottom=0, top=max([capacity, *ys]) * 1.15)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def write_goodput_report(
+    out: Path,
+    points: Sequence[dict[str, Any]],
+    capacity: float,
+    table: str,
+    *,
+    command: str = "",
+    build: str = "",
+) -> Path:
+    """``out/README.md`` and ``out/goodput.png`` for :func:`plot_goodput`'s points;
+    ``table`` is what the runner printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    factors = ", ".join(f"{float(p['factor']):g}x" for p in points)
+    lines = ["# sipguard goodput under overload", ""]
+    if command:
+        lines.append(f"- command: `{command}`")
+    lines += [
+        f"- when: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- host: {platform.node() or '?'}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+    ]
+    if build:
+        lines.append(f"- sipguard: {build}")
+    lines += [
+        f"- capacity given: {capacity:g} calls/s; runs at {factors} of it."
+        " Offered is what the SIPp uac placed (it falls short of the rate asked when "
+        "SIPp itself runs out of CPU); completed is the calls it saw succeed per second of "
+        "placing. The figures as the runner printed them:",
+        "",
+        "```",
+        table.rstrip(),
+        "```",
+        "",
+        "![Goodput](" + plot_goodput(points, capacity, out / "goodput.png") + ")",
+        "",
+    ]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
