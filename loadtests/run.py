@@ -10,9 +10,12 @@
     python loadtests/run.py --versus-sippy --rate 150 --repeat 3  # interleaved pairs, median ratio
     python loadtests/run.py --instances 2 --balancer kamailio --rate 500 --duration 15
                             # one sipguard directly, one and two behind Kamailio
+    python loadtests/run.py --versus kamailio --rate 1000 --duration 20  # two Kamailio configs
+    python loadtests/run.py --goodput 1500 --duration 10 --report DIR    # 1x, 2x, 5x capacity
 
 A command line over the measuring library :mod:`testkit.load` (the floor relay:
-:mod:`testkit.floor`; sippy: :mod:`testkit.sippy`), which says what is measured and how.
+:mod:`testkit.floor`; sippy: :mod:`testkit.sippy`; Kamailio and goodput:
+:mod:`testkit.versus_kamailio`), which says what is measured and how.
 sipguard runs as in production (privacy enforcement on an untrusted customer trunk,
 file CDRs in a temporary directory), pinned to core 1 (``taskset -c 1``); both SIPp
 processes are pinned to core 0 with ``-buff_size 4194304`` (``../shared/SIPP-NOTES.md``).
@@ -132,6 +135,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--instances behind Kamailio (deploy/kamailio/kamailio.cfg; testkit/ha_load.py)",
     )
     p.add_argument("--instances", type=int, default=2, help="with --balancer kamailio")
+    p.add_argument(
+        "--versus",
+        choices=("kamailio",),
+        default=None,
+        help="run Debian's kamailio with loadtests/kamailio/minimal.cfg and privacy.cfg\n"
+        "beside sipguard through the same SIPp runs (withheld calls), interleaved,\n"
+        "at each --rate, --repeat times; prints the ratios (testkit/versus_kamailio.py)",
+    )
+    p.add_argument(
+        "--goodput",
+        type=float,
+        default=None,
+        metavar="CAPACITY",
+        help="sipguard at --factors times CAPACITY calls/s: calls completed per second\n"
+        "vs offered; with --report DIR, a README and goodput.png there",
+    )
+    p.add_argument("--factors", default="1,2,5", help="with --goodput (default 1,2,5)")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument(
         "--report",
@@ -148,8 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (e.g. from a `timeout` wrapper) unwinds like Ctrl-C, so that every process
     # started here is stopped by its PID on the way out
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.report and (args.hold_calls or args.find_max or args.versus_sippy):
-        print("--report reports the runs of --rate only", file=sys.stderr)
+    if args.report and (args.hold_calls or args.find_max or args.versus_sippy or args.versus):
+        print("--report reports the runs of --rate (or --goodput) only", file=sys.stderr)
+        return 2
+    if args.versus and (args.floor or args.transport != "udp" or args.versus_sippy):
+        print("--versus kamailio runs sipguard and Kamailio over UDP only", file=sys.stderr)
         return 2
     if args.floor and (args.hold_calls or args.find_max or args.transport != "udp"):
         print("--floor runs UDP at the rates of --rate only", file=sys.stderr)
@@ -216,6 +239,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.json:
                 print(json.dumps([asdict(r) for r in found]))
             return 0 if all(r.failed <= FAIL_RATIO * r.attempted for r in found) else 1
+        if args.versus == "kamailio":
+            from testkit.versus_kamailio import versus_kamailio
+
+            return versus_kamailio(
+                [float(x) for x in args.rate.split(",") if x],
+                args.duration,
+                args.hold_ms,
+                base=base,
+                pin=pin,
+                repeat=args.repeat,
+                limits=args.limits,
+                as_json=args.json,
+                quiet=args.quiet,
+            )
+
+        if args.goodput is not None:
+            from testkit.versus_kamailio import goodput
+
+            return goodput(
+                args.goodput,
+                args.duration,
+                args.hold_ms,
+                base=base,
+                factors=[float(x) for x in args.factors.split(",") if x],
+                pin=pin,
+                limits=args.limits,
+                report=Path(args.report) if args.report else None,
+                command=" ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
+                build=build,
+                as_json=args.json,
+                quiet=args.quiet,
+            )
 
         if args.versus_sippy:
             from testkit.sippy import versus

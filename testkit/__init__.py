@@ -14,8 +14,12 @@ and ``tests/`` holds nothing but tests (and the session checks of its ``conftest
 * :mod:`testkit.peer` — another element as a process where sipguard would listen;
 * :mod:`testkit.load` — the load runner's measuring library (``loadtests/run.py`` is its
   command line), with :mod:`testkit.floor` (the floor relay, whose process is
-  ``floor_relay.py``) and :mod:`testkit.sippy` (sippy side by side).
+  ``floor_relay.py``), :mod:`testkit.sippy` (sippy side by side),
+  :mod:`testkit.kamailio` (Debian's Kamailio as a process) and
+  :mod:`testkit.versus_kamailio` (Kamailio side by side, goodput under overload);
+  :mod:`testkit.report` writes its Markdown and plots (the container harness too).
 
 The load runner's imports point one way: ``sipp`` ← ``peer`` ← ``load`` ← ``floor`` ←
-``sippy``. Nothing here imports ``tests``, ``benchmarks`` or ``loadtests``.
+``sippy`` ← ``versus_kamailio``, which also imports ``kamailio``. Nothing here imports
+``tests``, ``benchmarks`` or ``loadtests``.
 """

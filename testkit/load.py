@@ -37,6 +37,7 @@ from typing import Any, Protocol
 from testkit.report import SAMPLES, ProcSampler
 from testkit.sipp import (
     CALLEE_IP,
+    DIALLED,
     REPO,
     SIPGUARD_IP,
     Setup,
@@ -81,6 +82,7 @@ class LoadResult:
     writes_cdrs: bool = True  # sipguard does; the peers measured beside it (sippy, floor) not
     element: str = "sipguard"  # or the peer's label (sippy, the floor relay)
     uac_exit: int | None = None
+    placing_s: float = 0.0  # the time calls were being placed (wall time less the hold)
     failures: dict[str, int] = field(default_factory=dict)
     udp_drops: dict[str, int] = field(default_factory=dict)
     workdir: str = ""
@@ -88,6 +90,11 @@ class LoadResult:
     @property
     def failed_ratio(self) -> float:
         return self.failed / self.attempted if self.attempted else 1.0
+
+    @property
+    def offered_cps(self) -> float:
+        """Calls per second the SIPp uac placed (below the rate asked when it cannot)."""
+        return self.attempted / self.placing_s if self.placing_s else 0.0
 
     @property
     def ok(self) -> bool:
@@ -175,11 +182,14 @@ def run_load(
     quiet: bool = False,
     uas_scenario: str | Path = "uas",
     limits: dict[str, int] | None = None,
+    uac_scenario: str | Path = "uac",
+    service: str = DIALLED,
 ) -> LoadResult:
     """One run: ``calls`` (default rate * duration) calls at ``rate``, each held ``hold_ms``.
 
     ``uas_scenario``: SIPp's built-in ``uas``, or an XML file for the callee; ``limits``:
-    fields of sipguard's ``limits`` section to set (e.g. ``overload_queue_kb``).
+    fields of sipguard's ``limits`` section to set (e.g. ``overload_queue_kb``);
+    ``uac_scenario`` and ``service``: the caller's scenario and the number it dials.
     """
     setup = _setup(workdir, transport, limits)
     sg_cpu, _ = _pins(pin)
@@ -195,6 +205,8 @@ def run_load(
         calls=calls,
         quiet=quiet,
         uas_scenario=uas_scenario,
+        uac_scenario=uac_scenario,
+        service=service,
     )
     result.cdr_end_records = sum(1 for r in read_cdrs(setup.cdr_dir) if r["kind"] == "end")
     return result
@@ -213,6 +225,8 @@ def run_element(
     quiet: bool = False,
     label: str = "",
     uas_scenario: str | Path = "uas",
+    uac_scenario: str | Path = "uac",
+    service: str = DIALLED,
 ) -> LoadResult:
     """SIPp uac → ``element`` (listening on ``setup.sip_port``) → SIPp uas, measured.
 
@@ -236,6 +250,8 @@ def run_element(
     )
     caller = uac(
         setup,
+        scenario=uac_scenario,
+        service=service,
         calls=total,
         rate=rate,
         hold_ms=hold_ms,
@@ -277,6 +293,7 @@ def run_element(
     result.failures = res.failure_counters()
     result.retransmissions = res.retransmissions + callee_res.retransmissions
     placing = max(wall - hold_ms / 1000.0, 1e-3)
+    result.placing_s = placing
     result.achieved_cps = res.successful / placing
     rtts = res.rtts_ms
     result.setup_p50_ms = percentile(rtts, 50)
@@ -298,9 +315,11 @@ def run_peer(
     pin: bool = True,
     quiet: bool = False,
     uas_scenario: str | Path = "uas",
+    uac_scenario: str | Path = "uac",
+    service: str = DIALLED,
 ) -> LoadResult:
     """One run of :func:`run_element` with a peer element made by ``make`` (sippy, the
-    floor relay: UDP only, no configuration file, no CDRs)."""
+    floor relay, Kamailio: UDP only, no configuration file of ours, no CDRs)."""
     setup = peer_setup(workdir)
     result = run_element(
         make(setup),
@@ -313,6 +332,8 @@ def run_peer(
         quiet=quiet,
         label=label,
         uas_scenario=uas_scenario,
+        uac_scenario=uac_scenario,
+        service=service,
     )
     result.writes_cdrs = False
     return result

@@ -131,28 +131,68 @@ def _num(row: dict[str, str], key: str) -> float:
         return 0.0
 
 
-def read_run(workdir: Path) -> Series:
-    """A :class:`Series` from the files a run left in ``workdir``."""
-    s = Series()
-    uac = _stat_rows(workdir / "uac_stat.csv")
-    uas = {round(_epoch(r)): r for r in _stat_rows(workdir / "uas_stat.csv")}
-    if not uac:
-        return s
-    t0 = _epoch(uac[0])
-    prev = t0
-    for row in uac[1:]:
+def _caller_rows(path: Path) -> list[tuple[float, float, float, float, float]]:
+    """(epoch, offered/s, completed/s, failed, retransmissions) per period of one caller's
+    ``-trace_stat`` file; the first row starts the clock and is not a period."""
+    rows = _stat_rows(path)
+    out: list[tuple[float, float, float, float, float]] = []
+    if not rows:
+        return out
+    prev = _epoch(rows[0])
+    for row in rows[1:]:
         now = _epoch(row)
         period = now - prev
         if period < 0.5:  # SIPp's last rows come at its exit, a moment after the last
             continue
         prev = now
-        s.t.append(now - t0)
-        s.offered.append(_num(row, "OutgoingCall(P)") / period)
-        s.completed.append(_num(row, "SuccessfulCall(P)") / period)
-        s.failed.append(int(_num(row, "FailedCall(P)")))
-        peer = uas.get(round(now), {})
-        s.retrans.append(int(_num(row, "Retransmissions(P)") + _num(peer, "Retransmissions(P)")))
-    for path in sorted(workdir.glob("uac*_rtt.csv")):
+        out.append(
+            (
+                now,
+                _num(row, "OutgoingCall(P)") / period,
+                _num(row, "SuccessfulCall(P)") / period,
+                _num(row, "FailedCall(P)"),
+                _num(row, "Retransmissions(P)"),
+            )
+        )
+    return out
+
+
+def read_run(
+    workdir: Path,
+    callers: Sequence[str] = ("uac",),
+    callee: str = "uas",
+    rtt_glob: str = "uac*_rtt.csv",
+) -> Series:
+    """A :class:`Series` from the files a run left in ``workdir``.
+
+    ``callers``: the SIPp clients whose ``<name>_stat.csv`` are added up second by second
+    (the load runner has one, ``uac``; the container harness one per scenario of its mix);
+    ``callee``: the SIPp server's ``<name>_stat.csv`` (its retransmissions); ``rtt_glob``:
+    the ``-trace_rtt`` files with the setup times, relative to ``workdir``.
+    """
+    s = Series()
+    firsts = [_stat_rows(workdir / f"{name}_stat.csv")[:1] for name in callers]
+    starts = [_epoch(rows[0]) for rows in firsts if rows]
+    if not starts:
+        return s
+    t0 = min(starts)
+    # every caller's periods, by the second they end in (one caller: one row a second)
+    seconds: dict[int, list[float]] = {}
+    for name in callers:
+        for now, offered, completed, failed, retrans in _caller_rows(workdir / f"{name}_stat.csv"):
+            acc = seconds.setdefault(round(now), [0.0, 0.0, 0.0, 0.0])
+            for i, value in enumerate((offered, completed, failed, retrans)):
+                acc[i] += value
+    uas = {round(_epoch(r)): r for r in _stat_rows(workdir / f"{callee}_stat.csv")}
+    for second in sorted(seconds):
+        offered, completed, failed, retrans = seconds[second]
+        s.t.append(second - t0)
+        s.offered.append(offered)
+        s.completed.append(completed)
+        s.failed.append(int(failed))
+        peer = uas.get(second, {})
+        s.retrans.append(int(retrans + _num(peer, "Retransmissions(P)")))
+    for path in sorted(workdir.glob(rtt_glob)):
         for line in path.read_text(errors="replace").splitlines()[1:]:
             parts = line.split(";")
             with contextlib.suppress(ValueError, IndexError):
@@ -284,9 +324,19 @@ def write_report(
     *,
     command: str = "",
     build: str = "",
+    setting: str = "",
+    series: Sequence[Series] | None = None,
+    extra: str = "",
 ) -> Path:
     """``out/README.md`` and the plots of every run of ``results`` (``asdict(LoadResult)``
-    each, with its ``workdir`` still there); ``table`` is what the runner printed."""
+    each, with its ``workdir`` still there); ``table`` is what the runner printed.
+
+    ``setting`` replaces the paragraph on where the processes ran (the load runner's by
+    default); ``series``, one per result, replaces reading each result's ``workdir`` with
+    :func:`read_run`'s defaults; ``extra`` is Markdown put after the figures.
+    """
+    if series is not None and len(series) != len(results):
+        raise ValueError("one series per result")
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# sipguard load test", ""]
     if command:
@@ -298,7 +348,8 @@ def write_report(
     if build:
         lines.append(f"- sipguard: {build}")
     lines += [
-        "- SIPp uac → sipguard → SIPp uas on loopback; sipguard pinned to core 1, SIPp to "
+        setting
+        or "- SIPp uac → sipguard → SIPp uas on loopback; sipguard pinned to core 1, SIPp to "
         "core 0 (unless `--no-pin`). Setup times are SIPp's (`-trace_rtt`), in steps of "
         "its scheduler (about 4 ms on a VM): 0 means under one step. The figures as the "
         "runner printed them:",
@@ -322,9 +373,76 @@ def write_report(
         ]
         if result.get("failures"):
             lines += [f"SIPp failure counters: `{result['failures']}`", ""]
-        series = read_run(Path(result.get("workdir", "")))
-        for caption, name in plot_run(series, result, out, prefix):
+        run = series[i] if series is not None else read_run(Path(result.get("workdir", "")))
+        for caption, name in plot_run(run, result, out, prefix):
             lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
+    if extra:
+        lines += [extra.rstrip(), ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# -- goodput under overload (run.py --goodput) ------------------------------------------
+
+
+def plot_goodput(points: Sequence[dict[str, Any]], capacity: float, path: Path) -> str:
+    """Calls completed per second against calls offered per second, one point per run
+    (``offered_cps``, ``achieved_cps`` and ``factor`` each), with the ideal: everything
+    completed up to the capacity, the capacity beyond it."""
+    fig, ax = _figure(
+        f"Goodput: calls completed vs offered (capacity {capacity:g}/s)", "completed calls/s"
+    )
+    ax.set_xlabel("offered calls/s (placed by SIPp)")
+    xs = [float(p["offered_cps"]) for p in points]
+    ys = [float(p["achieved_cps"]) for p in points]
+    top = max([capacity, *xs]) * 1.05
+    ax.plot([0, capacity, top], [0, capacity, capacity], color="grey", linestyle=":", label="ideal")
+    ax.axhline(0.9 * capacity, color="tab:red", linestyle="--", alpha=0.5, label="90% of capacity")
+    ax.plot(xs, ys, marker="o", label="sipguard")
+    for p, x, y in zip(points, xs, ys, strict=True):
+        ax.annotate(f"{p['factor']:g}x", (x, y), textcoords="offset points", xytext=(4, -12))
+    ax.set_xlim(left=0, right=top)
+    ax.set_ylim(bottom=0, top=max([capacity, *ys]) * 1.15)
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def write_goodput_report(
+    out: Path,
+    points: Sequence[dict[str, Any]],
+    capacity: float,
+    table: str,
+    *,
+    command: str = "",
+    build: str = "",
+) -> Path:
+    """``out/README.md`` and ``out/goodput.png`` for :func:`plot_goodput`'s points;
+    ``table`` is what the runner printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    factors = ", ".join(f"{float(p['factor']):g}x" for p in points)
+    lines = ["# sipguard goodput under overload", ""]
+    if command:
+        lines.append(f"- command: `{command}`")
+    lines += [
+        f"- when: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- host: {platform.node() or '?'}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+    ]
+    if build:
+        lines.append(f"- sipguard: {build}")
+    lines += [
+        f"- capacity given: {capacity:g} calls/s; runs at {factors} of it."
+        " Offered is what the SIPp uac placed (it falls short of the rate asked when "
+        "SIPp itself runs out of CPU); completed is the calls it saw succeed per second of "
+        "placing. The figures as the runner printed them:",
+        "",
+        "```",
+        table.rstrip(),
+        "```",
+        "",
+        "![Goodput](" + plot_goodput(points, capacity, out / "goodput.png") + ")",
+        "",
+    ]
     path = out / "README.md"
     path.write_text("\n".join(lines))
     return path

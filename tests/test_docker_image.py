@@ -112,8 +112,9 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
         )
         kit.timings.append(f"sipguard image: built in {took:.0f} s")
         took = dockerkit.build(
-            docker, SIPP_IMAGE, REPO / "docker" / "sipp", base=base, workdir=workdir
-        )
+            docker, SIPP_IMAGE, REPO, base=base, dockerfile=REPO / "docker" / "sipp" / "Dockerfile",
+            workdir=workdir,
+        )  # fmt: skip
         kit.timings.append(f"SIPp image: built in {took:.0f} s")
         kit.timings.append(f"set-up: {time.monotonic() - start:.0f} s")
         yield kit
@@ -233,10 +234,12 @@ def test_compose_loadtest_profile_completes_every_call(kit: Kit, tmp_path: Path)
     kit.timings.append(f"compose loadtest profile: {time.monotonic() - start:.0f} s")
     output = up.stdout + up.stderr
     (tmp_path / "compose.log").write_text(output)
-    summary_path = s["report"] / "summary.json"
-    assert summary_path.exists(), f"no load report (exit {up.returncode}):\n{output[-4000:]}"
-    summary = json.loads(summary_path.read_text())
-    report = (s["report"] / "summary.md").read_text("utf-8")
+    results_path = s["report"] / "results.json"
+    assert results_path.exists(), f"no load report (exit {up.returncode}):\n{output[-4000:]}"
+    summary = json.loads(results_path.read_text())
+    report_path = s["report"] / "README.md"
+    assert report_path.exists(), f"no README.md in the report:\n{output[-4000:]}"
+    report = report_path.read_text("utf-8")
     assert up.returncode == 0 and summary["ok"], f"{report}\n{output[-3000:]}"
     assert "compiled core (mypyc)" in output
     rows = {r["scenario"]: r for r in summary["scenarios"]}
@@ -244,10 +247,7 @@ def test_compose_loadtest_profile_completes_every_call(kit: Kit, tmp_path: Path)
     for name, row in rows.items():
         assert row["offered"] == row["completed"] == PLANNED[name], report
         assert row["failed"] == 0, report
-    # the report: SIPp's statistics per scenario and the summary people read
-    for name in PLANNED:
-        assert (s["report"] / f"{name}_stat.csv").exists()
-    assert "| **all** | 200 | 200 | 200 | 0 |" in report
+    check_load_report(s["report"], summary, report)
     # sipguard did what the mix asks: 112 presented, #31# and Privacy: id withheld
     counters = summary["sipguard"]
     assert counters["sipguard_emergency_calls_total"] == PLANNED["emergency"]
@@ -261,6 +261,46 @@ def test_compose_loadtest_profile_completes_every_call(kit: Kit, tmp_path: Path)
     # privacy.csv in turn: #31# escaped, Privacy: id, #31# raw (withheld), Privacy: none
     withheld = [r for r in ends if r["presentation"] == "restricted"]
     assert len(withheld) == PLANNED["privacy"] * 3 // 4
+
+
+def check_load_report(folder: Path, summary: dict[str, Any], report: str) -> None:
+    """The load report of ``loadtests/run.py --report`` (testkit/report.py), from the
+    containers: the runner's figures, the four plots, and sipguard's CPU and RSS as its
+    own /metrics gave them, second by second."""
+    result = summary["result"]
+    total = sum(PLANNED.values())
+    assert (result["attempted"], result["succeeded"], result["failed"]) == (total, total, 0)
+    for figure in (
+        f"| calls attempted | {total} |",
+        f"| calls succeeded | {total} |",
+        "| calls failed | 0 |",
+        f"| **all** | {total} | {total} | {total} | 0 |",
+        f"| CPU seconds | {result['cpu_s']:.2f} |",
+        f"| peak RSS, MB | {result['peak_rss_kb'] / 1024:.1f} |",
+        f"| setup p99, ms | {result['setup_p99_ms']:.0f} |",
+        f"LOAD_RATE={LOAD_RATE} LOAD_DURATION={LOAD_DURATION}",
+    ):
+        assert figure in report, f"{figure!r} not in the report:\n{report}"
+    # sipguard's own figures: it did work, and holds tens of MB
+    assert 0 < result["cpu_s"] < LOAD_DURATION, result
+    assert result["cpu_s_per_1k"] is not None and result["cpu_s_per_1k"] > 0, result
+    assert 10 * 1024 < result["peak_rss_kb"] < 1024 * 1024, result
+    # setup times: the callee rings 500 ms before it answers
+    assert result["setup_p50_ms"] is not None and 490 <= result["setup_p50_ms"] <= 2000, result
+    assert result["setup_p99_ms"] >= result["setup_p50_ms"], result
+    samples = (folder / "sipp" / "proc_samples.csv").read_text().splitlines()
+    assert samples[0] == "t;cpu_s;rss_kb" and len(samples) > LOAD_DURATION * 3 // 4, samples
+    cpu = [float(line.split(";")[1]) for line in samples[1:]]
+    assert cpu == sorted(cpu) and cpu[-1] > cpu[0], cpu
+    assert summary["process_samples"] == len(samples) - 1
+    for name in ("calls.png", "failures.png", "setup.png", "process.png"):
+        assert f"]({name})" in report, name
+        png = (folder / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
+    # what it was made from: SIPp's statistics per scenario, the callee's, response times
+    for name in (*PLANNED, "callee"):
+        assert (folder / "sipp" / f"{name}_stat.csv").exists(), name
+    assert list((folder / "sipp" / "plain").glob("*_rtt.csv")), "no -trace_rtt file"
 
 
 # -- health check and drain ------------------------------------------------------------------
@@ -343,7 +383,7 @@ def test_health_check_turns_healthy_and_docker_stop_drains(kit: Kit, tmp_path: P
 
         # the calls in progress ended as the caller ended them, each with its CDRs
         waited = docker.run("wait", names["caller"], timeout=60).stdout.strip()
-        assert waited == "0", (s["report"] / "summary.md").read_text("utf-8")
+        assert waited == "0", (s["report"] / "results.json").read_text("utf-8")
         cdrs = read_cdrs(s["cdr"])
         ends = [r for r in cdrs if r["kind"] == "end"]
         assert len(ends) == 10

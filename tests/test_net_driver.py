@@ -287,6 +287,9 @@ def test_metrics_endpoint_has_every_spec_metric_and_no_identifying_label(tmp_pat
     assert value("sipguard_cdr_records_total", sink="file", result="written") == 2 * calls
     assert value("sipguard_config_reloads_total", result="ok") == 1
     assert value("sipguard_active_calls") == 0
+    # the process's own figures (the container's load report reads them)
+    assert value("process_cpu_seconds_total") > 0
+    assert 10 * 2**20 < value("process_resident_memory_bytes") < 2**31
     # messages are counted in both directions: the caller's INVITE in, the callee's out
     for direction in ("in", "out"):
         for kind in ("INVITE", "ACK", "BYE", "2xx"):

@@ -127,3 +127,45 @@ def test_the_sampler_writes_cpu_and_rss_while_it_runs(tmp_path: Path) -> None:
     assert lines[0] == "t;cpu_s;rss_kb"
     assert len(lines) >= 4
     assert all(x.endswith(";1234") for x in lines[1:])
+
+
+def test_several_callers_add_up_second_by_second(tmp_path: Path) -> None:
+    """The container harness runs one SIPp client per scenario at once: their periods add
+    up by the second they end in, and their setup times come from every scenario."""
+    run = tmp_path / "run"
+    run.mkdir()
+    stat_file(run / "plain_stat.csv", [(0, 0, 0, 0), (5, 4, 0, 1), (5, 5, 1, 0)])
+    stat_file(run / "cancel_stat.csv", [(0, 0, 0, 0), (2, 2, 0, 0), (2, 1, 0, 2)])
+    stat_file(run / "callee_stat.csv", [(0, 0, 0, 0), (0, 0, 0, 3), (0, 0, 0, 0)])
+    for name in ("plain", "cancel"):
+        (run / name).mkdir()
+        (run / name / f"uac-call_{len(name)}_rtt.csv").write_text(
+            "Date_ms;response_time_ms;rtd_no\n1500;510;1\n2500;520;1\n"
+        )
+    (run / "stray_rtt.csv").write_text("Date_ms;response_time_ms;rtd_no\n1;9999;1\n")
+    s = read_run(run, callers=("plain", "cancel"), callee="callee", rtt_glob="*/*_rtt.csv")
+    assert s.t == [1.0, 2.0]
+    assert s.offered == [7.0, 7.0]
+    assert s.completed == [6.0, 6.0]
+    assert s.failed == [0, 1]
+    assert s.retrans == [4, 2]  # callers + callee
+    assert sorted(s.setup_ms) == [510.0, 510.0, 520.0, 520.0]  # not the stray file
+
+
+def test_a_report_from_given_series_with_its_own_setting_and_notes(tmp_path: Path) -> None:
+    result = synthetic_run(tmp_path / "run")
+    series = read_run(tmp_path / "run")
+    result["workdir"] = str(tmp_path / "gone")  # the given series is used, not the folder
+    md = write_report(
+        tmp_path / "out",
+        [result],
+        "table",
+        setting="- in containers",
+        series=[series],
+        extra="## per scenario\n\n| a | b |",
+    ).read_text()
+    assert "- in containers" in md and "pinned to core 1" not in md
+    assert md.rstrip().endswith("## per scenario\n\n| a | b |")
+    assert (tmp_path / "out" / "calls.png").stat().st_size > 5000
+    with pytest.raises(ValueError, match="one series per result"):
+        write_report(tmp_path / "out", [result], "table", series=[])

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from prometheus_client import Gauge, generate_latest
+from prometheus_client import Gauge, ProcessCollector, generate_latest
 
 from sipguard.b2bua.core import B2BUA
 from sipguard.b2bua.records import KNOWN_KINDS, KNOWN_METHODS
@@ -645,6 +645,9 @@ def _setup_logging(level: str) -> None:
 
 async def serve(config_path: str, config: Config) -> int:
     metrics = Metrics()
+    # the process's own CPU seconds, RSS, open files and start time (process_*), read from
+    # /proc/self at each scrape: what a load test in a container reads (docker/sipp/)
+    ProcessCollector(registry=metrics.registry)
     writer = CdrWriter(config.cdr, metrics)
     writer.start()
     driver = Driver(config, metrics, writer)
