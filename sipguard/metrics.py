@@ -139,7 +139,9 @@ class Metrics:
         self.privacy_egress_blocked = Counter(
             "sipguard_privacy_egress_blocked_total",
             "Messages not sent because they would have carried a withheld caller's number or "
-            "address towards an untrusted trunk (a bug upstream; the call was ended)",
+            "address towards an untrusted trunk (a bug upstream; the call was ended), by "
+            "where: request-uri, reason-phrase, header, body",
+            ["where"],
             registry=r,
         )
         self.media_unanchored = Counter(
