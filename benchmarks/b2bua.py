@@ -3,8 +3,11 @@
 Drives the same 14-message flow as SIPp's uac/uas through ``B2BUA.receive`` with a fake
 clock and prints calls per second of one core (median of several runs) and the cost per
 call and per message. ``--profile`` prints where the time goes (cProfile).
+``--egress`` makes every call withheld towards an untrusted trunk (another number than
+the caller's), so that every message to the callee goes through the egress check
+(:mod:`sipguard.b2bua.egress`); without it the calls go to a trusted trunk, unchecked.
 
-    .venv/bin/python benchmarks/b2bua.py [--calls 5000] [--runs 5] [--profile]
+    .venv/bin/python benchmarks/b2bua.py [--calls 5000] [--runs 5] [--profile] [--egress]
 """
 
 from __future__ import annotations
@@ -25,9 +28,15 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 from sipguard.b2bua.core import B2BUA
 from sipguard.net.server import core_build, tune_gc
 from sipguard.sip.transaction import Flow
-from testkit.callsim import Wire, basic_call
+from testkit.callsim import CONFIG, Wire, basic_call, config_text
 
 MESSAGES_PER_CALL = 14  # received and sent by the B2BUA: 7 on each leg
+# --egress: the caller withholds its number (the trunk's default) and the callee's trunk
+# is untrusted; the number dialled is not the caller's own
+EGRESS_CONFIG = CONFIG.replace(
+    "    route_to: pbx\n", "    route_to: pbx\n    presentation: restricted\n"
+).replace("    trusted: true\n", "    trusted: false\n")
+EGRESS_CALLEE = "0307654321"
 
 
 class TimedCore:
@@ -50,16 +59,17 @@ class TimedCore:
         return getattr(self.core, name)
 
 
-def run(calls: int) -> tuple[float, float]:
+def run(calls: int, egress: bool = False) -> tuple[float, float]:
     """(seconds for the whole run, seconds of it inside the B2BUA core)."""
-    wire = Wire()
+    wire = Wire(config_text(EGRESS_CONFIG)) if egress else Wire()
+    user = EGRESS_CALLEE if egress else "0201234567"
     core = wire.core
     timed = TimedCore(core)
     wire.core = timed  # type: ignore[assignment]
     clock = time.perf_counter
     start = clock()
     for n in range(calls):
-        basic_call(wire, n)
+        basic_call(wire, n, user=user)
         core.cdr_out.clear()
         if n % 500 == 0:
             wire.advance(1.0)
@@ -71,22 +81,24 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--egress", action="store_true", help="withheld calls to an untrusted trunk")
     args = ap.parse_args()
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
-        run(args.calls)
+        run(args.calls, args.egress)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
         return 0
     tune_gc()  # as sipguard run does: start-up objects frozen, the cyclic collector off
-    results = [run(args.calls) for _ in range(args.runs)]
+    results = [run(args.calls, args.egress) for _ in range(args.runs)]
     med = statistics.median(t for t, _ in results)
     core = statistics.median(c for _, c in results)
     # the simulator parses what the B2BUA sends and builds what the peers send: only the
     # time inside B2BUA.receive (parse, transactions, calls, privacy, building) is the core's
     print(f"core                      {core_build()}")
-    print(f"calls per run             {args.calls}")
+    kind = " (withheld, egress-checked)" if args.egress else ""
+    print(f"calls per run             {args.calls}{kind}")
     print(f"median run (sim + core)   {med:.3f} s")
     runs = ", ".join(f"{c:.3f}" for _, c in results)
     print(f"median core time          {core:.3f} s  (runs: {runs})")
