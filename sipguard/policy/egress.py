@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from functools import lru_cache
 
 from sipguard.config.model import Numbering
 
@@ -95,9 +96,10 @@ class Needles:
         return bool(self.numbers or self.addresses)
 
 
-def number_forms(e164: str, numberings: Iterable[Numbering]) -> NumberNeedle | None:
+@lru_cache(maxsize=1024)
+def number_forms(e164: str, numberings: tuple[Numbering, ...]) -> NumberNeedle | None:
     """The forms of an E.164 number (``+`` and digits) under each numbering plan, or None
-    if it is no E.164 number."""
+    if it is no E.164 number. Kept for the numbers seen last (callers call again)."""
     if not (e164.startswith("+") and e164[1:].isdigit() and e164[1:].isascii()):
         return None
     digits = e164[1:]
@@ -124,8 +126,10 @@ def _common_tail(forms: frozenset[bytes]) -> bytes:
     return tail
 
 
+@lru_cache(maxsize=1024)
 def _address(text: str) -> tuple[tuple[bytes, int], ...]:
-    """The searchable forms of one host (an IP address in its forms, or a name)."""
+    """The searchable forms of one host (an IP address in its forms, or a name); kept for
+    the hosts seen last (peers, ours)."""
     host = text.strip().strip("[]").lower()
     if not host or not host.isascii():
         return ()
