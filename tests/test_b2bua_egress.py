@@ -25,6 +25,7 @@ import sipguard.b2bua.bleg as bleg
 import sipguard.b2bua.crossing as crossing
 from sipguard.b2bua.crossing import Crossing
 from sipguard.metrics import Metrics
+from sipguard.policy.egress import find_hit
 from sipguard.sip.message import Request, SipMessage
 from sipguard.sip.transaction import IDS, Flow, new_branch, new_tag
 from testkit.callsim import (
@@ -379,6 +380,28 @@ def test_an_emergency_call_presents_the_number_and_is_never_watched() -> None:
 def test_a_caller_calling_its_own_number_is_not_blocked() -> None:
     w = wire()
     full_call(w, 1, invite(1))  # callsim's caller dials 0201234567, its own number
+    never_blocked(w)
+
+
+def test_a_private_address_both_sides_use_is_no_leak() -> None:
+    # the caller's Contact and the callee's are the same private address (two sites
+    # behind NAT): the callee's own Contact in our ACK and BYE is no leak of the caller's
+    w = wire()
+    data = invite(1, CALLEE_NUMBER, contact="sip:sipp@192.168.1.10:5062")
+    w.from_caller(data)
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    private = ("192.168.1.10", 5080)
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE, contact=private))
+    (ok,) = responses(w.take_caller(), 200)
+    (guard,) = w.core.egress.watching.values()
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-1-ack"))
+    (ack,) = w.to_callee
+    # the ACK carries the caller's private address as the callee's: a hit, but excused
+    assert find_hit(ack, guard.needles, ("127.0.0.2",)) == ("request-uri", "address")
+    w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-1-bye"))
+    sent = w.take_callee()
+    assert [m.method for m in requests(sent)] == ["ACK", "BYE"]
+    assert all(m.uri.startswith("sip:192.168.1.10:5080") for m in requests(sent))
     never_blocked(w)
 
 

@@ -69,10 +69,11 @@ from sipguard.policy.egress import Needles, build_needles, find_hit
 from sipguard.policy.numbers import clean_number, to_e164
 from sipguard.sip.errors import SipError
 from sipguard.sip.transaction import Flow
-from sipguard.sip.uri import parse_uri
+from sipguard.sip.uri import parse_name_addr, parse_uri
 
 if TYPE_CHECKING:
     from sipguard.b2bua.call import Call
+    from sipguard.b2bua.leg import Leg
 
 log = logging.getLogger("sipguard.b2bua")
 
@@ -131,6 +132,19 @@ def needles_of(call: Call, media_anchored: bool = False) -> Needles:
         not_addresses=ours,
         in_body=media_anchored,
     )
+
+
+def callee_hosts(b: Leg) -> list[str]:
+    """The hosts the callee's side gave the B-leg: its target, route set and To."""
+    hosts = [b.flow.host]
+    for text in (b.remote_target, *b.route_set, b.remote_uri):
+        try:
+            value = text.strip()
+            uri = parse_name_addr(value).uri if "<" in value else parse_uri(value)
+        except SipError:
+            continue
+        hosts.append(uri.host)
+    return hosts
 
 
 class Guard:
@@ -202,9 +216,16 @@ class Egress:
         guard = watching.get(data[i : data.find(b"\r\n", i)])
         if guard is None:
             return True
-        hit = find_hit(data, guard.needles, flow.host)
+        hit = find_hit(data, guard.needles, (flow.host,))
         if hit is None or (flow.host, flow.port) == guard.a_peer:
             return True
+        if hit[1] == "address" and guard.call is not None and guard.call.b is not None:
+            # the callee's own hosts (its Contact, route set, To) are no leak even where
+            # the caller side has the same (private addresses repeat): searched again
+            # without them, on this rare path only
+            hit = find_hit(data, guard.needles, (flow.host, *callee_hosts(guard.call.b)))
+            if hit is None:
+                return True
         self._blocked(guard, data, *hit)
         return False
 

@@ -31,7 +31,8 @@ are then the callee's as well, has no number needles: the callee learns nothing.
 (``127.0.0.3`` is not in ``127.0.0.30``); IPv6 addresses (compressed and full forms) and
 host names case-insensitively, where no hex digit or colon (IPv6) or name character (host
 names) continues them. An address equal to the host the message is sent to (``skip``) is
-never a hit: a peer knows its own address. Addresses are searched in the start line and
+never a hit: a peer knows its own address. A host name needs a dot (``localhost`` or
+``pbx`` alone would match words). Addresses are searched in the start line and
 the headers; in the body only with ``in_body`` (the call's media anchored, so the SDP
 carries the relay's addresses): with ``media: pass`` the caller's media address in the
 SDP is passed on by the operator's choice (SPEC §1.5), and it is often the very address
@@ -238,9 +239,12 @@ def _address_at(buf: bytes, form: bytes, kind: int, end: int) -> int:
     return -1
 
 
-def find_hit(data: bytes, needles: Needles, skip: str = "") -> tuple[str, str] | None:
+def find_hit(
+    data: bytes, needles: Needles, skip: tuple[str, ...] = ()
+) -> tuple[str, str] | None:
     """Where ``data`` first carries a needle, and what: ``(where, "number"|"address")``,
-    or None. ``skip``: the host the message is sent to (never a hit)."""
+    or None. ``skip``: hosts the receiver knows as its own (the host the message is sent
+    to, say), never a hit."""
     hits: list[tuple[int, bytes, str]] = []  # (position, the buffer searched, kind)
     if needles.numbers:
         stripped = data.translate(None, _SEPARATORS)
@@ -254,12 +258,9 @@ def find_hit(data: bytes, needles: Needles, skip: str = "") -> tuple[str, str] |
         head = data.find(b"\r\n\r\n")
         end = len(data) if needles.in_body or head < 0 else head + 2
         buf = data.lower() if needles.lower else data
-        target = skip.strip("[]").lower().encode("ascii", "replace")
         for form, kind in needles.addresses:
-            if form == target:
-                continue
             at = _address_at(buf, form, kind, end)
-            if at >= 0:
+            if at >= 0 and not _skipped(form, skip):
                 hits.append((at, buf, "address"))
     if not hits:
         return None
@@ -268,7 +269,11 @@ def find_hit(data: bytes, needles: Needles, skip: str = "") -> tuple[str, str] |
     return _where(data, line), what
 
 
-def check(data: bytes, needles: Needles, skip: str = "") -> str | None:
+def _skipped(form: bytes, skip: tuple[str, ...]) -> bool:
+    return any(form in (f for f, _ in _address(s)) for s in skip)
+
+
+def check(data: bytes, needles: Needles, skip: tuple[str, ...] = ()) -> str | None:
     """Where ``data`` first carries the caller's number or address (a header name, lower
     case; ``request-uri``; ``reason-phrase``; ``body``), or None if nowhere."""
     hit = find_hit(data, needles, skip)
