@@ -405,6 +405,24 @@ def test_a_private_address_both_sides_use_is_no_leak() -> None:
     never_blocked(w)
 
 
+def test_the_callers_media_address_counts_only_once_the_media_is_anchored() -> None:
+    w = wire()
+    w.from_caller(call_invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    assert b"c=IN IP4 127.0.0.3" in b_inv.body  # media: pass, by the operator's choice
+    egress = w.core.egress
+    (call,) = set(w.core.dialogs.values())
+    flow = Flow("udp", 0, *CALLEE)
+    reinvite = (
+        f"INVITE sip:127.0.0.2:5080 SIP/2.0\r\nCall-ID: {b_inv.call_id}\r\n"
+        f"Content-Type: application/sdp\r\nContent-Length: {len(b_inv.body)}\r\n\r\n"
+    ).encode() + b_inv.body
+    assert egress.allows(flow, reinvite)
+    egress.media_anchored(call)  # from now on the SDP must carry the relay's address
+    assert not egress.allows(flow, reinvite)
+    assert blocked(w, "body") == 1
+
+
 def test_no_false_positive_on_100000_random_ids() -> None:
     w = wire()
     w.from_caller(call_invite(1))
