@@ -239,9 +239,7 @@ def _address_at(buf: bytes, form: bytes, kind: int, end: int) -> int:
     return -1
 
 
-def find_hit(
-    data: bytes, needles: Needles, skip: tuple[str, ...] = ()
-) -> tuple[str, str] | None:
+def find_hit(data: bytes, needles: Needles, skip: tuple[str, ...] = ()) -> tuple[str, str] | None:
     """Where ``data`` first carries a needle, and what: ``(where, "number"|"address")``,
     or None. ``skip``: hosts the receiver knows as its own (the host the message is sent
     to, say), never a hit."""
