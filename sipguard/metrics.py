@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# where the egress check found a withheld caller's number or address (sipguard.b2bua.egress)
+EGRESS_WHERE = ("request-uri", "reason-phrase", "header", "body")
 SETUP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -144,6 +146,8 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        for where in EGRESS_WHERE:  # a bounded set, exported at 0 from the start
+            self.privacy_egress_blocked.labels(where)
         self.media_unanchored = Counter(
             "sipguard_media_unanchored_total",
             "Calls carried without the media anchoring they asked for (rtpengine down)",

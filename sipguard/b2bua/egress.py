@@ -68,7 +68,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from sipguard.metrics import Metrics
+from sipguard.metrics import EGRESS_WHERE, Metrics
 from sipguard.policy.egress import Needles, build_needles, find_hit
 from sipguard.policy.numbers import clean_number, to_e164
 from sipguard.sip.errors import SipError
@@ -83,7 +83,7 @@ log = logging.getLogger("sipguard.b2bua")
 
 MAX_QUARANTINED = 10_000  # ended calls whose Call-ID stays watched after a leak
 _CALL_ID = b"\r\nCall-ID: "
-_WHERE = frozenset({"request-uri", "reason-phrase", "body"})  # else "header"
+_WHERE = frozenset(EGRESS_WHERE)  # the metric's label: a header's name counts as "header"
 _IDENTITY_HEADERS = ("p-asserted-identity", "p-preferred-identity", "remote-party-id")
 
 
