@@ -3,12 +3,17 @@
 Drives the same 14-message flow as SIPp's uac/uas through ``B2BUA.receive`` with a fake
 clock and prints calls per second of one core (median of several runs) and the cost per
 call and per message. ``--profile`` prints where the time goes (cProfile).
+``--cpu`` times the core by the thread's CPU clock instead of the wall clock.
+``--egress`` makes every call withheld towards an untrusted trunk (another number than
+the caller's), so that every message to the callee goes through the egress check
+(:mod:`sipguard.b2bua.egress`); without it the calls go to a trusted trunk, unchecked.
 
 ``--refused`` measures a new INVITE shed under overload instead (the core's shedder set
 to admit none): what a refusal costs, to hold against a whole call (issue 19: at most a
 tenth of it).
 
-    .venv/bin/python benchmarks/b2bua.py [--calls 5000] [--runs 5] [--profile] [--refused]
+    .venv/bin/python benchmarks/b2bua.py [--calls 5000] [--runs 5] [--profile] [--egress]
+        [--refused] [--cpu]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import pstats
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +35,15 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))
 from sipguard.b2bua.core import B2BUA
 from sipguard.net.server import core_build, tune_gc
 from sipguard.sip.transaction import Flow
-from testkit.callsim import Wire, basic_call, invite
+from testkit.callsim import CONFIG, Wire, basic_call, config_text, invite
 
 MESSAGES_PER_CALL = 14  # received and sent by the B2BUA: 7 on each leg
+# --egress: the caller withholds its number (the trunk's default) and the callee's trunk
+# is untrusted; the number dialled is not the caller's own
+EGRESS_CONFIG = CONFIG.replace(
+    "    route_to: pbx\n", "    route_to: pbx\n    presentation: restricted\n"
+).replace("    trusted: true\n", "    trusted: false\n")
+EGRESS_CALLEE = "0307654321"
 
 
 class TimedCore:
@@ -41,29 +53,31 @@ class TimedCore:
     cannot be replaced on an instance.
     """
 
-    def __init__(self, core: B2BUA) -> None:
+    def __init__(self, core: B2BUA, clock: Callable[[], float] = time.perf_counter) -> None:
         self.core = core
         self.inner = 0.0
+        self.clock = clock
 
     def receive(self, data: bytes, flow: Flow, now: float) -> None:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         self.core.receive(data, flow, now)
-        self.inner += time.perf_counter() - t0
+        self.inner += self.clock() - t0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.core, name)
 
 
-def run(calls: int) -> tuple[float, float]:
+def run(calls: int, egress: bool = False, cpu: bool = False) -> tuple[float, float]:
     """(seconds for the whole run, seconds of it inside the B2BUA core)."""
-    wire = Wire()
+    wire = Wire(config_text(EGRESS_CONFIG)) if egress else Wire()
+    user = EGRESS_CALLEE if egress else "0201234567"
     core = wire.core
-    timed = TimedCore(core)
+    timed = TimedCore(core, time.thread_time if cpu else time.perf_counter)
     wire.core = timed  # type: ignore[assignment]
     clock = time.perf_counter
     start = clock()
     for n in range(calls):
-        basic_call(wire, n)
+        basic_call(wire, n, user=user)
         core.cdr_out.clear()
         if n % 500 == 0:
             wire.advance(1.0)
@@ -95,8 +109,18 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--refused", action="store_true", help="new INVITEs shed (503) instead")
+    ap.add_argument("--egress", action="store_true", help="withheld calls to an untrusted trunk")
+    ap.add_argument(
+        "--cpu",
+        action="store_true",
+        help="time the core by this thread's CPU clock, not the wall clock: steadier on a "
+        "shared machine (each reading is a system call, ~1 us more per message)",
+    )
     args = ap.parse_args()
-    measure = run_refused if args.refused else run
+
+    def measure(calls: int) -> tuple[float, float]:
+        return run_refused(calls) if args.refused else run(calls, args.egress, args.cpu)
+
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
@@ -111,7 +135,8 @@ def main() -> int:
     # the simulator parses what the B2BUA sends and builds what the peers send: only the
     # time inside B2BUA.receive (parse, transactions, calls, privacy, building) is the core's
     print(f"core                      {core_build()}")
-    print(f"calls per run             {args.calls}")
+    kind = " (withheld, egress-checked)" if args.egress else ""
+    print(f"calls per run             {args.calls}{kind}")
     print(f"median run (sim + core)   {med:.3f} s")
     runs = ", ".join(f"{c:.3f}" for _, c in results)
     print(f"median core time          {core:.3f} s  (runs: {runs})")

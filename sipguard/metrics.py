@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# where the egress check found a withheld caller's number or address (sipguard.b2bua.egress)
+EGRESS_WHERE = ("request-uri", "reason-phrase", "header", "body")
 SETUP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -139,9 +141,13 @@ class Metrics:
         self.privacy_egress_blocked = Counter(
             "sipguard_privacy_egress_blocked_total",
             "Messages not sent because they would have carried a withheld caller's number or "
-            "address towards an untrusted trunk (a bug upstream; the call was ended)",
+            "address towards an untrusted trunk (a bug upstream; the call was ended), by "
+            "where: request-uri, reason-phrase, header, body",
+            ["where"],
             registry=r,
         )
+        for where in EGRESS_WHERE:  # a bounded set, exported at 0 from the start
+            self.privacy_egress_blocked.labels(where)
         self.media_unanchored = Counter(
             "sipguard_media_unanchored_total",
             "Calls carried without the media anchoring they asked for (rtpengine down)",

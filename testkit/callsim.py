@@ -356,9 +356,10 @@ def establish(
     return Established(n, b_inv, ok, tag)
 
 
-def basic_call(wire: Wire, n: int, hold: float = 0.0) -> None:
-    """One whole call: INVITE, 100, 180, 200, ACK, BYE, 200 — the SIPp uac/uas flow."""
-    wire.from_caller(invite(n))
+def basic_call(wire: Wire, n: int, hold: float = 0.0, user: str = "0201234567") -> None:
+    """One whole call: INVITE, 100, 180, 200, ACK, BYE, 200 — the SIPp uac/uas flow
+    (``user``: the number dialled; the default is the caller's own, as SIPp's uac)."""
+    wire.from_caller(invite(n, user))
     (b_inv,) = [m for m in wire.take_callee() if isinstance(m, Request)]
     assert isinstance(b_inv, Request)
     tag = f"callee{n}"

@@ -49,6 +49,7 @@ MODULES = (
     "sipguard/policy/decision.py",
     "sipguard/policy/headers.py",
     "sipguard/policy/body.py",
+    "sipguard/policy/egress.py",
     "sipguard/b2bua/identity.py",
     "sipguard/b2bua/overload.py",
     "sipguard/b2bua/host.py",
@@ -67,6 +68,7 @@ MODULES = (
     "sipguard/b2bua/relay.py",
     "sipguard/b2bua/outgoing.py",
     "sipguard/b2bua/call.py",
+    "sipguard/b2bua/egress.py",
     "sipguard/b2bua/core.py",
 )
 GROUP = "sipguard._native"  # the shared library: sipguard/_native__mypyc*.so

@@ -20,6 +20,7 @@ import logging
 
 from sipguard.b2bua.admission import Admitted, Capacity, Refused, admit
 from sipguard.b2bua.call import ENDED, Call
+from sipguard.b2bua.egress import Egress
 from sipguard.b2bua.gate import METERED, STRANGER, Gate
 from sipguard.b2bua.host import (
     ALLOW,
@@ -76,6 +77,7 @@ class B2BUA:
         self.metrics = metrics
         self.layer = TransactionLayer(self, self._timers(config))
         self.outbox = self.layer.outbox
+        self.egress = self.layer.egress = Egress(metrics)  # SPEC §8: fail closed on a leak
         self.outcomes: list[Outcome] = []
         self.wall_offset = wall_offset  # wall clock = now + wall_offset (set by the driver)
         self.instance = instance or new_instance_tag()
@@ -119,6 +121,7 @@ class B2BUA:
         try:
             self.layer.handle_timer(now)
         finally:
+            self.egress.end_leaked(now)
             self._settle()
 
     def reload(self, config: Config) -> None:
@@ -171,6 +174,7 @@ class B2BUA:
         try:
             self._receive(data, flow, now)
         finally:
+            self.egress.end_leaked(now)
             self._settle()
 
     def _receive(self, data: bytes, flow: Flow, now: float) -> None:
@@ -341,6 +345,9 @@ class B2BUA:
 
     def new_call_id(self) -> str:
         return IDS.next()
+
+    def watch_egress(self, call: Call) -> None:
+        self.egress.watch(call)
 
     # -- transaction user ------------------------------------------------------------------
 
@@ -514,6 +521,7 @@ class B2BUA:
         self.capacity.give_back(call.trunk_in.name, call.emergency)
         self.gate.closed(call.a.call_id, call.b.call_id if call.b is not None else "")
         self.table.remove(call)
+        self.egress.ended(call, now)
         self.records.ended(call, end_reason, now)
 
     def streams_in_use(self) -> set[tuple[str, str, int]]:

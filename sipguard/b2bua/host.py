@@ -80,6 +80,11 @@ class CallHost(Protocol):
 
     def new_call_id(self) -> str: ...
 
+    def watch_egress(self, call: Call) -> None:
+        """The call's B-leg exists and its first message is next: the egress check
+        learns its Call-ID (:mod:`sipguard.b2bua.egress`)."""
+        ...
+
     def wall(self, now: float) -> float:
         """The wall-clock time (for records) at monotonic ``now``."""
         ...

@@ -73,6 +73,7 @@ class Outgoing:
             self.credentials = True
         else:
             call.b = Leg(call.host, False, call.host.new_call_id(), targets[0])
+        call.host.watch_egress(call)  # before its first message (SPEC §8: fail closed)
         self.send(call, now)
 
     def send(self, call: Call, now: float) -> None:

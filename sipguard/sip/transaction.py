@@ -176,6 +176,12 @@ class TransactionUser(Protocol):
     def on_stray_response(self, resp: Response, flow: Flow, now: float) -> None: ...
 
 
+class EgressCheck(Protocol):
+    """What may leave (the B2BUA's egress check, SPEC §8): False keeps a message back."""
+
+    def allows(self, flow: Flow, data: bytes) -> bool: ...
+
+
 class _IdSource:
     """Branch, tag and Call-ID material: 80 bits from the OS's CSPRNG per id.
 
@@ -629,6 +635,8 @@ class TransactionLayer:
         self.t = timers or Timers()
         self.timers = TimerHeap()
         self.outbox: list[tuple[Flow, bytes]] = []
+        # every message leaves through send(): the one place the egress check is made
+        self.egress: EgressCheck | None = None
         self.client: dict[tuple[str, ...], ClientTransaction] = {}
         self.server: dict[tuple[str, ...], ServerTransaction] = {}
         self.retransmissions = 0
@@ -637,6 +645,9 @@ class TransactionLayer:
     # -- output --------------------------------------------------------------------------
 
     def send(self, flow: Flow, data: bytes, retransmission: bool = False) -> None:
+        egress = self.egress
+        if egress is not None and not egress.allows(flow, data):
+            return  # a leak: never sent, nor retransmitted (sipguard.b2bua.egress)
         if retransmission:
             self.retransmissions += 1
         self.outbox.append((flow, data))

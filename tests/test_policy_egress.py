@@ -1,0 +1,192 @@
+"""The egress check's search (sipguard.policy.egress): forms, anchoring, where."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipguard.config.model import Numbering
+from sipguard.policy.egress import (
+    MIN_DIGITS,
+    Needles,
+    build_needles,
+    check,
+    find_hit,
+    number_forms,
+)
+
+NL = Numbering(country_code="31", national_prefix="0", international_prefix="00")
+US = Numbering(country_code="1", national_prefix="1", international_prefix="011")
+CALLER = "+31201234567"
+
+
+def needles(
+    numbers: tuple[str, ...] = (CALLER,),
+    addresses: tuple[str, ...] = ("127.0.0.3",),
+    not_numbers: tuple[str, ...] = (),
+    in_body: bool = False,
+) -> Needles:
+    return build_needles(numbers, (NL,), addresses, not_numbers=not_numbers, in_body=in_body)
+
+
+def msg(header: str = "", body: bytes = b"", ruri: str = "sip:0307654321@127.0.0.2:5080") -> bytes:
+    head = (
+        f"INVITE {ruri} SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1a2b3c4d5e6f708192a3;rport\r\n"
+        'From: "Anonymous" <sip:anonymous@anonymous.invalid>;tag=0f1e2d3c4b5a69788796\r\n'
+        "To: <sip:0307654321@127.0.0.2:5080>\r\n"
+        "Call-ID: 9a8b7c6d5e4f30211203\r\n"
+        "CSeq: 1 INVITE\r\n"
+        "Contact: <sip:127.0.0.1:5060>\r\n"
+        "Privacy: id\r\n"
+        f"{header}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\n"
+
+
+def test_every_form_of_the_number_is_one_needle_with_one_tail() -> None:
+    nn = number_forms(CALLER, (NL,))
+    assert nn is not None
+    assert nn.tail == b"201234567"
+    assert nn.forms == {b"31201234567", b"0031201234567", b"0201234567", b"201234567"}
+    assert number_forms("0201234567", (NL,)) is None  # not E.164
+    assert number_forms("+31x", (NL,)) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "+31201234567",
+        "31201234567",
+        "0031201234567",
+        "0201234567",
+        "201234567",
+        "%2B31201234567",
+        "tel:+31-20-123-4567",
+        "+31 (20) 123 4567",
+        "020.123.4567",
+        "sip:+31201234567@127.0.0.9;user=phone",
+    ],
+)
+def test_the_number_in_any_form_in_a_header_is_found_and_the_header_named(text: str) -> None:
+    assert check(msg(f"Subject: call back {text}\r\n"), needles()) == "subject"
+
+
+def test_where_names_the_request_uri_the_reason_phrase_and_the_body() -> None:
+    n = needles()
+    assert check(msg(ruri="sip:0201234567@127.0.0.2"), n) == "request-uri"
+    resp = b"SIP/2.0 200 +31201234567 says OK\r\nCall-ID: x\r\nContent-Length: 0\r\n\r\n"
+    assert check(resp, n) == "reason-phrase"
+    assert check(msg(body=b"v=0\r\np=+31201234567\r\n"), n) == "body"
+    assert find_hit(msg(body=b"v=0\r\np=+31201234567\r\n"), n) == ("body", "number")
+
+
+def test_a_header_name_that_would_carry_digits_is_just_header() -> None:
+    assert check(msg("X-31201234567: 1\r\n"), needles()) == "header"
+    assert check(msg("P-Asserted-Identity: <tel:+31201234567>\r\n"), needles()) == (
+        "p-asserted-identity"
+    )
+
+
+def test_the_first_hit_by_line_is_named() -> None:
+    data = msg("Subject: 127.0.0.3\r\nP-Asserted-Identity: <tel:+31201234567>\r\n")
+    assert check(data, needles()) == "subject"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "312012345678",  # a longer number
+        "1201234567",  # ends with the national significant number, but longer
+        "2012345",  # part of it
+        "ab3120123456789f",  # inside hex, a longer run
+    ],
+)
+def test_a_digit_run_that_is_not_a_form_of_the_number_is_no_hit(text: str) -> None:
+    assert check(msg(f"Subject: {text}\r\n"), needles()) is None
+
+
+def test_inside_hex_a_digit_run_that_is_a_form_exactly_is_a_hit() -> None:
+    # the anchoring is at digit boundaries: in 80 random bits of hex, a run equal to a
+    # given form of 9 or more digits comes about once in 10^9 runs
+    assert check(msg("Subject: a201234567b\r\n"), needles()) == "subject"
+
+
+def test_a_clean_withheld_message_is_no_hit_even_with_the_callers_media_address() -> None:
+    assert check(msg(body=SDP), needles()) is None
+
+
+def test_addresses_are_searched_in_the_body_only_where_the_media_is_anchored() -> None:
+    assert check(msg(body=SDP), needles(in_body=True)) == "body"
+
+
+@pytest.mark.parametrize(
+    ("text", "hit"),
+    [
+        ("127.0.0.3", True),
+        ("sip:x@127.0.0.3:5062", True),
+        ("[::ffff:127.0.0.3]", True),
+        ("127.0.0.30", False),
+        ("127.0.0.3.5", False),
+        ("1127.0.0.3", False),
+        ("10.127.0.0.3", False),
+    ],
+)
+def test_an_ipv4_address_is_anchored_at_digits_and_dots(text: str, hit: bool) -> None:
+    assert (check(msg(f"Warning: 399 {text}\r\n"), needles(numbers=())) == "warning") is hit
+
+
+def test_ipv6_addresses_and_host_names_are_found_whatever_their_case() -> None:
+    n = build_needles((), (NL,), ("2001:DB8::1", "PBX.Customer.example"))
+    assert check(msg("Warning: 399 [2001:db8::1]:5060\r\n"), n) == "warning"
+    assert check(msg("Warning: 399 2001:0db8:0000:0000:0000:0000:0000:0001\r\n"), n) == "warning"
+    assert check(msg("Warning: 399 2001:db8::10\r\n"), n) is None
+    assert check(msg("Call-Info: <sip:pbx.customer.EXAMPLE>\r\n"), n) == "call-info"
+    assert check(msg("Call-Info: <sip:xpbx.customer.example.org>\r\n"), n) is None
+
+
+def test_our_addresses_the_next_hops_and_the_destination_are_never_needles() -> None:
+    n = build_needles((), (NL,), ("127.0.0.1", "127.0.0.2", "0.0.0.0"), not_addresses=["127.0.0.1"])
+    assert check(msg(), n, skip=("127.0.0.2",)) is None  # the callee's own address
+    assert check(msg(), n) == "request-uri"  # 127.0.0.2 sent elsewhere
+
+
+def test_a_short_number_is_searched_only_with_its_plus() -> None:
+    short = "+311234"  # E.164, 6 digits: its national "01234" and "1234" are no needles
+    n = needles(numbers=(short,), addresses=())
+    (nn,) = n.numbers
+    assert nn.forms == {b"00311234"}  # the others are shorter than MIN_DIGITS
+    assert nn.plus_forms == {b"311234"} and len(b"311234") < MIN_DIGITS
+    assert check(msg("Subject: +311234\r\n"), n) == "subject"
+    assert check(msg("Subject: %2b311234\r\n"), n) == "subject"
+    assert check(msg("Subject: 00311234\r\n"), n) == "subject"
+    for text in ("311234", "01234", "1234", "CSeq 1234"):
+        assert check(msg(f"Subject: {text}\r\n"), n) is None
+
+
+def test_a_caller_calling_its_own_number_has_no_number_needle() -> None:
+    assert not needles(addresses=(), not_numbers=("+31201234567",))
+    assert not needles(addresses=(), not_numbers=("0201234567",))
+    assert needles(addresses=(), not_numbers=("+31307654321",))
+
+
+def test_each_numbering_plan_adds_its_forms() -> None:
+    n = build_needles(("+12025550123",), (NL, US), ())
+    for text in ("0012025550123", "01112025550123", "12025550123", "2025550123"):
+        assert check(msg(f"Subject: {text}\r\n"), n) == "subject"
+
+
+def test_no_false_positive_on_random_hex_ids_and_messages_of_ours() -> None:
+    from sipguard.sip.transaction import IDS, new_branch, new_tag
+
+    n = needles(numbers=(CALLER, "+3120123"), addresses=("127.0.0.3", "2001:db8::3"))
+    for _ in range(20_000):
+        data = (
+            f"BYE sip:127.0.0.2:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch="
+            f"{new_branch()};rport\r\nFrom: <sip:anonymous@anonymous.invalid>;tag={new_tag()}"
+            f"\r\nCall-ID: {IDS.next()}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        assert check(data, n) is None, data
