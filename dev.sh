@@ -12,7 +12,7 @@ VENV=.venv
 PY="$VENV/bin/python"
 # Debian packages the test suite uses: SIPp, PostgreSQL (CDR sink tests), Prometheus and
 # promtool (docker/prometheus/ checked and run against sipguard), systemd-analyze
-# (deploy/systemd/ verified), and for the container image tests (tests/test_docker_image.py,
+# (deploy/systemd/ verified), and for the container image tests (tests/test_ops_docker.py,
 # which start dockerd themselves where none runs) Docker, debootstrap (their Debian base)
 # and docker-compose.
 TEST_DEBS="sip-tester postgresql prometheus systemd docker.io debootstrap docker-compose kamailio"

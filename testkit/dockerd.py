@@ -1,4 +1,4 @@
-"""Docker for the image tests (``tests/test_docker_image.py``): a daemon, a base, images.
+"""Docker for the image tests (``tests/test_ops_docker.py``): a daemon, a base, images.
 
 * :func:`daemon` gives a Docker daemon: the one the environment names
   (``DOCKER_HOST``, else ``/var/run/docker.sock``) where it answers; otherwise, as root,

@@ -8,7 +8,7 @@ Profiles, chosen by the environment variable ``HYPOTHESIS_PROFILE``:
   two modules together (the suite's 300 s pytest timeout must be lifted)::
 
       HYPOTHESIS_PROFILE=long python -m pytest -p no:randomly --timeout 0 \\
-          tests/test_fuzz_parser.py tests/test_fuzz_b2bua.py
+          tests/test_attack_fuzz_parser.py tests/test_attack_fuzz_b2bua.py
 
 A crash found there becomes a regression test with its bytes in the target's module.
 The profiles are applied only by :func:`fuzz_settings`, so the other property tests of

@@ -3,7 +3,7 @@
 A test build leaks on purpose: the crossing (or the B-leg's Request-URI) is wrapped so
 that the caller's number or address goes out towards the untrusted callee. The message
 must never leave, the call must end with 500, the metric count and the log name the
-header, never the number. A compiled core (mypyc, ``tests/test_mypyc.py``) cannot be
+header, never the number. A compiled core (mypyc, ``tests/test_tools_native.py``) cannot be
 patched from Python: there the leak comes through a header the callee's trunk allows
 (``header_allowlist``) and the caller fills with its own number, which the crossing
 passes on as configured and the egress check still holds back. Clean withheld calls,

@@ -47,7 +47,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "transactions.md"
 
 FIRED: set[tuple[str, State, State]] = set()
 # compiled with mypyc, the machines call ``_to`` natively and the recording below sees
-# nothing: the session check is then left out (``tests/test_mypyc.py`` runs this module so)
+# nothing: the session check is then left out (``tests/test_tools_native.py`` runs this module so)
 RECORDED = not (txm.__file__ or "").endswith((".so", ".pyd"))
 
 
