@@ -15,7 +15,7 @@ PY="$VENV/bin/python"
 # (deploy/systemd/ verified), and for the container image tests (tests/test_docker_image.py,
 # which start dockerd themselves where none runs) Docker, debootstrap (their Debian base)
 # and docker-compose.
-TEST_DEBS="sip-tester postgresql prometheus systemd docker.io debootstrap docker-compose"
+TEST_DEBS="sip-tester rtpengine-daemon postgresql prometheus systemd docker.io debootstrap docker-compose"
 
 say() { printf '%s\n' "dev.sh: $*" >&2; }
 
