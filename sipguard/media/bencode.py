@@ -50,6 +50,10 @@ def _key_bytes(key: object) -> bytes:
     raise BencodeError(f"dictionary key must be str or bytes, not {type(key).__name__}")
 
 
+def _first(item: tuple[bytes, object]) -> bytes:
+    return item[0]
+
+
 def _encode(value: object, out: list[bytes], depth: int) -> None:
     if depth > MAX_DEPTH:
         raise BencodeError("value nested too deeply")
@@ -70,7 +74,7 @@ def _encode(value: object, out: list[bytes], depth: int) -> None:
             _encode(item, out, depth + 1)
         out.append(b"e")
     elif isinstance(value, dict):
-        items = sorted((_key_bytes(k), v) for k, v in value.items())
+        items = sorted(((_key_bytes(k), v) for k, v in value.items()), key=_first)
         out.append(b"d")
         last: bytes | None = None
         for key, item in items:
