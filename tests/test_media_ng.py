@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from sipguard.media.bencode import decode_dict, encode
-from sipguard.media.ng import NgClient, parse_control
+from sipguard.media.ng import NgClient, earliest, ng_client, parse_control
 from testkit.rtpengine import (
     Rtpengine,
     dead_relay,
@@ -87,7 +87,7 @@ def test_request_reply_done_and_counted() -> None:
     assert done.calls[0][1] == 0.1
     assert client.next_deadline() is None
     assert client.requests == {("offer", "ok"): 1}
-    assert client.affinity == {"c1": 0}
+    assert client.affinity == {"c1": client.relays[0]}
 
 
 def test_error_reply_is_handed_over_and_counted() -> None:
@@ -183,7 +183,7 @@ def test_dead_relay_is_skipped_pinged_and_used_again() -> None:
     assert serve(client, 1.0, up) == 0
     assert done.reply == {"result": "ok"}
     assert [r.alive for r in client.relays] == [False, True]
-    assert client.affinity == {"c1": 1}
+    assert client.affinity == {"c1": client.relays[1]}
     # a new call goes straight to B while A is dead
     client.request({"command": "offer", "call-id": "c2"}, 1.1, Done())
     assert [a for a, _ in client.outbox] == [B]
@@ -203,7 +203,8 @@ def test_dead_relay_is_skipped_pinged_and_used_again() -> None:
     client.request({"command": "delete", "call-id": "c1"}, 5.2, Done())
     assert [a for a, _ in client.outbox] == [A, B]
     serve(client, 5.2, {A: True, B: True})
-    assert client.affinity == {"c2": 1, "c3": 0}  # c1 forgotten at its delete
+    a, b = client.relays
+    assert client.affinity == {"c2": b, "c3": a}  # c1 forgotten at its delete
     assert client.next_deadline() is None
 
 
@@ -310,9 +311,42 @@ def test_parse_control_refuses(text: str) -> None:
 
 def test_misuse_is_a_value_error() -> None:
     with pytest.raises(ValueError):
-        NgClient([])
-    with pytest.raises(ValueError):
         NgClient([A], timeout=0)
+    with pytest.raises(ValueError):
+        NgClient([A], tries=0)
+
+
+def test_reconfigure_keeps_relays_and_lets_requests_end() -> None:
+    client = NgClient([A, B], timeout=0.5, tries=1)
+    kept = client.relays[1]
+    done = Done()
+    client.request({"command": "offer", "call-id": "c1"}, 0.0, done)
+    [(_, data)] = drain(client)
+    client.reconfigure([B, ("127.0.0.1", 2225)])
+    assert client.relays[0] is kept
+    # the request sent to A (gone) still ends there
+    client.receive(answer(data, {"result": "ok"}), A, 0.1)
+    assert done.reply == {"result": "ok"}
+    # a new call goes to the first of the new list; the old call's affinity is let go
+    client.request({"command": "answer", "call-id": "c1"}, 0.2, Done())
+    assert [a for a, _ in drain(client)] == [B]
+    client.reconfigure([])
+    assert not client.up
+    assert not client.request({"command": "ping"}, 0.3, Done())
+
+
+def test_ng_client_from_config_and_earliest() -> None:
+    outbox: list[tuple[tuple[str, int], bytes]] = []
+    assert ng_client([], None, outbox) is None
+    client = ng_client(["udp:127.0.0.1:2223"], None, outbox)
+    assert client is not None and client.outbox is outbox
+    assert ng_client(["udp:[::1]:2224"], client, outbox) is client
+    assert client.controls == (("::1", 2224),)
+    assert ng_client([], client, outbox) is client and not client.up
+    assert earliest(None, None) is None
+    assert earliest(1.0, None) == 1.0
+    assert earliest(None, 2.0) == 2.0
+    assert earliest(3.0, 2.0) == 2.0
 
 
 # -- against the real rtpengine --------------------------------------------------------------

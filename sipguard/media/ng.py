@@ -143,6 +143,35 @@ class Relay:
         self.ping_cookie = ""  # the cookie of the ping in flight ("" none)
 
 
+def _addr(relay: Relay | None) -> Address:
+    assert relay is not None and relay.addr is not None  # only such relays are chosen
+    return relay.addr
+
+
+def ng_client(
+    control: Sequence[str], client: NgClient | None, outbox: list[tuple[Address, bytes]]
+) -> NgClient | None:
+    """The client for ``rtpengine.control`` (``udp:HOST:PORT`` entries), sending into
+    ``outbox``: ``client`` reconfigured (a reload), a new one, or None (no control and no
+    client yet). A client whose control list empties is kept: its requests in flight end."""
+    controls = [parse_control(c) for c in control]
+    if client is not None:
+        client.reconfigure(controls)
+        return client
+    if not controls:
+        return None
+    client = NgClient(controls)
+    client.outbox = outbox
+    return client
+
+
+def earliest(a: float | None, b: float | None) -> float | None:
+    """The earlier of two deadlines, None meaning none."""
+    if a is None:
+        return b
+    return a if b is None or b >= a else b
+
+
 class _Pending:
     __slots__ = ("call_id", "command", "data", "deadline", "done", "relay", "sends", "tried")
 
@@ -151,9 +180,9 @@ class _Pending:
         self.call_id = call_id
         self.data = data
         self.done = done
-        self.relay = -1  # index of the relay it is being sent to
+        self.relay: Relay | None = None  # the relay it is being sent to
         self.sends = 0  # datagrams sent to that relay
-        self.tried: list[int] = []
+        self.tried: list[Relay] = []
         self.deadline = 0.0
 
 
@@ -170,12 +199,11 @@ class NgClient:
         ping_interval: float = PING_INTERVAL,
         max_affinity: int = 100_000,
     ) -> None:
-        if not controls:
-            raise ValueError("NgClient needs at least one control address")
         if timeout <= 0 or tries < 1 or max_pending < 1 or ping_interval <= 0:
             raise ValueError("timeout, tries, max_pending and ping_interval must be positive")
-        self.controls: tuple[Address, ...] = tuple((h, int(p)) for h, p in controls)
-        self.relays = [Relay(c) for c in self.controls]
+        self.controls: tuple[Address, ...] = ()
+        self.relays: list[Relay] = []
+        self.reconfigure(controls)
         self.timeout = timeout
         self.tries = tries
         self.max_pending = max_pending
@@ -185,7 +213,7 @@ class NgClient:
         # in flight, by cookie; insertion order is deadline order (every deadline is
         # now + timeout, and a request is re-inserted when its deadline moves)
         self._pending: dict[str, _Pending] = {}
-        self.affinity: dict[str, int] = {}  # Call-ID -> relay that holds its session
+        self.affinity: dict[str, Relay] = {}  # Call-ID -> the relay that holds its session
         self._cookies = _Cookies()
         # counters, exported by the driver
         self.requests: dict[tuple[str, str], int] = {}
@@ -208,6 +236,14 @@ class NgClient:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def reconfigure(self, controls: Sequence[Address]) -> None:
+        """New control addresses (a reload). A relay kept keeps its state; requests in
+        flight to one that went finish there (a failover goes to the new ones); a call's
+        affinity to one that went is forgotten at its next command."""
+        old = {r.control: r for r in self.relays}
+        self.controls = tuple((h, int(p)) for h, p in controls)
+        self.relays = [old.get(c) or Relay(c) for c in self.controls]
 
     def resolved(self, host: str, ip: str, now: float) -> None:
         """The driver found ``host``'s address: relays named so are sent to ``ip``.
@@ -237,13 +273,13 @@ class NgClient:
             return False
         call_id = command.get("call-id")
         cid = call_id if isinstance(call_id, str) else ""
-        index = self._choose(cid, ())
-        if index < 0:
+        relay = self._choose(cid, ())
+        if relay is None:
             self._count(label, REFUSED)
             return False
         cookie = self._cookies.next()
         p = _Pending(label, cid, cookie.encode() + b" " + encode(command), done)
-        self._send_to(cookie, p, index, now)
+        self._send_to(cookie, p, relay, now)
         return True
 
     def receive(self, data: bytes, addr: Address, now: float) -> None:
@@ -257,8 +293,8 @@ class NgClient:
         p = self._pending.get(cookie)
         relay: Relay | None = None
         if p is not None:
-            relay = self.relays[p.relay]
-            if relay.addr != source:
+            relay = p.relay
+            if relay is None or relay.addr != source:
                 self.stray += 1
                 return
         else:
@@ -314,14 +350,14 @@ class NgClient:
                 p.deadline = now + self.timeout
                 self._pending[cookie] = p
                 self.retransmissions += 1
-                self.outbox.append((self._addr(p.relay), p.data))
+                self.outbox.append((_addr(p.relay), p.data))
                 continue
             # this relay had its tries: it is down; the next live one it has not tried
             self.timeouts += 1
             self._mark_dead(p.relay, now)
-            index = self._choose(p.call_id, p.tried)
-            if index >= 0:
-                self._send_to(cookie, p, index, now)
+            relay = self._choose(p.call_id, p.tried)
+            if relay is not None:
+                self._send_to(cookie, p, relay, now)
                 continue
             self._count(p.command, TIMEOUT)
             p.done(None, now)
@@ -336,34 +372,28 @@ class NgClient:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _addr(self, index: int) -> Address:
-        addr = self.relays[index].addr
-        assert addr is not None  # only relays with an address are chosen
-        return addr
-
-    def _choose(self, call_id: str, tried: Sequence[int]) -> int:
+    def _choose(self, call_id: str, tried: Sequence[Relay]) -> Relay | None:
         """The relay for a request: the call's own while alive, else the first alive."""
         if call_id:
-            own = self.affinity.get(call_id, -1)
-            if own >= 0 and own not in tried and self.relays[own].alive:
+            own = self.affinity.get(call_id)
+            if own is not None and own.alive and own not in tried and own in self.relays:
                 return own
-        for i, relay in enumerate(self.relays):
-            if relay.alive and i not in tried:
-                return i
-        return -1
+        for relay in self.relays:
+            if relay.alive and relay not in tried:
+                return relay
+        return None
 
-    def _send_to(self, cookie: str, p: _Pending, index: int, now: float) -> None:
-        p.relay = index
+    def _send_to(self, cookie: str, p: _Pending, relay: Relay, now: float) -> None:
+        p.relay = relay
         p.sends = 1
-        p.tried.append(index)
+        p.tried.append(relay)
         p.deadline = now + self.timeout
         self._pending.pop(cookie, None)
         self._pending[cookie] = p
-        self.outbox.append((self._addr(index), p.data))
+        self.outbox.append((_addr(relay), p.data))
 
-    def _mark_dead(self, index: int, now: float) -> None:
-        relay = self.relays[index]
-        if relay.alive:
+    def _mark_dead(self, relay: Relay | None, now: float) -> None:
+        if relay is not None and relay.alive:
             relay.alive = False
             relay.next_ping = now + self.ping_interval
 
@@ -373,11 +403,13 @@ class NgClient:
                 return relay
         return None
 
-    def _remember(self, call_id: str, index: int) -> None:
+    def _remember(self, call_id: str, relay: Relay | None) -> None:
         affinity = self.affinity
+        if relay is None:
+            return
         if call_id not in affinity and len(affinity) >= self.max_affinity:
             del affinity[next(iter(affinity))]  # the oldest call
-        affinity[call_id] = index
+        affinity[call_id] = relay
 
     def _count(self, command: str, result: str) -> None:
         key = (command, result)
