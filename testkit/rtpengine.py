@@ -64,6 +64,13 @@ def _media_ports() -> tuple[int, int]:
     return low, low + _PORT_BLOCK - 1
 
 
+def _free_v6(ip: str) -> int:
+    """A UDP port free on an IPv6 address (``free_port`` speaks IPv4 only)."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
 class NgError(RuntimeError):
     """No reply from rtpengine, or a reply that is not a bencoded dictionary."""
 
@@ -114,7 +121,7 @@ class Rtpengine:
 
     def __post_init__(self) -> None:
         if self.ng_port == 0:
-            self.ng_port = free_port(self.ng_ip)
+            self.ng_port = free_port(self.ng_ip) if ":" not in self.ng_ip else _free_v6(self.ng_ip)
         self.port_min, self.port_max = _media_ports()
 
     @property
@@ -280,7 +287,7 @@ def dead_relay(ip: str = "127.0.0.1") -> Iterator[tuple[str, int]]:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.bind((ip, free_port(ip)))
+        sock.bind((ip, free_port(ip) if ":" not in ip else 0))
         yield sock.getsockname()[:2]
     finally:
         sock.close()
