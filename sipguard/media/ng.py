@@ -62,6 +62,7 @@ RESULTS = frozenset({"ok", "pong", "error", "load limit"})
 TIMEOUT = "timeout"
 REFUSED = "refused"
 
+_DIGITS = "0123456789"
 _COOKIE_MAX = 64  # longest cookie head read from a reply
 PING_INTERVAL = 2.0
 
@@ -75,7 +76,7 @@ def parse_control(text: str) -> Address:
         raise ValueError(f"expected udp:HOST:PORT, got {text!r}")
     rest = text[4:]
     host, sep, port_text = rest.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or len(port_text) > 5:
+    if not sep or not host or not 0 < len(port_text) <= 5 or port_text.strip(_DIGITS):
         raise ValueError(f"expected udp:HOST:PORT, got {text!r}")
     port = int(port_text)
     if not 1 <= port <= 65535:
