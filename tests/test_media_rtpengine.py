@@ -223,3 +223,24 @@ async def test_no_control_no_client() -> None:
         assert sample(driver.metrics, "sipguard_rtpengine_relays_up") == 0
     finally:
         driver.close()
+
+
+async def test_a_control_host_name_is_resolved_by_the_driver(
+    rtpengine_factory: Callable[..., Rtpengine],  # noqa: F811
+    close_after: list[server.Driver],
+) -> None:
+    rtp = rtpengine_factory()
+    # (localhost: from /etc/hosts, no DNS query leaves the machine)
+    driver = driver_for([f"udp:localhost:{rtp.ng_port}"])
+    close_after.append(driver)
+    ng = driver.core.media_ng
+    assert ng is not None and not ng.up  # nothing resolved yet: no relay to use
+    await driver.media_start(driver.config)
+    # localhost found, pinged, then alive
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5.0
+    while not ng.up and loop.time() < end:
+        await asyncio.sleep(0.02)
+    assert [r.addr for r in ng.relays] == [("127.0.0.1", rtp.ng_port)]
+    reply, _ = await ask(driver, {"command": "ping"})
+    assert reply == {"result": "pong"}
