@@ -171,7 +171,7 @@ def test_no_relay_alive_or_table_full_is_false_at_once() -> None:
     assert len(client.outbox) <= 3 * 2 + 1  # bounded: tries per request, one ping
 
 
-def test_dead_relay_is_skipped_pinged_and_used_again() -> None:
+def test_dead_relay_is_skipped_pinged_and_used_again(caplog: pytest.LogCaptureFixture) -> None:
     client = NgClient([A, B], timeout=0.5, tries=2, ping_interval=2.0)
     up = {A: False, B: True}
     done = Done()
@@ -199,6 +199,11 @@ def test_dead_relay_is_skipped_pinged_and_used_again() -> None:
     # A comes back: the pong marks it alive, new calls go to it again, c1 stays on B
     client.receive(answer(ping, {"result": "pong"}), A, 5.1)
     assert client.up and client.relays_up == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "rtpengine udp:127.0.0.1:2223 did not answer 2 tries in 1.0 s: skipped until it "
+        "answers a ping",
+        "rtpengine udp:127.0.0.1:2223 answers again: in use",
+    ]
     client.request({"command": "offer", "call-id": "c3"}, 5.2, Done())
     client.request({"command": "delete", "call-id": "c1"}, 5.2, Done())
     assert [a for a, _ in client.outbox] == [A, B]

@@ -116,6 +116,10 @@ async def test_a_call_anchored_through_the_driver(
     assert sample(m, "sipguard_rtpengine_requests_total", command="query", result="error") == 1
     assert sample(m, "sipguard_rtpengine_relays_up") == 1
     assert sample(m, "sipguard_rtpengine_retransmissions_total") == 0
+    # a datagram with no pending cookie (a late reply, or someone else's): counted only
+    driver.media_feed(b"0123456789abcdef0123 d6:result2:oke", rtp.address)
+    driver.export_stats()
+    assert sample(m, "sipguard_rtpengine_stray_total") == 1
 
 
 async def test_first_relay_dead_second_used_first_pinged_back(
