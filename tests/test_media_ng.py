@@ -296,6 +296,18 @@ def test_one_slow_request_delays_no_other() -> None:
     assert client.next_deadline() == 1.0
 
 
+def test_a_delete_that_gets_no_reply_forgets_the_call_too() -> None:
+    client = NgClient([A], timeout=0.5, tries=1)
+    client.request({"command": "offer", "call-id": "c1"}, 0.0, Done())
+    serve(client, 0.0, {A: True})
+    assert list(client.affinity) == ["c1"]
+    done = Done()
+    client.request({"command": "delete", "call-id": "c1"}, 1.0, done)
+    drain(client)
+    client.handle_timer(1.5)
+    assert done.calls == [(None, 1.5)] and client.affinity == {}
+
+
 def test_affinity_is_bounded() -> None:
     client = NgClient([A], max_affinity=3, max_pending=100)
     for i in range(10):

@@ -383,6 +383,8 @@ class NgClient:
                 self._send_to(cookie, p, relay, now)
                 continue
             self._count(p.command, TIMEOUT)
+            if p.command == "delete":
+                self.affinity.pop(p.call_id, None)  # the call is over either way
             p.done(None, now)
         for relay in self.relays:
             if not relay.alive and relay.addr is not None and relay.next_ping <= now:
