@@ -251,6 +251,25 @@ def test_a_lone_relay_found_dead_is_still_tried_by_the_requests_in_flight() -> N
     assert second.reply == {"result": "ok"} and client.up
 
 
+def test_probe_pings_each_relay_on_its_own() -> None:
+    client = NgClient([A, B], timeout=0.5, tries=2)
+    client.probe(0.0)
+    sent = drain(client)
+    assert [a for a, _ in sent] == [A, B]
+    assert all(split(d)[1] == {"command": "ping"} for _, d in sent)
+    (_, ping_b) = sent[1]
+    client.receive(answer(ping_b, {"result": "pong"}), B, 0.1)
+    client.handle_timer(0.5)
+    assert [a for a, _ in drain(client)] == [A]  # A's probe tried again on A, never on B
+    client.handle_timer(1.0)
+    assert [r.alive for r in client.relays] == [False, True]
+    assert drain(client) == []  # no failover of a probe
+    assert client.requests == {("ping", "pong"): 1, ("ping", "timeout"): 1}
+    assert client.pending == 0
+    client.probe(1.1)  # only the live ones: the dead are pinged on their own schedule
+    assert [a for a, _ in drain(client)] == [B]
+
+
 def test_stale_ping_reply_does_not_revive() -> None:
     client = NgClient([A], timeout=0.5, tries=1, ping_interval=1.0)
     client.request({"command": "query"}, 0.0, Done())

@@ -137,15 +137,18 @@ async def test_first_relay_dead_second_used_first_pinged_back(
             driver, {"command": "offer", "call-id": "f-1", "from-tag": "a", "sdp": CALLER_SDP}
         )
         assert offer is not None and offer["result"] == "ok"
-        assert 1.4 <= at - start < 2.5  # three sends of 0.5 s to the dead one, then the second
+        # sent at once, with the start's probe of each relay: three sends of 0.5 s to the
+        # dead one, then the second
+        assert 1.4 <= at - start < 2.5
         assert second.list_calls() == ["f-1"]
         ng = driver.core.media_ng
         assert ng is not None and ng.relays_up == 1
         # the next request goes straight to the second
         await ask(driver, {"command": "query", "call-id": "f-1"})
         driver.export_stats()
-        assert sample(driver.metrics, "sipguard_rtpengine_retransmissions_total") == 2
-        assert sample(driver.metrics, "sipguard_rtpengine_timeouts_total") == 1
+        # the probe's ping and the offer: two retransmissions and a timeout each
+        assert sample(driver.metrics, "sipguard_rtpengine_retransmissions_total") == 4
+        assert sample(driver.metrics, "sipguard_rtpengine_timeouts_total") == 2
         assert sample(driver.metrics, "sipguard_rtpengine_relays_up") == 1
     # the first relay comes back on its address; the client's pings (every 2 s) find it
     first = rtpengine_factory(ng_port=dead[1])
@@ -166,6 +169,38 @@ async def test_first_relay_dead_second_used_first_pinged_back(
     assert second.list_calls() == []
 
 
+async def test_a_relay_dead_at_start_is_found_before_the_first_call(
+    rtpengine_factory: Callable[..., Rtpengine],  # noqa: F811
+    close_after: list[server.Driver],
+) -> None:
+    live = rtpengine_factory()
+    with dead_relay() as dead:
+        driver = driver_for([f"udp:{dead[0]}:{dead[1]}", live.control])
+        close_after.append(driver)
+        await driver.media_start(driver.config)  # each relay pinged on its own
+        ng = driver.core.media_ng
+        assert ng is not None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 3.0
+        while ng.relays_up > 1 and loop.time() < end:
+            await asyncio.sleep(0.02)
+        driver.export_stats()
+        assert sample(driver.metrics, "sipguard_rtpengine_relays_up") == 1
+        assert (
+            sample(
+                driver.metrics, "sipguard_rtpengine_requests_total", command="ping", result="pong"
+            )
+            == 1
+        )
+        start = loop.time()
+        offer, at = await ask(
+            driver, {"command": "offer", "call-id": "p-1", "from-tag": "a", "sdp": CALLER_SDP}
+        )
+        assert offer is not None and offer["result"] == "ok"
+        assert at - start < 0.4  # straight to the live one: no call waits for the dead one
+        assert live.list_calls() == ["p-1"]
+
+
 async def test_every_relay_dead_or_closed_done_none_after_the_bounded_time(
     close_after: list[server.Driver],
 ) -> None:
@@ -178,7 +213,9 @@ async def test_every_relay_dead_or_closed_done_none_after_the_bounded_time(
         start = loop.time()
         reply, at = await ask(driver, {"command": "offer", "call-id": "z", "sdp": CALLER_SDP})
         assert reply is None
-        assert 2.9 <= at - start < 3.6  # 2 relays x 3 tries x 0.5 s
+        # at most 2 relays x 3 tries x 0.5 s; the start's probe found the second dead
+        # while the offer tried the first, so it ends after the first's tries
+        assert 1.4 <= at - start < 3.6
         ng = driver.core.media_ng
         assert ng is not None and not ng.up
         assert not ng.request({"command": "offer", "call-id": "z2"}, loop.time(), print)

@@ -28,6 +28,8 @@ Relays and failover:
   live relay to move to: with none, it keeps trying, since a reply may still come).
 * A dead relay is skipped by new requests. The client pings it every
   ``ping_interval`` seconds; a ``pong`` (or any valid reply) marks it alive again.
+  :meth:`NgClient.probe` (the driver's, at start and reload) pings each relay believed
+  alive once, on its own: one that does not answer is marked dead before a call waits.
 * A reply is accepted only with the cookie of a pending request and from the address
   that request was last sent to; anything else is ignored and counted (``stray``).
 * ``done(reply, now)`` for every reply that decodes, whatever its ``result``: the
@@ -160,6 +162,10 @@ def _show(relay: Relay) -> str:
     return f"udp:[{host}]:{port}" if ":" in host else f"udp:{host}:{port}"
 
 
+def _ignore(reply: dict[str, object] | None, now: float) -> None:
+    """The ``done`` of the client's own probes: the relay's state is what they change."""
+
+
 def _alive(relay: Relay | None) -> bool:
     return relay is not None and relay.alive
 
@@ -275,6 +281,17 @@ class NgClient:
                     relay.next_ping = now
 
     # -- inputs --------------------------------------------------------------------------
+
+    def probe(self, now: float) -> None:
+        """Ping every relay believed alive, each on its own (no failover): one that does
+        not answer its tries is marked dead before a call finds out. The driver calls
+        this when it starts and after a reload, so ``relays_up`` is true from the start."""
+        for relay in self.relays:
+            if relay.alive and relay.addr is not None and len(self._pending) < self.max_pending:
+                cookie = self._cookies.next()
+                p = _Pending("ping", "", cookie.encode() + b" d7:command4:pinge", _ignore)
+                p.tried = [r for r in self.relays if r is not relay]  # so it stays on this one
+                self._send_to(cookie, p, relay, now)
 
     def request(self, command: dict[str, object], now: float, done: Done) -> bool:
         """Send ``command`` (a dict with ``command``); ``done(reply | None, now)`` later.

@@ -266,7 +266,8 @@ class Driver:
             ng.resolved(host, ip, self.loop.time())
 
         await self.ng.ensure(await resolve_names(ng.controls, resolved))
-        self.flush()  # the deadline of the pings to the relays just resolved
+        ng.probe(self.loop.time())  # which relays answer, before a call needs one
+        self.flush()
 
     def _relays_up(self) -> float:
         ng = self.core.media_ng
