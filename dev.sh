@@ -14,8 +14,9 @@ PY="$VENV/bin/python"
 # promtool (docker/prometheus/ checked and run against sipguard), systemd-analyze
 # (deploy/systemd/ verified), and for the container image tests (tests/test_ops_docker.py,
 # which start dockerd themselves where none runs) Docker, debootstrap (their Debian base)
-# and docker-compose.
-TEST_DEBS="sip-tester postgresql prometheus systemd docker.io debootstrap docker-compose kamailio"
+# and docker-compose; rtpengine (media anchoring, userspace) and Kamailio (the balancer of
+# tests/test_deploy_kamailio.py and the --versus kamailio runs), both started by the tests.
+TEST_DEBS="sip-tester rtpengine-daemon postgresql prometheus systemd docker.io debootstrap docker-compose kamailio"
 
 say() { printf '%s\n' "dev.sh: $*" >&2; }
 

@@ -153,6 +153,34 @@ class Metrics:
             "Calls carried without the media anchoring they asked for (rtpengine down)",
             registry=r,
         )
+        self.rtpengine_requests = Counter(
+            "sipguard_rtpengine_requests_total",
+            "rtpengine ng requests by command and result (ok, error, pong, load limit, other; "
+            "timeout: no relay answered; refused: none alive or too many in flight)",
+            ["command", "result"],
+            registry=r,
+        )
+        self.rtpengine_relays_up = Gauge(
+            "sipguard_rtpengine_relays_up",
+            "rtpengine control addresses believed alive (read at each scrape)",
+            registry=r,
+        )
+        self.rtpengine_retransmissions = Counter(
+            "sipguard_rtpengine_retransmissions_total",
+            "ng requests sent again for want of a reply",
+            registry=r,
+        )
+        self.rtpengine_timeouts = Counter(
+            "sipguard_rtpengine_timeouts_total",
+            "ng requests a relay left unanswered after every try (it is then marked down)",
+            registry=r,
+        )
+        self.rtpengine_stray = Counter(
+            "sipguard_rtpengine_stray_total",
+            "Datagrams on the ng control socket ignored: no pending cookie, not from the "
+            "relay asked, or not bencode (late replies, or someone else's)",
+            registry=r,
+        )
 
     def inc(self, counter: Counter, *labels: str) -> None:
         """``counter.labels(*labels).inc()`` for a counter of this object, on the hot path.

@@ -50,6 +50,8 @@ MODULES = (
     "sipguard/policy/headers.py",
     "sipguard/policy/body.py",
     "sipguard/policy/egress.py",
+    "sipguard/media/bencode.py",
+    "sipguard/media/ng.py",
     "sipguard/b2bua/identity.py",
     "sipguard/b2bua/overload.py",
     "sipguard/b2bua/host.py",

@@ -1,10 +1,11 @@
 """The B2BUA core: the transaction user that turns requests into calls, sans-IO.
 
 Inputs: :meth:`B2BUA.receive` (bytes from a socket, the :class:`Flow` they came on,
-``now``), :meth:`B2BUA.handle_timer`, the connections the driver opened or lost
-(:meth:`connection_up`, :meth:`connection_down`) and the control calls (:meth:`reload`,
-:meth:`drain`, :meth:`shutdown`). Outputs, drained by the driver after each input:
-:attr:`outbox` (``(flow, bytes)`` to send), :attr:`cdr_out` (CDR records to write), and
+``now``), :meth:`B2BUA.handle_timer`, :meth:`media_receive` (rtpengine's ng replies), the
+connections the driver opened or lost (:meth:`connection_up`, :meth:`connection_down`)
+and the control calls (:meth:`reload`, :meth:`drain`, :meth:`shutdown`). Outputs, drained
+by the driver after each input: :attr:`outbox` (``(flow, bytes)`` to send),
+:attr:`media_outbox` (ng datagrams), :attr:`cdr_out` (CDR records to write), and
 :meth:`next_deadline`. Only ``net/`` reads clocks and touches sockets.
 
 The core dispatches; each concern has its room: a new INVITE is judged by
@@ -41,6 +42,7 @@ from sipguard.b2bua.shed import EarlyShed
 from sipguard.b2bua.table import CallTable
 from sipguard.cdr.record import make_call_id, new_instance_tag
 from sipguard.config.model import Config, Trunk
+from sipguard.media.ng import Address, NgClient, earliest, ng_client
 from sipguard.metrics import Metrics
 from sipguard.sip.errors import SipError
 from sipguard.sip.message import Limits, Request, Response, attach_response, parse_message
@@ -99,6 +101,12 @@ class B2BUA:
         self.stats_out: dict[str, int] = {}
         self.parse_errors = 0
         self.addresses = LocalAddresses(config)
+        # rtpengine's ng client (None without rtpengine.control); the driver sends
+        # media_outbox and feeds replies to media_receive
+        self.media_outbox: list[tuple[Address, bytes]] = []
+        self.media_ng: NgClient | None = ng_client(
+            config.rtpengine.control, None, self.media_outbox
+        )
         if metrics is not None:
             # read when scraped, once the core is whole: nothing to do per call. One core
             # per process: the last one built on these metrics is the one they show.
@@ -115,14 +123,29 @@ class B2BUA:
         return now + self.wall_offset
 
     def next_deadline(self) -> float | None:
-        return self.layer.next_deadline()
+        ng = self.media_ng
+        deadline = self.layer.next_deadline()
+        return deadline if ng is None else earliest(deadline, ng.next_deadline())
 
     def handle_timer(self, now: float) -> None:
         try:
-            self.layer.handle_timer(now)
+            try:
+                if self.media_ng is not None:
+                    self.media_ng.handle_timer(now)
+            finally:
+                self.layer.handle_timer(now)
         finally:
             self.egress.end_leaked(now)
             self._settle()
+
+    def media_receive(self, data: bytes, addr: Address, now: float) -> None:
+        """A datagram on the ng control socket (a reply of rtpengine's, or not)."""
+        if self.media_ng is not None:
+            try:
+                self.media_ng.receive(data, addr, now)
+            finally:
+                self.egress.end_leaked(now)
+                self._settle()
 
     def reload(self, config: Config) -> None:
         """New policy for new calls; calls in progress keep theirs."""
@@ -132,6 +155,7 @@ class B2BUA:
         self.layer.t = self._timers(config)
         self.router.reload(config)
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
+        self.media_ng = ng_client(config.rtpengine.control, self.media_ng, self.media_outbox)
 
     def drain(self) -> None:
         self.draining = True

@@ -36,6 +36,7 @@ from sipguard.net.limits import (
     HeadDeadlines,
     descriptor_plan,
 )
+from sipguard.net.media import NgSockets, resolve_names
 from sipguard.net.routing import fails_with, reroute
 from sipguard.net.throttle import OverloadLog, Throttle
 from sipguard.net.tlspeer import expected_name, may_carry
@@ -202,6 +203,13 @@ class Driver:
             registry=metrics.registry,
         )
         open_conns.set_function(lambda: float(self.limits.open))
+        # rtpengine: the ng control sockets, and what of the client's counters is exported
+        self.ng = NgSockets(self.media_feed)
+        self._exported_ng: dict[tuple[str, str], int] = {}
+        self._exported_ng_rtx = 0
+        self._exported_ng_timeouts = 0
+        self._exported_ng_stray = 0
+        metrics.rtpengine_relays_up.set_function(self._relays_up)
 
     # -- input -----------------------------------------------------------------------------
 
@@ -223,6 +231,32 @@ class Driver:
             # burst rather than once per message, and the loop timer re-armed once
             self._flush_soon = True
             self.loop.call_soon(self._flush_deferred)
+
+    def media_feed(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A datagram on an ng control socket: to the core, then what it made is sent."""
+        try:
+            self.core.media_receive(data, addr, self.loop.time())
+        except Exception:
+            log.exception("internal error handling an ng reply")
+        self.flush()
+
+    async def media_start(self, config: Config) -> None:
+        """The ng sockets for ``config.rtpengine.control``, its host names resolved."""
+        ng = self.core.media_ng
+        if ng is None:
+            return
+        await self.ng.ensure([host for host, _ in ng.controls])
+
+        def resolved(host: str, ip: str) -> None:
+            ng.resolved(host, ip, self.loop.time())
+
+        await self.ng.ensure(await resolve_names(ng.controls, resolved))
+        ng.probe(self.loop.time())  # which relays answer, before a call needs one
+        self.flush()
+
+    def _relays_up(self) -> float:
+        ng = self.core.media_ng
+        return 0.0 if ng is None else float(ng.relays_up)
 
     def _flush_deferred(self) -> None:
         self._flush_soon = False
@@ -253,6 +287,13 @@ class Driver:
                         log.exception("internal error sending a message")
             finally:
                 out.clear()
+        media = core.media_outbox
+        if media:
+            try:
+                for addr, data in media:
+                    self.ng.send(addr, data)
+            finally:
+                media.clear()
         if core.cdr_out:
             if self.writer is not None:
                 for rec in core.cdr_out:
@@ -581,6 +622,19 @@ class Driver:
         if delta:
             m.retransmissions.inc(delta)
             self._exported_rtx = core.layer.retransmissions
+        ng = core.media_ng
+        if ng is not None:
+            for key, n in list(ng.requests.items()):
+                delta = n - self._exported_ng.get(key, 0)
+                if delta:
+                    m.rtpengine_requests.labels(*key).inc(delta)
+                    self._exported_ng[key] = n
+            m.rtpengine_retransmissions.inc(ng.retransmissions - self._exported_ng_rtx)
+            self._exported_ng_rtx = ng.retransmissions
+            m.rtpengine_timeouts.inc(ng.timeouts - self._exported_ng_timeouts)
+            self._exported_ng_timeouts = ng.timeouts
+            m.rtpengine_stray.inc(ng.stray - self._exported_ng_stray)
+            self._exported_ng_stray = ng.stray
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -596,6 +650,7 @@ class Driver:
                 for by_name in (False, True):  # a CA file that cannot be read fails here
                     self.client_context(i, by_name)
             log.info("listening on %s %s:%d", listen.transport, listen.address, listen.port)
+        await self.media_start(self.config)
         configured = self.config.limits.overload_queue_kb
         _, smallest = self.receive_memory()
         if configured and smallest and self.overload_threshold(smallest) < configured * 1024:
@@ -617,6 +672,7 @@ class Driver:
             lst.close()
         for conn in list(self.conns.values()):
             conn.close()
+        self.ng.close()
 
 
 def loop_create(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -697,6 +753,7 @@ async def serve(config_path: str, config: Config) -> int:
         nonlocal dns_task
         driver.config = new
         driver.core.reload(new)
+        loop_create(driver.media_start(new))  # sockets for new families, names resolved
         driver.apply_limits()
         dns_task.cancel()
         resolver.reconfigure(new.dns)

@@ -1,0 +1,1 @@
+"""Media anchoring: rtpengine's ng control protocol (bencode, the sans-IO client)."""
