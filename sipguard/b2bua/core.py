@@ -29,8 +29,10 @@ from sipguard.b2bua.host import (
     Ended,
     Outcome,
     TargetFailed,
+    Unanchored,
 )
 from sipguard.b2bua.leg import Leg, LocalAddresses
+from sipguard.b2bua.media import start_media
 from sipguard.b2bua.outgoing import Challenges
 from sipguard.b2bua.overload import Shedder
 from sipguard.b2bua.peers import EveryFew, Peers, Strangers
@@ -314,6 +316,8 @@ class B2BUA:
             self.router.failed(outcome.flow, outcome.now)
         elif isinstance(outcome, Challenged):
             self.challenges.remember(call, outcome.now)
+        elif isinstance(outcome, Unanchored):
+            self.records.unanchored(call)
 
     def _end_after_error(self, msg: Request | Response, flow: Flow, now: float) -> None:
         try:
@@ -485,6 +489,7 @@ class B2BUA:
             merged=merge_key(req, flow) in self.invites,
             draining=self.draining,
             accepting=self.accepting,
+            relay=self.media_ng,
         )
         if isinstance(verdict, Refused) and verdict.end_reason is None:
             self._reject(tx, verdict.status, verdict.label, now, verdict.headers, verdict.phrase)
@@ -553,6 +558,7 @@ class B2BUA:
             tx,
             now,
         )
+        call.media = start_media(call, admitted.media, self.media_ng, now)
         reuse = self.challenges.retry_leg(req, tx.flow, self.peers, now)
         self.capacity.take(trunk.name, call.emergency)
         self.dialogs[call.a.key()] = call

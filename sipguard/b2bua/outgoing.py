@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from sipguard.b2bua.bleg import build_b_invite
 from sipguard.b2bua.host import Challenged, TargetFailed
 from sipguard.b2bua.leg import IGNORE, Leg
+from sipguard.b2bua.media import OFFER
 from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.routing import redirect_target
 from sipguard.b2bua.session_timer import delta_seconds
@@ -44,6 +45,7 @@ class Outgoing:
         "min_se",
         "offer",
         "redirect",
+        "relayed_offer",
         "retries",
         "rseq",
         "targets",
@@ -63,6 +65,9 @@ class Outgoing:
         self.ack: bytes | None = None  # our ACK of the 2xx
         self.offer = b""  # the offer in a late-offer 2xx, which the caller's ACK answers
         self.forks: dict[str, bytes] | None = None  # To tag -> our ACK, of 2xx we BYEd
+        # the caller's offer as the media relay rewrote it, for every attempt (None: as
+        # the crossing rules give it)
+        self.relayed_offer: bytes | None = None
 
     def start(self, call: Call, targets: list[Flow], now: float, reuse: Leg | None) -> None:
         """Send the B-leg INVITE to the first target; the rest are for failover."""
@@ -73,6 +78,18 @@ class Outgoing:
             self.credentials = True
         else:
             call.b = Leg(call.host, False, call.host.new_call_id(), targets[0])
+        a_req = call.a_invite.request
+        media = call.media
+        if media is None or not a_req.body or a_req.content_type != "application/sdp":
+            self.send(call, now)
+            return
+        # anchored: the caller's offer goes to the media relay first, and the INVITE
+        # when its answer comes (the call waits with no INVITE out: ``tx`` is None)
+        body = call.crossing.body(a_req, [], towards_a=False)
+        media.step(call, OFFER, True, body, now, lambda sdp, t: self._offered(call, sdp, t))
+
+    def _offered(self, call: Call, sdp: bytes, now: float) -> None:
+        self.relayed_offer = sdp
         self.send(call, now)
 
     def send(self, call: Call, now: float) -> None:
@@ -99,6 +116,7 @@ class Outgoing:
             session_interval=self.session_interval(config),
             min_se=self.min_se_value(config),
             credentials=self.credentials,
+            sdp=self.relayed_offer,
         )
         b.local_uri = inv.local_uri
         b.remote_uri = inv.remote_uri

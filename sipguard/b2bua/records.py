@@ -7,12 +7,15 @@ every call attempt ends with one ``end`` record, a refused one too. Records go t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.admission import within_rate
 from sipguard.cdr.record import CdrRecord, end_of, end_record, epoch_ms, make_call_id, start_record
 from sipguard.metrics import Metrics
+
+log = logging.getLogger("sipguard.b2bua")
 
 if TYPE_CHECKING:
     from sipguard.b2bua.admission import Refused
@@ -87,6 +90,22 @@ class Records:
         self.out.append(rec)
         if self.metrics is not None:
             self.metrics.call_setup.observe(now - call.started_at)
+
+    def unanchored(self, call: Call) -> None:
+        """A call carried without the media anchoring it asked for (every relay down):
+        counted; for a withheld caller, the log says its media address was not hidden."""
+        if self.metrics is not None:
+            self.metrics.media_unanchored.inc()
+        if call.crossing.ident.decision.restricted:
+            log.warning(
+                "call %s %s -> %s: media not anchored (rtpengine down): the withheld "
+                "caller's media address was not hidden",
+                call.id,
+                call.trunk_in.name,
+                call.trunk_out.name,
+            )
+        else:
+            log.info("call %s: media not anchored (rtpengine down)", call.id)
 
     def ended(self, call: Call, end_reason: str, now: float) -> None:
         end = self.wall(now)
