@@ -29,7 +29,7 @@ from sipguard.b2bua.crossing import Crossing
 from sipguard.b2bua.host import ALLOW, Answered, CallHost, Ended
 from sipguard.b2bua.identity import CallIdentity
 from sipguard.b2bua.leg import IGNORE, Leg, interned, is_sdp, without_tag
-from sipguard.b2bua.media import ANSWER, OFFER, CallMedia
+from sipguard.b2bua.media import ANSWER, OFFER, CallMedia, rejecting_answer
 from sipguard.b2bua.outgoing import Outgoing
 from sipguard.b2bua.relay import Dialogs
 from sipguard.b2bua.reliable import ReliableProvisionals
@@ -504,16 +504,3 @@ class Call:
         self.a_invite.owner = None
         if self.out.tx is not None and self.answered_at is not None:
             self.out.tx.owner = None
-
-
-def rejecting_answer(offer: bytes) -> bytes:
-    """An SDP answer that rejects every stream of ``offer`` (RFC 3264 §6: port 0, one
-    ``m=`` line per offered one, in order)."""
-    lines = [b"v=0", b"o=- 0 0 IN IP4 0.0.0.0", b"s=-", b"c=IN IP4 0.0.0.0", b"t=0 0"]
-    for raw in offer.split(b"\n"):
-        line = raw.rstrip(b"\r")
-        if line.startswith(b"m="):
-            parts = line[2:].split()
-            if len(parts) >= 4:
-                lines.append(b"m=" + b" ".join([parts[0], b"0", parts[2], parts[3]]))
-    return b"\r\n".join(lines) + b"\r\n"

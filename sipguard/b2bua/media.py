@@ -159,6 +159,19 @@ def sdp_of(reply: dict[str, object] | None) -> bytes | None:
     return None
 
 
+def rejecting_answer(offer: bytes) -> bytes:
+    """An SDP answer that rejects every stream of ``offer`` (RFC 3264 §6: port 0, one
+    ``m=`` line per offered one, in order)."""
+    lines = [b"v=0", b"o=- 0 0 IN IP4 0.0.0.0", b"s=-", b"c=IN IP4 0.0.0.0", b"t=0 0"]
+    for raw in offer.split(b"\n"):
+        line = raw.rstrip(b"\r")
+        if line.startswith(b"m="):
+            parts = line[2:].split()
+            if len(parts) >= 4:
+                lines.append(b"m=" + b" ".join([parts[0], b"0", parts[2], parts[3]]))
+    return b"\r\n".join(lines) + b"\r\n"
+
+
 def _ignore(reply: dict[str, object] | None, now: float) -> None:
     return None
 
