@@ -25,6 +25,7 @@ from sipguard.config.model import (
     Trunk,
     TrunkLimits,
 )
+from sipguard.media.ng import parse_control
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "config" / "sipguard.yaml"
@@ -71,6 +72,7 @@ BAD: dict[str, tuple[int, str, str]] = {
     "bad_clir_codes_same.yaml": (4, "clir_codes.present", "must differ"),
     "bad_anchor_without_rtpengine.yaml": (6, "trunks.customers.media", "rtpengine.control"),
     "bad_rtpengine_control.yaml": (3, "rtpengine.control[1]", "udp:HOST:PORT"),
+    "bad_media_timeout.yaml": (4, "rtpengine.media_timeout", "0 or more, got -5"),
     "bad_sip_timer.yaml": (4, "sip.t2", "expected a number"),
     "bad_log_level.yaml": (2, "log_level", "got 'verbose'"),
     "bad_duplicate_key.yaml": (7, "trunks.pbx", "duplicate key (first at line 3)"),
@@ -185,7 +187,14 @@ def test_every_field_can_be_set() -> None:
     assert config.rtpengine == RtpEngine(
         control=("udp:127.0.0.1:2223", "udp:[::1]:2224", "udp:rtp.example.org:2225"),
         when_down="pass",
+        media_timeout=30.5,
     )
+    # every control address the loader takes, the ng client parses the same way
+    assert [parse_control(c) for c in config.rtpengine.control] == [
+        ("127.0.0.1", 2223),
+        ("::1", 2224),
+        ("rtp.example.org", 2225),
+    ]
     assert config.sip == SipTimers(
         t1=1.0,
         t2=8.0,
@@ -321,6 +330,14 @@ TRUNK = "trunks: {pbx: {sources: [127.0.0.2/32]}}\n"
         (TRUNK + "emergency_numbers: ['11a']\n", 2, "emergency_numbers[0]", "digits"),
         (TRUNK + "rtpengine: {when_down: off}\n", 2, "rtpengine.when_down", "boolean 'off'"),
         (TRUNK + "rtpengine: {control: ['udp:[::g]:22']}\n", 2, "rtpengine.control[0]", "udp:"),
+        (TRUNK + "rtpengine: {control: ['udp:h:0']}\n", 2, "rtpengine.control[0]", "udp:"),
+        (TRUNK + "rtpengine: {control: ['udp:h:65536']}\n", 2, "rtpengine.control[0]", "udp:"),
+        (TRUNK + "rtpengine: {control: ['udp:h']}\n", 2, "rtpengine.control[0]", "udp:"),
+        (TRUNK + "rtpengine: {control: ['udp:::1:22']}\n", 2, "rtpengine.control[0]", "udp:"),
+        (TRUNK + "rtpengine: {media_timeout: -1}\n", 2, "rtpengine.media_timeout", "0 or more"),
+        (TRUNK + "rtpengine: {media_timeout: x}\n", 2, "rtpengine.media_timeout", "a number"),
+        (TRUNK + "rtpengine: {media_timeout: .inf}\n", 2, "rtpengine.media_timeout", "finite"),
+        (TRUNK + "rtpengine: {media_timeout: true}\n", 2, "rtpengine.media_timeout", "boolean"),
         (TRUNK + "cdr: {sink: kafka}\n", 2, "cdr.sink", "one of file, postgres"),
         (TRUNK + "metrics: {port: 0}\n", 2, "metrics.port", "out of range"),
         (

@@ -208,6 +208,44 @@ def test_dead_relay_is_skipped_pinged_and_used_again() -> None:
     assert client.next_deadline() is None
 
 
+def test_requests_in_flight_leave_a_relay_found_dead_at_their_next_timeout() -> None:
+    client = NgClient([A, B], timeout=0.5, tries=3)
+    first, second = Done(), Done()
+    up = {A: False, B: True}
+    client.request({"command": "offer", "call-id": "c1"}, 0.0, first)
+    serve(client, 0.0, up)
+    client.handle_timer(0.5)
+    serve(client, 0.5, up)
+    client.request({"command": "offer", "call-id": "c2"}, 0.9, second)
+    serve(client, 0.9, up)
+    for t in (1.0, 1.4):  # c1's third send; c2's second
+        client.handle_timer(t)
+        serve(client, t, up)
+    client.handle_timer(1.5)  # c1 had its three tries: A is dead, c1 goes to B
+    serve(client, 1.5, up)
+    assert first.reply == {"result": "ok"} and second.calls == []
+    client.handle_timer(1.9)  # c2's next timeout: A is dead, so to B, not a third try
+    assert [a for a, _ in client.outbox] == [B]
+    serve(client, 1.9, up)
+    assert second.reply == {"result": "ok"}
+    assert client.timeouts == 1 and client.retransmissions == 3
+
+
+def test_a_lone_relay_found_dead_is_still_tried_by_the_requests_in_flight() -> None:
+    client = NgClient([A], timeout=0.5, tries=2)
+    first, second = Done(), Done()
+    client.request({"command": "offer", "call-id": "c1"}, 0.0, first)
+    client.request({"command": "offer", "call-id": "c2"}, 0.2, second)
+    drain(client)
+    client.handle_timer(0.5)  # c1 again
+    client.handle_timer(0.7)  # c2 again
+    client.handle_timer(1.0)  # c1 gives up: A marked dead
+    assert first.calls == [(None, 1.0)] and not client.up
+    [(_, data)] = [(a, d) for a, d in drain(client) if b"c2" in d]
+    client.receive(answer(data, {"result": "ok"}), A, 1.1)  # c2's reply comes after all
+    assert second.reply == {"result": "ok"} and client.up
+
+
 def test_stale_ping_reply_does_not_revive() -> None:
     client = NgClient([A], timeout=0.5, tries=1, ping_interval=1.0)
     client.request({"command": "query"}, 0.0, Done())

@@ -49,6 +49,8 @@ MODULES = (
     "sipguard/policy/decision.py",
     "sipguard/policy/headers.py",
     "sipguard/policy/body.py",
+    "sipguard/media/bencode.py",
+    "sipguard/media/ng.py",
     "sipguard/b2bua/identity.py",
     "sipguard/b2bua/overload.py",
     "sipguard/b2bua/host.py",

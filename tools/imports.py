@@ -29,7 +29,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "sip": frozenset({"sip"}),
     # the loader checks numbering plans with policy's functions; config.model imports
     # nothing of sipguard (the cycle check keeps it so: policy imports config.model)
-    "config": frozenset({"config", "sip", "policy"}),
+    "config": frozenset({"config", "sip", "policy", "media"}),
     "policy": frozenset({"policy", "config", "sip"}),
     "cdr": frozenset({"cdr", "config", "metrics", "policy"}),
     "metrics": frozenset(),

@@ -51,6 +51,7 @@ from sipguard.config.model import (
     TrunkLimits,
     dns_server_address,
 )
+from sipguard.media.ng import parse_control
 from sipguard.policy.numbers import cli_pattern_can_match, is_e164
 
 __all__ = ["ConfigError", "load_config", "load_config_text"]
@@ -329,6 +330,17 @@ def _host_port(regex: re.Pattern[str], text: str) -> bool:
     return m["port"] is None or 1 <= int(m["port"]) <= 65535
 
 
+def _is_control(text: str) -> bool:
+    """``udp:HOST:PORT``, and parsed as the ng client will parse it."""
+    if not _host_port(_RTPENGINE, text):
+        return False
+    try:
+        parse_control(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_dns_server(text: str) -> bool:
     try:
         dns_server_address(text)
@@ -375,9 +387,8 @@ _CHECKS: dict[tuple[type, str], Check] = {
     (Limits, "refused_cdr_rps"): _NON_NEGATIVE,
     (Limits, "tcp_max_connections"): _AT_LEAST_ONE,
     (Limits, "tcp_max_per_source"): _AT_LEAST_ONE,
-    (RtpEngine, "control"): _rule(
-        lambda v: _host_port(_RTPENGINE, v), "expected udp:HOST:PORT, got {v!r}"
-    ),
+    (RtpEngine, "control"): _rule(_is_control, "expected udp:HOST:PORT, got {v!r}"),
+    (RtpEngine, "media_timeout"): _NON_NEGATIVE,
     (Dns, "servers"): _rule(_is_dns_server, "expected an IP address or IP:PORT, got {v!r}"),
     (Dns, "refresh_min"): _POSITIVE,
     (Dns, "refresh_max"): _POSITIVE,

@@ -97,6 +97,8 @@ class Limits:
 class RtpEngine:
     control: tuple[str, ...] = ()
     when_down: Literal["refuse", "pass"] = "refuse"
+    # seconds without RTP before an anchored call is ended with BYE (0: never)
+    media_timeout: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,10 @@ same reply without doing the command twice, so a retransmission carries the same
 and the same bytes.
 
 :class:`NgClient` is driven like the transaction layer (:mod:`sipguard.sip.transaction`):
-every input takes ``now``; the datagrams to send are appended to :attr:`NgClient.outbox`
-as ``(address, bytes)``; :meth:`NgClient.next_deadline` is the one time the driver must
-call :meth:`NgClient.handle_timer` at. It never reads a clock or touches a socket.
+every input takes ``now`` (a monotonic clock: it never goes back); the datagrams to send
+are appended to :attr:`NgClient.outbox` as ``(address, bytes)``;
+:meth:`NgClient.next_deadline` is the one time the driver must call
+:meth:`NgClient.handle_timer` at. It never reads a clock or touches a socket.
 
 Relays and failover:
 
@@ -22,7 +23,9 @@ Relays and failover:
 * No reply within ``timeout``: the same datagram again, ``tries`` sends in all per relay.
   Then that relay is marked dead and the request goes to the next live relay it has
   not tried (same cookie). None left: ``done(None, now)``. A request is over after at
-  most ``tries * timeout`` per relay.
+  most ``tries * timeout`` per relay. A request whose relay another request found dead
+  moves on at its next timeout rather than use up its tries there (where there is a
+  live relay to move to: with none, it keeps trying, since a reply may still come).
 * A dead relay is skipped by new requests. The client pings it every
   ``ping_interval`` seconds; a ``pong`` (or any valid reply) marks it alive again.
 * A reply is accepted only with the cookie of a pending request and from the address
@@ -62,6 +65,7 @@ RESULTS = frozenset({"ok", "pong", "error", "load limit"})
 TIMEOUT = "timeout"
 REFUSED = "refused"
 
+_DIGITS = "0123456789"
 _COOKIE_MAX = 64  # longest cookie head read from a reply
 PING_INTERVAL = 2.0
 
@@ -75,7 +79,7 @@ def parse_control(text: str) -> Address:
         raise ValueError(f"expected udp:HOST:PORT, got {text!r}")
     rest = text[4:]
     host, sep, port_text = rest.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or len(port_text) > 5:
+    if not sep or not host or not 0 < len(port_text) <= 5 or port_text.strip(_DIGITS):
         raise ValueError(f"expected udp:HOST:PORT, got {text!r}")
     port = int(port_text)
     if not 1 <= port <= 65535:
@@ -146,6 +150,10 @@ class Relay:
 def _addr(relay: Relay | None) -> Address:
     assert relay is not None and relay.addr is not None  # only such relays are chosen
     return relay.addr
+
+
+def _alive(relay: Relay | None) -> bool:
+    return relay is not None and relay.alive
 
 
 def ng_client(
@@ -346,6 +354,11 @@ class NgClient:
                 break
             del self._pending[cookie]
             if p.sends < self.tries:
+                # a relay another request found dead: the next live one at once, if any
+                relay = None if _alive(p.relay) else self._choose(p.call_id, p.tried)
+                if relay is not None:
+                    self._send_to(cookie, p, relay, now)
+                    continue
                 p.sends += 1
                 p.deadline = now + self.timeout
                 self._pending[cookie] = p
