@@ -329,7 +329,10 @@ class Sipguard:
     ) -> None:
         self.setup = setup
         self.cpus = cpus
-        self.env = None if env is None else {**os.environ, **env}
+        # this tree's sipguard, whatever the interpreter has installed (a venv shared by
+        # several worktrees holds an editable install of one of them)
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self.log_path = setup.workdir / "sipguard.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None

@@ -78,7 +78,7 @@ class MediaControl(Protocol):
 
 
 def media_timeout(config: Config) -> float:
-    return float(getattr(config.rtpengine, "media_timeout", 60))
+    return config.rtpengine.media_timeout
 
 
 def plan(
