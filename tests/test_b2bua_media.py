@@ -241,6 +241,21 @@ def test_an_offerless_reinvite_gets_its_offer_in_the_2xx_and_answer_in_the_ack()
     assert fake(w).named("answer")[-1]["from-tag"] == "a"
 
 
+def test_an_answer_in_an_ack_without_content_type_is_anchored_too() -> None:
+    """SIPp's ACK to an offerless re-INVITE carries its SDP with no Content-Type."""
+    w = wire()
+    e = establish(w, 1)
+    w.from_caller(in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re"))
+    (re,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(re, 200, "OK", None, SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    assert_hidden([ok], CALLEE_IP)
+    ack = in_dialog("ACK", ok, 2, 1, "z9hG4bK-re-ack", SDP)
+    w.from_caller(ack.replace(b"Content-Type: application/sdp\r\n", b""))
+    (b_ack,) = requests(w.take_callee(), "ACK")
+    assert_hidden([b_ack], CALLER_IP)
+
+
 def test_an_update_with_an_offer_is_anchored_both_ways() -> None:
     w = wire()
     e = establish(w, 1)

@@ -22,6 +22,7 @@ installs both.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -224,3 +225,54 @@ def test_one_dead_relay_of_two_is_skipped(
             metrics = sg.metrics()
     assert_never_named(b, CALLER_IP)
     assert metric_sum(metrics, "sipguard_media_unanchored_total") == 0
+
+
+# -- the call flows of the SIPp scenario pairs, anchored ----------------------------------
+
+ANCHORED_FLOWS = (
+    "183-then-180-then-200",
+    "cancel-after-183",
+    "reinvite-from-caller",
+    "reinvite-without-sdp-from-caller",
+    "reinvite-from-callee",
+    "update-from-callee-confirmed",
+    "update-from-caller-early",
+    "update-from-callee-early-after-prack",
+    "prack-srf",
+    "prack-server",
+    "late-offer",
+)
+
+
+@pytest.mark.parametrize("flow", ANCHORED_FLOWS)
+def test_the_scenario_flows_anchored(
+    flow: str,
+    tmp_path: Path,
+    rtpengine_factory: Callable[..., Rtpengine],  # noqa: F811
+) -> None:
+    """The flows of ``test_sipp_scenarios.py`` (re-INVITE, UPDATE, PRACK, late offer...)
+    with ``media: anchor``: both sides pass, and no byte either side receives, SDP
+    included, names the other side's address; rtpengine held the session and lost it
+    at the end."""
+    from tests import test_sipp_scenarios as scenarios
+
+    rtpengine = rtpengine_factory()
+    (pair,) = [p for p in scenarios.PAIRS if p.id == flow]
+    config = {
+        **pair.config,
+        "rtpengine": {"control": [rtpengine.control]},
+        "trunks": {"customers": {"media": "anchor"}},
+    }
+    run = scenarios.run_pair(dataclasses.replace(pair, config=config), tmp_path)
+    context = scenarios._context(run)
+    assert "Traceback" not in run.sipguard_log, context
+    assert run.caller.successful == 1 and run.caller.failed == 0, context
+    assert run.callee is not None
+    assert run.callee.successful == 1 and run.callee.failed == 0, context
+    if pair.check is not None:
+        pair.check(run)
+    assert_never_named(run.callee, CALLER_IP)
+    assert_never_named(run.caller, CALLEE_IP)
+    log = rtpengine.log()
+    assert "Received command 'offer'" in log, log[-2000:]
+    assert rtpengine.list_calls() == []

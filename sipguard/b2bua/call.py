@@ -29,7 +29,7 @@ from sipguard.b2bua.crossing import Crossing
 from sipguard.b2bua.host import ALLOW, Answered, CallHost, Ended
 from sipguard.b2bua.identity import CallIdentity
 from sipguard.b2bua.leg import IGNORE, Leg, interned, is_sdp, without_tag
-from sipguard.b2bua.media import ANSWER, OFFER, CallMedia, rejecting_answer
+from sipguard.b2bua.media import ANSWER, OFFER, CallMedia, rejecting_answer, sdp_kind
 from sipguard.b2bua.outgoing import Outgoing
 from sipguard.b2bua.relay import Dialogs
 from sipguard.b2bua.reliable import ReliableProvisionals
@@ -206,9 +206,7 @@ class Call:
             self.answer_a(status, now, phrase, headers, body)
             return
         # anchored: its SDP (the answer, or a late offer) through the relay first
-        kind = (
-            "" if resp.content_type != "application/sdp" else OFFER if self.late_offer else ANSWER
-        )
+        kind = sdp_kind(resp, OFFER if self.late_offer else ANSWER)
         media.step(
             self,
             kind,
@@ -266,7 +264,7 @@ class Call:
             if self.media is None:
                 self._ack_b(body, now)
             else:  # the caller's answer, through the relay first
-                kind = ANSWER if req.content_type == "application/sdp" else ""
+                kind = sdp_kind(req, ANSWER)
                 self.media.step(self, kind, True, body, now, self._ack_b)
         held, self.dialogs.held = self.dialogs.held, None
         if held is not None:

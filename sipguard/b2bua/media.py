@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Protocol
 from sipguard.b2bua.host import Unanchored
 from sipguard.config.model import Config, Trunk
 from sipguard.policy.decision import Decision
+from sipguard.sip.message import SipMessage
 from sipguard.sip.timers import Timer
 
 if TYPE_CHECKING:
@@ -131,6 +132,14 @@ def start_media(call: Call, media: int, relay: MediaControl | None, now: float) 
         return None
     status = fail_status(call.trunk_in, call.trunk_out, call.ident.decision, call.config)
     return CallMedia(relay, call.id, status, media_timeout(call.config))
+
+
+def sdp_kind(msg: SipMessage, kind: str) -> str:
+    """``kind`` where ``msg`` carries a session description, else "" (nothing for the
+    relay). A body without ``Content-Type`` in an offer/answer position counts as SDP:
+    the leg sends it on as such, and it names an address all the same."""
+    ctype = msg.content_type
+    return kind if msg.body and (ctype is None or ctype == "application/sdp") else ""
 
 
 def rtp_packets(reply: dict[str, object]) -> int:

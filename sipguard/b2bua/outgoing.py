@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sipguard.b2bua.bleg import build_b_invite
 from sipguard.b2bua.host import Challenged, TargetFailed
 from sipguard.b2bua.leg import IGNORE, Leg
-from sipguard.b2bua.media import OFFER
+from sipguard.b2bua.media import OFFER, sdp_kind
 from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.routing import redirect_target
 from sipguard.b2bua.session_timer import delta_seconds
@@ -80,7 +80,7 @@ class Outgoing:
             call.b = Leg(call.host, False, call.host.new_call_id(), targets[0])
         a_req = call.a_invite.request
         media = call.media
-        if media is None or not a_req.body or a_req.content_type != "application/sdp":
+        if media is None or not sdp_kind(a_req, OFFER):
             self.send(call, now)
             return
         # anchored: the caller's offer goes to the media relay first, and the INVITE

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.leg import Leg, refresh_target
-from sipguard.b2bua.media import ANSWER, OFFER
+from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind
 from sipguard.sip.message import Request, Response
 from sipguard.sip.transaction import ClientTransaction, ServerTransaction, make_response
 
@@ -103,8 +103,8 @@ class Relay:
             return
         # anchored: the answer (or, to an offerless re-INVITE, the offer) via the relay
         kind = ""
-        if method in ("INVITE", "UPDATE") and resp.content_type == "application/sdp":
-            kind = ANSWER if tx.request.body else OFFER
+        if method in ("INVITE", "UPDATE"):
+            kind = sdp_kind(resp, ANSWER if tx.request.body else OFFER)
         from_a = self.to_leg.is_a
         media.step(
             call, kind, from_a, body, now, lambda sdp, t: self.respond(resp, headers, sdp, t)
@@ -160,7 +160,7 @@ class Relay:
         if call.media is None:
             self._ack(body, now)
             return
-        kind = ANSWER if req.content_type == "application/sdp" else ""
+        kind = sdp_kind(req, ANSWER)
         call.media.step(call, kind, self.from_leg.is_a, body, now, self._ack)
 
     def _ack(self, body: bytes, now: float) -> None:
@@ -277,7 +277,7 @@ class Dialogs:
             relay.send(req, headers, body, now)
             return
         # anchored: the offer goes to the media relay first; ``offer`` shows it under way
-        kind = OFFER if req.content_type == "application/sdp" else ""
+        kind = sdp_kind(req, OFFER)
         media.step(call, kind, leg.is_a, body, now, lambda sdp, t: relay.send(req, headers, sdp, t))
 
     def on_ack(self, leg: Leg, req: Request, now: float) -> None:
