@@ -330,8 +330,9 @@ class Sipguard:
         self.setup = setup
         self.cpus = cpus
         # this tree's sipguard, whatever the interpreter has installed (a venv shared by
-        # several worktrees holds an editable install of one of them)
-        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        # several worktrees holds an editable install of one of them); a PYTHONPATH set
+        # already (the compiled build, testkit.load.use_build) comes first
+        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
         self.env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         self.log_path = setup.workdir / "sipguard.log"
         self.proc: subprocess.Popen[bytes] | None = None

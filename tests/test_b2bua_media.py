@@ -195,6 +195,34 @@ def test_a_late_offer_in_the_2xx_and_its_answer_in_the_ack_are_anchored() -> Non
     assert (answer["from-tag"], answer["to-tag"]) == ("b", "a")
 
 
+def test_an_offer_in_a_reliable_183_and_its_answer_in_the_prack_are_anchored() -> None:
+    """Late offer with 100rel (RFC 3262 §5): the callee offers in its reliable 183, the
+    caller answers in its PRACK, which reaches the callee as our PRACK, anchored."""
+    w = wire()
+    w.from_caller(invite(1, body=b"", headers="Supported: 100rel\r\n"))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    rel = "Require: 100rel\r\nRSeq: 7\r\n"
+    w.from_callee(response_to(b_inv, 183, "Session Progress", "c1", SDP_CALLEE, extra=rel))
+    (p183,) = responses(w.take_caller(), 183)
+    assert_hidden([p183], CALLEE_IP)
+    assert requests(w.take_callee(), "PRACK") == []  # waits for the caller's answer
+    w.from_callee(response_to(b_inv, 183, "Session Progress", "c1", SDP_CALLEE, extra=rel))
+    assert requests(w.take_callee(), "PRACK") == []  # a retransmission: still waiting
+    rack = f"RAck: {p183.get('rseq')} 1 INVITE\r\n"
+    w.from_caller(in_dialog("PRACK", p183, 2, 1, "z9hG4bK-prack", SDP, extra=rack))
+    (prack,) = requests(w.take_callee(), "PRACK")
+    assert prack.get("rack") == "7 1 INVITE"
+    assert_hidden([prack], CALLER_IP)
+    offer, answer = fake(w).named("offer")[0], fake(w).named("answer")[0]
+    assert offer["from-tag"] == "b" and (answer["from-tag"], answer["to-tag"]) == ("b", "a")
+    w.from_callee(response_to(b_inv, 200, "OK", "c1", SDP_CALLEE))
+    (ok,) = [r for r in responses(w.take_caller(), 200) if r.cseq.method == "INVITE"]
+    assert_hidden([ok], CALLEE_IP)
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-ack"))
+    (ack,) = requests(w.take_callee(), "ACK")
+    assert not ack.body
+
+
 # -- re-INVITE and UPDATE -----------------------------------------------------------------
 
 

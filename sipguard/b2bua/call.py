@@ -206,7 +206,9 @@ class Call:
             self.answer_a(status, now, phrase, headers, body)
             return
         # anchored: its SDP (the answer, or a late offer) through the relay first
-        kind = sdp_kind(resp, OFFER if self.late_offer else ANSWER)
+        # a late offer's SDP comes in the 18x/2xx; once answered in a PRACK, it is no offer
+        offer = self.late_offer and self.out.prack != ""
+        kind = sdp_kind(resp, OFFER if offer else ANSWER)
         media.step(
             self,
             kind,
@@ -402,7 +404,8 @@ class Call:
             reason = "caller_bye" if leg.is_a else "callee_bye"
             self.hangup(leg.is_a, now, reason=reason, status=self.status or 487, by=req)
         elif method == "PRACK" and leg.is_a:
-            self.rel.on_prack(req, stx, now)
+            if self.rel.on_prack(req, stx, now):
+                self.out.answer_prack(self, req, now)
         elif method == "REFER":
             # never relayed: a transfer would send the call anywhere (issue 3: 403)
             stx.respond(make_response(req, 403), now)
