@@ -276,3 +276,29 @@ def test_the_scenario_flows_anchored(
     log = rtpengine.log()
     assert "Received command 'offer'" in log, log[-2000:]
     assert rtpengine.list_calls() == []
+
+
+def test_an_offer_in_a_reliable_183_answered_in_the_prack_is_anchored(
+    tmp_path: Path,
+    rtpengine_factory: Callable[..., Rtpengine],  # noqa: F811
+) -> None:
+    """Late offer with 100rel: the callee offers in its reliable 183, the caller answers
+    in its PRACK; each side's scenario checks that what it got names the relay."""
+    rtpengine = rtpengine_factory()
+    setup = setup_for(tmp_path, [rtpengine.control])
+    sg = Sipguard(setup)
+    callee = uas(setup, scenario=MEDIA / "uas-offer-in-183.xml", timeout_s=20)
+    caller = uac(setup, scenario=MEDIA / "uac-late-offer-prack.xml", timeout_s=20)
+    with running(sg, callee, caller):
+        sg.start()
+        callee.start()
+        callee.wait_listening()
+        a = caller.run()
+        b = callee.wait()
+        assert a.returncode == 0, a.describe()
+        assert b.returncode == 0, b.describe()
+        assert wait_for(lambda: rtpengine.list_calls() == [], 3.0), rtpengine.list_calls()
+    assert_never_named(b, CALLER_IP)
+    assert_never_named(a, CALLEE_IP)
+    (prack,) = [m for m in b.traced() if m.direction == "received" and m.method == "PRACK"]
+    assert f"c=IN IP4 {RTPENGINE_IP}" in prack.body
