@@ -324,6 +324,22 @@ def test_a_call_ended_while_its_reinvite_offer_is_at_the_relay_answers_it_487() 
     assert commands(w)[-1] == "delete" and relay.calls == {}
 
 
+def test_a_call_ended_while_a_reinvite_answer_is_at_the_relay_answers_it_487() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+    e = establish(w, 1)
+    w.from_caller(in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re", SDP))
+    (re,) = requests(w.take_callee(), "INVITE")
+    relay.hold = True
+    w.from_callee(response_to(re, 200, "OK", None, SDP_CALLEE))
+    w.from_callee(callee_request("BYE", e.b_invite, e.callee_tag, 2, 1))
+    finals = [m for m in responses(w.take_caller()) if m.cseq.method == "INVITE"]
+    assert [m.status for m in finals] == [100, 487]  # never left without a final response
+    relay.hold = False
+    w.relay_replies()
+    assert responses(w.take_caller(), 200) == []
+
+
 # -- the end of a call deletes its session ------------------------------------------------
 
 

@@ -58,7 +58,9 @@ class Relay:
             return
         method = tx.request.method
         state = call.dialogs
-        if status >= 200:
+        if status >= 200 and (call.media is None or call.ended):
+            # (anchored, it stays until its response is relayed: a call that ends while
+            # the answer is at the media relay answers the request 487)
             state.relays.discard(self)
         layer = call.host.layer
         if call.ended:
@@ -117,6 +119,8 @@ class Relay:
         call = self.call
         status = resp.status
         method = resp.cseq.method
+        if status >= 200:
+            call.dialogs.relays.discard(self)
         crossing = call.crossing
         towards_a = self.from_leg.is_a
         if method in ("INVITE", "UPDATE") and status < 300:
