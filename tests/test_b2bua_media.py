@@ -7,6 +7,7 @@ client (its datagrams, cookies and retransmissions).
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import pytest
@@ -526,3 +527,45 @@ def test_a_query_without_reply_ends_nothing() -> None:
     relay.down = True
     w.advance(200)
     assert w.core.calls == 1
+
+
+# -- no reference cycles (the collector is off in production: net/server.tune_gc) --------
+
+
+def test_anchored_calls_leave_no_reference_cycle() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+
+    def flows(n: int) -> None:
+        e = establish(w, n)  # answered, re-INVITE anchored, BYE
+        w.from_caller(in_dialog("INVITE", e.a_ok, 2, n, f"z9hG4bK-re{n}", SDP))
+        (re,) = requests(w.take_callee(), "INVITE")
+        w.from_callee(response_to(re, 200, "OK", None, SDP_CALLEE))
+        (ok,) = responses(w.take_caller(), 200)
+        w.from_caller(in_dialog("ACK", ok, 2, n, f"z9hG4bK-re-ack{n}"))
+        w.from_caller(in_dialog("BYE", e.a_ok, 3, n, f"z9hG4bK-bye{n}"))
+        relay.hold = True  # cancelled while its offer is at the relay
+        w.from_caller(invite(n + 1000))
+        w.from_caller(cancel_of(n + 1000))
+        relay.hold = False
+        w.relay_replies()
+        w.take_caller()
+        w.take_callee()
+        establish(w, n + 2000)  # ended by the media timeout
+        w.advance(61)
+
+    flows(1)
+    w.advance(64 * 0.5 + 60)
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(2, 12):
+            flows(n)
+        w.advance(64 * 0.5 + 60)
+        w.take_caller()
+        w.take_callee()
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert w.core.calls == 0 and relay.calls == {}
+    assert found == 0
