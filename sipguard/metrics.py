@@ -169,6 +169,12 @@ class Metrics:
             "ng requests a relay left unanswered after every try (it is then marked down)",
             registry=r,
         )
+        self.rtpengine_stray = Counter(
+            "sipguard_rtpengine_stray_total",
+            "Datagrams on the ng control socket ignored: no pending cookie, not from the "
+            "relay asked, or not bencode (late replies, or someone else's)",
+            registry=r,
+        )
 
     def inc(self, counter: Counter, *labels: str) -> None:
         """``counter.labels(*labels).inc()`` for a counter of this object, on the hot path.

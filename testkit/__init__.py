@@ -11,6 +11,8 @@ and ``tests/`` holds nothing but tests (and the session checks of its ``conftest
   the load runner); :mod:`testkit.rawsip` — raw SIP over sockets towards such a
   sipguard; :mod:`testkit.privacy` — the privacy bench of the SIPp tests;
 * :mod:`testkit.pgserver` — a throwaway PostgreSQL cluster (pytest fixtures);
+* :mod:`testkit.rtpengine` — Debian's rtpengine on loopback, an ng client for the tests
+  and a dead relay (pytest fixtures);
 * :mod:`testkit.peer` — another element as a process where sipguard would listen;
 * :mod:`testkit.load` — the load runner's measuring library (``loadtests/run.py`` is its
   command line), with :mod:`testkit.floor` (the floor relay, whose process is

@@ -12,9 +12,12 @@ What is here:
   direction of the call).
 * :func:`dead_relay` — an ng address nobody answers on (a bound UDP socket never read:
   datagrams vanish without an ICMP error, as with a host that is down).
-* The pytest fixtures :func:`rtpengine` (one instance per test, stopped after it) and
-  :func:`rtpengine_factory` (as many as a test asks for). Import them into a test module:
-  ``from testkit.rtpengine import rtpengine, rtpengine_factory``.
+* The pytest fixtures :func:`rtpengine` (one instance per test, stopped after it),
+  :func:`rtpengine_factory` (as many as a test asks for) and :func:`dead_ng`. Import them
+  into a test module: ``from testkit.rtpengine import rtpengine, rtpengine_factory``.
+  :attr:`Rtpengine.control` is the ``udp:HOST:PORT`` for sipguard's ``rtpengine.control``;
+  the relay's media address is :data:`RTPENGINE_IP` (``127.0.0.10``), none of the
+  caller's, callee's or sipguard's.
 
 If ``/usr/bin/rtpengine`` is missing the fixtures fail (never skip): ``./dev.sh test``
 (as root) installs Debian's ``rtpengine-daemon``.
@@ -320,6 +323,13 @@ def rtpengine_factory(tmp_path: Path) -> Iterator[Callable[..., Rtpengine]]:
     finally:
         for inst in made:
             inst.stop()
+
+
+@pytest.fixture
+def dead_ng() -> Iterator[tuple[str, int]]:
+    """An ng address nobody answers on, for this test (:func:`dead_relay`)."""
+    with dead_relay() as addr:
+        yield addr
 
 
 @pytest.fixture

@@ -77,6 +77,20 @@ def sipguard_command() -> list[str]:
 
 # -- child processes -----------------------------------------------------------------------
 
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a sipguard child: ours, ``env`` over it, and this checkout on
+    ``PYTHONPATH`` after what is there (a compiled copy set by the load runner stays
+    first). Without it, ``python -m sipguard`` from another directory imports whatever
+    checkout the venv was installed from: a git worktree would test another branch."""
+    out = {**os.environ, **(env or {})}
+    paths = [p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(REPO) not in paths:
+        paths.append(str(REPO))
+    out["PYTHONPATH"] = os.pathsep.join(paths)
+    return out
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -329,11 +343,7 @@ class Sipguard:
     ) -> None:
         self.setup = setup
         self.cpus = cpus
-        # this tree's sipguard, whatever the interpreter has installed (a venv shared by
-        # several worktrees holds an editable install of one of them); a PYTHONPATH set
-        # already (the compiled build, testkit.load.use_build) comes first
-        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p)
-        self.env = {**os.environ, "PYTHONPATH": path, **(env or {})}
+        self.env = child_env(env)
         self.log_path = setup.workdir / "sipguard.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.exit_code: int | None = None

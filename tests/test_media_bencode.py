@@ -45,6 +45,8 @@ def test_fixtures_both_ways(value: object, wire: bytes) -> None:
 
 def test_keys_sorted_by_bytes_when_written_and_any_order_read() -> None:
     assert encode({"b": 1, "a": 2, "B": 3}) == b"d1:Bi3e1:ai2e1:bi1ee"
+    assert encode({"\u00e9": 1, "z": 2, b"y": 3}) == b"d1:yi3e1:zi2e2:\xc3\xa9i1ee"
+    assert encode({"\udcff": 1, "\u00ff": 2}) == b"d2:\xc3\xbfi2e1:\xffi1ee"  # as bytes
     # rtpengine writes its replies in insertion order
     assert decode(b"d3:sdp3:v=06:result2:oke") == {"sdp": "v=0", "result": "ok"}
 

@@ -171,7 +171,7 @@ def test_no_relay_alive_or_table_full_is_false_at_once() -> None:
     assert len(client.outbox) <= 3 * 2 + 1  # bounded: tries per request, one ping
 
 
-def test_dead_relay_is_skipped_pinged_and_used_again() -> None:
+def test_dead_relay_is_skipped_pinged_and_used_again(caplog: pytest.LogCaptureFixture) -> None:
     client = NgClient([A, B], timeout=0.5, tries=2, ping_interval=2.0)
     up = {A: False, B: True}
     done = Done()
@@ -199,6 +199,11 @@ def test_dead_relay_is_skipped_pinged_and_used_again() -> None:
     # A comes back: the pong marks it alive, new calls go to it again, c1 stays on B
     client.receive(answer(ping, {"result": "pong"}), A, 5.1)
     assert client.up and client.relays_up == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "rtpengine udp:127.0.0.1:2223 did not answer 2 tries in 1.0 s: skipped until it "
+        "answers a ping",
+        "rtpengine udp:127.0.0.1:2223 answers again: in use",
+    ]
     client.request({"command": "offer", "call-id": "c3"}, 5.2, Done())
     client.request({"command": "delete", "call-id": "c1"}, 5.2, Done())
     assert [a for a, _ in client.outbox] == [A, B]
@@ -241,7 +246,7 @@ def test_a_lone_relay_found_dead_is_still_tried_by_the_requests_in_flight() -> N
     client.handle_timer(0.7)  # c2 again
     client.handle_timer(1.0)  # c1 gives up: A marked dead
     assert first.calls == [(None, 1.0)] and not client.up
-    [(_, data)] = [(a, d) for a, d in drain(client) if b"c2" in d]
+    [(_, data)] = [(a, d) for a, d in drain(client) if split(d)[1].get("call-id") == "c2"]
     client.receive(answer(data, {"result": "ok"}), A, 1.1)  # c2's reply comes after all
     assert second.reply == {"result": "ok"} and client.up
 
@@ -289,6 +294,18 @@ def test_one_slow_request_delays_no_other() -> None:
     client.handle_timer(0.5)
     assert [d for _, d in drain(client)] == [d_slow]
     assert client.next_deadline() == 1.0
+
+
+def test_a_delete_that_gets_no_reply_forgets_the_call_too() -> None:
+    client = NgClient([A], timeout=0.5, tries=1)
+    client.request({"command": "offer", "call-id": "c1"}, 0.0, Done())
+    serve(client, 0.0, {A: True})
+    assert list(client.affinity) == ["c1"]
+    done = Done()
+    client.request({"command": "delete", "call-id": "c1"}, 1.0, done)
+    drain(client)
+    client.handle_timer(1.5)
+    assert done.calls == [(None, 1.5)] and client.affinity == {}
 
 
 def test_affinity_is_bounded() -> None:

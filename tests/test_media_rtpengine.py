@@ -24,6 +24,7 @@ from testkit.rtpengine import (
     dead_relay,
     rtpengine_factory,  # noqa: F401 - fixture
 )
+from testkit.sipp import free_port
 
 pytestmark = pytest.mark.rtpengine
 
@@ -115,6 +116,10 @@ async def test_a_call_anchored_through_the_driver(
     assert sample(m, "sipguard_rtpengine_requests_total", command="query", result="error") == 1
     assert sample(m, "sipguard_rtpengine_relays_up") == 1
     assert sample(m, "sipguard_rtpengine_retransmissions_total") == 0
+    # a datagram with no pending cookie (a late reply, or someone else's): counted only
+    driver.media_feed(b"0123456789abcdef0123 d6:result2:oke", rtp.address)
+    driver.export_stats()
+    assert sample(m, "sipguard_rtpengine_stray_total") == 1
 
 
 async def test_first_relay_dead_second_used_first_pinged_back(
@@ -161,11 +166,12 @@ async def test_first_relay_dead_second_used_first_pinged_back(
     assert second.list_calls() == []
 
 
-async def test_every_relay_dead_done_none_after_the_bounded_time(
+async def test_every_relay_dead_or_closed_done_none_after_the_bounded_time(
     close_after: list[server.Driver],
 ) -> None:
-    with dead_relay() as one, dead_relay() as two:
-        driver = driver_for([f"udp:{one[0]}:{one[1]}", f"udp:{two[0]}:{two[1]}"])
+    closed = free_port()  # nothing listens there: the kernel answers ICMP unreachable
+    with dead_relay() as one:
+        driver = driver_for([f"udp:{one[0]}:{one[1]}", f"udp:127.0.0.1:{closed}"])
         close_after.append(driver)
         await driver.media_start(driver.config)
         loop = asyncio.get_running_loop()
@@ -223,3 +229,24 @@ async def test_no_control_no_client() -> None:
         assert sample(driver.metrics, "sipguard_rtpengine_relays_up") == 0
     finally:
         driver.close()
+
+
+async def test_a_control_host_name_is_resolved_by_the_driver(
+    rtpengine_factory: Callable[..., Rtpengine],  # noqa: F811
+    close_after: list[server.Driver],
+) -> None:
+    rtp = rtpengine_factory()
+    # (localhost: from /etc/hosts, no DNS query leaves the machine)
+    driver = driver_for([f"udp:localhost:{rtp.ng_port}"])
+    close_after.append(driver)
+    ng = driver.core.media_ng
+    assert ng is not None and not ng.up  # nothing resolved yet: no relay to use
+    await driver.media_start(driver.config)
+    # localhost found, pinged, then alive
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5.0
+    while not ng.up and loop.time() < end:
+        await asyncio.sleep(0.02)
+    assert [r.addr for r in ng.relays] == [("127.0.0.1", rtp.ng_port)]
+    reply, _ = await ask(driver, {"command": "ping"})
+    assert reply == {"result": "pong"}

@@ -11,6 +11,7 @@ import pytest
 from testkit.rtpengine import (
     NgError,
     Rtpengine,
+    dead_ng,  # noqa: F401 - fixture
     dead_relay,
     ng_request,
     relayed_packets,
@@ -52,9 +53,11 @@ def test_list_and_query_see_a_call(rtpengine: Rtpengine) -> None:  # noqa: F811
     assert rtpengine.query("k1")["result"] == "error"
 
 
-def test_dead_relay_never_answers() -> None:
+def test_dead_relay_never_answers(dead_ng: tuple[str, int]) -> None:  # noqa: F811
     with dead_relay() as addr, pytest.raises(NgError):
         ng_request(addr, {"command": "ping"}, timeout=0.3, tries=2)
+    with pytest.raises(NgError):
+        ng_request(dead_ng, {"command": "ping"}, timeout=0.2, tries=1)
 
 
 def _port(sdp: str) -> int:

@@ -54,16 +54,19 @@ def _first(item: tuple[bytes, object]) -> bytes:
     return item[0]
 
 
+def _ascii_keys(value: dict[object, object]) -> bool:
+    """Keys all ASCII strings: then ``sorted`` orders them as their bytes (the fast path)."""
+    return all(isinstance(key, str) and key.isascii() for key in value)
+
+
 def _encode(value: object, out: list[bytes], depth: int) -> None:
     if depth > MAX_DEPTH:
         raise BencodeError("value nested too deeply")
     if isinstance(value, str):
         raw = value.encode("utf-8", "surrogateescape")
-        out.append(b"%d:" % len(raw))
-        out.append(raw)
+        out.append(b"%d:%b" % (len(raw), raw))
     elif isinstance(value, bytes):
-        out.append(b"%d:" % len(value))
-        out.append(value)
+        out.append(b"%d:%b" % (len(value), value))
     elif isinstance(value, bool):
         raise BencodeError("bool has no bencoding (use an int or a string)")
     elif isinstance(value, int):
@@ -74,16 +77,21 @@ def _encode(value: object, out: list[bytes], depth: int) -> None:
             _encode(item, out, depth + 1)
         out.append(b"e")
     elif isinstance(value, dict):
-        items = sorted(((_key_bytes(k), v) for k, v in value.items()), key=_first)
         out.append(b"d")
-        last: bytes | None = None
-        for key, item in items:
-            if key == last:
-                raise BencodeError(f"duplicate dictionary key {key!r}")
-            last = key
-            out.append(b"%d:" % len(key))
-            out.append(key)
-            _encode(item, out, depth + 1)
+        if _ascii_keys(value):
+            # distinct str keys cannot repeat, and ASCII sorts as its bytes do
+            for key in sorted(value):
+                out.append(b"%d:%b" % (len(key), key.encode("ascii")))
+                _encode(value[key], out, depth + 1)
+        else:
+            items = sorted(((_key_bytes(k), v) for k, v in value.items()), key=_first)
+            last: bytes | None = None
+            for raw_key, item in items:
+                if raw_key == last:
+                    raise BencodeError(f"duplicate dictionary key {raw_key!r}")
+                last = raw_key
+                out.append(b"%d:%b" % (len(raw_key), raw_key))
+                _encode(item, out, depth + 1)
         out.append(b"e")
     else:
         raise BencodeError(f"{type(value).__name__} has no bencoding")
@@ -139,18 +147,21 @@ class _Reader:
         return -number if negative else number
 
     def _string(self) -> bytes:
-        colon = self.buf.find(b":", self.pos, self.pos + _MAX_INT_DIGITS + 1)
+        buf = self.buf
+        pos = self.pos
+        colon = buf.find(b":", pos, pos + _MAX_INT_DIGITS + 1)
         if colon < 0:
             raise self._fail("malformed string length")
-        if self.buf[self.pos] == 0x2D:  # "-"
-            raise self._fail("negative string length")
-        length = self._digits(colon, "string length")
-        end = self.pos + length
-        if end > len(self.buf):
+        digits = buf[pos:colon]
+        # isdigit: ASCII digits only, not empty (so no sign either); no leading zero
+        if not digits.isdigit() or (digits[0] == 0x30 and colon - pos > 1):
+            raise self._fail("malformed string length")
+        start = colon + 1
+        end = start + int(digits)
+        if end > len(buf):
             raise self._fail("string longer than the input")
-        raw = self.buf[self.pos : end]
         self.pos = end
-        return raw
+        return buf[start:end]
 
     def value(self, depth: int) -> object:
         if self.pos >= len(self.buf):

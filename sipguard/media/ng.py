@@ -47,10 +47,13 @@ The plain counters (:attr:`NgClient.requests` per ``(command, result)``,
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from collections.abc import Callable, Sequence
 
 from sipguard.media.bencode import BencodeError, decode_dict, encode
+
+log = logging.getLogger("sipguard.media")
 
 Address = tuple[str, int]
 Done = Callable[[dict[str, object] | None, float], None]
@@ -150,6 +153,11 @@ class Relay:
 def _addr(relay: Relay | None) -> Address:
     assert relay is not None and relay.addr is not None  # only such relays are chosen
     return relay.addr
+
+
+def _show(relay: Relay) -> str:
+    host, port = relay.control
+    return f"udp:[{host}]:{port}" if ":" in host else f"udp:{host}:{port}"
 
 
 def _alive(relay: Relay | None) -> bool:
@@ -315,7 +323,9 @@ class NgClient:
         except BencodeError:
             self.stray += 1  # like a lost reply: the request's timer still runs
             return
-        relay.alive = True
+        if not relay.alive:
+            log.warning("rtpengine %s answers again: in use", _show(relay))
+            relay.alive = True
         relay.ping_cookie = ""
         result = reply.get("result")
         label = result if isinstance(result, str) and result in RESULTS else "other"
@@ -373,6 +383,8 @@ class NgClient:
                 self._send_to(cookie, p, relay, now)
                 continue
             self._count(p.command, TIMEOUT)
+            if p.command == "delete":
+                self.affinity.pop(p.call_id, None)  # the call is over either way
             p.done(None, now)
         for relay in self.relays:
             if not relay.alive and relay.addr is not None and relay.next_ping <= now:
@@ -409,6 +421,12 @@ class NgClient:
         if relay is not None and relay.alive:
             relay.alive = False
             relay.next_ping = now + self.ping_interval
+            log.warning(
+                "rtpengine %s did not answer %d tries in %.1f s: skipped until it answers a ping",
+                _show(relay),
+                self.tries,
+                self.tries * self.timeout,
+            )
 
     def _pinged(self, cookie: str, source: Address) -> Relay | None:
         for relay in self.relays:

@@ -223,6 +223,7 @@ class Driver:
         self._exported_ng: dict[tuple[str, str], int] = {}
         self._exported_ng_rtx = 0
         self._exported_ng_timeouts = 0
+        self._exported_ng_stray = 0
         metrics.rtpengine_relays_up.set_function(self._relays_up)
 
     # -- input -----------------------------------------------------------------------------
@@ -646,6 +647,8 @@ class Driver:
             self._exported_ng_rtx = ng.retransmissions
             m.rtpengine_timeouts.inc(ng.timeouts - self._exported_ng_timeouts)
             self._exported_ng_timeouts = ng.timeouts
+            m.rtpengine_stray.inc(ng.stray - self._exported_ng_stray)
+            self._exported_ng_stray = ng.stray
 
     # -- lifecycle ---------------------------------------------------------------------------
 
