@@ -12,6 +12,7 @@
                             # one sipguard directly, one and two behind Kamailio
     python loadtests/run.py --versus kamailio --rate 1000 --duration 20  # two Kamailio configs
     python loadtests/run.py --goodput 1500 --duration 10 --report DIR    # 1x, 2x, 5x capacity
+    python loadtests/run.py --anchor --rate 300,600             # media anchored, and not
 
 A command line over the measuring library :mod:`testkit.load` (the floor relay:
 :mod:`testkit.floor`; sippy: :mod:`testkit.sippy`; Kamailio and goodput:
@@ -152,6 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "vs offered; with --report DIR, a README and goodput.png there",
     )
     p.add_argument("--factors", default="1,2,5", help="with --goodput (default 1,2,5)")
+    p.add_argument(
+        "--anchor",
+        action="store_true",
+        help="each run twice: as it is, then with every call's media anchored through\n"
+        "Debian's rtpengine (media: anchor; rtpengine on the SIPp core), one row each",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
     p.add_argument(
         "--report",
@@ -176,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.floor and (args.hold_calls or args.find_max or args.transport != "udp"):
         print("--floor runs UDP at the rates of --rate only", file=sys.stderr)
+        return 2
+    if args.anchor and (args.hold_calls or args.find_max or args.versus_sippy or args.floor):
+        print("--anchor runs sipguard at the rates of --rate only", file=sys.stderr)
         return 2
     build = ""
     if not args.floor or args.versus_sippy:  # the floor alone starts no sipguard
@@ -326,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 0
         for rate in (float(x) for x in args.rate.split(",") if x):
             runs = []
+            anchored_runs: list[LoadResult] = []
             for i in range(args.repeat):
                 if args.floor:
                     r = run_floor_load(
@@ -349,10 +360,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 runs.append(r)
                 print(row(r), flush=True)
+                if args.anchor:
+                    anchored = run_load(
+                        rate,
+                        args.duration,
+                        args.hold_ms,
+                        workdir=base / f"anchor-rate-{rate:g}-{i}",
+                        transport=args.transport,
+                        pin=pin,
+                        quiet=args.quiet,
+                        limits=args.limits,
+                        anchor=True,
+                    )
+                    anchored_runs.append(anchored)
+                    print(row(anchored), flush=True)
             if args.repeat > 1:
                 print("median " + row(median_result(runs)), flush=True)
-            everything += runs
-            status |= 0 if all(r.ok for r in runs) else 1
+                if anchored_runs:
+                    print("median " + row(median_result(anchored_runs)), flush=True)
+            everything += runs + anchored_runs
+            status |= 0 if all(r.ok for r in runs + anchored_runs) else 1
         if args.report:
             table = "\n".join([header(), *(row(r) for r in everything)])
             command = " ".join(["python", *sys.argv]) if argv is None else " ".join(argv)

@@ -22,6 +22,7 @@ from sipguard.config.model import Config
 from sipguard.metrics import Metrics
 from sipguard.sip.message import Request, Response, parse_message
 from sipguard.sip.transaction import Flow
+from testkit.fake_rtpengine import CONTROL, FakeRtpengine
 
 Addr = tuple[str, int]
 CALLER: Addr = ("127.0.0.3", 5062)
@@ -200,6 +201,9 @@ class Wire:
     drop: Callable[[Flow, bytes], bool] | None = None  # True: the datagram is lost
     caller_transport: str = "udp"  # or "tcp": the caller on a connection (listen entry 1)
     metrics: Metrics | None = None  # the core counts into these when given
+    # the media relay behind rtpengine.control (testkit.fake_rtpengine): its replies are
+    # delivered as soon as sipguard sends, unless it holds or drops them
+    relay: FakeRtpengine | None = None
 
     def __post_init__(self) -> None:
         self.core = B2BUA(self.config, self.metrics)
@@ -221,6 +225,25 @@ class Wire:
         self.flush()
 
     def flush(self) -> None:
+        self._flush_sip()
+        media = self.core.media_outbox
+        while media:
+            sent = list(media)
+            media.clear()
+            for addr, data in sent:
+                reply = None if self.relay is None else self.relay.handle(data)
+                if reply is not None:
+                    self.core.media_receive(reply, addr, self.now)
+                self._flush_sip()
+
+    def relay_replies(self) -> None:
+        """Deliver the replies the relay held (``hold``), in order."""
+        assert self.relay is not None
+        for reply in self.relay.release():
+            self.core.media_receive(reply, CONTROL, self.now)
+            self.flush()
+
+    def _flush_sip(self) -> None:
         for flow, data in self.core.outbox:
             if self.drop is not None and self.drop(flow, data):
                 continue

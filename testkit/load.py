@@ -29,12 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from testkit.report import SAMPLES, ProcSampler
+from testkit.rtpengine import NgError, Rtpengine
 from testkit.sipp import (
     CALLEE_IP,
     DIALLED,
@@ -81,6 +82,7 @@ class LoadResult:
     cdr_end_records: int = 0
     writes_cdrs: bool = True  # sipguard does; the peers measured beside it (sippy, floor) not
     element: str = "sipguard"  # or the peer's label (sippy, the floor relay)
+    relay_sessions_left: int | None = None  # --anchor: rtpengine sessions after the run
     uac_exit: int | None = None
     placing_s: float = 0.0  # the time calls were being placed (wall time less the hold)
     failures: dict[str, int] = field(default_factory=dict)
@@ -122,15 +124,43 @@ def say(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _setup(workdir: Path, transport: str, limits: dict[str, int] | None = None) -> Setup:
-    return write_config(
-        workdir,
-        target_transport=transport,
-        overrides={
-            "log_level": "warning",  # the INFO line per call is not what is measured
-            "limits": {"max_calls": 50000, "emergency_max_calls": 200, **(limits or {})},
-        },
-    )
+def _setup(
+    workdir: Path,
+    transport: str,
+    limits: dict[str, int] | None = None,
+    relay: str | None = None,
+) -> Setup:
+    overrides: dict[str, Any] = {
+        "log_level": "warning",  # the INFO line per call is not what is measured
+        "limits": {"max_calls": 50000, "emergency_max_calls": 200, **(limits or {})},
+    }
+    if relay is not None:  # every call anchored through the rtpengine at ``relay``
+        overrides["rtpengine"] = {"control": [relay]}
+        overrides["trunks"] = {"customers": {"media": "anchor"}}
+    return write_config(workdir, target_transport=transport, overrides=overrides)
+
+
+# rtpengine's media ports under --anchor: below Linux's ephemeral range, 4 per call (an
+# RTP/RTCP pair per side): 5,500 calls at once (rtpengine skips a port it cannot bind)
+ANCHOR_PORTS = (10000, 32000)
+
+
+@contextlib.contextmanager
+def anchoring(workdir: Path, cpus: Sequence[int] | None) -> Iterator[Rtpengine]:
+    """Debian's rtpengine for a load run, pinned to ``cpus`` (the SIPp core: sipguard's
+    own stays sipguard's), stopped by its PID on the way out."""
+    # WARNING, not INFO: a log line per ng command is not what is measured
+    relay = Rtpengine(root=workdir / "rtpengine", extra=["--log-level=4"])
+    relay.port_min, relay.port_max = ANCHOR_PORTS
+    relay.start()
+    try:
+        if cpus is not None:
+            for task in Path(f"/proc/{relay.proc.pid if relay.proc else 0}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task.name), set(cpus))
+        yield relay
+    finally:
+        relay.stop()
 
 
 def peer_setup(workdir: Path) -> Setup:
@@ -184,30 +214,42 @@ def run_load(
     limits: dict[str, int] | None = None,
     uac_scenario: str | Path = "uac",
     service: str = DIALLED,
+    anchor: bool = False,
 ) -> LoadResult:
     """One run: ``calls`` (default rate * duration) calls at ``rate``, each held ``hold_ms``.
 
     ``uas_scenario``: SIPp's built-in ``uas``, or an XML file for the callee; ``limits``:
     fields of sipguard's ``limits`` section to set (e.g. ``overload_queue_kb``);
-    ``uac_scenario`` and ``service``: the caller's scenario and the number it dials.
+    ``uac_scenario`` and ``service``: the caller's scenario and the number it dials;
+    ``anchor``: every call's media anchored through a real rtpengine (on the SIPp core).
     """
-    setup = _setup(workdir, transport, limits)
-    sg_cpu, _ = _pins(pin)
-    sipguard = Sipguard(setup, cpus=sg_cpu)
-    result = run_element(
-        sipguard,
-        setup,
-        rate,
-        duration_s,
-        hold_ms,
-        transport=transport,
-        pin=pin,
-        calls=calls,
-        quiet=quiet,
-        uas_scenario=uas_scenario,
-        uac_scenario=uac_scenario,
-        service=service,
-    )
+    sg_cpu, sipp_cpu = _pins(pin)
+    with contextlib.ExitStack() as stack:
+        relay = stack.enter_context(anchoring(workdir, sipp_cpu)) if anchor else None
+        setup = _setup(workdir, transport, limits, relay.control if relay else None)
+        sipguard = Sipguard(setup, cpus=sg_cpu)
+        result = run_element(
+            sipguard,
+            setup,
+            rate,
+            duration_s,
+            hold_ms,
+            transport=transport,
+            pin=pin,
+            calls=calls,
+            quiet=quiet,
+            label="sipguard+rtpengine" if anchor else "",
+            uas_scenario=uas_scenario,
+            uac_scenario=uac_scenario,
+            service=service,
+        )
+        if relay is not None:
+            # every session deleted by its call's end (sipguard's own count would not see
+            # a lost delete): what rtpengine still holds is what anchoring leaked
+            try:  # at most 1000 named: the reply is one datagram
+                result.relay_sessions_left = len(relay.list_calls(1000))
+            except NgError:
+                result.relay_sessions_left = -1  # no reply: rtpengine itself is stuck
     result.cdr_end_records = sum(1 for r in read_cdrs(setup.cdr_dir) if r["kind"] == "end")
     return result
 
@@ -564,6 +606,8 @@ def row(r: LoadResult) -> str:
         notes.append(f"udp drops {r.udp_drops}")
     if r.writes_cdrs and r.cdr_end_records != r.attempted:
         notes.append(f"CDR end records {r.cdr_end_records}")
+    if r.relay_sessions_left:
+        notes.append(f"rtpengine sessions left {r.relay_sessions_left}")
     if r.element != "sipguard":
         notes.insert(0, r.element)
     return line + ("  " + "; ".join(notes) if notes else "")

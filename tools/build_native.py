@@ -55,6 +55,7 @@ MODULES = (
     "sipguard/b2bua/identity.py",
     "sipguard/b2bua/overload.py",
     "sipguard/b2bua/host.py",
+    "sipguard/b2bua/media.py",
     "sipguard/b2bua/peers.py",
     "sipguard/b2bua/gate.py",
     "sipguard/b2bua/shed.py",

@@ -53,6 +53,7 @@ TYPE_ONLY_BACK = frozenset(
         ("sipguard.b2bua.relay", "sipguard.b2bua.call"),
         ("sipguard.b2bua.records", "sipguard.b2bua.call"),
         ("sipguard.b2bua.records", "sipguard.b2bua.admission"),
+        ("sipguard.b2bua.media", "sipguard.b2bua.call"),
     }
 )
 

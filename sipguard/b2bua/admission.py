@@ -20,8 +20,13 @@ step  check                                       status  reason (rejected_total
 9     no next trunk for the call                   404     no_route                yes
 10    a capacity limit (:meth:`Capacity.limit`)    503     (the limit)             yes
 11    session interval below our Min-SE (4028 §9)  422     session_interval_…      yes
-12    privacy that cannot be given, anonymity      500,    privacy_unavailable,    yes
-      refused (SPEC §3, :func:`refusal`)           433     anonymity_disallowed
+12    media to anchor, every relay down and        503     media_down              yes
+      ``rtpengine.when_down: refuse``
+      (:func:`~sipguard.b2bua.media.plan`)
+13    privacy that cannot be given, anonymity      500,    privacy_unavailable,    yes
+      refused (SPEC §3, :func:`refusal`;           433     anonymity_disallowed
+      ``Privacy: session`` is given where the
+      call is anchored)
 ====  ==========================================  ======  ======================  =====
 
 From step 8 on the attempt is a call attempt: it is answered ``100 Trying`` first and its
@@ -43,6 +48,7 @@ against an untrusted source's budget (:mod:`~sipguard.b2bua.gate`); a limit's 50
 from __future__ import annotations
 
 from sipguard.b2bua.identity import CallIdentity, CallRefusedError, identify
+from sipguard.b2bua.media import ANCHOR, NONE, REFUSE, MediaControl, plan
 from sipguard.b2bua.overload import Shedder
 from sipguard.b2bua.session_timer import interval_too_small
 from sipguard.config.model import Config, Trunk
@@ -68,11 +74,12 @@ def merge_key(req: Request, flow: Flow) -> MergeKey:
 
 
 class Admitted:
-    __slots__ = ("ident", "trunk_out")
+    __slots__ = ("ident", "media", "trunk_out")
 
-    def __init__(self, ident: CallIdentity, trunk_out: Trunk) -> None:
+    def __init__(self, ident: CallIdentity, trunk_out: Trunk, media: int = NONE) -> None:
         self.ident = ident
         self.trunk_out = trunk_out
+        self.media = media  # the media plan (sipguard.b2bua.media)
 
 
 class Refused:
@@ -260,10 +267,12 @@ def admit(
     merged: bool,
     draining: bool,
     accepting: bool,
+    relay: MediaControl | None = None,
 ) -> Admitted | Refused:
     """The decision on a new INVITE from ``source`` that matched ``trunk`` (None: no
     trunk); ``tls_names``: the names its TLS connection proved; ``merged``: the same
-    INVITE already made a call. See the module's table for the order."""
+    INVITE already made a call; ``relay``: the media relays (None: none configured).
+    See the module's table for the order."""
     if trunk is None:
         return Refused(403, "unknown_source")
     if trunk.tls_name is not None and not name_matches(trunk.tls_name, tls_names):
@@ -328,8 +337,10 @@ def admit(
         # for that: its interval is raised instead)
         headers = [("Min-SE", str(config.sip.min_se))]
         return refused(422, "session_interval_too_small", "rejected", None, headers)
-    # no media is anchored yet (rtpengine): Privacy: session;critical cannot be given
-    r = refusal(decision, ident.facts, trunk_out, media_anchored=False)
+    media = plan(trunk, trunk_out, decision, config, relay)
+    if media == REFUSE:
+        return refused(503, "media_down", "rejected")  # no Retry-After (SPEC §8)
+    r = refusal(decision, ident.facts, trunk_out, media_anchored=media == ANCHOR)
     if r is not None:
         return refused(r.status, r.label, "rejected", r.phrase)
-    return Admitted(ident, trunk_out)
+    return Admitted(ident, trunk_out, media)

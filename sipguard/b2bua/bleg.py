@@ -67,11 +67,14 @@ def build_b_invite(
     session_interval: int,
     min_se: int,
     credentials: bool,
+    sdp: bytes | None = None,
 ) -> BInvite:
     """The INVITE of one B-leg attempt. ``remote_uri``: the To of an earlier attempt
     (kept across failover and redirects), "" for the first; ``session_interval`` and
     ``min_se``: what to ask for (RFC 4028 §7.4; 0: no session timer);
-    ``credentials``: this INVITE answers a challenge, so its credentials may go."""
+    ``credentials``: this INVITE answers a challenge, so its credentials may go;
+    ``sdp``: the offer as the media relay rewrote it (:mod:`~sipguard.b2bua.media`),
+    in place of the caller's SDP."""
     uri = target_uri(a_req, crossing, flow, redirect)
     if not remote_uri:
         remote_uri = f"<{uri}>" if not crossing.ident.dialled else f"<{uri.split(';')[0]}>"
@@ -94,6 +97,8 @@ def build_b_invite(
         headers.append(("Min-SE", str(min_se)))
     headers.extend(crossing.headers(a_req, towards_a=False, credentials=credentials))
     body = crossing.body(a_req, headers, towards_a=False)  # SDP identity, location
+    if sdp is not None and body:
+        body = sdp
     if body:
         ctype = a_req.get("content-type")
         if ctype and not any(n == "Content-Type" for n, _ in headers):

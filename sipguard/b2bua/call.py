@@ -29,6 +29,7 @@ from sipguard.b2bua.crossing import Crossing
 from sipguard.b2bua.host import ALLOW, Answered, CallHost, Ended
 from sipguard.b2bua.identity import CallIdentity
 from sipguard.b2bua.leg import IGNORE, Leg, interned, is_sdp, without_tag
+from sipguard.b2bua.media import ANSWER, OFFER, CallMedia, rejecting_answer, sdp_kind
 from sipguard.b2bua.outgoing import Outgoing
 from sipguard.b2bua.relay import Dialogs
 from sipguard.b2bua.reliable import ReliableProvisionals
@@ -67,6 +68,7 @@ class Call:
         "host",
         "id",
         "late_offer",
+        "media",
         "merge_key",
         "out",
         "rel",
@@ -123,6 +125,7 @@ class Call:
         self.out = Outgoing()
         self.rel = ReliableProvisionals()
         self.dialogs = Dialogs()
+        self.media: CallMedia | None = None  # anchored through a media relay
         self.timer: Timer | None = None  # target, no-answer or maximum-duration timer
         stx.owner = self
         stx.local_tag = a.local_tag
@@ -196,7 +199,24 @@ class Call:
         crossing = self.crossing
         headers = crossing.headers(resp, towards_a=True, response=True)
         body = crossing.body(resp, headers, towards_a=True)
-        self.answer_a(resp.status, now, crossing.phrase(resp, towards_a=True), headers, body)
+        status = resp.status
+        phrase = crossing.phrase(resp, towards_a=True)
+        media = self.media
+        if media is None or status >= 300:
+            self.answer_a(status, now, phrase, headers, body)
+            return
+        # anchored: its SDP (the answer, or a late offer) through the relay first
+        # a late offer's SDP comes in the 18x/2xx; once answered in a PRACK, it is no offer
+        offer = self.late_offer and self.out.prack != ""
+        kind = sdp_kind(resp, OFFER if offer else ANSWER)
+        media.step(
+            self,
+            kind,
+            False,
+            body,
+            now,
+            lambda sdp, t: self.answer_a(status, t, phrase, headers, sdp),
+        )
 
     def respond_a(
         self,
@@ -242,11 +262,22 @@ class Call:
         b = self.b
         out = self.out
         if self.late_offer and b is not None and out.ack is None and out.tx is not None:
-            out.ack = b.ack(out.cseq, self.crossing.body(req, [], towards_a=False))
-            self.host.layer.send(b.flow, out.ack)
+            body = self.crossing.body(req, [], towards_a=False)
+            if self.media is None:
+                self._ack_b(body, now)
+            else:  # the caller's answer, through the relay first
+                kind = sdp_kind(req, ANSWER)
+                self.media.step(self, kind, True, body, now, self._ack_b)
         held, self.dialogs.held = self.dialogs.held, None
         if held is not None:
             self.dialogs.relay(self, *held, now)
+
+    def _ack_b(self, body: bytes, now: float) -> None:
+        """ACK the callee's late-offer 2xx with the caller's answer (once)."""
+        out = self.out
+        if out.ack is None and self.b is not None:
+            out.ack = self.b.ack(out.cseq, body)
+            self.host.layer.send(self.b.flow, out.ack)
 
     # -- the B-leg -------------------------------------------------------------------------
 
@@ -317,6 +348,8 @@ class Call:
         self._start_session_timers(resp, now)
         self.relay_to_a(resp, now)
         self.host.outcomes.append(Answered(self, now))
+        if self.media is not None:
+            self.media.watch(self, now)
         limit = self.config.sip.max_call_duration
         if limit > 0:
             self.arm(now, limit, self._max_duration)
@@ -371,7 +404,8 @@ class Call:
             reason = "caller_bye" if leg.is_a else "callee_bye"
             self.hangup(leg.is_a, now, reason=reason, status=self.status or 487, by=req)
         elif method == "PRACK" and leg.is_a:
-            self.rel.on_prack(req, stx, now)
+            if self.rel.on_prack(req, stx, now):
+                self.out.answer_prack(self, req, now)
         elif method == "REFER":
             # never relayed: a transfer would send the call anywhere (issue 3: 403)
             stx.respond(make_response(req, 403), now)
@@ -469,22 +503,11 @@ class Call:
                 leg.st = None  # SessionTimer -> call: the last cycle, broken here
         self.rel.clear()
         self.dialogs.release(now)
+        if self.media is not None:
+            self.media.release(now)
         # transactions that outlive the call must not keep it (and its messages) alive:
         # only an unanswered B-leg INVITE keeps its owner, to ACK and BYE a 2xx that
         # crosses our CANCEL (RFC 5407 §3.1.2)
         self.a_invite.owner = None
         if self.out.tx is not None and self.answered_at is not None:
             self.out.tx.owner = None
-
-
-def rejecting_answer(offer: bytes) -> bytes:
-    """An SDP answer that rejects every stream of ``offer`` (RFC 3264 §6: port 0, one
-    ``m=`` line per offered one, in order)."""
-    lines = [b"v=0", b"o=- 0 0 IN IP4 0.0.0.0", b"s=-", b"c=IN IP4 0.0.0.0", b"t=0 0"]
-    for raw in offer.split(b"\n"):
-        line = raw.rstrip(b"\r")
-        if line.startswith(b"m="):
-            parts = line[2:].split()
-            if len(parts) >= 4:
-                lines.append(b"m=" + b" ".join([parts[0], b"0", parts[2], parts[3]]))
-    return b"\r\n".join(lines) + b"\r\n"

@@ -31,8 +31,10 @@ from sipguard.b2bua.host import (
     Ended,
     Outcome,
     TargetFailed,
+    Unanchored,
 )
 from sipguard.b2bua.leg import LocalAddresses
+from sipguard.b2bua.media import start_media
 from sipguard.b2bua.outgoing import Challenges
 from sipguard.b2bua.overload import Shedder
 from sipguard.b2bua.peers import Peers
@@ -334,6 +336,8 @@ class B2BUA:
             self.router.failed(outcome.flow, outcome.now)
         elif isinstance(outcome, Challenged):
             self.challenges.remember(call, outcome.now)
+        elif isinstance(outcome, Unanchored):
+            self.records.unanchored(call)
 
     def _end_after_error(self, msg: Request | Response, flow: Flow, now: float) -> None:
         try:
@@ -479,6 +483,7 @@ class B2BUA:
             merged=self.table.merged(req, flow),
             draining=self.draining,
             accepting=self.accepting,
+            relay=self.media_ng,
         )
         if isinstance(verdict, Refused) and verdict.end_reason is None:
             self._reject(tx, verdict.status, verdict.label, now, verdict.headers, verdict.phrase)
@@ -530,6 +535,7 @@ class B2BUA:
             tx,
             now,
         )
+        call.media = start_media(call, admitted.media, self.media_ng, now)
         reuse = self.challenges.retry_leg(req, tx.flow, self.peers, now)
         self.capacity.take(trunk.name, call.emergency)
         self.table.add_caller(call)

@@ -186,7 +186,9 @@ class Egress:
         b = call.b
         if b is None or not watched(call):
             return
-        needles = needles_of(call)
+        # an anchored call's SDP carries the relay's addresses: the caller's are searched
+        # in the bodies too (with media: pass they are passed on by the operator's choice)
+        needles = needles_of(call, media_anchored=call.media is not None)
         if not needles:
             return
         key = b.call_id.encode()

@@ -64,6 +64,13 @@ class Challenged(Outcome):
     __slots__ = ()
 
 
+class Unanchored(Outcome):
+    """The call asked for media anchoring and goes on without it (the relay failed):
+    counted, and logged where the caller is withheld."""
+
+    __slots__ = ()
+
+
 class CallHost(Protocol):
     """The element a call runs in."""
 

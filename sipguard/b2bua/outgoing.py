@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from sipguard.b2bua.bleg import build_b_invite
 from sipguard.b2bua.host import Challenged, TargetFailed
 from sipguard.b2bua.leg import IGNORE, Leg
+from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind
 from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.routing import redirect_target
 from sipguard.b2bua.session_timer import delta_seconds
@@ -43,7 +44,9 @@ class Outgoing:
         "forks",
         "min_se",
         "offer",
+        "prack",
         "redirect",
+        "relayed_offer",
         "retries",
         "rseq",
         "targets",
@@ -63,6 +66,12 @@ class Outgoing:
         self.ack: bytes | None = None  # our ACK of the 2xx
         self.offer = b""  # the offer in a late-offer 2xx, which the caller's ACK answers
         self.forks: dict[str, bytes] | None = None  # To tag -> our ACK, of 2xx we BYEd
+        # the caller's offer as the media relay rewrote it, for every attempt (None: as
+        # the crossing rules give it)
+        self.relayed_offer: bytes | None = None
+        # the RAck of the callee's reliable 1xx whose offer (to our offerless INVITE) the
+        # caller answers in its PRACK: our PRACK waits for it (None: none; "": answered)
+        self.prack: str | None = None
 
     def start(self, call: Call, targets: list[Flow], now: float, reuse: Leg | None) -> None:
         """Send the B-leg INVITE to the first target; the rest are for failover."""
@@ -74,6 +83,18 @@ class Outgoing:
         else:
             call.b = Leg(call.host, False, call.host.new_call_id(), targets[0])
         call.host.watch_egress(call)  # before its first message (SPEC §8: fail closed)
+        a_req = call.a_invite.request
+        media = call.media
+        if media is None or not sdp_kind(a_req, OFFER):
+            self.send(call, now)
+            return
+        # anchored: the caller's offer goes to the media relay first, and the INVITE
+        # when its answer comes (the call waits with no INVITE out: ``tx`` is None)
+        body = call.crossing.body(a_req, [], towards_a=False)
+        media.step(call, OFFER, True, body, now, lambda sdp, t: self._offered(call, sdp, t))
+
+    def _offered(self, call: Call, sdp: bytes, now: float) -> None:
+        self.relayed_offer = sdp
         self.send(call, now)
 
     def send(self, call: Call, now: float) -> None:
@@ -100,6 +121,7 @@ class Outgoing:
             session_interval=self.session_interval(config),
             min_se=self.min_se_value(config),
             credentials=self.credentials,
+            sdp=self.relayed_offer,
         )
         b.local_uri = inv.local_uri
         b.remote_uri = inv.remote_uri
@@ -148,14 +170,40 @@ class Outgoing:
         if not (rseq_text.isascii() and rseq_text.isdigit()) or len(rseq_text) > 10:
             return False  # an RSeq that is not a number: the response is ignored
         rack = f"{rseq_text} {resp.cseq.number} INVITE"
-        b.send(b.request("PRACK", [("RAck", rack)]), call, now)
         rseq = int(rseq_text)
+        if rack == self.prack:
+            return False  # its offer still awaits the caller's answer: our PRACK too
+        if self.prack is None and call.late_offer and resp.body and "100rel" in call.a.supports:
+            # an offer in a reliable 1xx (RFC 3262 §5): the caller answers it in its
+            # PRACK, which is relayed as ours (answer_prack)
+            self.prack = rack
+        else:
+            b.send(b.request("PRACK", [("RAck", rack)]), call, now)
         if rseq <= self.rseq:
             # a retransmission (our PRACK was lost): PRACKed again, not relayed again
             # (RFC 3262 §4: only a higher RSeq is a new response)
             return False
         self.rseq = rseq
         return True
+
+    def answer_prack(self, call: Call, prack: Request, now: float) -> None:
+        """The caller's PRACK: where the callee's reliable 1xx made an offer, our PRACK
+        carries the caller's answer (through the media relay on an anchored call)."""
+        rack = self.prack
+        b = call.b
+        if not rack or b is None or call.ended:
+            return
+        self.prack = ""
+        body = call.crossing.body(prack, [], towards_a=False)
+
+        def send(sdp: bytes, t: float) -> None:
+            ctype = [("Content-Type", "application/sdp")] if sdp else []
+            b.send(b.request("PRACK", [("RAck", rack), *ctype], sdp), call, t)
+
+        if call.media is None:
+            send(body, now)
+        else:
+            call.media.step(call, sdp_kind(prack, ANSWER), True, body, now, send)
 
     def failed(self, call: Call, resp: Response, now: float) -> None:
         """A final failure of the attempt: the next target, a redirect or retry, or the

@@ -19,6 +19,8 @@ from sipguard.cdr.record import CdrRecord, end_of, end_record, epoch_ms, make_ca
 from sipguard.metrics import Metrics
 from sipguard.policy.numbers import mask
 
+log = logging.getLogger("sipguard.b2bua")
+
 if TYPE_CHECKING:
     from sipguard.b2bua.admission import Refused
     from sipguard.b2bua.call import Call
@@ -166,6 +168,22 @@ class Records:
         self.out.append(rec)
         if self.metrics is not None:
             self.metrics.call_setup.observe(now - call.started_at)
+
+    def unanchored(self, call: Call) -> None:
+        """A call carried without the media anchoring it asked for (every relay down):
+        counted; for a withheld caller, the log says its media address was not hidden."""
+        if self.metrics is not None:
+            self.metrics.media_unanchored.inc()
+        if call.crossing.ident.decision.restricted:
+            log.warning(
+                "call %s %s -> %s: media not anchored (rtpengine down): the withheld "
+                "caller's media address was not hidden",
+                call.id,
+                call.trunk_in.name,
+                call.trunk_out.name,
+            )
+        else:
+            log.info("call %s: media not anchored (rtpengine down)", call.id)
 
     def ended(self, call: Call, end_reason: str, now: float) -> None:
         end = self.wall(now)

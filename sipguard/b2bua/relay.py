@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.leg import Leg, refresh_target
+from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind
 from sipguard.sip.message import Request, Response
 from sipguard.sip.transaction import ClientTransaction, ServerTransaction, make_response
 
@@ -38,6 +39,14 @@ class Relay:
         self.ack: bytes | None = None  # our ACK on to_leg for a relayed re-INVITE's 2xx
         self.cseq = 0  # our re-INVITE's CSeq: its ACK's (§13.2.2.4), whatever came since
 
+    def send(self, req: Request, headers: list[tuple[str, str]], body: bytes, now: float) -> None:
+        """Send ``req`` on to the other leg, its headers and body crossed."""
+        mf = req.max_forwards
+        out = self.to_leg.request(
+            req.method, headers, body, max_forwards=70 if mf is None else mf - 1
+        )
+        self.forward(out, now)
+
     def forward(self, out: Request, now: float) -> None:
         self.call.dialogs.relays.add(self)
         self.to_leg.send(out, self, now)
@@ -49,7 +58,9 @@ class Relay:
             return
         method = tx.request.method
         state = call.dialogs
-        if status >= 200:
+        if status >= 200 and (call.media is None or call.ended):
+            # (anchored, it stays until its response is relayed: a call that ends while
+            # the answer is at the media relay answers the request 487)
             state.relays.discard(self)
         layer = call.host.layer
         if call.ended:
@@ -88,6 +99,30 @@ class Relay:
         towards_a = self.from_leg.is_a
         headers = crossing.headers(resp, towards_a=towards_a, response=True)
         body = crossing.body(resp, headers, towards_a=towards_a)
+        media = call.media
+        if media is None or status >= 300:
+            self.respond(resp, headers, body, now)
+            return
+        # anchored: the answer (or, to an offerless re-INVITE, the offer) via the relay
+        kind = ""
+        if method in ("INVITE", "UPDATE"):
+            kind = sdp_kind(resp, ANSWER if tx.request.body else OFFER)
+        from_a = self.to_leg.is_a
+        media.step(
+            call, kind, from_a, body, now, lambda sdp, t: self.respond(resp, headers, sdp, t)
+        )
+
+    def respond(
+        self, resp: Response, headers: list[tuple[str, str]], body: bytes, now: float
+    ) -> None:
+        """The response of the other leg relayed back, its headers and body crossed."""
+        call = self.call
+        status = resp.status
+        method = resp.cseq.method
+        if status >= 200:
+            call.dialogs.relays.discard(self)
+        crossing = call.crossing
+        towards_a = self.from_leg.is_a
         if method in ("INVITE", "UPDATE") and status < 300:
             headers.insert(0, ("Contact", call.host.contact(self.from_leg.flow)))
             st = self.from_leg.st
@@ -124,9 +159,18 @@ class Relay:
         self.inbound.ack_received(now)
         if self.ack is not None:
             return  # the offer was in the re-INVITE: its 2xx was ACKed on arrival
-        body = self.call.crossing.body(req, [], towards_a=self.to_leg.is_a)
-        self.ack = self.to_leg.ack(self.cseq, body)
-        self.call.host.layer.send(self.to_leg.flow, self.ack)
+        call = self.call
+        body = call.crossing.body(req, [], towards_a=self.to_leg.is_a)
+        if call.media is None:
+            self._ack(body, now)
+            return
+        kind = sdp_kind(req, ANSWER)
+        call.media.step(call, kind, self.from_leg.is_a, body, now, self._ack)
+
+    def _ack(self, body: bytes, now: float) -> None:
+        if self.ack is None:
+            self.ack = self.to_leg.ack(self.cseq, body)
+            self.call.host.layer.send(self.to_leg.flow, self.ack)
 
 
 class Refresh:
@@ -231,9 +275,14 @@ class Dialogs:
         crossing = call.crossing
         headers = crossing.headers(req, towards_a=not leg.is_a)
         body = crossing.body(req, headers, towards_a=not leg.is_a)
-        mf = req.max_forwards
-        out = other.request(method, headers, body, max_forwards=70 if mf is None else mf - 1)
-        (relay or Relay(call, leg, other, stx)).forward(out, now)
+        relay = relay or Relay(call, leg, other, stx)
+        media = call.media
+        if media is None or relay is not self.offer:
+            relay.send(req, headers, body, now)
+            return
+        # anchored: the offer goes to the media relay first; ``offer`` shows it under way
+        kind = sdp_kind(req, OFFER)
+        media.step(call, kind, leg.is_a, body, now, lambda sdp, t: relay.send(req, headers, sdp, t))
 
     def on_ack(self, leg: Leg, req: Request, now: float) -> None:
         """The ACK of a relayed re-INVITE's 2xx (on ``leg``), if one awaits it."""
@@ -263,10 +312,12 @@ class Dialogs:
     def release(self, now: float) -> None:
         """The call is over: what still waits for the other leg is answered now."""
         self.awaiting_ack.clear()
-        self.offer = None
+        offer, self.offer = self.offer, None
         # the dialog is gone, so requests still waiting for the other leg's answer are
         # answered 487 (RFC 3261 §15.1.2); their late answers are not relayed
         relays, self.relays = self.relays, set()
+        if isinstance(offer, Relay) and offer not in relays and offer.inbound.last_status < 200:
+            relays.add(offer)  # its offer was still at the media relay, never sent
         for relay in relays:
             relay.inbound.respond(make_response(relay.inbound.request, 487), now)
         held, self.held = self.held, None

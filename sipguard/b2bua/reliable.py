@@ -98,15 +98,17 @@ class ReliableProvisionals:
         for fn in waiting:
             fn(now)
 
-    def on_prack(self, req: Request, stx: ServerTransaction, now: float) -> None:
+    def on_prack(self, req: Request, stx: ServerTransaction, now: float) -> bool:
+        """The caller's PRACK: True if it acknowledges the reliable 1xx outstanding."""
         rack = (req.get("rack") or "").split()
         rel = self.unacked
         if rel is None or len(rack) != 3 or rack[0] != str(rel[0]):
             stx.respond(make_response(req, 481), now)
-            return
+            return False
         stx.respond(make_response(req, 200), now)
         self.unacked = None
         self.release(now)
+        return True
 
     def stop(self) -> None:
         if self.timer is not None:

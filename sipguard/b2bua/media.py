@@ -1,0 +1,365 @@
+"""The media step of a call: anchoring through rtpengine over the ng protocol, sans-IO.
+
+Where either trunk of a call has ``media: anchor`` (or the caller asks for
+``Privacy: session``, RFC 3323 §4.2, and a relay is configured), every SDP that crosses
+the call goes to rtpengine first, and the other leg gets the SDP rtpengine returns:
+the relay's address in ``o=`` and ``c=`` (``replace: [origin, session-connection]``),
+no ICE candidates (``ICE: remove``: each can carry an address). So the callee never
+learns where the caller is, and the caller never learns where the callee is.
+
+Names: the rtpengine call is sipguard's own id of the call (its CDR id, never a SIP
+Call-ID of either leg), and the two sides are the tags ``a`` (the caller's) and ``b``
+(the callee's), whichever side offers. Both legs are one rtpengine session.
+
+A crossing body goes through :meth:`CallMedia.step`: the body as the crossing rules
+made it ready for the other leg (:mod:`~sipguard.b2bua.crossing`), and what to do with
+the body to send (``then``). The step asks the relay (``offer`` or ``answer``) and goes
+on when its reply comes; nothing in :class:`~sipguard.b2bua.call.Call` records the
+wait: what is waited for is the continuation held here (and, for an in-dialog offer, the
+:class:`~sipguard.b2bua.relay.Dialogs` ``offer`` slot, which answers glare ``491``
+meanwhile). One ng request per call is out at a time, and the steps of a call go on in
+the order they came (a ``180`` does not overtake the ``183`` whose SDP is at the relay).
+
+A call that ended while its request was out is not resumed: the late reply only sends a
+``delete``. Every end of a call that may have a session deletes it (:meth:`release`).
+
+When the relay fails (no reply from any relay, an error, or none usable): a call that
+must be anchored (``rtpengine.when_down: refuse``, not an emergency call) is ended
+(``503`` to an unanswered caller), as is an on-demand ``Privacy: session;critical``
+one (``500``); any other goes on unanchored from then on, reported as
+:class:`~sipguard.b2bua.host.Unanchored` (counted; logged for a withheld caller).
+
+Media timeout (``rtpengine.media_timeout``): an answered anchored call is asked about
+(``query``) every half timeout, from its own answer time, so the queries are spread as
+the calls are and cost a constant per call. When rtpengine's packet count has not moved
+for a whole timeout, or rtpengine no longer knows the call, the call is ended with BYE
+on both legs (``end_reason: media_timeout``). A query that gets no reply changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from sipguard.b2bua.host import Unanchored
+from sipguard.config.model import Config, Trunk
+from sipguard.policy.decision import Decision
+from sipguard.sip.message import SipMessage
+from sipguard.sip.timers import Timer
+
+if TYPE_CHECKING:
+    from sipguard.b2bua.call import Call
+
+OFFER = "offer"
+ANSWER = "answer"
+Done = Callable[[dict[str, object] | None, float], None]
+Then = Callable[[bytes, float], None]
+
+# what every offer and answer asks of rtpengine (see the module's docstring)
+FLAGS: dict[str, object] = {"replace": ["origin", "session-connection"], "ICE": "remove"}
+TAG_A = "a"
+TAG_B = "b"
+
+# the media plan of a new call (admission): nothing to do, anchor it, carry it unanchored
+# though it asked for anchoring (relay down, counted), refuse it (503)
+NONE = 0
+ANCHOR = 1
+UNANCHORED = 2
+REFUSE = 3
+
+
+class MediaControl(Protocol):
+    """What a call needs of the ng client (:class:`sipguard.media.ng.NgClient`)."""
+
+    def request(self, command: dict[str, object], now: float, done: Done) -> bool: ...
+
+    @property
+    def up(self) -> bool: ...
+
+
+def media_timeout(config: Config) -> float:
+    return config.rtpengine.media_timeout
+
+
+def plan(
+    trunk_in: Trunk,
+    trunk_out: Trunk,
+    decision: Decision,
+    config: Config,
+    relay: MediaControl | None,
+) -> int:
+    """What a new call does about its media (:data:`NONE`, :data:`ANCHOR`,
+    :data:`UNANCHORED`, :data:`REFUSE`).
+
+    Anchoring is asked for by a trunk's ``media: anchor``, and by the caller's
+    ``Privacy: session`` where a relay is configured (anchored on demand). With every
+    relay down, ``when_down: refuse`` refuses a call a trunk wants anchored; an
+    emergency call, an on-demand one and ``when_down: pass`` go on unanchored.
+    """
+    by_trunk = trunk_in.media == "anchor" or trunk_out.media == "anchor"
+    if relay is None:
+        return NONE  # no relay configured: nothing can be anchored
+    if not by_trunk and not decision.session_privacy:
+        return NONE  # two media: pass trunks never touch rtpengine
+    if relay.up:
+        return ANCHOR
+    if by_trunk and not decision.emergency and config.rtpengine.when_down == "refuse":
+        return REFUSE
+    return UNANCHORED
+
+
+def fail_status(trunk_in: Trunk, trunk_out: Trunk, decision: Decision, config: Config) -> int:
+    """How an anchored call ends when the relay fails it: ``503`` (must be anchored),
+    ``500`` (``Privacy: session;critical``), or 0 (goes on unanchored)."""
+    if decision.emergency:
+        return 0
+    by_trunk = trunk_in.media == "anchor" or trunk_out.media == "anchor"
+    if by_trunk and config.rtpengine.when_down == "refuse":
+        return 503
+    if decision.session_privacy and decision.critical:
+        return 500
+    return 0
+
+
+def start_media(call: Call, media: int, relay: MediaControl | None, now: float) -> CallMedia | None:
+    """The media of a new call as admission planned it: anchored (a :class:`CallMedia`),
+    or None (not anchored; reported :class:`~sipguard.b2bua.host.Unanchored` where it
+    asked for anchoring and every relay is down)."""
+    if media == UNANCHORED:
+        call.host.outcomes.append(Unanchored(call, now))
+    if media != ANCHOR or relay is None:
+        return None
+    status = fail_status(call.trunk_in, call.trunk_out, call.ident.decision, call.config)
+    return CallMedia(relay, call.id, status, media_timeout(call.config))
+
+
+def sdp_kind(msg: SipMessage, kind: str) -> str:
+    """``kind`` where ``msg`` carries a session description, else "" (nothing for the
+    relay). A body without ``Content-Type`` in an offer/answer position counts as SDP:
+    the leg sends it on as such, and it names an address all the same."""
+    ctype = msg.content_type
+    return kind if msg.body and (ctype is None or ctype == "application/sdp") else ""
+
+
+def rtp_packets(reply: dict[str, object]) -> int:
+    """The packets rtpengine received on a call (RTP and RTCP), from a ``query`` reply."""
+    totals = reply.get("totals")
+    n = 0
+    if isinstance(totals, dict):
+        for kind in ("RTP", "RTCP"):
+            stats = totals.get(kind)
+            if isinstance(stats, dict):
+                packets = stats.get("packets")
+                if isinstance(packets, int):
+                    n += packets
+    return n
+
+
+def sdp_of(reply: dict[str, object] | None) -> bytes | None:
+    """The SDP of an ``ok`` reply to ``offer`` or ``answer``; None for anything else."""
+    if reply is None or reply.get("result") != "ok":
+        return None
+    sdp = reply.get("sdp")
+    if isinstance(sdp, str):
+        return sdp.encode("utf-8", "surrogateescape")
+    if isinstance(sdp, bytes):
+        return sdp
+    return None
+
+
+def rejecting_answer(offer: bytes) -> bytes:
+    """An SDP answer that rejects every stream of ``offer`` (RFC 3264 §6: port 0, one
+    ``m=`` line per offered one, in order)."""
+    lines = [b"v=0", b"o=- 0 0 IN IP4 0.0.0.0", b"s=-", b"c=IN IP4 0.0.0.0", b"t=0 0"]
+    for raw in offer.split(b"\n"):
+        line = raw.rstrip(b"\r")
+        if line.startswith(b"m="):
+            parts = line[2:].split()
+            if len(parts) >= 4:
+                lines.append(b"m=" + b" ".join([parts[0], b"0", parts[2], parts[3]]))
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def _ignore(reply: dict[str, object] | None, now: float) -> None:
+    return None
+
+
+class CallMedia:
+    """The media of one anchored call (see the module's docstring).
+
+    The continuations queued here refer to their call: :meth:`release` drops them when
+    the call ends (the call and its parts leave no cycle behind).
+    """
+
+    __slots__ = (
+        "active",
+        "busy",
+        "changed",
+        "fail_status",
+        "packets",
+        "queue",
+        "relay",
+        "session",
+        "timeout",
+        "timer",
+        "used",
+    )
+
+    def __init__(self, relay: MediaControl, session: str, fail_status: int, timeout: float) -> None:
+        self.relay = relay
+        self.session = session  # the rtpengine call-id: sipguard's own id of the call
+        self.fail_status = fail_status
+        self.timeout = timeout  # rtpengine.media_timeout (0: off)
+        self.active = True  # False: carried unanchored from now on
+        self.busy = False  # an offer or answer of this call is at the relay
+        self.used = False  # an offer went out: rtpengine may hold a session
+        self.queue: deque[tuple[str, bool, bytes, Then]] = deque()
+        self.timer: Timer | None = None
+        self.packets = 0  # rtpengine's packet count at the last query that moved
+        self.changed = 0.0  # when it last moved (or the answer time)
+
+    # -- offer and answer ----------------------------------------------------------------
+
+    def step(
+        self, call: Call, kind: str, from_a: bool, body: bytes, now: float, then: Then
+    ) -> None:
+        """``then(body to send, now)``: at once, or when the relay has rewritten ``body``.
+
+        ``kind``: :data:`OFFER` or :data:`ANSWER` of the side ``from_a`` names, or ""
+        for a message without SDP, which only keeps its place behind the steps waiting.
+        """
+        if not self.busy and not self.queue and (not kind or not body or not self.active):
+            then(body, now)
+            return
+        self.queue.append((kind, from_a, body, then))
+        self._next(call, now)
+
+    def _next(self, call: Call, now: float) -> None:
+        queue = self.queue
+        while queue and not self.busy:
+            if call.ended:
+                queue.clear()
+                return
+            kind, from_a, body, then = queue.popleft()
+            if not kind or not body or not self.active:
+                then(body, now)
+                continue
+            self.busy = True
+            self.used = True
+
+            def done(
+                reply: dict[str, object] | None, t: float, body: bytes = body, then: Then = then
+            ) -> None:
+                self._done(call, reply, t, body, then)
+
+            if not self.relay.request(self._command(kind, from_a, body), now, done):
+                self.busy = False
+                self._failed(call, now, body, then)
+
+    def _command(self, kind: str, from_a: bool, body: bytes) -> dict[str, object]:
+        own, other = (TAG_A, TAG_B) if from_a else (TAG_B, TAG_A)
+        cmd: dict[str, object] = {"command": kind, "call-id": self.session, "sdp": body}
+        if kind == OFFER:
+            cmd["from-tag"] = own
+            if self.used:
+                cmd["to-tag"] = other  # a new offer within the session (re-INVITE, UPDATE)
+        else:
+            cmd["from-tag"] = other  # the offerer's
+            cmd["to-tag"] = own
+        cmd.update(FLAGS)
+        return cmd
+
+    def _done(
+        self, call: Call, reply: dict[str, object] | None, now: float, body: bytes, then: Then
+    ) -> None:
+        self.busy = False
+        if call.ended:
+            self._delete(now)  # the late reply of an ended call: not resumed
+            return
+        sdp = sdp_of(reply)
+        if sdp is None:
+            self._failed(call, now, body, then)
+        else:
+            then(sdp, now)
+        self._next(call, now)
+
+    def _failed(self, call: Call, now: float, body: bytes, then: Then) -> None:
+        """The relay did not anchor this step: end the call, or go on unanchored."""
+        if self.fail_status:
+            self.queue.clear()
+            call.hangup(
+                True,
+                now,
+                reason="rejected" if call.early else "timeout",
+                status=self.fail_status,
+                to_a=True,
+            )
+            return
+        self.active = False
+        call.host.outcomes.append(Unanchored(call, now))
+        then(body, now)
+
+    # -- the end -------------------------------------------------------------------------
+
+    def release(self, now: float) -> None:
+        """The call is over: nothing more is resumed; its rtpengine session is deleted
+        (by the late reply if a request is still out)."""
+        self.queue.clear()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.busy:
+            self._delete(now)
+
+    def _delete(self, now: float) -> None:
+        if self.used:
+            self.used = False
+            cmd: dict[str, object] = {"command": "delete", "call-id": self.session}
+            cmd["delete-delay"] = 0
+            self.relay.request(cmd, now, _ignore)  # refused: rtpengine's timeout ends it
+
+    # -- media timeout -------------------------------------------------------------------
+
+    def watch(self, call: Call, now: float) -> None:
+        """The call is answered: from now on its media must flow (``media_timeout``)."""
+        if self.timeout <= 0 or not self.used or not self.active or self.timer is not None:
+            return
+        self.changed = now
+        self._arm(call, now)
+
+    def _arm(self, call: Call, now: float) -> None:
+        def query(t: float) -> None:
+            self._query(call, t)
+
+        self.timer = call.host.layer.timers.after(now, self.timeout / 2, query)
+
+    def _query(self, call: Call, now: float) -> None:
+        self.timer = None
+        if call.ended or not self.active:
+            return
+
+        def done(reply: dict[str, object] | None, t: float) -> None:
+            self._queried(call, reply, t)
+
+        if not self.relay.request({"command": "query", "call-id": self.session}, now, done):
+            self._arm(call, now)
+
+    def _queried(self, call: Call, reply: dict[str, object] | None, now: float) -> None:
+        if call.ended or not self.active:
+            return
+        gone = False
+        if reply is not None:
+            result = reply.get("result")
+            if result == "ok":
+                packets = rtp_packets(reply)
+                if packets != self.packets:
+                    self.packets = packets
+                    self.changed = now
+            elif result == "error":
+                reason = reply.get("error-reason")
+                gone = isinstance(reason, str) and "unknown call" in reason.lower()
+        if gone or now - self.changed >= self.timeout:
+            call.hangup(True, now, reason="media_timeout", status=call.status, to_a=True)
+            return
+        self._arm(call, now)
