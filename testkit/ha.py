@@ -13,7 +13,10 @@ The layout (issue 17, ``deploy/kamailio/README.md``), one loopback address per r
 The trunks' ``sources`` are the balancer's address plus the peers' own (so that the same
 instance can also be called directly, for the comparisons); which trunk a request is on
 is decided by the listen entry it arrives at, which is decided by the balancer port the
-peer was given. Calls towards the PBX leave sipguard for the PBX directly.
+peer was given. Who may use a balancer port is Kamailio's own check: the address file
+(``ADDR_LIST``, permissions module) written here gives group 1 (the customers port) the
+caller's address and group 2 (the PBX port) the PBX's. Calls towards the PBX leave
+sipguard for the PBX directly.
 """
 
 from __future__ import annotations
@@ -169,12 +172,15 @@ class Farm:
         kdir.mkdir(parents=True, exist_ok=True)
         self.ds_list = kdir / "dispatcher.list"
         self.ds_list.write_text(self.dispatcher_list())
+        self.address_list = kdir / "address.list"
+        self.address_list.write_text(self.address_file())
         defines: dict[str, object] = {
             "LISTEN_CUSTOMERS": Raw(f"udp:{BALANCER_IP}:{self.customers_port}"),
             "LISTEN_PBX": Raw(f"udp:{BALANCER_IP}:{self.pbx_port}"),
             "PORT_CUSTOMERS": self.customers_port,
             "PORT_PBX": self.pbx_port,
             "DS_LIST": str(self.ds_list),
+            "ADDR_LIST": str(self.address_list),
             "DS_PING_INTERVAL": ping_interval,
             "FR_TIMER": fr_timer_ms,
             "FR_INV_TIMER": fr_inv_timer_ms,
@@ -205,6 +211,16 @@ class Farm:
                     f"socket=udp:{BALANCER_IP}:{bal_port};duid=sg{inst.index}"
                 )
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def address_file() -> str:
+        """The peers allowed on each balancer port (group = the port's dispatcher set):
+        the caller on the customers port, the PBX on the PBX port; any source port."""
+        return (
+            "# group ip-address mask port tag\n"
+            f"{SET_CUSTOMERS} {CALLER_IP} 32 0 customers\n"
+            f"{SET_PBX} {CALLEE_IP} 32 0 pbx\n"
+        )
 
     @property
     def customers_addr(self) -> str:

@@ -10,9 +10,10 @@ What is checked:
 
 * load through the balancer: every call succeeds, PostgreSQL has exactly one ``end``
   record per call, from both instances;
-* SIGTERM one instance mid-run: it answers OPTIONS 503 and is taken out at the next
-  probe (no INVITE goes to it after that), its calls end normally, zero failed calls
-  (a new call it refuses with 503 in the meantime fails over to the other);
+* SIGTERM one instance mid-run: it answers OPTIONS 503 and is taken out at the second
+  such probe (ds_probing_threshold 2; no INVITE goes to it after that), its calls end
+  normally, zero failed calls (a new call it refuses with 503 in the meantime fails over
+  to the other);
 * SIGKILL one instance mid-run: new calls keep succeeding through the other. The
   allowance of failed calls is what the killed instance held at that moment (its
   answered calls are lost: nothing replicates dialog state; the caller's BYE finds no
@@ -29,6 +30,13 @@ What is checked:
   same P-Asserted-Identity from the PBX's balancer port is believed (the trunk is the
   port, so trust stays per trunk behind one source address).
 
+* the balancer is no way around the trunks' source checks (it does them itself, from its
+  address file): a stranger's INVITE to the PBX port (a spoofed P-Asserted-Identity on
+  the trusted trunk) or to the customers port gets 403 and reaches no instance; an
+  in-dialog request from an admitted peer with a second Route header naming another
+  host, or a Request-URI naming the other trunk's listen entry, gets 403 and is relayed
+  nowhere; a new non-INVITE gets 405 with an ``Allow`` header.
+
 Tests are independent (any order): each leaves both instances up and in the dispatcher.
 """
 
@@ -37,9 +45,11 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -267,12 +277,13 @@ def test_sigterm_drains_out_of_the_dispatcher_with_no_failed_call(farm: HaFarm) 
     # what it refused while draining (503, failed over) is a refused attempt, no call
     refused = [r for r in fresh if r["kind"] == "end" and not r["answered"]]
     assert all(r["status"] == 503 and r["id"].startswith(tag_of(inst)) for r in refused)
-    assert len(refused) <= RATE * (PING + 1), len(refused)
+    assert len(refused) <= RATE * (2 * PING + 1) / 2, len(refused)  # half come to it
 
-    # out at the next probe, and nothing for it after that
+    # out at the second refused probe, and nothing for it after that
     events = farm.dispatch_events()
     downs = [t for ev, t, d in events if ev == "dst-down" and d == dest and t >= t_term]
-    assert downs and downs[0] - t_term <= PING + 1.5, events[-20:]
+    # two refused probes in a row take it out (ds_probing_threshold 2): within 2 intervals
+    assert downs and downs[0] - t_term <= 2 * PING + 0.5, events[-20:]
     late = [t for ev, t, d in events if ev == "dispatch" and d == dest and t > downs[0] + 0.05]
     assert not late, f"{len(late)} INVITEs sent to the draining instance after it was taken out"
 
@@ -436,6 +447,137 @@ def test_trust_is_the_balancer_port_not_the_source(farm: HaFarm) -> None:
     assert asserted not in from_customer["from"], from_customer
 
 
+# -- who may use the balancer --------------------------------------------------------------
+
+STRANGER_IP = "127.0.0.66"  # on no trunk: not in the balancer's address file
+ELSEWHERE_IP = "127.0.0.50"  # a host the balancer must never relay to
+
+
+def sip_request(
+    source: str,
+    port: int,
+    method: str,
+    ruri: str,
+    *,
+    to_tag: str | None = None,
+    headers: tuple[str, ...] = (),
+    timeout: float = 3.0,
+) -> tuple[str, str]:
+    """One request over UDP from ``source`` to the balancer's ``port``; (its Call-ID, the
+    first final response, "" if none came within ``timeout``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        lport = s.getsockname()[1]
+        call_id = uuid.uuid4().hex
+        to = f"<{ruri}>" + (f";tag={to_tag}" if to_tag else "")
+        lines = [
+            f"{method} {ruri} SIP/2.0",
+            f"Via: SIP/2.0/UDP {source}:{lport};branch=z9hG4bK-{uuid.uuid4().hex[:16]};rport",
+            "Max-Forwards: 70",
+            *headers,
+            f"From: <sip:+31201230011@{source}>;tag={uuid.uuid4().hex[:8]}",
+            f"To: {to}",
+            f"Call-ID: {call_id}",
+            f"CSeq: 2 {method}",
+            f"Contact: <sip:+31201230011@{source}:{lport}>",
+            "Content-Length: 0",
+        ]
+        s.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), (BALANCER_IP, port))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                data = s.recv(65535).decode(errors="replace")
+            except (TimeoutError, OSError):
+                break
+            first = data.split("\r\n", 1)[0].split()
+            if len(first) >= 2 and first[1].isdigit() and int(first[1]) >= 200:
+                return call_id, data
+    return call_id, ""
+
+
+def status(response: str) -> int | None:
+    parts = response.split("\r\n", 1)[0].split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+
+def dispatched(farm: Farm, call_id: str) -> list[str]:
+    """The balancer's log lines about ``call_id`` that relayed it (its log prefix names
+    the Call-ID)."""
+    return [
+        line
+        for line in farm.kamailio.log_text().splitlines()
+        if call_id in line and any(w in line for w in ("dispatch ", "failover "))
+    ]
+
+
+def test_a_stranger_on_the_pbx_port_is_refused(farm: HaFarm) -> None:
+    """The PBX's port is the trusted trunk: an INVITE to it from an address that is not
+    the PBX's, with a P-Asserted-Identity that the pbx trunk would believe, gets 403 from
+    the balancer and reaches no instance."""
+    call_id, resp = sip_request(
+        STRANGER_IP,
+        farm.pbx_port,
+        "INVITE",
+        f"sip:0201230011@{BALANCER_IP}:{farm.pbx_port}",
+        headers=("P-Asserted-Identity: <sip:+31201234888@sip.example.net>",),
+    )
+    assert status(resp) == 403, resp
+    assert not dispatched(farm, call_id), dispatched(farm, call_id)
+    # (the PBX's own calls through this port: test_trust_is_the_balancer_port_not_the_source)
+
+
+def test_a_stranger_on_the_customers_port_is_refused(farm: HaFarm) -> None:
+    """A new call from an address that is none of the customers' gets 403 on the
+    customers port: the balancer admits only the trunk's peers, as sipguard's
+    ``sources`` did before it."""
+    call_id, resp = sip_request(
+        STRANGER_IP, farm.customers_port, "INVITE", f"sip:0201234567@{BALANCER_IP}"
+    )
+    assert status(resp) == 403, resp
+    assert not dispatched(farm, call_id), dispatched(farm, call_id)
+
+
+@pytest.mark.parametrize("method", ["MESSAGE", "INVITE"])
+@pytest.mark.parametrize("target", ["second-route", "other-trunk"])
+def test_no_relay_for_in_dialog_requests(farm: HaFarm, method: str, target: str) -> None:
+    """An admitted peer (the caller) sends an in-dialog request (To tag) whose Request-URI
+    is an instance but whose second Route header names another host: loose_route would
+    send it there ($du); or whose Request-URI is the instance's listen entry of the other
+    trunk (the trusted pbx one) through the customers port. Both get 403, and nothing
+    reaches the other host."""
+    inst = farm.instances[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as elsewhere:
+        elsewhere.bind((ELSEWHERE_IP, 0))
+        port = elsewhere.getsockname()[1]
+        if target == "second-route":
+            ruri = f"sip:+31201230011@{inst.ip}:{inst.customers_port}"
+            routes = (
+                f"Route: <sip:{BALANCER_IP}:{farm.customers_port};lr>, "
+                f"<sip:{ELSEWHERE_IP}:{port};lr>",
+            )
+        else:
+            ruri = f"sip:+31201230011@{inst.ip}:{inst.pbx_port}"
+            routes = (f"Route: <sip:{BALANCER_IP}:{farm.customers_port};lr>",)
+        _, resp = sip_request(
+            CALLER_IP, farm.customers_port, method, ruri, to_tag="deadbeef", headers=routes
+        )
+        assert status(resp) == 403, resp
+        elsewhere.settimeout(1.0)
+        try:
+            got = elsewhere.recv(65535)
+        except (TimeoutError, OSError):
+            got = b""
+        assert not got, got[:300]
+
+
+def test_a_new_request_that_is_no_invite_gets_405_with_allow(farm: HaFarm) -> None:
+    _, resp = sip_request(CALLER_IP, farm.customers_port, "MESSAGE", f"sip:x@{BALANCER_IP}")
+    assert status(resp) == 405, resp
+    allow = [h for h in resp.split("\r\n") if h.lower().startswith("allow:")]
+    assert allow and "INVITE" in allow[0], resp
+
+
 # -- the committed files -------------------------------------------------------------------
 
 
@@ -449,7 +591,10 @@ def test_committed_configuration_and_examples_check(tmp_path: Path) -> None:
         KAMAILIO_CFG,
         tmp_path / "k",
         sip_addr=("127.0.0.1", 5060),
-        defines={"DS_LIST": str(deploy / "dispatcher.list")},
+        defines={
+            "DS_LIST": str(deploy / "dispatcher.list"),
+            "ADDR_LIST": str(deploy / "address.list"),
+        },
     ).check()
     out = subprocess.run(
         [*sipguard_command(), "check-config", "-c", str(deploy / "sipguard-instance.yaml")],
