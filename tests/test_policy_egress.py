@@ -51,7 +51,14 @@ def test_every_form_of_the_number_is_one_needle_with_one_tail() -> None:
     nn = number_forms(CALLER, (NL,))
     assert nn is not None
     assert nn.tail == b"201234567"
-    assert nn.forms == {b"31201234567", b"0031201234567", b"0201234567", b"201234567"}
+    assert nn.forms == {
+        b"31201234567",
+        b"0031201234567",
+        b"0201234567",
+        b"201234567",
+        b"310201234567",  # +31 (0)20 ...
+        b"00310201234567",
+    }
     assert number_forms("0201234567", (NL,)) is None  # not E.164
     assert number_forms("+31x", (NL,)) is None
 

@@ -70,7 +70,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from sipguard.metrics import EGRESS_WHERE, Metrics
-from sipguard.policy.egress import Needles, build_needles, find_hit
+from sipguard.policy.egress import Needles, build_needles, find_hit, mask_receivers_own
 from sipguard.policy.numbers import clean_number, to_e164
 from sipguard.sip.errors import SipError
 from sipguard.sip.transaction import Flow
@@ -116,6 +116,11 @@ def needles_of(call: Call, media_anchored: bool = False) -> Needles:
                 number = to_e164(na.uri.user, trunk_in.numbering)
                 if number is not None:
                     numbers.append(number)
+                # a number without any prefix (31201234567, 201234567): its digits, as
+                # they are and as E.164 (to_e164 cannot know its area)
+                digits = clean_number(na.uri.user).lstrip("+")
+                if len(digits) >= 7 and digits.isdigit() and digits.isascii():
+                    numbers.append("+" + digits)
     try:
         addresses += [v.host for v in req.vias]
         addresses += [v.received for v in req.vias if v.received]
@@ -155,19 +160,14 @@ def callee_hosts(b: Leg) -> list[str]:
 class Guard:
     """One watched call: its needles, and what a leak needs to say and do."""
 
-    __slots__ = ("a_peer", "blocked", "call", "call_id", "needles", "trunks")
+    __slots__ = ("call", "call_id", "leaked", "needles", "trunks")
 
     def __init__(self, call: Call, needles: Needles) -> None:
         self.call: Call | None = call  # None once the call is over
         self.call_id = call.id
         self.trunks = (call.trunk_in.name, call.trunk_out.name)
-        self.a_peer = (call.a.flow.host, call.a.flow.port)
         self.needles = needles
-        self.blocked: list[bytes] = []  # the messages held back (a few), the first a leak
-
-    @property
-    def leaked(self) -> bool:
-        return bool(self.blocked)
+        self.leaked = False  # a message of it was held back
 
 
 class Egress:
@@ -224,24 +224,30 @@ class Egress:
         if guard is None:
             return True
         hit = find_hit(data, guard.needles, (flow.host,))
-        if hit is None or (flow.host, flow.port) == guard.a_peer:
+        if hit is None:
             return True
-        if hit[1] == "address" and guard.call is not None and guard.call.b is not None:
-            # the callee's own hosts (its Contact, route set, To) are no leak even where
-            # the caller side has the same (private addresses repeat): searched again
-            # without them, on this rare path only
-            hit = find_hit(data, guard.needles, (flow.host, *callee_hosts(guard.call.b)))
-            if hit is None:
-                return True
-        self._blocked(guard, data, *hit)
+        # a hit, rare: searched again without what the callee chose itself (its tag,
+        # target, route set, challenge, the headers our responses copy from its requests:
+        # searched, they would tell a callee whether its guess of the number was right),
+        # and without the callee's own hosts (its Contact, route set, To: no leak even
+        # where the caller side has the same, as private addresses repeat)
+        call = guard.call
+        b = call.b if call is not None else None
+        skip: tuple[str, ...] = (flow.host,)
+        targets: list[str] = []
+        if call is not None and b is not None:
+            skip = (flow.host, *callee_hosts(b))
+            if call.out.redirect:  # a 3xx's Contact, where the INVITE now goes
+                targets.append(call.out.redirect)
+        hit = find_hit(mask_receivers_own(data, targets), guard.needles, skip)
+        if hit is None:
+            return True
+        self._blocked(guard, *hit)
         return False
 
-    def _blocked(self, guard: Guard, data: bytes, where: str, kind: str) -> None:
-        if any(d is data for d in guard.blocked):
-            return  # a retransmission of a message held back already
-        first = not guard.blocked
-        if len(guard.blocked) < 8:
-            guard.blocked.append(data)
+    def _blocked(self, guard: Guard, where: str, kind: str) -> None:
+        first = not guard.leaked
+        guard.leaked = True
         if self.metrics is not None:
             label = where if where in _WHERE else "header"
             self.metrics.inc(self.metrics.privacy_egress_blocked, label)
