@@ -271,13 +271,20 @@ def find_hit(data: bytes, needles: Needles, skip: tuple[str, ...] = ()) -> tuple
     if b"%" in data:  # %32%30... and %2B31...: decoded (never into a line break)
         text = _ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), data)
     if needles.numbers:
-        stripped = _IPV4.sub(_masked, text).translate(None, _SEPARATORS)
+        stripped = text.translate(None, _SEPARATORS)
+        masked = b""  # the same with IPv4 literals masked first: made on a hit only
         for nn in needles.numbers:
-            for buf in (text, stripped):
-                at = _number_at(buf, nn, len(buf))
-                if at >= 0:
-                    hits.append((at, buf, "number"))
-                    break
+            at = _number_at(text, nn, len(text))
+            if at >= 0:
+                hits.append((at, text, "number"))
+                continue
+            if nn.tail not in stripped:
+                continue  # every run of digits of the masked copy is in this one
+            if not masked:
+                masked = _IPV4.sub(_masked, text).translate(None, _SEPARATORS)
+            at = _number_at(masked, nn, len(masked))
+            if at >= 0:
+                hits.append((at, masked, "number"))
     if needles.addresses:
         head = text.find(b"\r\n\r\n")
         end = len(text) if needles.in_body or head < 0 else head + 2
