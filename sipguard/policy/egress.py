@@ -7,8 +7,9 @@ identifies the caller. The needles are built once per call (:func:`build_needles
 is: a header name (lower case), ``request-uri``, ``reason-phrase`` or ``body``.
 
 **Numbers.** The caller's number is searched in every form it takes in a message: E.164
-(``+31201234567``, also ``%2B31201234567``), digits only (``31201234567``), with the
-international prefix (``0031201234567``), national (``0201234567``), and the national
+(``+31201234567``), digits only (``31201234567``), with the international prefix
+(``0031201234567``), national (``0201234567``), the national prefix kept after the
+country code (``+31 (0)20 ...``: ``310201234567``, ``00310201234567``), and the national
 significant number alone (``201234567``), under the numbering plan of each trunk given
 (the caller's and the callee's). Every form ends with the same digits, so one
 ``bytes.find`` per number looks for them; a hit counts only where the whole **digit
@@ -16,10 +17,15 @@ run** around it (the maximal sequence of digits, bounded by non-digits on both s
 one of the forms. That anchoring is what keeps random ids apart: our branches, tags and
 Call-IDs are 80 bits of hex, and a digit run inside hex equals a given 9-digit form with a
 probability of about 10⁻⁹ per run, where an unanchored substring search would match a
-number's short tail all the time. The same search runs a second time over a copy without
-visual separators (``-``, ``.``, ``(``, ``)``, space: RFC 3966), so that ``+31 20
-123-4567`` is found too; a number glued to other digits only by a separator (an IP
-address after it) is still found by the first pass.
+number's short tail all the time. Percent escapes are decoded first (``%2B31...``,
+``%32%30...``; never into a line break, so that lines stay where they are). The search
+runs a second time over a copy without separators (``-``, ``.``, ``(``, ``)``, space:
+RFC 3966; and ``/``, tab, ``,``, ``_``, the no-break space), so that ``+31 20 123-4567``
+is found too; a number glued to other digits only by a separator (an IP address after
+it) is still found by the first pass. In that copy IPv4 literals are masked before the
+separators go: our own ``20.123.45.67`` would otherwise read as ``201234567`` (the masked
+copy is made only where a number's tail is in the plain one: masking only takes digits
+away).
 
 **Short numbers.** A form shorter than :data:`MIN_DIGITS` digits (a national number of a
 short E.164 number, a port, a CSeq, a Content-Length all look alike at that length) is
@@ -31,7 +37,9 @@ are then the callee's as well, has no number needles: the callee learns nothing.
 (``127.0.0.3`` is not in ``127.0.0.30``); IPv6 addresses (compressed and full forms) and
 host names case-insensitively, where no hex digit or colon (IPv6) or name character (host
 names) continues them. An address equal to the host the message is sent to (``skip``) is
-never a hit: a peer knows its own address. A host name needs a dot (``localhost`` or
+never a hit: a peer knows its own address. What the receiver chose itself and we send
+back to it is masked out by :func:`mask_receivers_own` before the search that counts (see
+:mod:`sipguard.b2bua.egress`, "No oracle"). A host name needs a dot (``localhost`` or
 ``pbx`` alone would match words). Addresses are searched in the start line and
 the headers; in the body only with ``in_body`` (the call's media anchored, so the SDP
 carries the relay's addresses): with ``media: pass`` the caller's media address in the
