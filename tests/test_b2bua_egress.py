@@ -632,3 +632,21 @@ def test_a_held_back_invite_never_leaves_even_once_its_call_id_is_let_go(
     w.advance(64 * T1 + 10)
     assert w.take_callee() == []  # no retransmission: its transaction is held
     assert blocked(w, "header") == 1
+
+
+def test_our_listen_address_never_reads_as_the_callers_number() -> None:
+    # 20.123.45.67 in our Via and Contact, without its dots, is 201234567: the national
+    # significant number of the caller's +31201234567
+    text = CONFIG.replace("PRESENTATION", "restricted").replace("PBX_TRUSTED", "false")
+    text = text.replace("address: 127.0.0.1", "address: 20.123.45.67")
+    w = Wire(config=config_text(text), metrics=Metrics())
+    w.from_caller(call_invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    assert "20.123.45.67" in (b_inv.get("via") or "")
+    assert len(w.core.egress.watching) == 1
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-1-ack"))
+    w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-1-bye"))
+    assert [m.method for m in requests(w.take_callee())] == ["ACK", "BYE"]
+    assert all_blocked(w) == 0
