@@ -650,3 +650,24 @@ def test_our_listen_address_never_reads_as_the_callers_number() -> None:
     w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-1-bye"))
     assert [m.method for m in requests(w.take_callee())] == ["ACK", "BYE"]
     assert all_blocked(w) == 0
+
+
+@pytest.mark.parametrize("guess", GUESSES)
+def test_the_callees_guess_in_its_challenge_never_fails_the_call(guess: str) -> None:
+    w = wire()
+    w.from_caller(call_invite(1))
+    (b1,) = requests(w.take_callee(), "INVITE")
+    chal = f'Proxy-Authenticate: Digest realm="{guess}", nonce="{guess}", opaque="{guess}"\r\n'
+    w.from_callee(response_to(b1, 407, "Proxy Authentication Required", "t", extra=chal))
+    assert len(requests(w.take_callee(), "ACK")) == 1
+    (rel,) = [r for r in responses(w.take_caller()) if r.status >= 200]
+    w.from_caller(in_dialog("ACK", rel, 1, 1, "z9hG4bK-1-1-0"))
+    cred = (
+        f'Proxy-Authorization: Digest username="alice", realm="{guess}", nonce="{guess}", '
+        f'uri="sip:{CALLEE_NUMBER}@127.0.0.1:5060", response="0123456789abcdef", '
+        f'opaque="{guess}"\r\n'
+    )
+    w.from_caller(invite(1, CALLEE_NUMBER, headers=cred, cseq=2))
+    (b2,) = requests(w.take_callee(), "INVITE")
+    assert guess in (b2.get("proxy-authorization") or "")
+    assert all_blocked(w) == 0
