@@ -671,3 +671,18 @@ def test_the_callees_guess_in_its_challenge_never_fails_the_call(guess: str) -> 
     (b2,) = requests(w.take_callee(), "INVITE")
     assert guess in (b2.get("proxy-authorization") or "")
     assert all_blocked(w) == 0
+
+
+@pytest.mark.parametrize("guess", GUESSES)
+def test_the_callees_guess_in_the_to_of_its_non_2xx_never_fails_the_call(guess: str) -> None:
+    # the ACK of a non-2xx copies the response's To whole (RFC 3261 §17.1.1.3)
+    w = wire()
+    w.from_caller(call_invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    busy = response_to(b_inv, 486, "Busy Here", f"g{guess}")
+    busy = busy.replace(b"\r\nTo: <", f'\r\nTo: "{guess}" <'.encode())
+    w.from_callee(busy)
+    (ack,) = requests(w.take_callee(), "ACK")
+    assert guess in (ack.get("to") or "")
+    assert statuses(w.take_caller())[-1] == 486  # relayed as it is: not a 500 of ours
+    assert all_blocked(w) == 0

@@ -37,8 +37,8 @@ before its first message (:meth:`~sipguard.b2bua.host.CallHost.watch_egress`, ca
 :class:`~sipguard.b2bua.outgoing.Outgoing`).
 
 **No oracle.** A hit is searched again without what the callee chose itself and we
-only send back to it (:func:`~sipguard.policy.egress.mask_receivers_own`): its To tag,
-its Contact as our Request-URI and its Record-Route as our ``Route`` (in-dialog
+only send back to it (:func:`~sipguard.policy.egress.mask_receivers_own`): its To tag
+(and the ``To`` of its non-2xx, copied into our ACK), its Contact as our Request-URI and its Record-Route as our ``Route`` (in-dialog
 requests), a 3xx's Contact we retarget to, the values of its digest challenge, its RSeq
 in our ``RAck``, its ``Min-SE`` and session interval, and in our responses to its
 requests the ``Via``, ``From``, ``To``, ``CSeq`` copied from them; and without its own

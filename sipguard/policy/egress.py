@@ -366,8 +366,10 @@ def mask_receivers_own(data: bytes, targets: Iterable[str] = ()) -> bytes:
     would be an oracle: a callee that guesses a withheld caller's number puts the guess
     in its To tag, and a blocked ACK tells it the guess was right. Masked: in a response,
     the headers copied from the request it answers (``Via``, ``From``, ``To``, ``CSeq``,
-    ``Call-ID``); in a request, the ``To`` tag, and within a dialog (a ``To`` tag) the
-    Request-URI (its remote target) and the ``Route`` headers (its route set); a
+    ``Call-ID``); in a request with a ``To`` tag (within a dialog, or the ACK of a
+    non-2xx, whose ``To`` is the response's): the ``To`` (the receiver's tag; the rest
+    was checked in the INVITE, or the receiver wrote it), the Request-URI (its remote
+    target, or the INVITE's) and the ``Route`` headers (its route set, or the INVITE's); a
     Request-URI that is one of ``targets`` (the receiver's Contact or a redirect's); the
     values of a digest challenge in ``Authorization`` (realm, nonce, opaque, uri, qop,
     algorithm); and the numbers of ``RAck``, ``Min-SE`` and ``Session-Expires``. The
@@ -401,10 +403,11 @@ def mask_receivers_own(data: bytes, targets: Iterable[str] = ()) -> bytes:
     in_dialog = False
     for name, start, end in lines:
         if name in (b"to", b"t"):
-            m = _TAG.search(data, start, end)
-            if m is not None:
+            if _TAG.search(data, start, end) is not None:
+                # with a tag: the receiver's tag, and the rest as the INVITE had it (checked
+                # then) or as the receiver's non-2xx wrote it (the ACK copies its To)
                 in_dialog = True
-                mask(m.start(1), m.end(1))
+                mask(start, end)
         elif name in _AUTH:
             for m in _AUTH_PARAM.finditer(data, start, end):
                 mask(m.start(1), m.end(1))
