@@ -38,15 +38,16 @@ before its first message (:meth:`~sipguard.b2bua.host.CallHost.watch_egress`, ca
 
 **No oracle.** A hit is searched again without what the callee chose itself and we
 only send back to it (:func:`~sipguard.policy.egress.mask_receivers_own`): its To tag
-(and the ``To`` of its non-2xx, copied into our ACK), its Contact as our Request-URI and its Record-Route as our ``Route`` (in-dialog
-requests), a 3xx's Contact we retarget to, the values of its digest challenge, its RSeq
-in our ``RAck``, its ``Min-SE`` and session interval, and in our responses to its
-requests the ``Via``, ``From``, ``To``, ``CSeq`` copied from them; and without its own
-hosts (:func:`callee_hosts`). Searched, they would be an oracle: a callee that guesses
-the withheld number puts the guess in its tag, and a blocked ACK (the call ends) tells it
-the guess was right. Only the values the callee wrote are masked: a header of ours that
-carries the number is still a hit. The first search, over the whole message, finds
-nothing in nearly every message, so the masking costs only on a hit.
+(and the ``To`` of its non-2xx, copied into our ACK), its Contact as our Request-URI and
+its Record-Route as our ``Route`` (in-dialog requests), a 3xx's Contact we retarget to,
+the values of its digest challenge, its RSeq in our ``RAck``, its ``Min-SE`` and session
+interval, and in our responses to its requests the ``Via``, ``From``, ``To``, ``CSeq``
+copied from them; and without its own hosts (:func:`callee_hosts`). Searched, they would
+be an oracle: a callee that guesses the withheld number puts the guess in its tag, and a
+blocked ACK (the call ends) tells it the guess was right. Only the values the callee
+wrote are masked: a header of ours that carries the number is still a hit. The first
+search, over the whole message, finds nothing in nearly every message, so the masking
+costs only on a hit.
 
 **Retransmissions.** A transaction whose message was held back sends nothing any more,
 not even a retransmission (:attr:`~sipguard.sip.transaction.Transaction.held`: a flag,
