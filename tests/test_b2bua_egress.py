@@ -31,6 +31,7 @@ from sipguard.sip.transaction import IDS, Flow, new_branch, new_tag
 from testkit.callsim import (
     CALLEE,
     CALLER,
+    PEER2,
     PSAP,
     SDP_CALLEE,
     T1,
@@ -517,3 +518,171 @@ def test_a_running_sipguard_holds_back_a_leak_and_ends_the_call_with_500(
     assert "0201234567" not in log and "201234567" not in errors[0]
     (end,) = [r for r in read_cdrs(setup.cdr_dir) if r["kind"] == "end"]
     assert (end["status"], end["end_reason"]) == (500, "rejected"), json.dumps(end)
+
+
+# -- no oracle: what the callee chose is never searched ---------------------------------------
+
+GUESSES = ["+31201234567", "0201234567", "31201234567", "201234567", "127.0.0.3"]
+
+
+def all_blocked(w: Wire) -> float:
+    return sum(blocked(w, where) for where in ("request-uri", "reason-phrase", "header", "body"))
+
+
+@pytest.mark.parametrize("guess", GUESSES)
+def test_the_callees_guess_in_its_own_fields_never_fails_the_call(guess: str) -> None:
+    """A callee that guesses the withheld number puts its guess in every field it chooses
+    and we send back to it: the call goes on (a block would confirm the guess), while a
+    leak in a header of ours is still held back."""
+    digits = "201234567"
+    w = wire(leaky=True)
+    w.from_caller(call_invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    tag = f"g{guess}"
+    contact = b"Contact: <sip:127.0.0.2:5080;transport=UDP>"
+    own = f"Contact: <sip:{guess}@127.0.0.2:5080>".encode()
+    rr = f"Record-Route: <sip:{guess}@127.0.0.2:5080;lr>\r\n"
+    rel = f"Require: 100rel\r\nRSeq: {digits}\r\n{rr}"
+    w.from_callee(
+        response_to(b_inv, 183, "Progress", tag, SDP_CALLEE, extra=rel).replace(contact, own)
+    )
+    assert [m.method for m in requests(w.take_callee())] == ["PRACK"]
+    w.from_callee(response_to(b_inv, 200, "OK", tag, SDP_CALLEE, extra=rr).replace(contact, own))
+    (ok,) = responses(w.take_caller(), 200)
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-1-ack"))
+    (ack,) = requests(w.take_callee(), "ACK")
+    assert ack.uri == f"sip:{guess}@127.0.0.2:5080" and f"tag={tag}" in (ack.get("to") or "")
+    # the callee's request: its Via, From, To and CSeq come back in our response
+    info = callee_request("INFO", b_inv, tag, int(digits), 1).replace(
+        b"branch=z9hG4bK-", f"branch=z9hG4bK{guess}-".encode()
+    )
+    w.from_callee(info)
+    (relayed,) = requests(w.take_caller(), "INFO")
+    w.from_caller(response_to(relayed, 200, "OK", None, contact=CALLER))
+    assert statuses(w.take_callee()) == [200]
+    assert all_blocked(w) == 0
+    # a real leak, in a header of ours, is still held back (and ends the call)
+    leak = f"{LEAKY}: {guess}\r\n"
+    w.from_caller(in_dialog("INFO", ok, 2, 1, "z9hG4bK-1-info", extra=leak))
+    assert [m.method for m in requests(w.take_callee())] == ["BYE"]
+    assert blocked(w, "header") == 1
+
+
+@pytest.mark.parametrize("guess", GUESSES[:4])
+def test_a_redirect_to_the_callees_guess_is_followed(guess: str) -> None:
+    text = CONFIG.replace("PRESENTATION", "restricted").replace("PBX_TRUSTED", "false")
+    text = text.replace("sources: [127.0.0.2/32]", "sources: [127.0.0.2/32, 127.0.0.4/32]")
+    w = Wire(config=config_text(text), metrics=Metrics())
+    w.from_caller(call_invite(1))
+    (b1,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(
+        response_to(b1, 302, "Moved Temporarily", f"r{guess}").replace(
+            b"Contact: <sip:127.0.0.2:5080;transport=UDP>",
+            f"Contact: <sip:{guess}@127.0.0.4:5080>".encode(),
+        )
+    )
+    assert len(requests(w.take_callee(), "ACK")) == 1
+    (b2,) = requests(w.take(PEER2), "INVITE")
+    assert b2.uri == f"sip:{guess}@127.0.0.4:5080"
+    assert all_blocked(w) == 0
+
+
+# -- the hairpin, the claimed number without a prefix, a held-back transaction ---------------
+
+
+@patchable
+def test_a_call_routed_back_to_the_caller_side_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    leak_header(monkeypatch, "Subject", "call +31201234567", towards_callee)
+    text = CONFIG.replace("PRESENTATION", "restricted").replace("PBX_TRUSTED", "false")
+    # the callee's trunk is reached at the caller's own address and port (a hairpin)
+    text = text.replace('targets: ["sip:127.0.0.2:5080"]', 'targets: ["sip:127.0.0.3:5062"]')
+    w = Wire(config=config_text(text), metrics=Metrics())
+    w.from_caller(call_invite(1))
+    assert requests(w.take_caller(), "INVITE") == []  # nothing went out to the hairpin
+    assert blocked(w, "header") == 1
+
+
+@patchable
+@pytest.mark.parametrize("user", ["31209999999", "209999999"])
+def test_a_claimed_number_without_a_prefix_is_searched(
+    monkeypatch: pytest.MonkeyPatch, user: str
+) -> None:
+    # the claim is not allowed (the call gets the default CLI): it is the caller's
+    # number all the same, and to_e164 knows no E.164 for it (no prefix)
+    leak_header(monkeypatch, "Subject", f"call {user}", towards_callee)
+    w = wire()
+    data = call_invite(1).replace(b"<sip:+31201234567@", f"<sip:{user}@".encode())
+    assert f"<sip:{user}@".encode() in data
+    w.from_caller(data)
+    assert w.take_callee() == []
+    assert blocked(w, "header") == 1
+
+
+@patchable
+def test_a_held_back_invite_never_leaves_even_once_its_call_id_is_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    leak_header(monkeypatch, "Subject", "call +31201234567", towards_callee)
+    w = wire()
+    w.from_caller(call_invite(1))
+    assert w.take_callee() == []
+    egress = w.core.egress
+    egress.watching.clear()  # as if a flood of leaks had pushed it out of the quarantine
+    egress.quarantine.clear()
+    w.advance(64 * T1 + 10)
+    assert w.take_callee() == []  # no retransmission: its transaction is held
+    assert blocked(w, "header") == 1
+
+
+def test_our_listen_address_never_reads_as_the_callers_number() -> None:
+    # 20.123.45.67 in our Via and Contact, without its dots, is 201234567: the national
+    # significant number of the caller's +31201234567
+    text = CONFIG.replace("PRESENTATION", "restricted").replace("PBX_TRUSTED", "false")
+    text = text.replace("address: 127.0.0.1", "address: 20.123.45.67")
+    w = Wire(config=config_text(text), metrics=Metrics())
+    w.from_caller(call_invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    assert "20.123.45.67" in (b_inv.get("via") or "")
+    assert len(w.core.egress.watching) == 1
+    w.from_callee(response_to(b_inv, 200, "OK", "t", SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    w.from_caller(in_dialog("ACK", ok, 1, 1, "z9hG4bK-1-ack"))
+    w.from_caller(in_dialog("BYE", ok, 2, 1, "z9hG4bK-1-bye"))
+    assert [m.method for m in requests(w.take_callee())] == ["ACK", "BYE"]
+    assert all_blocked(w) == 0
+
+
+@pytest.mark.parametrize("guess", GUESSES)
+def test_the_callees_guess_in_its_challenge_never_fails_the_call(guess: str) -> None:
+    w = wire()
+    w.from_caller(call_invite(1))
+    (b1,) = requests(w.take_callee(), "INVITE")
+    chal = f'Proxy-Authenticate: Digest realm="{guess}", nonce="{guess}", opaque="{guess}"\r\n'
+    w.from_callee(response_to(b1, 407, "Proxy Authentication Required", "t", extra=chal))
+    assert len(requests(w.take_callee(), "ACK")) == 1
+    (rel,) = [r for r in responses(w.take_caller()) if r.status >= 200]
+    w.from_caller(in_dialog("ACK", rel, 1, 1, "z9hG4bK-1-1-0"))
+    cred = (
+        f'Proxy-Authorization: Digest username="alice", realm="{guess}", nonce="{guess}", '
+        f'uri="sip:{CALLEE_NUMBER}@127.0.0.1:5060", response="0123456789abcdef", '
+        f'opaque="{guess}"\r\n'
+    )
+    w.from_caller(invite(1, CALLEE_NUMBER, headers=cred, cseq=2))
+    (b2,) = requests(w.take_callee(), "INVITE")
+    assert guess in (b2.get("proxy-authorization") or "")
+    assert all_blocked(w) == 0
+
+
+@pytest.mark.parametrize("guess", GUESSES)
+def test_the_callees_guess_in_the_to_of_its_non_2xx_never_fails_the_call(guess: str) -> None:
+    # the ACK of a non-2xx copies the response's To whole (RFC 3261 §17.1.1.3)
+    w = wire()
+    w.from_caller(call_invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    busy = response_to(b_inv, 486, "Busy Here", f"g{guess}")
+    busy = busy.replace(b"\r\nTo: <", f'\r\nTo: "{guess}" <'.encode())
+    w.from_callee(busy)
+    (ack,) = requests(w.take_callee(), "ACK")
+    assert guess in (ack.get("to") or "")
+    assert statuses(w.take_caller())[-1] == 486  # relayed as it is: not a 500 of ours
+    assert all_blocked(w) == 0

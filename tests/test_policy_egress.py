@@ -11,6 +11,7 @@ from sipguard.policy.egress import (
     build_needles,
     check,
     find_hit,
+    mask_receivers_own,
     number_forms,
 )
 
@@ -51,7 +52,14 @@ def test_every_form_of_the_number_is_one_needle_with_one_tail() -> None:
     nn = number_forms(CALLER, (NL,))
     assert nn is not None
     assert nn.tail == b"201234567"
-    assert nn.forms == {b"31201234567", b"0031201234567", b"0201234567", b"201234567"}
+    assert nn.forms == {
+        b"31201234567",
+        b"0031201234567",
+        b"0201234567",
+        b"201234567",
+        b"310201234567",  # +31 (0)20 ...
+        b"00310201234567",
+    }
     assert number_forms("0201234567", (NL,)) is None  # not E.164
     assert number_forms("+31x", (NL,)) is None
 
@@ -190,3 +198,115 @@ def test_no_false_positive_on_random_hex_ids_and_messages_of_ours() -> None:
             f"\r\nCall-ID: {IDS.next()}\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
         ).encode()
         assert check(data, n) is None, data
+
+
+# -- what the receiver chose itself is masked (no oracle) ------------------------------------
+
+GUESSES = ["+31201234567", "0201234567", "31201234567", "201234567", "127.0.0.3"]
+
+
+def masked_hit(data: bytes, targets: tuple[str, ...] = ()) -> str | None:
+    return check(mask_receivers_own(data, targets), needles())
+
+
+@pytest.mark.parametrize("guess", GUESSES)
+def test_what_the_callee_chose_in_a_request_of_ours_is_masked(guess: str) -> None:
+    digits = "201234567"
+    data = (
+        f"BYE sip:{guess}@127.0.0.2:5080 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1a2b3c4d5e6f708192a3\r\n"
+        "From: <sip:anonymous@anonymous.invalid>;tag=0f1e2d3c4b5a69788796\r\n"
+        f"To: <sip:0307654321@127.0.0.2:5080>;tag=g{guess}\r\n"
+        "Call-ID: 9a8b7c6d5e4f30211203\r\nCSeq: 2 BYE\r\n"
+        f"Route: <sip:{guess}@127.0.0.2:5080;lr>\r\n"
+        f"RAck: {digits} 1 INVITE\r\nSession-Expires: {digits};refresher=uac\r\n"
+        f"Min-SE: {digits}\r\n"
+        f'Proxy-Authorization: Digest username="u", realm="{guess}", nonce="{guess}", '
+        f'uri="sip:{guess}@127.0.0.2", response="0a1b", opaque="{guess}"\r\n'
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    assert check(data, needles()) is not None  # there, unmasked
+    assert masked_hit(data) is None
+    # ... and a leak in a header of ours is still found
+    leak = data.replace(b"Content-Length", f"Subject: {guess}\r\nContent-Length".encode())
+    assert masked_hit(leak) == "subject"
+    assert masked_hit(data.replace(b'username="u"', f'username="{guess}"'.encode())) == (
+        "proxy-authorization"
+    )
+
+
+@pytest.mark.parametrize("guess", GUESSES)
+def test_a_redirect_target_as_the_request_uri_is_masked_and_nothing_else(guess: str) -> None:
+    uri = f"sip:{guess}@127.0.0.4:5080"
+    data = msg(ruri=uri)
+    assert masked_hit(data) == "request-uri"  # no To tag: the Request-URI is ours
+    assert masked_hit(data, (uri,)) is None
+    assert masked_hit(msg(f"Subject: {guess}\r\n", ruri=uri), (uri,)) == "subject"
+
+
+@pytest.mark.parametrize("guess", GUESSES)
+def test_the_headers_our_response_copies_from_the_callees_request_are_masked(guess: str) -> None:
+    data = (
+        "SIP/2.0 200 OK\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bK{guess}\r\n"
+        f'From: "{guess}" <sip:{guess}@127.0.0.2>;tag={guess}\r\n'
+        f"To: <sip:anonymous@anonymous.invalid>;tag=0f1e2d3c4b5a69788796;x={guess}\r\n"
+        f"Call-ID: 9a8b7c6d5e4f30211203\r\nCSeq: {guess.strip('+').split('.')[0]} INFO\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+    assert check(data, needles()) is not None
+    assert masked_hit(data) is None
+    leak = data.replace(b"Content-Length", f"Warning: 399 x {guess}\r\nContent-Length".encode())
+    assert masked_hit(leak) == "warning"
+    assert masked_hit(data.replace(b"200 OK", f"200 OK {guess}".encode())) == "reason-phrase"
+
+
+def test_masking_keeps_the_length_and_the_lines() -> None:
+    data = msg("To2: x\r\n", body=b"v=0\r\np=+31201234567\r\n").replace(
+        b"To: <sip:0307654321@127.0.0.2:5080>", b"To: <sip:0307654321@127.0.0.2:5080>;tag=9"
+    )
+    out = mask_receivers_own(data)
+    assert len(out) == len(data) and out.count(b"\n") == data.count(b"\n")
+    assert check(out, needles()) == "body"  # the body is never masked
+
+
+# -- forms -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "%2B31201234567",
+        "%2b%33%31%32%30%31%32%33%34%35%36%37",
+        "%30%32%30%31%32%33%34%35%36%37",
+        "+31 (0)20 123 4567",
+        "+31(0)201234567",
+        "0031 (0) 20 1234567",
+        "020/123 45 67",
+        "020\t123\t4567",
+        "+31,20,123,4567",
+        "020_123_4567",
+        "+31\u00a020\u00a0123\u00a04567",
+    ],
+)
+def test_escaped_and_separated_forms_are_found(text: str) -> None:
+    data = msg(f"Subject: call back {text}\r\n").decode().encode("utf-8")
+    assert check(data, needles()) == "subject"
+
+
+def test_a_percent_escaped_line_break_is_not_decoded() -> None:
+    data = msg("Subject: a%0D%0A+31201234567\r\n")
+    assert check(data, needles()) == "subject"  # still named by its line
+
+
+def test_our_own_ipv4_address_never_reads_as_the_number() -> None:
+    # 20.123.45.67 without its dots is 201234567, the national significant number
+    n = build_needles((CALLER,), (NL,), ("127.0.0.3",), not_addresses=("20.123.45.67",))
+    data = msg().replace(b"127.0.0.1:5060", b"20.123.45.67:5060")
+    assert b"20.123.45.67" in data
+    assert check(data, n) is None
+    assert check(msg("Subject: 020.123.4567\r\n"), n) == "subject"  # a number is still found
+
+
+def test_a_number_after_an_ipv4_address_and_a_separator_is_found() -> None:
+    assert check(msg("Subject: 1.2.3.4 20 123 4567\r\n"), needles()) == "subject"

@@ -229,7 +229,7 @@ def new_tag() -> str:
 
 
 class Transaction:
-    __slots__ = ("_deadline", "_rtx", "flow", "key", "layer", "machine", "request", "state")
+    __slots__ = ("_deadline", "_rtx", "flow", "held", "key", "layer", "machine", "request", "state")
 
     machine: str
 
@@ -243,6 +243,16 @@ class Transaction:
         # 2xx's) and the one that ends the state (B, D, F, H, I, J, K, L, M, §9.1 CANCEL)
         self._rtx: Timer | None = None
         self._deadline: Timer | None = None
+        # the egress check held back a message of it: nothing of it leaves any more, not
+        # even a retransmission (a flag, not the bytes: SPEC §8, sipguard.b2bua.egress)
+        self.held = False
+
+    def _send(self, data: bytes, retransmission: bool = False) -> None:
+        if self.held:
+            return
+        if not self.layer.send(self.flow, data, retransmission):
+            self.held = True
+            self._stop_rtx()
 
     def _to(self, state: State) -> None:
         if (self.machine, self.state, state) not in _ALLOWED:
@@ -315,15 +325,17 @@ class ClientTransaction(Transaction):
     def start(self, now: float) -> None:
         t = self.layer.t
         self.state = State.CALLING if self.is_invite else State.TRYING
-        self.layer.send(self.flow, self._data)
-        if not self.flow.reliable:
+        self._send(self._data)
+        if not self.flow.reliable and not self.held:
             self._retransmit_in(now, t.t1, self._retransmit)  # Timer A / E
         self._deadline_in(now, 64 * t.t1, self._timeout)  # Timer B / F
 
     def _retransmit(self, now: float) -> None:
         """Timer A (INVITE, Calling only) or Timer E (non-INVITE, Trying and Proceeding)."""
         self._rtx = None
-        self.layer.send(self.flow, self._data, retransmission=True)
+        if self.held:
+            return
+        self._send(self._data, retransmission=True)
         if self.is_invite:
             self._interval *= 2  # Timer A doubles without a cap (§17.1.1.2)
         elif self.state is State.PROCEEDING:
@@ -380,14 +392,14 @@ class ClientTransaction(Transaction):
             if state in (State.CALLING, State.PROCEEDING):
                 self._cancel_timers()
                 self.ack = self._build_ack(resp)
-                self.layer.send(self.flow, self.ack)
+                self._send(self.ack)
                 self._to(State.COMPLETED)
                 self._data = b""  # no more retransmissions: free the bytes
                 d = 0 if self.flow.reliable else self.layer.t.d
                 self._deadline_in(now, d, self._end)  # Timer D
                 self._deliver(resp, now)
             elif state is State.COMPLETED and self.ack is not None:
-                self.layer.send(self.flow, self.ack, retransmission=True)
+                self._send(self.ack, retransmission=True)
             return
         # non-INVITE
         if state not in (State.TRYING, State.PROCEEDING):
@@ -471,29 +483,29 @@ class ServerTransaction(Transaction):
             if state is not State.PROCEEDING:
                 if state is State.ACCEPTED and 200 <= status < 300:
                     self.last = data  # a 2xx from another fork: retransmit this one
-                    self.layer.send(self.flow, data)
+                    self._send(data)
                 return
             self.last, self.last_status, self.last_to = data, status, to
-            self.layer.send(self.flow, data)
+            self._send(data)
             if status < 200:
                 return
             t = self.layer.t
             self._interval = t.t1
             if status < 300:
                 self._to(State.ACCEPTED)
-                if not self.flow.reliable:
+                if not self.flow.reliable and not self.held:
                     self._retransmit_in(now, t.t1, self._retransmit)  # 2xx (§13.3.1.4)
                 self._deadline_in(now, 64 * t.t1, self._timer_l)
             else:
                 self._to(State.COMPLETED)
-                if not self.flow.reliable:
+                if not self.flow.reliable and not self.held:
                     self._retransmit_in(now, t.t1, self._retransmit)  # Timer G
                 self._deadline_in(now, 64 * t.t1, self._timer_h)
             return
         if state not in (State.TRYING, State.PROCEEDING):
             return
         self.last, self.last_status, self.last_to = data, status, to
-        self.layer.send(self.flow, data)
+        self._send(data)
         if status < 200:
             if state is State.TRYING:
                 self._to(State.PROCEEDING)
@@ -511,7 +523,9 @@ class ServerTransaction(Transaction):
         """Timer G (Completed), or the 2xx's retransmission (Accepted): T1 doubling to T2."""
         self._rtx = None
         assert self.last is not None
-        self.layer.send(self.flow, self.last, retransmission=True)
+        if self.held:
+            return
+        self._send(self.last, retransmission=True)
         self._interval = min(self._interval * 2, self.layer.t.t2)
         self._retransmit_in(now, self._interval, self._retransmit)
 
@@ -520,7 +534,7 @@ class ServerTransaction(Transaction):
         if self.last is None:
             return
         if self.state in (State.PROCEEDING, State.TRYING, State.COMPLETED):
-            self.layer.send(self.flow, self.last, retransmission=True)
+            self._send(self.last, retransmission=True)
 
     def ack_received(self, now: float) -> None:
         """ACK for a non-2xx final (same transaction) or, from the TU, for the 2xx."""
@@ -644,13 +658,16 @@ class TransactionLayer:
 
     # -- output --------------------------------------------------------------------------
 
-    def send(self, flow: Flow, data: bytes, retransmission: bool = False) -> None:
+    def send(self, flow: Flow, data: bytes, retransmission: bool = False) -> bool:
+        """Send ``data`` to ``flow``; False: the egress check held it back (a transaction
+        then sends nothing any more, :attr:`Transaction.held`)."""
         egress = self.egress
         if egress is not None and not egress.allows(flow, data):
-            return  # a leak: never sent, nor retransmitted (sipguard.b2bua.egress)
+            return False  # a leak: never sent (sipguard.b2bua.egress)
         if retransmission:
             self.retransmissions += 1
         self.outbox.append((flow, data))
+        return True
 
     def next_deadline(self) -> float | None:
         return self.timers.next_deadline()
