@@ -44,6 +44,7 @@ MODULES = (
     "sipguard/sip/message.py",
     "sipguard/sip/framer.py",
     "sipguard/sip/timers.py",
+    "sipguard/sip/ids.py",
     "sipguard/sip/transaction.py",
     "sipguard/policy/numbers.py",
     "sipguard/policy/decision.py",

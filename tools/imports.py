@@ -34,7 +34,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "cdr": frozenset({"cdr", "config", "metrics", "policy"}),
     "metrics": frozenset(),
     # the ng client and its codec: standard library only
-    "media": frozenset({"media"}),
+    "media": frozenset({"media", "sip"}),
     "b2bua": frozenset({"b2bua", "media", "sip", "policy", "cdr", "config", "metrics"}),
     "net": frozenset({"net", "b2bua", "media", "sip", "policy", "cdr", "config", "metrics"}),
     "cli": frozenset({"net", "b2bua", "media", "sip", "policy", "cdr", "config", "metrics"}),

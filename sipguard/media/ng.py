@@ -50,10 +50,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 from collections.abc import Callable, Sequence
 
 from sipguard.media.bencode import BencodeError, decode_dict, encode
+from sipguard.sip.ids import IdSource
 
 log = logging.getLogger("sipguard.media")
 
@@ -111,31 +111,6 @@ def is_ip(host: str) -> bool:
 def _canonical(ip: str) -> str:
     """An IP address as the kernel reports a datagram's source (``0:0::1`` -> ``::1``)."""
     return str(ipaddress.ip_address(ip))
-
-
-class _Cookies:
-    """Unguessable cookies: 80 bits of the OS's CSPRNG each, read in batches (as the
-    transaction layer's ``_IdSource``): a predictable cookie would let anyone who can
-    send to our control socket answer in rtpengine's place."""
-
-    __slots__ = ("_buf", "_pos")
-
-    _WIDTH = 20  # hex digits
-    _BATCH = 128
-
-    def __init__(self) -> None:
-        self._buf = ""
-        self._pos = 0
-
-    def next(self) -> str:
-        pos = self._pos
-        end = pos + self._WIDTH
-        if end > len(self._buf):
-            self._buf = os.urandom(self._WIDTH // 2 * self._BATCH).hex()
-            pos = 0
-            end = self._WIDTH
-        self._pos = end
-        return self._buf[pos:end]
 
 
 class Relay:
@@ -236,7 +211,7 @@ class NgClient:
         # now + timeout, and a request is re-inserted when its deadline moves)
         self._pending: dict[str, _Pending] = {}
         self.affinity: dict[str, Relay] = {}  # Call-ID -> the relay that holds its session
-        self._cookies = _Cookies()
+        self._cookies = IdSource(batch=128)  # unguessable: sip/ids.py
         # counters, exported by the driver
         self.requests: dict[tuple[str, str], int] = {}
         self.retransmissions = 0

@@ -49,6 +49,7 @@ from enum import Enum
 from typing import Protocol
 
 from sipguard.sip.errors import SipError
+from sipguard.sip.ids import IdSource
 from sipguard.sip.message import REASONS, Request, Response, SipMessage, Via
 from sipguard.sip.timers import Timer, TimerHeap
 from sipguard.sip.uri import parse_name_addr
@@ -182,41 +183,7 @@ class EgressCheck(Protocol):
     def allows(self, flow: Flow, data: bytes) -> bool: ...
 
 
-class _IdSource:
-    """Branch, tag and Call-ID material: 80 bits from the OS's CSPRNG per id.
-
-    RFC 3261 §19.3 asks for cryptographically random tags and Call-IDs, and the dialog
-    keys (Call-ID and tags) are what an in-dialog request is matched by: a counter that
-    shows in one reply would let anyone predict the next call's ids. ``os.urandom`` is
-    read in batches (one system call per ``_BATCH`` ids), so the cost per id is a slice.
-    """
-
-    __slots__ = ("_buf", "_pos")
-
-    _WIDTH = 20  # hex digits: 80 bits
-    _BATCH = 256
-
-    def __init__(self) -> None:
-        self._buf = ""
-        self._pos = 0
-
-    def reset(self) -> None:
-        """Forget the batch (a forked child must never repeat its parent's ids)."""
-        self._buf = ""
-        self._pos = 0
-
-    def next(self) -> str:
-        pos = self._pos
-        end = pos + self._WIDTH
-        if end > len(self._buf):
-            self._buf = os.urandom(self._WIDTH // 2 * self._BATCH).hex()
-            pos = 0
-            end = self._WIDTH
-        self._pos = end
-        return self._buf[pos:end]
-
-
-IDS = _IdSource()
+IDS = IdSource()
 os.register_at_fork(after_in_child=IDS.reset)
 
 
