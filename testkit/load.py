@@ -32,10 +32,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from testkit.report import SAMPLES, ProcSampler
-from testkit.rtpengine import NgError, Rtpengine
+
+if TYPE_CHECKING:  # imported where used: the SIPp image (docker/sipp) has no rtpengine
+    from testkit.rtpengine import Rtpengine
 from testkit.sipp import (
     CALLEE_IP,
     DIALLED,
@@ -149,6 +151,8 @@ ANCHOR_PORTS = (10000, 32000)
 def anchoring(workdir: Path, cpus: Sequence[int] | None) -> Iterator[Rtpengine]:
     """Debian's rtpengine for a load run, pinned to ``cpus`` (the SIPp core: sipguard's
     own stays sipguard's), stopped by its PID on the way out."""
+    from testkit.rtpengine import Rtpengine
+
     # WARNING, not INFO: a log line per ng command is not what is measured
     relay = Rtpengine(root=workdir / "rtpengine", extra=["--log-level=4"])
     relay.port_min, relay.port_max = ANCHOR_PORTS
@@ -244,6 +248,8 @@ def run_load(
             service=service,
         )
         if relay is not None:
+            from testkit.rtpengine import NgError
+
             # every session deleted by its call's end (sipguard's own count would not see
             # a lost delete): what rtpengine still holds is what anchoring leaked
             try:  # at most 1000 named: the reply is one datagram

@@ -169,3 +169,29 @@ def test_a_report_from_given_series_with_its_own_setting_and_notes(tmp_path: Pat
     assert (tmp_path / "out" / "calls.png").stat().st_size > 5000
     with pytest.raises(ValueError, match="one series per result"):
         write_report(tmp_path / "out", [result], "table", series=[])
+
+
+def test_the_sipp_image_s_testkit_files_are_all_the_load_harness_imports(tmp_path: Path) -> None:
+    """docker/sipp/Dockerfile copies a few testkit modules: the harness must import with
+    those alone (a module-level import of another one broke the image once)."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docker" / "sipp" / "Dockerfile").read_text()
+    copy = re.search(r"COPY ((?:testkit/\S+\s+(?:\\\s*)?)+)/opt/sipguard-load/testkit/", text)
+    assert copy is not None
+    files = re.findall(r"testkit/\S+\.py", copy.group(1))
+    (tmp_path / "testkit").mkdir()
+    for f in files:
+        (tmp_path / f).write_bytes((root / f).read_bytes())
+    run = subprocess.run(
+        [sys.executable, "-c", "import testkit.load, testkit.report"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
