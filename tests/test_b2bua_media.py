@@ -569,3 +569,27 @@ def test_anchored_calls_leave_no_reference_cycle() -> None:
         gc.enable()
     assert w.core.calls == 0 and relay.calls == {}
     assert found == 0
+
+
+# -- review findings --------------------------------------------------------------------
+
+
+def test_an_sdp_in_a_failure_response_never_crosses_an_anchored_call() -> None:
+    w = wire()
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 488, "Not Acceptable Here", "t1", SDP_CALLEE))
+    (r,) = responses(w.take_caller(), 488)
+    assert r.body == b"" and r.get("content-type") is None
+    assert CALLEE_IP.encode() not in r.to_bytes()
+
+
+def test_the_caller_s_failure_sdp_to_a_re_invite_never_crosses_an_anchored_call() -> None:
+    w = wire()
+    e = establish(w, 1)
+    w.from_callee(callee_request("INVITE", e.b_invite, e.callee_tag, 2, 1, SDP_CALLEE))
+    (a_reinv,) = requests(w.take_caller(), "INVITE")
+    w.from_caller(response_to(a_reinv, 488, "Not Acceptable Here", None, SDP))
+    (r,) = responses(w.take_callee(), 488)
+    assert r.body == b"" and r.get("content-type") is None
+    assert CALLER_IP.encode() not in r.to_bytes()

@@ -202,6 +202,8 @@ class Call:
         status = resp.status
         phrase = crossing.phrase(resp, towards_a=True)
         media = self.media
+        if media is not None and status >= 300:
+            body = crossing.no_body(headers)
         if media is None or status >= 300:
             self.answer_a(status, now, phrase, headers, body)
             return

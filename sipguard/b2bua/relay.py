@@ -100,6 +100,8 @@ class Relay:
         headers = crossing.headers(resp, towards_a=towards_a, response=True)
         body = crossing.body(resp, headers, towards_a=towards_a)
         media = call.media
+        if media is not None and status >= 300:
+            body = crossing.no_body(headers)
         if media is None or status >= 300:
             self.respond(resp, headers, body, now)
             return
