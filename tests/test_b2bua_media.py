@@ -593,3 +593,28 @@ def test_the_caller_s_failure_sdp_to_a_re_invite_never_crosses_an_anchored_call(
     (r,) = responses(w.take_callee(), 488)
     assert r.body == b"" and r.get("content-type") is None
     assert CALLER_IP.encode() not in r.to_bytes()
+
+
+def many_streams(n: int) -> bytes:
+    return SDP + b"".join(b"m=audio %d RTP/AVP 0\r\n" % (7000 + 2 * i) for i in range(n))
+
+
+def test_an_anchored_offer_with_too_many_streams_is_refused_488() -> None:
+    w = wire()
+    w.from_caller(invite(1, body=many_streams(8)))
+    assert [m.status for m in responses(w.take_caller())] == [100, 488]
+    assert requests(w.take_callee(), "INVITE") == []
+    assert commands(w) == []
+    assert ended(w) == "rejected"
+
+
+def test_a_re_invite_with_too_many_streams_is_refused_488() -> None:
+    w = wire()
+    e = establish(w, 1)
+    w.from_callee(callee_request("INVITE", e.b_invite, e.callee_tag, 2, 1, many_streams(8)))
+    assert [m.status for m in responses(w.take_callee())][-1] == 488
+    assert requests(w.take_caller(), "INVITE") == []
+    assert commands(w) == ["offer", "answer"]
+    # the call goes on: the next offer is relayed
+    w.from_callee(callee_request("INVITE", e.b_invite, e.callee_tag, 3, 1, SDP_CALLEE))
+    assert len(requests(w.take_caller(), "INVITE")) == 1

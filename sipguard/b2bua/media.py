@@ -61,6 +61,10 @@ FLAGS: dict[str, object] = {"replace": ["origin", "session-connection"], "ICE": 
 TAG_A = "a"
 TAG_B = "b"
 
+# the most m= lines an anchored offer may have: rtpengine takes ports for each (two or
+# more a stream), so one INVITE must not take a whole port range (more: 488)
+MAX_STREAMS = 8
+
 # the media plan of a new call (admission): nothing to do, anchor it, carry it unanchored
 # though it asked for anchoring (relay down, counted), refuse it (503)
 NONE = 0
@@ -140,6 +144,12 @@ def sdp_kind(msg: SipMessage, kind: str) -> str:
     the leg sends it on as such, and it names an address all the same."""
     ctype = msg.content_type
     return kind if msg.body and (ctype is None or ctype == "application/sdp") else ""
+
+
+def too_many_streams(body: bytes) -> bool:
+    """More ``m=`` lines in ``body`` than an anchored offer may have (:data:`MAX_STREAMS`)."""
+    n = body.startswith(b"m=") + body.count(b"\nm=")
+    return n > MAX_STREAMS
 
 
 def rtp_packets(reply: dict[str, object]) -> int:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sipguard.b2bua.bleg import build_b_invite
 from sipguard.b2bua.host import Challenged, TargetFailed
 from sipguard.b2bua.leg import IGNORE, Leg
-from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind
+from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind, too_many_streams
 from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.routing import redirect_target
 from sipguard.b2bua.session_timer import delta_seconds
@@ -91,6 +91,9 @@ class Outgoing:
         # anchored: the caller's offer goes to the media relay first, and the INVITE
         # when its answer comes (the call waits with no INVITE out: ``tx`` is None)
         body = call.crossing.body(a_req, [], towards_a=False)
+        if media.active and too_many_streams(body):
+            call.hangup(True, now, reason="rejected", status=488, to_a=True)
+            return
         media.step(call, OFFER, True, body, now, lambda sdp, t: self._offered(call, sdp, t))
 
     def _offered(self, call: Call, sdp: bytes, now: float) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.leg import Leg, refresh_target
-from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind
+from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind, too_many_streams
 from sipguard.sip.message import Request, Response
 from sipguard.sip.transaction import ClientTransaction, ServerTransaction, make_response
 
@@ -272,6 +272,10 @@ class Dialogs:
                     ("Session-Expires", leg.st.header(request=False)),
                 ]
                 stx.respond(make_response(req, 200, headers=hdrs), now)
+                return
+            media = call.media
+            if media is not None and media.active and too_many_streams(req.body):
+                stx.respond(make_response(req, 488), now)  # see media.MAX_STREAMS
                 return
             relay = self.offer = Relay(call, leg, other, stx)
         crossing = call.crossing
