@@ -618,3 +618,27 @@ def test_a_re_invite_with_too_many_streams_is_refused_488() -> None:
     # the call goes on: the next offer is relayed
     w.from_callee(callee_request("INVITE", e.b_invite, e.callee_tag, 3, 1, SDP_CALLEE))
     assert len(requests(w.take_caller(), "INVITE")) == 1
+
+
+def test_a_bug_in_a_step_resumed_by_the_relay_s_reply_ends_the_call(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sipguard.b2bua.outgoing import Outgoing
+
+    relay = FakeRtpengine(hold=True)
+    w = wire(relay)
+    w.from_caller(invite(1))
+
+    def broken(self: Outgoing, call: object, now: float) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Outgoing, "send", broken)
+    with caplog.at_level(logging.ERROR, "sipguard.b2bua"):
+        w.relay_replies()
+    assert "internal error" in caplog.text
+    assert [m.status for m in responses(w.take_caller())] == [100, 500]
+    assert ended(w) == "rejected"
+    relay.hold = False
+    w.relay_replies()
+    w.flush()
+    assert commands(w) == ["offer", "delete"]

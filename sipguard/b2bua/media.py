@@ -38,6 +38,7 @@ on both legs (``end_reason: media_timeout``). A query that gets no reply changes
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -50,6 +51,8 @@ from sipguard.sip.timers import Timer
 
 if TYPE_CHECKING:
     from sipguard.b2bua.call import Call
+
+log = logging.getLogger("sipguard.b2bua")
 
 OFFER = "offer"
 ANSWER = "answer"
@@ -287,12 +290,25 @@ class CallMedia:
         if call.ended:
             self._delete(now)  # the late reply of an ended call: not resumed
             return
-        sdp = sdp_of(reply)
-        if sdp is None:
-            self._failed(call, now, body, then)
-        else:
-            then(sdp, now)
-        self._next(call, now)
+        try:
+            sdp = sdp_of(reply)
+            if sdp is None:
+                self._failed(call, now, body, then)
+            else:
+                then(sdp, now)
+            self._next(call, now)
+        except Exception:
+            # our bug, in the call's step resumed here: the call is ended, never left
+            # waiting for ever (the ng client goes on with the other calls' replies)
+            log.exception("internal error resuming a call after its relay's reply; it is ended")
+            self._abort(call, now)
+
+    def _abort(self, call: Call, now: float) -> None:
+        self.queue.clear()
+        try:
+            call.abort(now)
+        except Exception:
+            log.exception("internal error ending a call after an internal error")
 
     def _failed(self, call: Call, now: float, body: bytes, then: Then) -> None:
         """The relay did not anchor this step: end the call, or go on unanchored."""
@@ -356,6 +372,13 @@ class CallMedia:
             self._arm(call, now)
 
     def _queried(self, call: Call, reply: dict[str, object] | None, now: float) -> None:
+        try:
+            self._check(call, reply, now)
+        except Exception:
+            log.exception("internal error checking a call's media; it is ended")
+            self._abort(call, now)
+
+    def _check(self, call: Call, reply: dict[str, object] | None, now: float) -> None:
         if call.ended or not self.active:
             return
         gone = False
