@@ -642,3 +642,38 @@ def test_a_bug_in_a_step_resumed_by_the_relay_s_reply_ends_the_call(
     w.relay_replies()
     w.flush()
     assert commands(w) == ["offer", "delete"]
+
+
+def untrusted_pbx(relay: FakeRtpengine, when_down: str = "pass") -> Wire:
+    text = policy(when_down=when_down).replace(
+        "    sources: [127.0.0.2/32]\n    trusted: true\n",
+        "    sources: [127.0.0.2/32]\n    trusted: false\n",
+    )
+    assert "trusted: false" in text
+    return Wire(config_text(text), relay=relay, metrics=Metrics())  # type: ignore[arg-type]
+
+
+def test_when_down_pass_carries_a_withheld_call_on_unanchored_when_the_relay_fails() -> None:
+    relay = FakeRtpengine()
+    w = untrusted_pbx(relay)
+    w.advance(1)
+    relay.down = True  # after admission: the first offer gets no reply
+    w.from_caller(invite(1, headers="Privacy: id\r\n"))
+    w.advance(3)
+    b_inv = requests(w.take_callee(), "INVITE")[0]  # and its retransmissions
+    assert CALLER_IP.encode() in b_inv.body  # when_down: pass, by the operator's choice
+    assert not any(r.end_reason for r in w.core.cdr_out)  # not ended as a leak
+    w.from_callee(response_to(b_inv, 200, "OK", "c1", SDP_CALLEE))
+    assert [m.status for m in responses(w.take_caller())][-1] == 200
+
+
+def test_when_down_pass_goes_on_unanchored_when_the_relay_fails_mid_call() -> None:
+    relay = FakeRtpengine()
+    w = untrusted_pbx(relay)
+    e = establish(w, 1, data=invite(1, headers="Privacy: id\r\n"))
+    relay.down = True
+    w.from_caller(in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re", SDP))
+    w.advance(3)
+    re_inv = requests(w.take_callee(), "INVITE")[0]  # and its retransmissions
+    assert CALLER_IP.encode() in re_inv.body
+    assert not any(r.end_reason for r in w.core.cdr_out)  # not ended as a leak

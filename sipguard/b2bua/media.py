@@ -324,6 +324,7 @@ class CallMedia:
             return
         self.active = False
         call.host.outcomes.append(Unanchored(call, now))
+        call.host.media_unanchored(call)  # before its SDP goes on as it is
         then(body, now)
 
     # -- the end -------------------------------------------------------------------------
