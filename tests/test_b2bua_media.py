@@ -677,3 +677,76 @@ def test_when_down_pass_goes_on_unanchored_when_the_relay_fails_mid_call() -> No
     re_inv = requests(w.take_callee(), "INVITE")[0]  # and its retransmissions
     assert CALLER_IP.encode() in re_inv.body
     assert not any(r.end_reason for r in w.core.cdr_out)  # not ended as a leak
+
+
+PIDF = b'<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" entity="pres:x@y"/>'
+
+
+def multipart(sdp: bytes = SDP, boundary: bytes = b"b1") -> bytes:
+    d = b"--" + boundary
+    return (
+        d + b"\r\nContent-Type: application/sdp\r\n\r\n" + sdp + b"\r\n" + d
+        + b"\r\nContent-Type: application/pidf+xml\r\nContent-ID: <loc@x>\r\n\r\n" + PIDF
+        + b"\r\n" + d + b"--\r\n"
+    )  # fmt: skip
+
+
+def mp_invite(
+    n: int,
+    user: str = "0201234567",
+    ctype: bytes = b"multipart/mixed;boundary=b1",
+    body: bytes = b"",
+) -> bytes:
+    data = invite(n, user, body=body or multipart())
+    return data.replace(
+        b"Content-Type: application/sdp\r\n", b"Content-Type: " + ctype + b"\r\n", 1
+    )
+
+
+def test_the_sdp_part_of_a_multipart_offer_is_anchored_in_place() -> None:
+    w = wire()
+    w.from_caller(mp_invite(1, "112"))
+    (b_inv,) = requests(w.take(PSAP), "INVITE")
+    assert CALLER_IP.encode() not in b_inv.body
+    assert f"c=IN IP4 {RELAY_IP}".encode() in b_inv.body
+    assert PIDF in b_inv.body  # the location part kept, towards the emergency trunk
+    assert b_inv.body.startswith(b"--b1\r\nContent-Type: application/sdp\r\n\r\nv=0")
+    assert b_inv.body.endswith(b"\r\n--b1--\r\n")
+    assert "multipart/mixed" in (b_inv.get("content-type") or "")
+    (offer,) = fake(w).named("offer")
+    sent = offer["sdp"]
+    assert isinstance(sent, bytes | str) and "b1" not in str(sent) and "pidf" not in str(sent)
+
+
+def test_a_nested_multipart_offer_is_anchored() -> None:
+    inner = multipart(boundary=b"in")
+    body = (
+        b"--out\r\nContent-Type: multipart/alternative; boundary=\"in\"\r\n\r\n" + inner
+        + b"\r\n--out--\r\n"
+    )  # fmt: skip
+    w = wire()
+    w.from_caller(mp_invite(1, ctype=b"multipart/mixed; boundary=out", body=body))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    assert CALLER_IP.encode() not in b_inv.body
+    assert f"c=IN IP4 {RELAY_IP}".encode() in b_inv.body
+    assert commands(w) == ["offer"]
+
+
+def test_a_multipart_offer_not_understood_is_refused_488() -> None:
+    w = wire()
+    w.from_caller(mp_invite(1, ctype=b"multipart/mixed"))  # no boundary
+    assert [m.status for m in responses(w.take_caller())] == [100, 488]
+    assert requests(w.take_callee(), "INVITE") == []
+
+
+def test_a_multipart_re_invite_not_understood_never_crosses_as_it_is() -> None:
+    w = wire()
+    e = establish(w, 1)
+    reinv = in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re", multipart())
+    reinv = reinv.replace(
+        b"Content-Type: application/sdp\r\n", b"Content-Type: multipart/mixed\r\n", 1
+    )
+    w.from_caller(reinv)
+    (b_re,) = requests(w.take_callee(), "INVITE")
+    assert CALLER_IP.encode() not in b_re.to_bytes()
+    assert b_re.body == b"" and b_re.get("content-type") is None

@@ -217,7 +217,10 @@ class Call:
             False,
             body,
             now,
-            lambda sdp, t: self.answer_a(status, t, phrase, headers, sdp),
+            lambda sdp, t: self.answer_a(
+                status, t, phrase, headers if sdp else crossing.no_headers(headers), sdp
+            ),
+            resp.get("content-type"),
         )
 
     def respond_a(
@@ -269,7 +272,8 @@ class Call:
                 self._ack_b(body, now)
             else:  # the caller's answer, through the relay first
                 kind = sdp_kind(req, ANSWER)
-                self.media.step(self, kind, True, body, now, self._ack_b)
+                ctype = req.get("content-type")
+                self.media.step(self, kind, True, body, now, self._ack_b, ctype)
         held, self.dialogs.held = self.dialogs.held, None
         if held is not None:
             self.dialogs.relay(self, *held, now)

@@ -20,6 +20,12 @@ wait: what is waited for is the continuation held here (and, for an in-dialog of
 meanwhile). One ng request per call is out at a time, and the steps of a call go on in
 the order they came (a ``180`` does not overtake the ``183`` whose SDP is at the relay).
 
+Of a multipart body (an emergency call's SDP and PIDF-LO, RFC 6442) only the
+``application/sdp`` part goes to the relay, and its answer goes back in that part's
+place; a multipart body not understood never crosses as it is (a new call: ``488``;
+later: without its body). An offer with more than :data:`MAX_STREAMS` ``m=`` lines is
+refused ``488`` (rtpengine takes ports for each).
+
 A call that ended while its request was out is not resumed: the late reply only sends a
 ``delete``. Every end of a call that may have a session deletes it (:meth:`release`).
 
@@ -58,6 +64,7 @@ OFFER = "offer"
 ANSWER = "answer"
 Done = Callable[[dict[str, object] | None, float], None]
 Then = Callable[[bytes, float], None]
+Span = tuple[int, int] | None
 
 # what every offer and answer asks of rtpengine (see the module's docstring)
 FLAGS: dict[str, object] = {"replace": ["origin", "session-connection"], "ICE": "remove"}
@@ -144,9 +151,84 @@ def start_media(call: Call, media: int, relay: MediaControl | None, now: float) 
 def sdp_kind(msg: SipMessage, kind: str) -> str:
     """``kind`` where ``msg`` carries a session description, else "" (nothing for the
     relay). A body without ``Content-Type`` in an offer/answer position counts as SDP:
-    the leg sends it on as such, and it names an address all the same."""
-    ctype = msg.content_type
-    return kind if msg.body and (ctype is None or ctype == "application/sdp") else ""
+    the leg sends it on as such, and it names an address all the same. A multipart body
+    counts when it has an SDP part, or when it is not understood (:func:`sdp_span`)."""
+    if not msg.body:
+        return ""
+    span = sdp_span(msg.get("content-type"), msg.body)
+    return kind if span is None or span[0] >= 0 else ""
+
+
+# how deep an SDP part may be in nested multipart bodies (RFC 2046 §5.1)
+MULTIPART_DEPTH = 2
+NO_SDP = (-1, -1)
+
+
+def sdp_span(content_type: str | None, body: bytes, depth: int = MULTIPART_DEPTH) -> Span:
+    """Where the SDP of ``body`` is: ``(start, end)`` of the whole body (SDP, or no
+    ``Content-Type``) or of its one ``application/sdp`` part (a multipart body, such as
+    an emergency call's SDP and PIDF-LO, RFC 6442), :data:`NO_SDP` where it has none,
+    None where it is not understood (no boundary, a part without a header section,
+    nested deeper than :data:`MULTIPART_DEPTH`, two SDP parts): never relayed as it is
+    on an anchored call."""
+    full = content_type.strip() if content_type else ""
+    media = full.split(";", 1)[0].strip().lower()
+    if not media or media == "application/sdp":
+        return (0, len(body))
+    if not media.startswith("multipart/"):
+        return NO_SDP
+    if depth <= 0:
+        return None
+    boundary = multipart_boundary(full)
+    if boundary is None:
+        return None
+    # RFC 2046 §5.1.1: every delimiter is CRLF "--" boundary (the first one may open the
+    # body); the close delimiter adds "--". Offsets in CRLF + body, hence the 2 below.
+    delim = b"\r\n--" + boundary
+    segments = (b"\r\n" + body).split(delim)
+    if len(segments) < 2:
+        return None
+    found = NO_SDP
+    pos = len(segments[0])
+    for seg in segments[1:]:
+        pos += len(delim)
+        if seg.startswith(b"--"):
+            break  # the close delimiter: the epilogue follows
+        end = seg.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        inner = part_content_type(seg[: end + 2]) or "text/plain"
+        start = pos + end + 4 - 2
+        span = sdp_span(inner, seg[end + 4 :], depth - 1)
+        if span is None:
+            return None
+        if span[0] >= 0:
+            if found[0] >= 0:
+                return None  # two session descriptions: not understood
+            found = (start + span[0], start + span[1])
+        pos += len(seg)
+    return found
+
+
+def multipart_boundary(content_type: str) -> bytes | None:
+    for param in content_type.split(";")[1:]:
+        name, eq, value = param.partition("=")
+        if eq and name.strip().lower() == "boundary":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if value and value.isascii():
+                return value.encode()
+    return None
+
+
+def part_content_type(head: bytes) -> str | None:
+    """The ``Content-Type`` of a body part's header section, or None."""
+    for line in head.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-type", b"c"):
+            return value.decode("ascii", "replace").strip()
+    return None
 
 
 def too_many_streams(body: bytes) -> bool:
@@ -194,6 +276,15 @@ def rejecting_answer(offer: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
+def _in_place(body: bytes, start: int, end: int, then: Then) -> Then:
+    """``then`` given the whole multipart ``body`` with the relay's SDP in its part."""
+
+    def put(sdp: bytes, now: float) -> None:
+        then(sdp if sdp is body else body[:start] + sdp + body[end:], now)
+
+    return put
+
+
 def _ignore(reply: dict[str, object] | None, now: float) -> None:
     return None
 
@@ -227,7 +318,7 @@ class CallMedia:
         self.active = True  # False: carried unanchored from now on
         self.busy = False  # an offer or answer of this call is at the relay
         self.used = False  # an offer went out: rtpengine may hold a session
-        self.queue: deque[tuple[str, bool, bytes, Then]] = deque()
+        self.queue: deque[tuple[str, bool, bytes, Then, str | None]] = deque()
         self.timer: Timer | None = None
         self.packets = 0  # rtpengine's packet count at the last query that moved
         self.changed = 0.0  # when it last moved (or the answer time)
@@ -235,17 +326,26 @@ class CallMedia:
     # -- offer and answer ----------------------------------------------------------------
 
     def step(
-        self, call: Call, kind: str, from_a: bool, body: bytes, now: float, then: Then
+        self,
+        call: Call,
+        kind: str,
+        from_a: bool,
+        body: bytes,
+        now: float,
+        then: Then,
+        ctype: str | None = None,
     ) -> None:
         """``then(body to send, now)``: at once, or when the relay has rewritten ``body``.
 
         ``kind``: :data:`OFFER` or :data:`ANSWER` of the side ``from_a`` names, or ""
         for a message without SDP, which only keeps its place behind the steps waiting.
+        ``ctype``: the message's ``Content-Type``; of a multipart body only the SDP part
+        goes to the relay, and comes back in its place (:func:`sdp_span`).
         """
         if not self.busy and not self.queue and (not kind or not body or not self.active):
             then(body, now)
             return
-        self.queue.append((kind, from_a, body, then))
+        self.queue.append((kind, from_a, body, then, ctype))
         self._next(call, now)
 
     def _next(self, call: Call, now: float) -> None:
@@ -254,10 +354,20 @@ class CallMedia:
             if call.ended:
                 queue.clear()
                 return
-            kind, from_a, body, then = queue.popleft()
+            kind, from_a, body, then, ctype = queue.popleft()
             if not kind or not body or not self.active:
                 then(body, now)
                 continue
+            span = sdp_span(ctype, body)
+            if span is None:
+                then(b"", now)  # not understood: never relayed as it is (no body)
+                continue
+            start, end = span
+            if start < 0:
+                then(body, now)  # a multipart body without SDP: no address in it
+                continue
+            if (start, end) != (0, len(body)):
+                then = _in_place(body, start, end, then)
             self.busy = True
             self.used = True
 
@@ -266,7 +376,8 @@ class CallMedia:
             ) -> None:
                 self._done(call, reply, t, body, then)
 
-            if not self.relay.request(self._command(kind, from_a, body), now, done):
+            sdp = body[start:end]
+            if not self.relay.request(self._command(kind, from_a, sdp), now, done):
                 self.busy = False
                 self._failed(call, now, body, then)
 

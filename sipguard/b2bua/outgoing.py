@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sipguard.b2bua.bleg import build_b_invite
 from sipguard.b2bua.host import Challenged, TargetFailed
 from sipguard.b2bua.leg import IGNORE, Leg
-from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind, too_many_streams
+from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind, sdp_span, too_many_streams
 from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.routing import redirect_target
 from sipguard.b2bua.session_timer import delta_seconds
@@ -91,10 +91,13 @@ class Outgoing:
         # anchored: the caller's offer goes to the media relay first, and the INVITE
         # when its answer comes (the call waits with no INVITE out: ``tx`` is None)
         body = call.crossing.body(a_req, [], towards_a=False)
-        if media.active and too_many_streams(body):
+        ctype = a_req.get("content-type")
+        if media.active and (too_many_streams(body) or sdp_span(ctype, body) is None):
+            # more streams than a call may take of rtpengine's ports, or a multipart body
+            # whose SDP cannot be told apart: refused, never relayed as it is
             call.hangup(True, now, reason="rejected", status=488, to_a=True)
             return
-        media.step(call, OFFER, True, body, now, lambda sdp, t: self._offered(call, sdp, t))
+        media.step(call, OFFER, True, body, now, lambda sdp, t: self._offered(call, sdp, t), ctype)
 
     def _offered(self, call: Call, sdp: bytes, now: float) -> None:
         self.relayed_offer = sdp
@@ -206,7 +209,8 @@ class Outgoing:
         if call.media is None:
             send(body, now)
         else:
-            call.media.step(call, sdp_kind(prack, ANSWER), True, body, now, send)
+            kind = sdp_kind(prack, ANSWER)
+            call.media.step(call, kind, True, body, now, send, prack.get("content-type"))
 
     def failed(self, call: Call, resp: Response, now: float) -> None:
         """A final failure of the attempt: the next target, a redirect or retry, or the

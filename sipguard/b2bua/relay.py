@@ -41,6 +41,8 @@ class Relay:
 
     def send(self, req: Request, headers: list[tuple[str, str]], body: bytes, now: float) -> None:
         """Send ``req`` on to the other leg, its headers and body crossed."""
+        if not body and req.body:
+            self.call.crossing.no_body(headers)  # its body did not cross
         mf = req.max_forwards
         out = self.to_leg.request(
             req.method, headers, body, max_forwards=70 if mf is None else mf - 1
@@ -111,7 +113,13 @@ class Relay:
             kind = sdp_kind(resp, ANSWER if tx.request.body else OFFER)
         from_a = self.to_leg.is_a
         media.step(
-            call, kind, from_a, body, now, lambda sdp, t: self.respond(resp, headers, sdp, t)
+            call,
+            kind,
+            from_a,
+            body,
+            now,
+            lambda sdp, t: self.respond(resp, headers, sdp, t),
+            resp.get("content-type"),
         )
 
     def respond(
@@ -125,6 +133,8 @@ class Relay:
             call.dialogs.relays.discard(self)
         crossing = call.crossing
         towards_a = self.from_leg.is_a
+        if not body and resp.body:
+            crossing.no_body(headers)  # its body did not cross
         if method in ("INVITE", "UPDATE") and status < 300:
             headers.insert(0, ("Contact", call.host.contact(self.from_leg.flow)))
             st = self.from_leg.st
@@ -167,7 +177,8 @@ class Relay:
             self._ack(body, now)
             return
         kind = sdp_kind(req, ANSWER)
-        call.media.step(call, kind, self.from_leg.is_a, body, now, self._ack)
+        ctype = req.get("content-type")
+        call.media.step(call, kind, self.from_leg.is_a, body, now, self._ack, ctype)
 
     def _ack(self, body: bytes, now: float) -> None:
         if self.ack is None:
@@ -288,7 +299,15 @@ class Dialogs:
             return
         # anchored: the offer goes to the media relay first; ``offer`` shows it under way
         kind = sdp_kind(req, OFFER)
-        media.step(call, kind, leg.is_a, body, now, lambda sdp, t: relay.send(req, headers, sdp, t))
+        media.step(
+            call,
+            kind,
+            leg.is_a,
+            body,
+            now,
+            lambda sdp, t: relay.send(req, headers, sdp, t),
+            req.get("content-type"),
+        )
 
     def on_ack(self, leg: Leg, req: Request, now: float) -> None:
         """The ACK of a relayed re-INVITE's 2xx (on ``leg``), if one awaits it."""
