@@ -750,3 +750,27 @@ def test_a_multipart_re_invite_not_understood_never_crosses_as_it_is() -> None:
     (b_re,) = requests(w.take_callee(), "INVITE")
     assert CALLER_IP.encode() not in b_re.to_bytes()
     assert b_re.body == b"" and b_re.get("content-type") is None
+
+
+def test_queries_without_reply_do_not_count_towards_the_media_timeout() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+    establish(w, 1)
+    (session,) = relay.calls
+    for _ in range(2):  # RTP flows
+        relay.packets[session] = relay.packets.get(session, 0) + 1500
+        w.advance(30)
+    # the relay is slow for the next two queries (90 s, 121.5 s); RTP still flows
+    relay.packets[session] += 1500
+    w.advance(25)
+    relay.down = True
+    w.advance(5 + 1.5)
+    relay.down = False  # the pings find it again
+    w.advance(25)
+    relay.down = True
+    w.advance(5 + 1.5)
+    relay.down = False
+    assert w.core.calls == 1
+    w.advance(30)
+    assert w.core.calls == 1
+    assert commands(w)[-1] == "query"

@@ -494,16 +494,20 @@ class CallMedia:
         if call.ended or not self.active:
             return
         gone = False
-        if reply is not None:
-            result = reply.get("result")
-            if result == "ok":
-                packets = rtp_packets(reply)
-                if packets != self.packets:
-                    self.packets = packets
-                    self.changed = now
-            elif result == "error":
-                reason = reply.get("error-reason")
-                gone = isinstance(reason, str) and "unknown call" in reason.lower()
+        result = None if reply is None else reply.get("result")
+        if reply is not None and result == "ok":
+            packets = rtp_packets(reply)
+            if packets != self.packets:
+                self.packets = packets
+                self.changed = now
+        elif reply is not None and result == "error":
+            reason = reply.get("error-reason")
+            gone = isinstance(reason, str) and "unknown call" in reason.lower()
+        if not gone and result != "ok":
+            # no reply (or none that says anything): it tells nothing about the media,
+            # and never ends the call; the next query asks again
+            self._arm(call, now)
+            return
         if gone or now - self.changed >= self.timeout:
             call.hangup(True, now, reason="media_timeout", status=call.status, to_a=True)
             return
