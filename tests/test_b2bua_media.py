@@ -774,3 +774,35 @@ def test_queries_without_reply_do_not_count_towards_the_media_timeout() -> None:
     w.advance(30)
     assert w.core.calls == 1
     assert commands(w)[-1] == "query"
+
+
+def test_ack_retransmissions_send_one_answer() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+    w.from_caller(invite(1, body=b""))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 200, "OK", "c1", SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    relay.hold = True
+    for i in range(5):
+        w.from_caller(in_dialog("ACK", ok, 1, 1, f"z9hG4bK-ack{i}", SDP))
+    relay.hold = False
+    w.relay_replies()
+    assert len(relay.named("answer")) == 1
+    assert len(requests(w.take_callee(), "ACK")) == 1
+
+
+def test_a_flood_of_steps_waiting_for_the_relay_ends_the_call() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    relay.hold = True
+    for _ in range(40):  # unreliable 183s, each with its SDP
+        w.from_callee(response_to(b_inv, 183, "Session Progress", "c1", SDP_CALLEE))
+    assert len(relay.named("answer")) == 1  # one at the relay, the rest queued
+    assert ended(w) == "rejected"
+    assert responses(w.take_caller())[-1].status == 500
+    relay.hold = False
+    w.relay_replies()
+    assert commands(w) == ["offer", "answer", "delete"]

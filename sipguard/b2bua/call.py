@@ -266,7 +266,15 @@ class Call:
         self.a_invite.ack_received(now)
         b = self.b
         out = self.out
-        if self.late_offer and b is not None and out.ack is None and out.tx is not None:
+        if (
+            self.late_offer
+            and b is not None
+            and out.ack is None
+            and out.tx is not None
+            and not out.acking
+        ):
+            # handled once: a retransmission of the ACK sends no second answer
+            out.acking = True
             body = self.crossing.body(req, [], towards_a=False)
             if self.media is None:
                 self._ack_b(body, now)

@@ -75,6 +75,10 @@ TAG_B = "b"
 # more a stream), so one INVITE must not take a whole port range (more: 488)
 MAX_STREAMS = 8
 
+# the most steps a call may have waiting for the relay: more only comes of a peer that
+# floods (unreliable 18x with SDP, say); the call is then ended
+MAX_QUEUE = 16
+
 # the media plan of a new call (admission): nothing to do, anchor it, carry it unanchored
 # though it asked for anchoring (relay down, counted), refuse it (503)
 NONE = 0
@@ -344,6 +348,17 @@ class CallMedia:
         """
         if not self.busy and not self.queue and (not kind or not body or not self.active):
             then(body, now)
+            return
+        if len(self.queue) >= MAX_QUEUE:
+            log.warning("call %s: %d media steps waiting for the relay: ended", call.id, MAX_QUEUE)
+            self.queue.clear()
+            call.hangup(
+                True,
+                now,
+                reason="rejected" if call.early else "timeout",
+                status=500 if call.early else call.status,
+                to_a=True,
+            )
             return
         self.queue.append((kind, from_a, body, then, ctype))
         self._next(call, now)

@@ -39,6 +39,7 @@ class Outgoing:
 
     __slots__ = (
         "ack",
+        "acking",
         "credentials",
         "cseq",
         "forks",
@@ -64,6 +65,7 @@ class Outgoing:
         self.cseq = 0  # its CSeq (PRACKs in the early dialog move the leg's local_seq)
         self.rseq = 0  # the highest RSeq of the callee's reliable 1xx seen (RFC 3262)
         self.ack: bytes | None = None  # our ACK of the 2xx
+        self.acking = False  # the caller's ACK (its answer) is at the media relay
         self.offer = b""  # the offer in a late-offer 2xx, which the caller's ACK answers
         self.forks: dict[str, bytes] | None = None  # To tag -> our ACK, of 2xx we BYEd
         # the caller's offer as the media relay rewrote it, for every attempt (None: as
