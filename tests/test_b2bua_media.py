@@ -806,3 +806,19 @@ def test_a_flood_of_steps_waiting_for_the_relay_ends_the_call() -> None:
     relay.hold = False
     w.relay_replies()
     assert commands(w) == ["offer", "answer", "delete"]
+
+
+def test_retransmitted_2xx_to_an_offerless_re_invite_send_one_offer() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+    e = establish(w, 1)
+    w.from_caller(in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re"))
+    (b_re,) = requests(w.take_callee(), "INVITE")
+    for _ in range(5):
+        w.from_callee(response_to(b_re, 200, "OK", e.callee_tag, SDP_CALLEE))
+    assert len(relay.named("offer")) == 2  # the call's, and this re-INVITE's once
+    oks = responses(w.take_caller(), 200)
+    assert oks and len({ok.body for ok in oks}) == 1  # one offer, retransmitted as it is
+    w.from_caller(in_dialog("ACK", oks[0], 2, 1, "z9hG4bK-re-ack", SDP))
+    assert len(requests(w.take_callee(), "ACK")) == 1
+    assert commands(w)[-1] == "answer"

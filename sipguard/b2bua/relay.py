@@ -82,6 +82,11 @@ class Relay:
             if self.ack is not None:  # a retransmitted 2xx: our ACK was lost
                 layer.send(self.to_leg.flow, self.ack, retransmission=True)
                 return
+            if self.cseq:
+                # a retransmitted 2xx to our offerless re-INVITE: its offer was relayed
+                # (through the media relay once), and our 2xx is retransmitted by its
+                # own transaction until the other side's ACK comes
+                return
             if tx.request.body:
                 # the offer was in our re-INVITE: the answer is here, ACK at once
                 self.ack = self.to_leg.ack(resp.cseq.number, b"")
