@@ -569,3 +569,256 @@ def test_anchored_calls_leave_no_reference_cycle() -> None:
         gc.enable()
     assert w.core.calls == 0 and relay.calls == {}
     assert found == 0
+
+
+# -- review findings --------------------------------------------------------------------
+
+
+def test_an_sdp_in_a_failure_response_never_crosses_an_anchored_call() -> None:
+    w = wire()
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 488, "Not Acceptable Here", "t1", SDP_CALLEE))
+    (r,) = responses(w.take_caller(), 488)
+    assert r.body == b"" and r.get("content-type") is None
+    assert CALLEE_IP.encode() not in r.to_bytes()
+
+
+def test_the_caller_s_failure_sdp_to_a_re_invite_never_crosses_an_anchored_call() -> None:
+    w = wire()
+    e = establish(w, 1)
+    w.from_callee(callee_request("INVITE", e.b_invite, e.callee_tag, 2, 1, SDP_CALLEE))
+    (a_reinv,) = requests(w.take_caller(), "INVITE")
+    w.from_caller(response_to(a_reinv, 488, "Not Acceptable Here", None, SDP))
+    (r,) = responses(w.take_callee(), 488)
+    assert r.body == b"" and r.get("content-type") is None
+    assert CALLER_IP.encode() not in r.to_bytes()
+
+
+def many_streams(n: int) -> bytes:
+    return SDP + b"".join(b"m=audio %d RTP/AVP 0\r\n" % (7000 + 2 * i) for i in range(n))
+
+
+def test_an_anchored_offer_with_too_many_streams_is_refused_488() -> None:
+    w = wire()
+    w.from_caller(invite(1, body=many_streams(8)))
+    assert [m.status for m in responses(w.take_caller())] == [100, 488]
+    assert requests(w.take_callee(), "INVITE") == []
+    assert commands(w) == []
+    assert ended(w) == "rejected"
+
+
+def test_a_re_invite_with_too_many_streams_is_refused_488() -> None:
+    w = wire()
+    e = establish(w, 1)
+    w.from_callee(callee_request("INVITE", e.b_invite, e.callee_tag, 2, 1, many_streams(8)))
+    assert [m.status for m in responses(w.take_callee())][-1] == 488
+    assert requests(w.take_caller(), "INVITE") == []
+    assert commands(w) == ["offer", "answer"]
+    # the call goes on: the next offer is relayed
+    w.from_callee(callee_request("INVITE", e.b_invite, e.callee_tag, 3, 1, SDP_CALLEE))
+    assert len(requests(w.take_caller(), "INVITE")) == 1
+
+
+def test_a_bug_in_a_step_resumed_by_the_relay_s_reply_ends_the_call(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sipguard.b2bua.outgoing import Outgoing
+
+    relay = FakeRtpengine(hold=True)
+    w = wire(relay)
+    w.from_caller(invite(1))
+
+    def broken(self: Outgoing, call: object, now: float) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Outgoing, "send", broken)
+    with caplog.at_level(logging.ERROR, "sipguard.b2bua"):
+        w.relay_replies()
+    assert "internal error" in caplog.text
+    assert [m.status for m in responses(w.take_caller())] == [100, 500]
+    assert ended(w) == "rejected"
+    relay.hold = False
+    w.relay_replies()
+    w.flush()
+    assert commands(w) == ["offer", "delete"]
+
+
+def untrusted_pbx(relay: FakeRtpengine, when_down: str = "pass") -> Wire:
+    text = policy(when_down=when_down).replace(
+        "    sources: [127.0.0.2/32]\n    trusted: true\n",
+        "    sources: [127.0.0.2/32]\n    trusted: false\n",
+    )
+    assert "trusted: false" in text
+    return Wire(config_text(text), relay=relay, metrics=Metrics())  # type: ignore[arg-type]
+
+
+def test_when_down_pass_carries_a_withheld_call_on_unanchored_when_the_relay_fails() -> None:
+    relay = FakeRtpengine()
+    w = untrusted_pbx(relay)
+    w.advance(1)
+    relay.down = True  # after admission: the first offer gets no reply
+    w.from_caller(invite(1, headers="Privacy: id\r\n"))
+    w.advance(3)
+    b_inv = requests(w.take_callee(), "INVITE")[0]  # and its retransmissions
+    assert CALLER_IP.encode() in b_inv.body  # when_down: pass, by the operator's choice
+    assert not any(r.end_reason for r in w.core.cdr_out)  # not ended as a leak
+    w.from_callee(response_to(b_inv, 200, "OK", "c1", SDP_CALLEE))
+    assert [m.status for m in responses(w.take_caller())][-1] == 200
+
+
+def test_when_down_pass_goes_on_unanchored_when_the_relay_fails_mid_call() -> None:
+    relay = FakeRtpengine()
+    w = untrusted_pbx(relay)
+    e = establish(w, 1, data=invite(1, headers="Privacy: id\r\n"))
+    relay.down = True
+    w.from_caller(in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re", SDP))
+    w.advance(3)
+    re_inv = requests(w.take_callee(), "INVITE")[0]  # and its retransmissions
+    assert CALLER_IP.encode() in re_inv.body
+    assert not any(r.end_reason for r in w.core.cdr_out)  # not ended as a leak
+
+
+PIDF = b'<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" entity="pres:x@y"/>'
+
+
+def multipart(sdp: bytes = SDP, boundary: bytes = b"b1") -> bytes:
+    d = b"--" + boundary
+    return (
+        d + b"\r\nContent-Type: application/sdp\r\n\r\n" + sdp + b"\r\n" + d
+        + b"\r\nContent-Type: application/pidf+xml\r\nContent-ID: <loc@x>\r\n\r\n" + PIDF
+        + b"\r\n" + d + b"--\r\n"
+    )  # fmt: skip
+
+
+def mp_invite(
+    n: int,
+    user: str = "0201234567",
+    ctype: bytes = b"multipart/mixed;boundary=b1",
+    body: bytes = b"",
+) -> bytes:
+    data = invite(n, user, body=body or multipart())
+    return data.replace(
+        b"Content-Type: application/sdp\r\n", b"Content-Type: " + ctype + b"\r\n", 1
+    )
+
+
+def test_the_sdp_part_of_a_multipart_offer_is_anchored_in_place() -> None:
+    w = wire()
+    w.from_caller(mp_invite(1, "112"))
+    (b_inv,) = requests(w.take(PSAP), "INVITE")
+    assert CALLER_IP.encode() not in b_inv.body
+    assert f"c=IN IP4 {RELAY_IP}".encode() in b_inv.body
+    assert PIDF in b_inv.body  # the location part kept, towards the emergency trunk
+    assert b_inv.body.startswith(b"--b1\r\nContent-Type: application/sdp\r\n\r\nv=0")
+    assert b_inv.body.endswith(b"\r\n--b1--\r\n")
+    assert "multipart/mixed" in (b_inv.get("content-type") or "")
+    (offer,) = fake(w).named("offer")
+    sent = offer["sdp"]
+    assert isinstance(sent, bytes | str) and "b1" not in str(sent) and "pidf" not in str(sent)
+
+
+def test_a_nested_multipart_offer_is_anchored() -> None:
+    inner = multipart(boundary=b"in")
+    body = (
+        b"--out\r\nContent-Type: multipart/alternative; boundary=\"in\"\r\n\r\n" + inner
+        + b"\r\n--out--\r\n"
+    )  # fmt: skip
+    w = wire()
+    w.from_caller(mp_invite(1, ctype=b"multipart/mixed; boundary=out", body=body))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    assert CALLER_IP.encode() not in b_inv.body
+    assert f"c=IN IP4 {RELAY_IP}".encode() in b_inv.body
+    assert commands(w) == ["offer"]
+
+
+def test_a_multipart_offer_not_understood_is_refused_488() -> None:
+    w = wire()
+    w.from_caller(mp_invite(1, ctype=b"multipart/mixed"))  # no boundary
+    assert [m.status for m in responses(w.take_caller())] == [100, 488]
+    assert requests(w.take_callee(), "INVITE") == []
+
+
+def test_a_multipart_re_invite_not_understood_never_crosses_as_it_is() -> None:
+    w = wire()
+    e = establish(w, 1)
+    reinv = in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re", multipart())
+    reinv = reinv.replace(
+        b"Content-Type: application/sdp\r\n", b"Content-Type: multipart/mixed\r\n", 1
+    )
+    w.from_caller(reinv)
+    (b_re,) = requests(w.take_callee(), "INVITE")
+    assert CALLER_IP.encode() not in b_re.to_bytes()
+    assert b_re.body == b"" and b_re.get("content-type") is None
+
+
+def test_queries_without_reply_do_not_count_towards_the_media_timeout() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+    establish(w, 1)
+    (session,) = relay.calls
+    for _ in range(2):  # RTP flows
+        relay.packets[session] = relay.packets.get(session, 0) + 1500
+        w.advance(30)
+    # the relay is slow for the next two queries (90 s, 121.5 s); RTP still flows
+    relay.packets[session] += 1500
+    w.advance(25)
+    relay.down = True
+    w.advance(5 + 1.5)
+    relay.down = False  # the pings find it again
+    w.advance(25)
+    relay.down = True
+    w.advance(5 + 1.5)
+    relay.down = False
+    assert w.core.calls == 1
+    w.advance(30)
+    assert w.core.calls == 1
+    assert commands(w)[-1] == "query"
+
+
+def test_ack_retransmissions_send_one_answer() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+    w.from_caller(invite(1, body=b""))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 200, "OK", "c1", SDP_CALLEE))
+    (ok,) = responses(w.take_caller(), 200)
+    relay.hold = True
+    for i in range(5):
+        w.from_caller(in_dialog("ACK", ok, 1, 1, f"z9hG4bK-ack{i}", SDP))
+    relay.hold = False
+    w.relay_replies()
+    assert len(relay.named("answer")) == 1
+    assert len(requests(w.take_callee(), "ACK")) == 1
+
+
+def test_a_flood_of_steps_waiting_for_the_relay_ends_the_call() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    relay.hold = True
+    for _ in range(40):  # unreliable 183s, each with its SDP
+        w.from_callee(response_to(b_inv, 183, "Session Progress", "c1", SDP_CALLEE))
+    assert len(relay.named("answer")) == 1  # one at the relay, the rest queued
+    assert ended(w) == "rejected"
+    assert responses(w.take_caller())[-1].status == 500
+    relay.hold = False
+    w.relay_replies()
+    assert commands(w) == ["offer", "answer", "delete"]
+
+
+def test_retransmitted_2xx_to_an_offerless_re_invite_send_one_offer() -> None:
+    relay = FakeRtpengine()
+    w = wire(relay)
+    e = establish(w, 1)
+    w.from_caller(in_dialog("INVITE", e.a_ok, 2, 1, "z9hG4bK-re"))
+    (b_re,) = requests(w.take_callee(), "INVITE")
+    for _ in range(5):
+        w.from_callee(response_to(b_re, 200, "OK", e.callee_tag, SDP_CALLEE))
+    assert len(relay.named("offer")) == 2  # the call's, and this re-INVITE's once
+    oks = responses(w.take_caller(), 200)
+    assert oks and len({ok.body for ok in oks}) == 1  # one offer, retransmitted as it is
+    w.from_caller(in_dialog("ACK", oks[0], 2, 1, "z9hG4bK-re-ack", SDP))
+    assert len(requests(w.take_callee(), "ACK")) == 1
+    assert commands(w)[-1] == "answer"

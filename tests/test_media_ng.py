@@ -551,3 +551,25 @@ async def test_all_relays_dead_done_none_in_bounded_time() -> None:
         assert 0.8 <= took < 1.2  # 2 relays x 2 tries x 0.2 s
         assert not client.up
         assert not client.request({"command": "ping"}, loop.time(), Done())
+
+
+def test_a_query_or_delete_goes_only_to_the_call_s_own_relay() -> None:
+    """Another relay has no session of the call: its "unknown call" would read as gone."""
+    client = NgClient([A, B], timeout=0.5, tries=2)
+    client.request({"command": "offer", "call-id": "c1"}, 0.0, Done())
+    serve(client, 0.0, {A: True, B: True})
+    assert client.affinity == {"c1": client.relays[0]}
+    query = Done()
+    assert client.request({"command": "query", "call-id": "c1"}, 1.0, query)
+    sent = [a for a, _ in drain(client)]
+    for t in (1.5, 2.0):
+        client.handle_timer(t)
+        sent += [a for a, _ in drain(client) if split(_)[1]["command"] != "ping"]
+    assert sent == [A, A] and query.calls == [(None, 2.0)]  # no reply: never B
+    # A is down now: the call's query and delete are refused, not sent to B
+    assert not client.request({"command": "query", "call-id": "c1"}, 2.1, Done())
+    assert not client.request({"command": "delete", "call-id": "c1"}, 2.1, Done())
+    assert client.outbox == [] and client.affinity == {}
+    # a new call goes to B all the same
+    assert client.request({"command": "offer", "call-id": "c2"}, 2.2, Done())
+    assert [a for a, _ in drain(client)] == [B]

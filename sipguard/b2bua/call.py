@@ -202,6 +202,8 @@ class Call:
         status = resp.status
         phrase = crossing.phrase(resp, towards_a=True)
         media = self.media
+        if media is not None and status >= 300:
+            body = crossing.no_body(headers)
         if media is None or status >= 300:
             self.answer_a(status, now, phrase, headers, body)
             return
@@ -215,7 +217,10 @@ class Call:
             False,
             body,
             now,
-            lambda sdp, t: self.answer_a(status, t, phrase, headers, sdp),
+            lambda sdp, t: self.answer_a(
+                status, t, phrase, headers if sdp else crossing.no_headers(headers), sdp
+            ),
+            resp.get("content-type"),
         )
 
     def respond_a(
@@ -261,13 +266,22 @@ class Call:
         self.a_invite.ack_received(now)
         b = self.b
         out = self.out
-        if self.late_offer and b is not None and out.ack is None and out.tx is not None:
+        if (
+            self.late_offer
+            and b is not None
+            and out.ack is None
+            and out.tx is not None
+            and not out.acking
+        ):
+            # handled once: a retransmission of the ACK sends no second answer
+            out.acking = True
             body = self.crossing.body(req, [], towards_a=False)
             if self.media is None:
                 self._ack_b(body, now)
             else:  # the caller's answer, through the relay first
                 kind = sdp_kind(req, ANSWER)
-                self.media.step(self, kind, True, body, now, self._ack_b)
+                ctype = req.get("content-type")
+                self.media.step(self, kind, True, body, now, self._ack_b, ctype)
         held, self.dialogs.held = self.dialogs.held, None
         if held is not None:
             self.dialogs.relay(self, *held, now)

@@ -377,6 +377,9 @@ class B2BUA:
     def watch_egress(self, call: Call) -> None:
         self.egress.watch(call)
 
+    def media_unanchored(self, call: Call) -> None:
+        self.egress.media_unanchored(call)
+
     # -- transaction user ------------------------------------------------------------------
 
     def on_stray_response(self, resp: Response, flow: Flow, now: float) -> None:

@@ -110,6 +110,17 @@ class Crossing:
             headers[:] = [h for h in headers if h[0].lower() not in _CONTENT_HEADERS]
         return out
 
+    def no_body(self, headers: list[tuple[str, str]]) -> bytes:
+        """No body for this message: ``headers`` lose their ``Content-*`` headers. On an
+        anchored call, an SDP in a failure response never crosses (it names the sender's
+        media address, and no offer/answer is made by it)."""
+        headers[:] = [h for h in headers if h[0].lower() not in _CONTENT_HEADERS]
+        return b""
+
+    def no_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``headers`` without their ``Content-*`` headers (a message without its body)."""
+        return [h for h in headers if h[0].lower() not in _CONTENT_HEADERS]
+
     def phrase(self, resp: Response, *, towards_a: bool) -> str | None:
         """The reason phrase to relay: the peer's own only towards a trusted trunk.
 

@@ -227,6 +227,15 @@ class Egress:
             n = guard.needles
             guard.needles = Needles(n.numbers, n.addresses, True)
 
+    def media_unanchored(self, call: Call) -> None:
+        """The call goes on unanchored (its relay failed, ``when_down: pass``): its SDP
+        carries the caller's media address by the operator's choice, as with
+        ``media: pass``, so the bodies are no longer searched."""
+        guard = self._guard(call)
+        if guard is not None:
+            n = guard.needles
+            guard.needles = Needles(n.numbers, n.addresses, False)
+
     def _guard(self, call: Call) -> Guard | None:
         if call.b is None:
             return None

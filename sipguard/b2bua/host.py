@@ -92,6 +92,11 @@ class CallHost(Protocol):
         learns its Call-ID (:mod:`sipguard.b2bua.egress`)."""
         ...
 
+    def media_unanchored(self, call: Call) -> None:
+        """The call goes on without the media anchoring it had: the egress check stops
+        searching its bodies (:meth:`~sipguard.b2bua.egress.Egress.media_unanchored`)."""
+        ...
+
     def wall(self, now: float) -> float:
         """The wall-clock time (for records) at monotonic ``now``."""
         ...

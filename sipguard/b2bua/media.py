@@ -20,6 +20,12 @@ wait: what is waited for is the continuation held here (and, for an in-dialog of
 meanwhile). One ng request per call is out at a time, and the steps of a call go on in
 the order they came (a ``180`` does not overtake the ``183`` whose SDP is at the relay).
 
+Of a multipart body (an emergency call's SDP and PIDF-LO, RFC 6442) only the
+``application/sdp`` part goes to the relay, and its answer goes back in that part's
+place; a multipart body not understood never crosses as it is (a new call: ``488``;
+later: without its body). An offer with more than :data:`MAX_STREAMS` ``m=`` lines is
+refused ``488`` (rtpengine takes ports for each).
+
 A call that ended while its request was out is not resumed: the late reply only sends a
 ``delete``. Every end of a call that may have a session deletes it (:meth:`release`).
 
@@ -38,6 +44,7 @@ on both legs (``end_reason: media_timeout``). A query that gets no reply changes
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -51,15 +58,26 @@ from sipguard.sip.timers import Timer
 if TYPE_CHECKING:
     from sipguard.b2bua.call import Call
 
+log = logging.getLogger("sipguard.b2bua")
+
 OFFER = "offer"
 ANSWER = "answer"
 Done = Callable[[dict[str, object] | None, float], None]
 Then = Callable[[bytes, float], None]
+Span = tuple[int, int] | None
 
 # what every offer and answer asks of rtpengine (see the module's docstring)
 FLAGS: dict[str, object] = {"replace": ["origin", "session-connection"], "ICE": "remove"}
 TAG_A = "a"
 TAG_B = "b"
+
+# the most m= lines an anchored offer may have: rtpengine takes ports for each (two or
+# more a stream), so one INVITE must not take a whole port range (more: 488)
+MAX_STREAMS = 8
+
+# the most steps a call may have waiting for the relay: more only comes of a peer that
+# floods (unreliable 18x with SDP, say); the call is then ended
+MAX_QUEUE = 16
 
 # the media plan of a new call (admission): nothing to do, anchor it, carry it unanchored
 # though it asked for anchoring (relay down, counted), refuse it (503)
@@ -137,9 +155,90 @@ def start_media(call: Call, media: int, relay: MediaControl | None, now: float) 
 def sdp_kind(msg: SipMessage, kind: str) -> str:
     """``kind`` where ``msg`` carries a session description, else "" (nothing for the
     relay). A body without ``Content-Type`` in an offer/answer position counts as SDP:
-    the leg sends it on as such, and it names an address all the same."""
-    ctype = msg.content_type
-    return kind if msg.body and (ctype is None or ctype == "application/sdp") else ""
+    the leg sends it on as such, and it names an address all the same. A multipart body
+    counts when it has an SDP part, or when it is not understood (:func:`sdp_span`)."""
+    if not msg.body:
+        return ""
+    span = sdp_span(msg.get("content-type"), msg.body)
+    return kind if span is None or span[0] >= 0 else ""
+
+
+# how deep an SDP part may be in nested multipart bodies (RFC 2046 §5.1)
+MULTIPART_DEPTH = 2
+NO_SDP = (-1, -1)
+
+
+def sdp_span(content_type: str | None, body: bytes, depth: int = MULTIPART_DEPTH) -> Span:
+    """Where the SDP of ``body`` is: ``(start, end)`` of the whole body (SDP, or no
+    ``Content-Type``) or of its one ``application/sdp`` part (a multipart body, such as
+    an emergency call's SDP and PIDF-LO, RFC 6442), :data:`NO_SDP` where it has none,
+    None where it is not understood (no boundary, a part without a header section,
+    nested deeper than :data:`MULTIPART_DEPTH`, two SDP parts): never relayed as it is
+    on an anchored call."""
+    full = content_type.strip() if content_type else ""
+    media = full.split(";", 1)[0].strip().lower()
+    if not media or media == "application/sdp":
+        return (0, len(body))
+    if not media.startswith("multipart/"):
+        return NO_SDP
+    if depth <= 0:
+        return None
+    boundary = multipart_boundary(full)
+    if boundary is None:
+        return None
+    # RFC 2046 §5.1.1: every delimiter is CRLF "--" boundary (the first one may open the
+    # body); the close delimiter adds "--". Offsets in CRLF + body, hence the 2 below.
+    delim = b"\r\n--" + boundary
+    segments = (b"\r\n" + body).split(delim)
+    if len(segments) < 2:
+        return None
+    found = NO_SDP
+    pos = len(segments[0])
+    for seg in segments[1:]:
+        pos += len(delim)
+        if seg.startswith(b"--"):
+            break  # the close delimiter: the epilogue follows
+        end = seg.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        inner = part_content_type(seg[: end + 2]) or "text/plain"
+        start = pos + end + 4 - 2
+        span = sdp_span(inner, seg[end + 4 :], depth - 1)
+        if span is None:
+            return None
+        if span[0] >= 0:
+            if found[0] >= 0:
+                return None  # two session descriptions: not understood
+            found = (start + span[0], start + span[1])
+        pos += len(seg)
+    return found
+
+
+def multipart_boundary(content_type: str) -> bytes | None:
+    for param in content_type.split(";")[1:]:
+        name, eq, value = param.partition("=")
+        if eq and name.strip().lower() == "boundary":
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if value and value.isascii():
+                return value.encode()
+    return None
+
+
+def part_content_type(head: bytes) -> str | None:
+    """The ``Content-Type`` of a body part's header section, or None."""
+    for line in head.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-type", b"c"):
+            return value.decode("ascii", "replace").strip()
+    return None
+
+
+def too_many_streams(body: bytes) -> bool:
+    """More ``m=`` lines in ``body`` than an anchored offer may have (:data:`MAX_STREAMS`)."""
+    n = body.startswith(b"m=") + body.count(b"\nm=")
+    return n > MAX_STREAMS
 
 
 def rtp_packets(reply: dict[str, object]) -> int:
@@ -181,6 +280,15 @@ def rejecting_answer(offer: bytes) -> bytes:
     return b"\r\n".join(lines) + b"\r\n"
 
 
+def _in_place(body: bytes, start: int, end: int, then: Then) -> Then:
+    """``then`` given the whole multipart ``body`` with the relay's SDP in its part."""
+
+    def put(sdp: bytes, now: float) -> None:
+        then(sdp if sdp is body else body[:start] + sdp + body[end:], now)
+
+    return put
+
+
 def _ignore(reply: dict[str, object] | None, now: float) -> None:
     return None
 
@@ -214,7 +322,7 @@ class CallMedia:
         self.active = True  # False: carried unanchored from now on
         self.busy = False  # an offer or answer of this call is at the relay
         self.used = False  # an offer went out: rtpengine may hold a session
-        self.queue: deque[tuple[str, bool, bytes, Then]] = deque()
+        self.queue: deque[tuple[str, bool, bytes, Then, str | None]] = deque()
         self.timer: Timer | None = None
         self.packets = 0  # rtpengine's packet count at the last query that moved
         self.changed = 0.0  # when it last moved (or the answer time)
@@ -222,17 +330,37 @@ class CallMedia:
     # -- offer and answer ----------------------------------------------------------------
 
     def step(
-        self, call: Call, kind: str, from_a: bool, body: bytes, now: float, then: Then
+        self,
+        call: Call,
+        kind: str,
+        from_a: bool,
+        body: bytes,
+        now: float,
+        then: Then,
+        ctype: str | None = None,
     ) -> None:
         """``then(body to send, now)``: at once, or when the relay has rewritten ``body``.
 
         ``kind``: :data:`OFFER` or :data:`ANSWER` of the side ``from_a`` names, or ""
         for a message without SDP, which only keeps its place behind the steps waiting.
+        ``ctype``: the message's ``Content-Type``; of a multipart body only the SDP part
+        goes to the relay, and comes back in its place (:func:`sdp_span`).
         """
         if not self.busy and not self.queue and (not kind or not body or not self.active):
             then(body, now)
             return
-        self.queue.append((kind, from_a, body, then))
+        if len(self.queue) >= MAX_QUEUE:
+            log.warning("call %s: %d media steps waiting for the relay: ended", call.id, MAX_QUEUE)
+            self.queue.clear()
+            call.hangup(
+                True,
+                now,
+                reason="rejected" if call.early else "timeout",
+                status=500 if call.early else call.status,
+                to_a=True,
+            )
+            return
+        self.queue.append((kind, from_a, body, then, ctype))
         self._next(call, now)
 
     def _next(self, call: Call, now: float) -> None:
@@ -241,10 +369,20 @@ class CallMedia:
             if call.ended:
                 queue.clear()
                 return
-            kind, from_a, body, then = queue.popleft()
+            kind, from_a, body, then, ctype = queue.popleft()
             if not kind or not body or not self.active:
                 then(body, now)
                 continue
+            span = sdp_span(ctype, body)
+            if span is None:
+                then(b"", now)  # not understood: never relayed as it is (no body)
+                continue
+            start, end = span
+            if start < 0:
+                then(body, now)  # a multipart body without SDP: no address in it
+                continue
+            if (start, end) != (0, len(body)):
+                then = _in_place(body, start, end, then)
             self.busy = True
             self.used = True
 
@@ -253,7 +391,8 @@ class CallMedia:
             ) -> None:
                 self._done(call, reply, t, body, then)
 
-            if not self.relay.request(self._command(kind, from_a, body), now, done):
+            sdp = body[start:end]
+            if not self.relay.request(self._command(kind, from_a, sdp), now, done):
                 self.busy = False
                 self._failed(call, now, body, then)
 
@@ -277,12 +416,25 @@ class CallMedia:
         if call.ended:
             self._delete(now)  # the late reply of an ended call: not resumed
             return
-        sdp = sdp_of(reply)
-        if sdp is None:
-            self._failed(call, now, body, then)
-        else:
-            then(sdp, now)
-        self._next(call, now)
+        try:
+            sdp = sdp_of(reply)
+            if sdp is None:
+                self._failed(call, now, body, then)
+            else:
+                then(sdp, now)
+            self._next(call, now)
+        except Exception:
+            # our bug, in the call's step resumed here: the call is ended, never left
+            # waiting for ever (the ng client goes on with the other calls' replies)
+            log.exception("internal error resuming a call after its relay's reply; it is ended")
+            self._abort(call, now)
+
+    def _abort(self, call: Call, now: float) -> None:
+        self.queue.clear()
+        try:
+            call.abort(now)
+        except Exception:
+            log.exception("internal error ending a call after an internal error")
 
     def _failed(self, call: Call, now: float, body: bytes, then: Then) -> None:
         """The relay did not anchor this step: end the call, or go on unanchored."""
@@ -298,6 +450,7 @@ class CallMedia:
             return
         self.active = False
         call.host.outcomes.append(Unanchored(call, now))
+        call.host.media_unanchored(call)  # before its SDP goes on as it is
         then(body, now)
 
     # -- the end -------------------------------------------------------------------------
@@ -346,19 +499,30 @@ class CallMedia:
             self._arm(call, now)
 
     def _queried(self, call: Call, reply: dict[str, object] | None, now: float) -> None:
+        try:
+            self._check(call, reply, now)
+        except Exception:
+            log.exception("internal error checking a call's media; it is ended")
+            self._abort(call, now)
+
+    def _check(self, call: Call, reply: dict[str, object] | None, now: float) -> None:
         if call.ended or not self.active:
             return
         gone = False
-        if reply is not None:
-            result = reply.get("result")
-            if result == "ok":
-                packets = rtp_packets(reply)
-                if packets != self.packets:
-                    self.packets = packets
-                    self.changed = now
-            elif result == "error":
-                reason = reply.get("error-reason")
-                gone = isinstance(reason, str) and "unknown call" in reason.lower()
+        result = None if reply is None else reply.get("result")
+        if reply is not None and result == "ok":
+            packets = rtp_packets(reply)
+            if packets != self.packets:
+                self.packets = packets
+                self.changed = now
+        elif reply is not None and result == "error":
+            reason = reply.get("error-reason")
+            gone = isinstance(reason, str) and "unknown call" in reason.lower()
+        if not gone and result != "ok":
+            # no reply (or none that says anything): it tells nothing about the media,
+            # and never ends the call; the next query asks again
+            self._arm(call, now)
+            return
         if gone or now - self.changed >= self.timeout:
             call.hangup(True, now, reason="media_timeout", status=call.status, to_a=True)
             return

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sipguard.b2bua.bleg import build_b_invite
 from sipguard.b2bua.host import Challenged, TargetFailed
 from sipguard.b2bua.leg import IGNORE, Leg
-from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind
+from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind, sdp_span, too_many_streams
 from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.routing import redirect_target
 from sipguard.b2bua.session_timer import delta_seconds
@@ -39,6 +39,7 @@ class Outgoing:
 
     __slots__ = (
         "ack",
+        "acking",
         "credentials",
         "cseq",
         "forks",
@@ -64,6 +65,7 @@ class Outgoing:
         self.cseq = 0  # its CSeq (PRACKs in the early dialog move the leg's local_seq)
         self.rseq = 0  # the highest RSeq of the callee's reliable 1xx seen (RFC 3262)
         self.ack: bytes | None = None  # our ACK of the 2xx
+        self.acking = False  # the caller's ACK (its answer) is at the media relay
         self.offer = b""  # the offer in a late-offer 2xx, which the caller's ACK answers
         self.forks: dict[str, bytes] | None = None  # To tag -> our ACK, of 2xx we BYEd
         # the caller's offer as the media relay rewrote it, for every attempt (None: as
@@ -91,7 +93,13 @@ class Outgoing:
         # anchored: the caller's offer goes to the media relay first, and the INVITE
         # when its answer comes (the call waits with no INVITE out: ``tx`` is None)
         body = call.crossing.body(a_req, [], towards_a=False)
-        media.step(call, OFFER, True, body, now, lambda sdp, t: self._offered(call, sdp, t))
+        ctype = a_req.get("content-type")
+        if media.active and (too_many_streams(body) or sdp_span(ctype, body) is None):
+            # more streams than a call may take of rtpengine's ports, or a multipart body
+            # whose SDP cannot be told apart: refused, never relayed as it is
+            call.hangup(True, now, reason="rejected", status=488, to_a=True)
+            return
+        media.step(call, OFFER, True, body, now, lambda sdp, t: self._offered(call, sdp, t), ctype)
 
     def _offered(self, call: Call, sdp: bytes, now: float) -> None:
         self.relayed_offer = sdp
@@ -203,7 +211,8 @@ class Outgoing:
         if call.media is None:
             send(body, now)
         else:
-            call.media.step(call, sdp_kind(prack, ANSWER), True, body, now, send)
+            kind = sdp_kind(prack, ANSWER)
+            call.media.step(call, kind, True, body, now, send, prack.get("content-type"))
 
     def failed(self, call: Call, resp: Response, now: float) -> None:
         """A final failure of the attempt: the next target, a redirect or retry, or the

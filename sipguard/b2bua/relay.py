@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.leg import Leg, refresh_target
-from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind
+from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind, too_many_streams
 from sipguard.sip.message import Request, Response
 from sipguard.sip.transaction import ClientTransaction, ServerTransaction, make_response
 
@@ -41,6 +41,8 @@ class Relay:
 
     def send(self, req: Request, headers: list[tuple[str, str]], body: bytes, now: float) -> None:
         """Send ``req`` on to the other leg, its headers and body crossed."""
+        if not body and req.body:
+            self.call.crossing.no_body(headers)  # its body did not cross
         mf = req.max_forwards
         out = self.to_leg.request(
             req.method, headers, body, max_forwards=70 if mf is None else mf - 1
@@ -80,6 +82,11 @@ class Relay:
             if self.ack is not None:  # a retransmitted 2xx: our ACK was lost
                 layer.send(self.to_leg.flow, self.ack, retransmission=True)
                 return
+            if self.cseq:
+                # a retransmitted 2xx to our offerless re-INVITE: its offer was relayed
+                # (through the media relay once), and our 2xx is retransmitted by its
+                # own transaction until the other side's ACK comes
+                return
             if tx.request.body:
                 # the offer was in our re-INVITE: the answer is here, ACK at once
                 self.ack = self.to_leg.ack(resp.cseq.number, b"")
@@ -100,6 +107,8 @@ class Relay:
         headers = crossing.headers(resp, towards_a=towards_a, response=True)
         body = crossing.body(resp, headers, towards_a=towards_a)
         media = call.media
+        if media is not None and status >= 300:
+            body = crossing.no_body(headers)
         if media is None or status >= 300:
             self.respond(resp, headers, body, now)
             return
@@ -109,7 +118,13 @@ class Relay:
             kind = sdp_kind(resp, ANSWER if tx.request.body else OFFER)
         from_a = self.to_leg.is_a
         media.step(
-            call, kind, from_a, body, now, lambda sdp, t: self.respond(resp, headers, sdp, t)
+            call,
+            kind,
+            from_a,
+            body,
+            now,
+            lambda sdp, t: self.respond(resp, headers, sdp, t),
+            resp.get("content-type"),
         )
 
     def respond(
@@ -123,6 +138,8 @@ class Relay:
             call.dialogs.relays.discard(self)
         crossing = call.crossing
         towards_a = self.from_leg.is_a
+        if not body and resp.body:
+            crossing.no_body(headers)  # its body did not cross
         if method in ("INVITE", "UPDATE") and status < 300:
             headers.insert(0, ("Contact", call.host.contact(self.from_leg.flow)))
             st = self.from_leg.st
@@ -165,7 +182,8 @@ class Relay:
             self._ack(body, now)
             return
         kind = sdp_kind(req, ANSWER)
-        call.media.step(call, kind, self.from_leg.is_a, body, now, self._ack)
+        ctype = req.get("content-type")
+        call.media.step(call, kind, self.from_leg.is_a, body, now, self._ack, ctype)
 
     def _ack(self, body: bytes, now: float) -> None:
         if self.ack is None:
@@ -271,6 +289,10 @@ class Dialogs:
                 ]
                 stx.respond(make_response(req, 200, headers=hdrs), now)
                 return
+            media = call.media
+            if media is not None and media.active and too_many_streams(req.body):
+                stx.respond(make_response(req, 488), now)  # see media.MAX_STREAMS
+                return
             relay = self.offer = Relay(call, leg, other, stx)
         crossing = call.crossing
         headers = crossing.headers(req, towards_a=not leg.is_a)
@@ -282,7 +304,15 @@ class Dialogs:
             return
         # anchored: the offer goes to the media relay first; ``offer`` shows it under way
         kind = sdp_kind(req, OFFER)
-        media.step(call, kind, leg.is_a, body, now, lambda sdp, t: relay.send(req, headers, sdp, t))
+        media.step(
+            call,
+            kind,
+            leg.is_a,
+            body,
+            now,
+            lambda sdp, t: relay.send(req, headers, sdp, t),
+            req.get("content-type"),
+        )
 
     def on_ack(self, leg: Leg, req: Request, now: float) -> None:
         """The ACK of a relayed re-INVITE's 2xx (on ``leg``), if one awaits it."""

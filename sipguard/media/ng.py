@@ -64,6 +64,8 @@ Done = Callable[[dict[str, object] | None, float], None]
 COMMANDS = frozenset(
     {"offer", "answer", "delete", "query", "ping", "list", "statistics", "publish"}
 )
+# commands of a call's own session: only to the relay that holds it (no failover)
+_PINNED = frozenset({"query", "delete"})
 # results counted by name; any other result string a reply holds is counted as "other"
 RESULTS = frozenset({"ok", "pong", "error", "load limit"})
 # what a request that got no reply is counted as: every relay failed, or none was usable
@@ -170,7 +172,17 @@ def earliest(a: float | None, b: float | None) -> float | None:
 
 
 class _Pending:
-    __slots__ = ("call_id", "command", "data", "deadline", "done", "relay", "sends", "tried")
+    __slots__ = (
+        "call_id",
+        "command",
+        "data",
+        "deadline",
+        "done",
+        "pinned",
+        "relay",
+        "sends",
+        "tried",
+    )
 
     def __init__(self, command: str, call_id: str, data: bytes, done: Done) -> None:
         self.command = command
@@ -181,6 +193,9 @@ class _Pending:
         self.sends = 0  # datagrams sent to that relay
         self.tried: list[Relay] = []
         self.deadline = 0.0
+        # a query or delete of a call whose relay is known: to that relay only, never
+        # another (which has no session of it and would say "unknown call")
+        self.pinned = False
 
 
 class NgClient:
@@ -281,12 +296,19 @@ class NgClient:
             return False
         call_id = command.get("call-id")
         cid = call_id if isinstance(call_id, str) else ""
-        relay = self._choose(cid, ())
+        own = self.affinity.get(cid) if cid and label in _PINNED else None
+        if own is not None:
+            relay = own if own.alive and own in self.relays else None
+        else:
+            relay = self._choose(cid, ())
         if relay is None:
             self._count(label, REFUSED)
+            if own is not None and label == "delete":
+                self.affinity.pop(cid, None)  # the call is over either way
             return False
         cookie = self._cookies.next()
         p = _Pending(label, cid, cookie.encode() + b" " + encode(command), done)
+        p.pinned = own is not None
         self._send_to(cookie, p, relay, now)
         return True
 
@@ -357,7 +379,8 @@ class NgClient:
             del self._pending[cookie]
             if p.sends < self.tries:
                 # a relay another request found dead: the next live one at once, if any
-                relay = None if _alive(p.relay) else self._choose(p.call_id, p.tried)
+                dead = not _alive(p.relay) and not p.pinned
+                relay = self._choose(p.call_id, p.tried) if dead else None
                 if relay is not None:
                     self._send_to(cookie, p, relay, now)
                     continue
@@ -370,7 +393,7 @@ class NgClient:
             # this relay had its tries: it is down; the next live one it has not tried
             self.timeouts += 1
             self._mark_dead(p.relay, now)
-            relay = self._choose(p.call_id, p.tried)
+            relay = None if p.pinned else self._choose(p.call_id, p.tried)
             if relay is not None:
                 self._send_to(cookie, p, relay, now)
                 continue
