@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sipguard.b2bua.host import Unanchored
 from sipguard.config.model import Config, Trunk
+from sipguard.policy.body import multipart_boundary, part_content_type
 from sipguard.policy.decision import Decision
 from sipguard.sip.message import SipMessage
 from sipguard.sip.timers import Timer
@@ -212,27 +213,6 @@ def sdp_span(content_type: str | None, body: bytes, depth: int = MULTIPART_DEPTH
             found = (start + span[0], start + span[1])
         pos += len(seg)
     return found
-
-
-def multipart_boundary(content_type: str) -> bytes | None:
-    for param in content_type.split(";")[1:]:
-        name, eq, value = param.partition("=")
-        if eq and name.strip().lower() == "boundary":
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            if value and value.isascii():
-                return value.encode()
-    return None
-
-
-def part_content_type(head: bytes) -> str | None:
-    """The ``Content-Type`` of a body part's header section, or None."""
-    for line in head.split(b"\r\n"):
-        name, colon, value = line.partition(b":")
-        if colon and name.strip().lower() in (b"content-type", b"c"):
-            return value.decode("ascii", "replace").strip()
-    return None
 
 
 def too_many_streams(body: bytes) -> bool:

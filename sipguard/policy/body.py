@@ -77,7 +77,8 @@ def anonymise_sdp(sdp: bytes) -> bytes:
     return b"".join(out) if changed else sdp
 
 
-def _boundary(content_type: str) -> bytes | None:
+def multipart_boundary(content_type: str) -> bytes | None:
+    """The ``boundary`` parameter of a multipart ``Content-Type`` (RFC 2046 §5.1.1)."""
     for param in content_type.split(";")[1:]:
         name, eq, value = param.partition("=")
         if eq and name.strip().lower() == "boundary":
@@ -89,7 +90,7 @@ def _boundary(content_type: str) -> bytes | None:
     return None
 
 
-def _part_content_type(head: bytes) -> str | None:
+def part_content_type(head: bytes) -> str | None:
     """The ``Content-Type`` of a body part's header section, or None."""
     for line in head.split(b"\r\n"):
         name, colon, value = line.partition(b":")
@@ -104,7 +105,7 @@ def _filter_part(part: bytes, restricted: bool, keep_location: bool) -> bytes | 
     if end < 0:
         return part  # no header section: not understood, left as it is
     head, content = part[: end + 4], part[end + 4 :]
-    full_type = _part_content_type(head)
+    full_type = part_content_type(head)
     # RFC 2046 §5.1: a part without Content-Type is text/plain
     ctype = _media_type(full_type) if full_type is not None else "text/plain"
     if not keep_location and _is_location(ctype):
@@ -137,7 +138,7 @@ def filter_body(
         return b""
     if not media.startswith("multipart/") or content_type is None:
         return body
-    boundary = _boundary(content_type)
+    boundary = multipart_boundary(content_type)
     if boundary is None:
         return body
     # RFC 2046 §5.1.1: every delimiter is CRLF "--" boundary (the first one may open the
