@@ -45,7 +45,7 @@ SAMPLES = "proc_samples.csv"
 SAMPLE_SECONDS = 0.5
 
 LAG = "sipguard_event_loop_lag_seconds"  # a histogram: how late a 50 ms probe woke
-LAG_MAX = "sipguard_event_loop_lag_max_seconds"  # a gauge: the latest since start
+LAG_MAX = "sipguard_event_loop_lag_max_seconds"  # a gauge: the longest lag since start
 LAG_BOUNDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # sipguard's buckets
 # the extra columns of proc_samples.csv, after t;cpu_s;rss_kb: the probes counted, the
 # cumulative count of each bucket (probes late by at most the bound), the max gauge
