@@ -10,7 +10,12 @@ What a run leaves in its work folder, and what is plotted from it:
 * SIPp's response times (``-trace_rtt``, ``uac_*_rtt.csv``): INVITE→200 setup time, its
   p50 and p99 per second and over the run;
 * the element's CPU seconds and RSS from ``/proc/PID``, sampled every 0.5 s while the
-  calls run (:class:`ProcSampler`, ``proc_samples.csv``): CPU in % of one core, RSS in MB.
+  calls run (:class:`ProcSampler`, ``proc_samples.csv``): CPU in % of one core, RSS in MB;
+* where the element has ``metrics()`` (sipguard), its event-loop lag probe, read in the
+  same samples: the cumulative buckets of ``sipguard_event_loop_lag_seconds`` and the
+  ``sipguard_event_loop_lag_max_seconds`` gauge, from which each 0.5 s period gets its
+  probes late by more than 10 ms and a bound on its longest pause (the setup-time plot's
+  lower panel, next to INVITE→200 over time).
 
 The report's table holds the figures the runner prints (``run.header()``/``run.row()``,
 passed in as text, and the same values from the results), so the plots never disagree
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import http.client
 import itertools
+import math
 import os
 import platform
 import threading
@@ -37,32 +44,74 @@ from testkit.sipp import percentile  # the runner's percentiles: nearest rank
 SAMPLES = "proc_samples.csv"
 SAMPLE_SECONDS = 0.5
 
+LAG = "sipguard_event_loop_lag_seconds"  # a histogram: how late a 50 ms probe woke
+LAG_MAX = "sipguard_event_loop_lag_max_seconds"  # a gauge: the longest lag since start
+LAG_BOUNDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # sipguard's buckets
+# the extra columns of proc_samples.csv, after t;cpu_s;rss_kb: the probes counted, the
+# cumulative count of each bucket (probes late by at most the bound), the max gauge
+LAG_COLUMNS = ("lag_n", *(f"lag_le_{b:g}" for b in LAG_BOUNDS), "lag_max_s")
+GOAL_MS = 10.0  # the goal: p99 INVITE→200 and every event-loop pause under 10 ms
+
 
 class Sampled(Protocol):
-    """What :class:`ProcSampler` reads: the element's CPU seconds and ``/proc`` status."""
+    """What :class:`ProcSampler` reads: the element's CPU seconds and ``/proc`` status
+    (and, where it has one, ``metrics()``: its Prometheus samples, ``{'name{labels}': v}``)."""
 
     def cpu_seconds(self) -> float: ...
 
     def status(self) -> dict[str, int]: ...
 
 
+def lag_fields(metrics: dict[str, float]) -> list[float | None]:
+    """The :data:`LAG_COLUMNS` values in ``metrics`` (as :func:`testkit.sipp.scrape_metrics`
+    keys them: ``name_bucket{le="0.01"}``), None for each one missing."""
+    buckets: dict[float, float] = {}
+    prefix = LAG + "_bucket{"
+    for key, value in metrics.items():
+        if key.startswith(prefix):
+            _, _, rest = key.partition('le="')
+            with contextlib.suppress(ValueError):
+                buckets[float(rest.partition('"')[0])] = value
+    return [
+        metrics.get(LAG + "_count"),
+        *(buckets.get(b) for b in LAG_BOUNDS),
+        metrics.get(LAG_MAX),
+    ]
+
+
 class ProcSampler:
     """Reads an element's CPU seconds and RSS every ``interval`` seconds in a thread, and
-    writes them to ``path`` (``t;cpu_s;rss_kb``, ``t`` in epoch seconds) on exit."""
+    writes them to ``path`` (``t;cpu_s;rss_kb``, ``t`` in epoch seconds) on exit.
+
+    An element with a ``metrics()`` method (sipguard's wrapper; not the peers) is scraped
+    too, in the same sample: the :data:`LAG_COLUMNS` follow, empty where a scrape failed
+    or lacked them. A scrape is one HTTP request to the element's metrics endpoint, which
+    sipguard answers on its event loop; a failed one only leaves its cells empty.
+    """
 
     def __init__(self, element: Sampled, path: Path, interval: float = SAMPLE_SECONDS) -> None:
         self.element = element
         self.path = path
         self.interval = interval
-        self.rows: list[tuple[float, float, int]] = []
+        scrape = getattr(element, "metrics", None)
+        self._scrape: Callable[[], dict[str, float]] | None = scrape if callable(scrape) else None
+        self.rows: list[tuple[float | None, ...]] = []  # t, cpu_s, rss_kb[, LAG_COLUMNS]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="proc-sampler", daemon=True)
+
+    def _lag(self) -> list[float | None]:
+        if self._scrape is None:
+            return []
+        try:
+            return lag_fields(self._scrape())
+        except (OSError, ValueError, http.client.HTTPException):  # refused, timed out, cut
+            return [None] * len(LAG_COLUMNS)
 
     def _sample(self) -> None:
         with contextlib.suppress(OSError, ValueError, AssertionError):
             cpu = self.element.cpu_seconds()
             rss = self.element.status().get("VmRSS", 0)
-            self.rows.append((time.time(), cpu, rss))
+            self.rows.append((time.time(), cpu, rss, *self._lag()))
 
     def _run(self) -> None:
         self._sample()
@@ -84,8 +133,8 @@ class ProcSampler:
         self._sample()
         with self.path.open("w", newline="") as f:
             w = csv.writer(f, delimiter=";")
-            w.writerow(["t", "cpu_s", "rss_kb"])
-            w.writerows(self.rows)
+            w.writerow(["t", "cpu_s", "rss_kb", *(LAG_COLUMNS if self._scrape else ())])
+            w.writerows(["" if v is None else v for v in row] for row in self.rows)
 
 
 # -- reading a run's files -------------------------------------------------------------
@@ -105,6 +154,16 @@ class Series:
     proc_t: list[float] = field(default_factory=list)
     cpu_pct: list[float] = field(default_factory=list)  # of one core, over the sample period
     rss_mb: list[float] = field(default_factory=list)
+    # the event-loop lag probe per sample period, where the element has one (else empty)
+    lag_from: list[float] = field(default_factory=list)  # the period's start
+    lag_t: list[float] = field(default_factory=list)  # its end
+    lag_probes: list[int] = field(default_factory=list)  # probes that woke in the period
+    lag_late_5ms: list[int] = field(default_factory=list)  # of those, late by > 5 ms
+    lag_late_10ms: list[int] = field(default_factory=list)  # late by > 10 ms
+    # the period's longest pause was at most this: the smallest bucket bound holding every
+    # probe of the period (nan: no probe woke; beyond the last bucket: the max gauge)
+    lag_bound_ms: list[float] = field(default_factory=list)
+    lag_max_ms: list[float] = field(default_factory=list)  # the gauge: max since start (nan)
 
 
 def _stat_rows(path: Path) -> list[dict[str, str]]:
@@ -129,6 +188,42 @@ def _num(row: dict[str, str], key: str) -> float:
         return float(row.get(key, "") or 0)
     except ValueError:
         return 0.0
+
+
+def _opt(row: dict[str, str], key: str) -> float | None:
+    try:
+        return float(row[key]) if row.get(key) else None
+    except ValueError:
+        return None
+
+
+def _lag_period(
+    before: dict[str, str], after: dict[str, str]
+) -> tuple[int, int, int, float, float] | None:
+    """(probes, late > 5 ms, late > 10 ms, bound on the longest pause in ms, max gauge in
+    ms) between two samples with the lag columns, from the buckets' differences."""
+    bounds = sorted(
+        float(k.removeprefix("lag_le_")) for k in after if k.startswith("lag_le_") and after[k]
+    )
+    keys = ["lag_n", *(f"lag_le_{b:g}" for b in bounds)]
+    b0 = [_opt(before, k) for k in keys]
+    b1 = [_opt(after, k) for k in keys]
+    if 0.005 not in bounds or 0.01 not in bounds or None in b0 or None in b1:
+        return None
+    d = [int(y or 0) - int(x or 0) for x, y in zip(b0, b1, strict=True)]
+    probes, by_bound = d[0], dict(zip(bounds, d[1:], strict=True))
+    if probes < 0:  # the element restarted
+        return None
+    gauge = _opt(after, "lag_max_s")
+    max_ms = math.nan if gauge is None else gauge * 1000.0
+    covering = [b for b in bounds if by_bound[b] >= probes]
+    if probes == 0:
+        bound = math.nan
+    elif covering:
+        bound = covering[0] * 1000.0
+    else:  # beyond the last bucket: the gauge is the only bound
+        bound = max_ms if gauge is not None else math.inf
+    return probes, probes - by_bound[0.005], probes - by_bound[0.01], bound, max_ms
 
 
 def _caller_rows(path: Path) -> list[tuple[float, float, float, float, float]]:
@@ -206,6 +301,15 @@ def read_run(
         s.proc_t.append(_num(after, "t") - t0)
         s.cpu_pct.append((_num(after, "cpu_s") - _num(before, "cpu_s")) / dt * 100.0)
         s.rss_mb.append(_num(after, "rss_kb") / 1024.0)
+        lag = _lag_period(before, after)
+        if lag is not None:
+            s.lag_from.append(_num(before, "t") - t0)
+            s.lag_t.append(s.proc_t[-1])
+            s.lag_probes.append(lag[0])
+            s.lag_late_5ms.append(lag[1])
+            s.lag_late_10ms.append(lag[2])
+            s.lag_bound_ms.append(lag[3])
+            s.lag_max_ms.append(lag[4])
     return s
 
 
@@ -223,10 +327,14 @@ def per_second(
 # -- plots -----------------------------------------------------------------------------
 
 
-def _figure(title: str, ylabel: str) -> tuple[Any, Any]:
+def _figure_backend() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+
+
+def _figure(title: str, ylabel: str) -> tuple[Any, Any]:
+    _figure_backend()
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
@@ -244,6 +352,86 @@ def _save(fig: Any, path: Path) -> str:
     fig.savefig(path)
     plt.close(fig)
     return path.name
+
+
+def _late_total(s: Series) -> str:
+    return f"probes late > {GOAL_MS:g} ms: {sum(s.lag_late_10ms)}"
+
+
+def _latency(s: Series, result: dict[str, Any]) -> Any:
+    """Latency over time: INVITE→200 per second above, the event loop's pauses below."""
+    _figure_backend()
+    import matplotlib.pyplot as plt
+
+    fig, (ax, loop) = plt.subplots(
+        2, 1, figsize=(8, 6), dpi=100, sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
+    ax.set_title("INVITE → 200 setup time seen by the caller")
+    ax.set_ylabel("ms")
+    ax.grid(True, alpha=0.3)
+    for pct, style in ((50, "-"), (99, "--")):
+        xs, ys = per_second(s.setup_t, s.setup_ms, pct)
+        ax.plot(xs, ys, linestyle=style, label=f"p{pct} per second")
+        whole = result.get(f"setup_p{pct}_ms")
+        if whole is not None:
+            ax.axhline(
+                whole, color="grey", linestyle=style, alpha=0.6, label=f"p{pct} run: {whole:.0f} ms"
+            )
+    ax.axhline(GOAL_MS, color="tab:red", linestyle=":", label=f"goal: p99 < {GOAL_MS:g} ms")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", fontsize="small")
+
+    loop.set_xlabel("seconds")
+    loop.set_ylabel("pause, ms")
+    loop.grid(True, alpha=0.3)
+    if not s.lag_t:
+        loop.set_title("Event loop: no lag data (the element exports no lag probe)")
+        loop.set_yticks([])
+        loop.text(0.5, 0.5, "no data", transform=loop.transAxes, ha="center", color="grey")
+        return fig
+    loop.set_title(
+        f"Event loop: longest pause per {SAMPLE_SECONDS:g} s sample and {_late_total(s)}"
+    )
+    bound = [b if math.isfinite(b) else math.nan for b in s.lag_bound_ms]
+    span_x: list[float] = []  # each period drawn over its own span: a step plot, gaps kept
+    span_y: list[float] = []
+    for start, end, value in zip(s.lag_from, s.lag_t, bound, strict=True):
+        if span_x and span_x[-1] != start:
+            span_x.append(start)
+            span_y.append(math.nan)
+        span_x += [start, end]
+        span_y += [value, value]
+    loop.plot(
+        span_x, span_y, color="tab:blue", label="longest pause in the period ≤ (bucket bound)"
+    )
+    loop.plot(
+        s.lag_t, s.lag_max_ms, color="grey", linestyle=":", label="max since sipguard started"
+    )
+    loop.axhline(GOAL_MS, color="tab:red", linestyle="--", alpha=0.6, label=f"{GOAL_MS:g} ms")
+    loop.set_yscale("log")
+    seen = [v for v in (*bound, *s.lag_max_ms) if math.isfinite(v)]
+    top = max([2 * GOAL_MS, *seen])
+    ticks = [b * 1000 for b in LAG_BOUNDS if b * 1000 <= top * 1.01]
+    loop.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    loop.minorticks_off()
+    loop.set_ylim(0.7, top * 12)  # the room above for the legend
+    late = loop.twinx()
+    marks = [
+        ((a + b) / 2, n) for a, b, n in zip(s.lag_from, s.lag_t, s.lag_late_10ms, strict=True) if n
+    ]
+    late.plot(
+        [x for x, _ in marks],
+        [n for _, n in marks],
+        "v",
+        color="tab:red",
+        label=f"probes late > {GOAL_MS:g} ms in the period (right)",
+    )
+    late.set_ylabel(f"probes late > {GOAL_MS:g} ms")
+    late.set_ylim(0, max([1, *(n for _, n in marks)]) * 2.2)
+    late.yaxis.get_major_locator().set_params(integer=True)
+    handles = [*loop.get_legend_handles_labels()[0], *late.get_legend_handles_labels()[0]]
+    loop.legend(handles=handles, loc="upper left", fontsize="x-small", ncol=2)
+    return fig
 
 
 def plot_run(s: Series, result: dict[str, Any], out: Path, prefix: str) -> list[tuple[str, str]]:
@@ -269,18 +457,12 @@ def plot_run(s: Series, result: dict[str, Any], out: Path, prefix: str) -> list[
     ax.legend(loc="upper right")
     made.append(("Failures and retransmissions", _save(fig, out / f"{prefix}failures.png")))
 
-    fig, ax = _figure("INVITE → 200 setup time seen by the caller", "ms")
-    for pct, style in ((50, "-"), (99, "--")):
-        xs, ys = per_second(s.setup_t, s.setup_ms, pct)
-        ax.plot(xs, ys, linestyle=style, label=f"p{pct} per second")
-        whole = result.get(f"setup_p{pct}_ms")
-        if whole is not None:
-            ax.axhline(
-                whole, color="grey", linestyle=style, alpha=0.6, label=f"p{pct} run: {whole:.0f} ms"
-            )
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="upper right")
-    made.append(("Setup time p50 and p99", _save(fig, out / f"{prefix}setup.png")))
+    made.append(
+        (
+            "Setup time p50 and p99, and event-loop pauses",
+            _save(_latency(s, result), out / f"{prefix}setup.png"),
+        )
+    )
 
     import matplotlib.pyplot as plt
 
@@ -374,6 +556,14 @@ def write_report(
         if result.get("failures"):
             lines += [f"SIPp failure counters: `{result['failures']}`", ""]
         run = series[i] if series is not None else read_run(Path(result.get("workdir", "")))
+        if run.lag_t:
+            lines += [
+                f"Event loop (its {SAMPLE_SECONDS:g} s samples of sipguard's 50 ms lag probe): "
+                f"{_late_total(run)} of {sum(run.lag_probes)}, > 5 ms: "
+                f"{sum(run.lag_late_5ms)}; the longest pause at most "
+                f"{max((b for b in run.lag_bound_ms if not math.isnan(b)), default=0):g} ms.",
+                "",
+            ]
         for caption, name in plot_run(run, result, out, prefix):
             lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     if extra:

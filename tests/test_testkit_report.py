@@ -3,13 +3,22 @@ small synthetic SIPp statistics, response times and process samples."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from testkit.report import SAMPLES, ProcSampler, read_run, write_report
+from testkit.report import (
+    LAG_BOUNDS,
+    LAG_COLUMNS,
+    SAMPLES,
+    ProcSampler,
+    plot_run,
+    read_run,
+    write_report,
+)
 
 pytest.importorskip("matplotlib")  # the plots (the test extra installs it)
 
@@ -127,6 +136,132 @@ def test_the_sampler_writes_cpu_and_rss_while_it_runs(tmp_path: Path) -> None:
     assert lines[0] == "t;cpu_s;rss_kb"
     assert len(lines) >= 4
     assert all(x.endswith(";1234") for x in lines[1:])
+
+
+LAG = "sipguard_event_loop_lag_seconds"
+
+
+def lag_metrics(lags_s: list[float], max_s: float) -> dict[str, float]:
+    """What sipguard's /metrics shows (as testkit.sipp.scrape_metrics keys it) once its
+    probe has seen ``lags_s``: cumulative buckets, count, sum, and the max gauge."""
+    out = {f'{LAG}_bucket{{le="{b}"}}': float(sum(x <= b for x in lags_s)) for b in LAG_BOUNDS}
+    out[f'{LAG}_bucket{{le="+Inf"}}'] = float(len(lags_s))
+    out[f"{LAG}_count"] = float(len(lags_s))
+    out[f"{LAG}_sum"] = sum(lags_s)
+    out["sipguard_event_loop_lag_max_seconds"] = max_s
+    out["sipguard_calls_total"] = 3.0
+    return out
+
+
+# the probe's lags between scrapes: quiet, one 7 ms pause, a 15 ms and a 30 ms one, none
+# (the loop stuck over the whole period), quiet again
+PERIODS = [[0.0002] * 3, [0.0003] * 9, [0.0004] * 8 + [0.007], [0.015, 0.030] + [0.0001] * 8, []]
+
+
+class LaggyElement(FakeElement):
+    """sipguard as ProcSampler sees it: /proc figures and a metrics() scrape, whose probe
+    counts grow by PERIODS[i] at the i-th scrape; the third scrape fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[float] = []
+        self.scrapes = 0
+
+    def metrics(self) -> dict[str, float]:
+        self.scrapes += 1
+        self.seen += PERIODS[min(self.scrapes - 1, len(PERIODS) - 1)]  # the probe goes on
+        if self.scrapes == 3:
+            raise ConnectionRefusedError("metrics endpoint busy")
+        return lag_metrics(self.seen, max([0.012, *self.seen]))
+
+
+def test_the_sampler_adds_the_lag_probes_buckets_where_the_element_has_metrics(
+    tmp_path: Path,
+) -> None:
+    element = LaggyElement()
+    with ProcSampler(element, tmp_path / SAMPLES, interval=3600) as sampler:
+        deadline = time.monotonic() + 5
+        while not sampler.rows and time.monotonic() < deadline:  # its first sample
+            time.sleep(0.01)
+        for _ in range(5):
+            sampler._sample()  # the next ones, as its thread would every interval
+    # and one last sample on the way out
+    lines = (tmp_path / SAMPLES).read_text().splitlines()
+    assert lines[0] == "t;cpu_s;rss_kb;" + ";".join(LAG_COLUMNS)
+    assert lines[0].startswith("t;cpu_s;rss_kb;lag_n;lag_le_0.001;")  # the old 3 first
+    assert LAG_COLUMNS[-1] == "lag_max_s" and "lag_le_0.01" in LAG_COLUMNS
+    rows = [line.split(";") for line in lines[1:]]
+    assert len(rows) == 7 and all(len(r) == 3 + len(LAG_COLUMNS) for r in rows)
+    assert rows[2][3:] == [""] * len(LAG_COLUMNS)  # the failed scrape: cells left empty
+    first = dict(zip(lines[0].split(";"), rows[0], strict=True))
+    assert first["rss_kb"] == "1234" and float(first["lag_n"]) == 3
+    after = dict(zip(lines[0].split(";"), rows[3], strict=True))
+    assert float(after["lag_n"]) == 31  # 3 + 9 + 9 + 10 probes
+    assert float(after["lag_n"]) - float(after["lag_le_0.01"]) == 2  # 15 and 30 ms
+    assert float(after["lag_n"]) - float(after["lag_le_0.005"]) == 3  # and 7 ms
+    assert float(after["lag_max_s"]) == 0.030
+
+
+def test_a_runs_lag_series_per_sample_period(tmp_path: Path) -> None:
+    workdir = tmp_path / "run"
+    synthetic_run(workdir)
+    head = "t;cpu_s;rss_kb;" + ";".join(LAG_COLUMNS)
+    rows, seen = [], []
+    for i, period in enumerate(PERIODS):
+        seen += period
+        m = lag_metrics(seen, max([0.012, *seen]))
+        cells = [m[f"{LAG}_count"], *(m[f'{LAG}_bucket{{le="{b}"}}'] for b in LAG_BOUNDS)]
+        rows.append(f"{T0 + i / 2:.3f};{0.05 * i:.3f};40000;" + ";".join(map(str, cells)))
+        rows[-1] += f";{m['sipguard_event_loop_lag_max_seconds']}"
+    rows.insert(2, f"{T0 + 0.75:.3f};0.075;40000" + ";" * len(LAG_COLUMNS))  # a failed scrape
+    (workdir / SAMPLES).write_text(head + "\n" + "\n".join(rows) + "\n")
+    s = read_run(workdir)
+    assert len(s.proc_t) == 5 and s.cpu_pct[0] == pytest.approx(10.0)
+    # the periods with both ends scraped: 1 (9 quiet probes), 3 (10, two of them late), 4
+    assert s.lag_from == [0.0, 1.0, 1.5]
+    assert s.lag_t == [0.5, 1.5, 2.0]
+    assert s.lag_probes == [9, 10, 0]
+    assert s.lag_late_5ms == [0, 2, 0]
+    assert s.lag_late_10ms == [0, 2, 0]
+    assert s.lag_bound_ms[:2] == [1.0, 50.0]  # every probe ≤ 1 ms; the 30 ms one ≤ 50 ms
+    assert math.isnan(s.lag_bound_ms[2])  # no probe woke: nothing to bound
+    assert s.lag_max_ms == pytest.approx([12.0, 30.0, 30.0])
+
+
+def test_a_run_without_lag_columns_has_no_lag_series(tmp_path: Path) -> None:
+    synthetic_run(tmp_path / "run")
+    s = read_run(tmp_path / "run")
+    assert s.proc_t and not s.lag_t and not s.lag_late_10ms and not s.lag_bound_ms
+
+
+def test_the_latency_figure_renders_with_and_without_lag_data(tmp_path: Path) -> None:
+    result = synthetic_run(tmp_path / "run")
+    s = read_run(tmp_path / "run")
+    assert plot_run(s, result, tmp_path, "none-")[2] == (
+        "Setup time p50 and p99, and event-loop pauses",
+        "none-setup.png",
+    )
+    s.lag_from = [0.0, 0.5, 1.5, 2.0]  # the third period's start not scraped
+    s.lag_t = [0.5, 1.0, 2.0, 2.5]
+    s.lag_probes = [10, 10, 9, 0]
+    s.lag_late_5ms = [0, 1, 3, 0]
+    s.lag_late_10ms = [0, 0, 2, 0]
+    s.lag_bound_ms = [1.0, 10.0, 1200.0, math.nan]  # 1.2 s: beyond the buckets, the gauge
+    s.lag_max_ms = [4.0, 8.0, 1200.0, 1200.0]
+    made = plot_run(s, result, tmp_path, "lag-")
+    assert [name for _, name in made] == [
+        "lag-calls.png",
+        "lag-failures.png",
+        "lag-setup.png",
+        "lag-process.png",
+    ]
+    for name in ("none-setup.png", "lag-setup.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    md = write_report(tmp_path / "out", [result], "table", series=[s]).read_text()
+    assert "probes late > 10 ms: 2 of 29, > 5 ms: 4" in md
+    assert "the longest pause at most 1200 ms" in md
+    plain = write_report(tmp_path / "plain", [result], "table").read_text()
+    assert "probes late" not in plain
 
 
 def test_several_callers_add_up_second_by_second(tmp_path: Path) -> None:
