@@ -449,7 +449,8 @@ def test_a_relay_error_on_the_answer_ends_a_call_that_must_be_anchored() -> None
     relay.fail = True
     w.from_callee(response_to(b_inv, 200, "OK", "c1", SDP_CALLEE))
     to_caller = w.take_caller()
-    assert [m.status for m in responses(to_caller)][-1] == 500
+    # SPEC §5 when_down: refuse is 503, whether the relay fails the offer or the answer
+    assert [m.status for m in responses(to_caller)][-1] == 503
     assert all(CALLEE_IP.encode() not in m.to_bytes() for m in to_caller)
     assert requests(w.take_callee(), "BYE")
 
@@ -827,3 +828,22 @@ def test_retransmitted_2xx_to_an_offerless_re_invite_send_one_offer() -> None:
     w.from_caller(in_dialog("ACK", oks[0], 2, 1, "z9hG4bK-re-ack", SDP))
     assert len(requests(w.take_callee(), "ACK")) == 1
     assert commands(w)[-1] == "answer"
+
+
+def test_a_late_offer_with_too_many_streams_ends_the_call_before_the_relay() -> None:
+    """The callee's offer (a late offer in its 2xx) takes ports per stream like the
+    caller's: past MAX_STREAMS it never reaches the relay; the callee's 2xx is ACKed with
+    every stream rejected and BYEd, the caller gets 488, and no answered call is billed."""
+    w = wire()
+    w.from_caller(invite(1, body=b""))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    w.from_callee(response_to(b_inv, 200, "OK", "c1", many_streams(8)))
+    assert [m.status for m in responses(w.take_caller())] == [100, 488]
+    to_callee = w.take_callee()
+    (ack,) = requests(to_callee, "ACK")
+    assert ack.body.count(b"m=audio 0 ") == 9  # every offered stream rejected (port 0)
+    assert len(requests(to_callee, "BYE")) == 1
+    assert commands(w) == []
+    records = w.core.cdr_out
+    assert [(r.kind, r.end_reason, r.status) for r in records] == [("end", "rejected", 488)]
+    assert records[0].answer is None and records[0].duration_ms == 0

@@ -141,6 +141,12 @@ class Call:
         return self.state == ANSWERED
 
     @property
+    def a_open(self) -> bool:
+        """The caller's INVITE has no final response yet (a 2xx held for a PRACK, or the
+        callee's answer still at the relay)."""
+        return self.a_invite.last_status < 200
+
+    @property
     def ended(self) -> bool:
         return self.state == ENDED
 
@@ -361,6 +367,8 @@ class Call:
         self.status = resp.status
         self._start_session_timers(resp, now)
         self.relay_to_a(resp, now)
+        if self.state == ENDED:
+            return  # ended on the way to the caller (its offer refused): never answered
         self.host.outcomes.append(Answered(self, now))
         if self.media is not None:
             self.media.watch(self, now)
@@ -471,11 +479,12 @@ class Call:
         # our 2xx to the caller may still be held for a PRACK (RFC 3262 §3): its INVITE
         # then gets a final response (§15.1.2: 487 to the caller's BYE), never a BYE on
         # its early dialog
-        a_open = self.a_invite.last_status < 200
+        a_open = self.a_open
         bye_a = ((not by_a) or to_a or both) and not a_open
         bye_b = by_a or to_a or both or a_open
         if a_open:
-            self.respond_a(487 if by is not None and by_a else 500, now, None, None, b"")
+            final = 487 if by is not None and by_a else status if 400 <= status < 700 else 500
+            self.respond_a(final, now, None, None, b"")
         if bye_a:
             self.a.send(self.a.request("BYE", extra), IGNORE, now)
         b = self.b
@@ -500,6 +509,8 @@ class Call:
         if self.state == ENDED:
             return
         self.state = ENDED
+        if self.answered_at is not None and not 200 <= self.a_invite.last_status < 300:
+            self.answered_at = None  # the callee's 2xx never reached the caller: unanswered
         if self.answered_at is None:
             self.status = status
         try:

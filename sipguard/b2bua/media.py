@@ -361,6 +361,22 @@ class CallMedia:
             if start < 0:
                 then(body, now)  # a multipart body without SDP: no address in it
                 continue
+            if kind == OFFER and too_many_streams(body[start:end]):
+                # an offer from either side (a late offer in the callee's 18x/2xx, one in
+                # a response to an offerless re-INVITE) takes ports per stream like the
+                # caller's: more than MAX_STREAMS ends the call, never reaching the relay
+                log.warning(
+                    "call %s: an offer with more than %d streams: ended", call.id, MAX_STREAMS
+                )
+                queue.clear()
+                call.hangup(
+                    True,
+                    now,
+                    reason="rejected" if call.early or call.a_open else "timeout",
+                    status=488 if call.early or call.a_open else call.status,
+                    to_a=True,
+                )
+                return
             if (start, end) != (0, len(body)):
                 then = _in_place(body, start, end, then)
             self.busy = True
