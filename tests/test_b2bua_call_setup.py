@@ -434,3 +434,51 @@ def test_a_reason_phrase_reaches_an_untrusted_caller_only_as_the_standard_one() 
     w.from_callee(response_to(b_inv, 486, "Busy: Bob Smith at 192.0.2.55", "t1"))
     (final,) = [r for r in responses(w.take_caller()) if r.status >= 200]
     assert final.status == 486 and final.reason == "Busy Here"
+
+
+# -- the server transport's stamp on the top Via (RFC 3261 §18.2.1, RFC 3581 §4) ----------
+
+
+def test_a_caller_behind_nat_learns_its_address_and_port_from_the_top_via() -> None:
+    """A PBX behind NAT writes its private address and asks for ``rport``: every response
+    to it names where its request came from (``received``, ``rport`` filled in), and only
+    the top Via changes."""
+    w = Wire()
+    nat = invite(1).replace(
+        b"Via: SIP/2.0/UDP 127.0.0.3:5062;branch=z9hG4bK-1-1-0\r\n",
+        b"Via: SIP/2.0/UDP 192.168.1.20:5062;rport;branch=z9hG4bK-1-1-0, "
+        b"SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-inner\r\n",
+    )
+    assert nat != invite(1)
+    b_inv = start_call(w, 1, nat)
+    w.from_callee(response_to(b_inv, 180, "Ringing", "c1"))
+    to_caller = responses(w.take_caller())
+    assert [m.status for m in to_caller] == [100, 180]
+    for resp in to_caller:
+        assert resp.get_all("via") == [
+            f"SIP/2.0/UDP 192.168.1.20:5062;rport={CALLER[1]};branch=z9hG4bK-1-1-0"
+            f";received={CALLER[0]}",
+            "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK-inner",
+        ]
+    # nothing of it crosses: the callee sees sipguard's own Via only
+    assert "192.168.1.20" not in b_inv.to_bytes().decode()
+
+
+def test_a_sent_by_that_names_the_source_is_copied_as_written() -> None:
+    w = Wire()
+    w.from_caller(invite(1))
+    (trying,) = w.take_caller()
+    assert trying.get_lines("via") == [f"SIP/2.0/UDP {CALLER[0]}:{CALLER[1]};branch=z9hG4bK-1-1-0"]
+
+
+def test_a_sent_by_host_that_is_not_the_source_gets_received_without_rport() -> None:
+    w = Wire()
+    w.from_caller(
+        invite(1).replace(
+            b"UDP 127.0.0.3:5062;", b"UDP pbx.customer.example:5062;received=1.2.3.4;"
+        )
+    )
+    (trying,) = w.take_caller()
+    assert trying.get_lines("via") == [
+        f"SIP/2.0/UDP pbx.customer.example:5062;branch=z9hG4bK-1-1-0;received={CALLER[0]}"
+    ]

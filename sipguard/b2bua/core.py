@@ -273,6 +273,8 @@ class B2BUA:
             return
         try:
             if isinstance(msg, Request):
+                msg.src_host = flow.host  # its responses' top Via says where it came from
+                msg.src_port = flow.port
                 self.records.message_in(msg.method)
                 self.layer.receive_request(msg, flow, now)
             else:

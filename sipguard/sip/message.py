@@ -569,7 +569,7 @@ class SipMessage:
 
 
 class Request(SipMessage):
-    __slots__ = ("method", "uri")
+    __slots__ = ("method", "src_host", "src_port", "uri")
 
     def __init__(
         self, method: str, uri: str, headers: Iterable[tuple[str, str]], body: bytes = b""
@@ -577,6 +577,37 @@ class Request(SipMessage):
         SipMessage.__init__(self, headers, body)
         self.method = method
         self.uri = uri  # as written; see request_uri
+        # where a received request came from (set by the core on receipt; "" for one we
+        # build): its responses' top Via says so (RFC 3261 §18.2.1, RFC 3581 §4)
+        self.src_host = ""
+        self.src_port = 0
+
+    def stamped_via(self) -> str | None:
+        """The first ``Via`` line as a server transport stamps it before a response
+        copies it (RFC 3261 §18.2.1: ``received`` where the sent-by host is not the
+        source address; RFC 3581 §4: with ``rport``, ``rport`` filled in with the source
+        port and ``received`` always), or None where it stays as written."""
+        host = self.src_host
+        if not host:
+            return None
+        via = self.top_via
+        rport = via.rport
+        sent_by = via.host[1:-1] if via.host[:1] == "[" else via.host
+        if rport is None and sent_by == host.lower():
+            return None
+        params: list[tuple[str, str | None]] = []
+        for k, v in via.params:
+            name = k.lower()
+            if name == "received":
+                continue  # ours replaces whatever the sender wrote
+            params.append((k, str(self.src_port)) if name == "rport" else (k, v))
+        params.append(("received", host))
+        top = str(Via(via.transport, via.host, via.port, tuple(params), via.protocol))
+        line = self.get_lines("via")[0]
+        if "," not in line:
+            return top
+        rest = split_commas(line)[1:]
+        return ", ".join([top, *rest])
 
     @property
     def request_uri(self) -> Uri:

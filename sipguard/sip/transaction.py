@@ -798,6 +798,10 @@ def make_response(
 ) -> Response:
     """A response to ``req`` as §8.2.6 builds it: Via, From, To (+tag), Call-ID, CSeq."""
     hdrs = [("Via", v) for v in req.get_lines("via")]
+    if isinstance(req, Request) and req.src_host:
+        stamped = req.stamped_via()
+        if stamped is not None:
+            hdrs[0] = ("Via", stamped)
     hdrs.append(("From", req.get("from") or ""))
     to = req.get("to") or ""
     if to_tag is not None and status != 100:
