@@ -38,6 +38,7 @@ import pytest
 import yaml
 
 from testkit import dockerd as dockerkit
+from testkit.report import LAG_COLUMNS
 from testkit.sipp import (
     CALLEE_IP,
     base_config,
@@ -289,7 +290,10 @@ def check_load_report(folder: Path, summary: dict[str, Any], report: str) -> Non
     assert result["setup_p50_ms"] is not None and 490 <= result["setup_p50_ms"] <= 2000, result
     assert result["setup_p99_ms"] >= result["setup_p50_ms"], result
     samples = (folder / "sipp" / "proc_samples.csv").read_text().splitlines()
-    assert samples[0] == "t;cpu_s;rss_kb" and len(samples) > LOAD_DURATION * 3 // 4, samples
+    # the event-loop lag probe's columns too, read from the same scrape (setup.png's panel)
+    head = "t;cpu_s;rss_kb;" + ";".join(LAG_COLUMNS)
+    assert samples[0] == head and len(samples) > LOAD_DURATION * 3 // 4, samples
+    assert all(line.split(";")[3] for line in samples[1:]), samples  # lag_n read each time
     cpu = [float(line.split(";")[1]) for line in samples[1:]]
     assert cpu == sorted(cpu) and cpu[-1] > cpu[0], cpu
     assert summary["process_samples"] == len(samples) - 1
@@ -422,3 +426,64 @@ def test_compose_stop_grace_is_longer_than_the_default_drain() -> None:
     default = re.fullmatch(r"\$\{SIPGUARD_STOP_GRACE:-(\d+)s\}", grace)
     assert default is not None, grace
     assert int(default.group(1)) > Config.__dataclass_fields__["drain_seconds"].default
+
+
+def test_the_image_harness_samples_the_event_loop_lag_with_cpu_and_rss(tmp_path: Path) -> None:
+    """Without Docker: the SIPp image's sampler reads sipguard's lag probe from the very
+    scrape that gives its CPU and RSS, so the report's latency figure has its lower panel."""
+    import http.server
+    import threading
+
+    from testkit.report import SAMPLES, ProcSampler
+
+    scrapes = [0]
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            scrapes[0] += 1
+            n = scrapes[0]
+            late = 1 if n > 2 else 0  # one probe late by 30 ms from the third scrape on
+            body = "\n".join(
+                [
+                    f"process_cpu_seconds_total {0.5 * n}",
+                    "process_resident_memory_bytes 52428800",
+                    *(
+                        f'sipguard_event_loop_lag_seconds_bucket{{le="{b}"}} {10 * n}'
+                        for b in ("0.001", "0.002", "0.005", "0.01", "0.02")
+                    ),
+                    *(
+                        f'sipguard_event_loop_lag_seconds_bucket{{le="{b}"}} {10 * n + late}'
+                        for b in ("0.05", "0.1", "0.2", "0.5", "1.0", "+Inf")
+                    ),
+                    f"sipguard_event_loop_lag_seconds_count {10 * n + late}",
+                    f"sipguard_event_loop_lag_max_seconds {0.03 if late else 0.001}",
+                    "",
+                ]
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        process = loadtest.SipguardProcess(f"http://127.0.0.1:{server.server_port}/metrics")
+        with ProcSampler(process, tmp_path / SAMPLES, interval=0.05):
+            deadline = time.monotonic() + 5
+            while scrapes[0] < 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        server.shutdown()
+        server.server_close()
+    lines = (tmp_path / SAMPLES).read_text().splitlines()
+    assert lines[0] == "t;cpu_s;rss_kb;" + ";".join(LAG_COLUMNS)
+    assert len(lines) >= 4 and all(line.split(";")[3] for line in lines[1:]), lines
+    rows = [dict(zip(lines[0].split(";"), line.split(";"), strict=True)) for line in lines[1:]]
+    late = [float(r["lag_n"]) - float(r["lag_le_0.01"]) for r in rows]
+    assert late[0] == 0 and late[-1] == 1, rows  # the probe late by 30 ms, seen
+    assert float(rows[-1]["lag_max_s"]) == 0.03 and process.rss_kb == 51200

@@ -231,6 +231,7 @@ class SipguardProcess:
         self.rss_kb = 0
         self.peak_rss_kb = 0
         self.pause_max_s: float | None = None
+        self.last: dict[str, float] = {}
 
     def cpu_seconds(self) -> float:
         samples = read_metrics(self.url)
@@ -241,7 +242,13 @@ class SipguardProcess:
         self.rss_kb = int(rss) // 1024
         self.peak_rss_kb = max(self.peak_rss_kb, self.rss_kb)
         self.pause_max_s = samples.get("sipguard_event_loop_lag_max_seconds")
+        self.last = samples
         return cpu
+
+    def metrics(self) -> dict[str, float]:
+        """The samples of the scrape :meth:`cpu_seconds` just made: the sampler's event-loop
+        lag columns come from the same one."""
+        return self.last
 
     def status(self) -> dict[str, int]:
         return {"VmRSS": self.rss_kb}
