@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from sipguard.b2bua.outgoing import MAX_FORKS
 from sipguard.metrics import Metrics
 from sipguard.sip.message import Request, Response
 from testkit.callsim import (
@@ -419,6 +420,30 @@ def test_a_fork_that_answers_after_timer_m_is_acked_and_byed() -> None:
     (ack,) = requests(to_callee, "ACK")
     (bye,) = requests(to_callee, "BYE")
     assert ack.to.tag == "fork2" and bye.to.tag == "fork2"
+    assert w.take_caller() == [] and w.core.calls == 1
+
+
+def test_a_call_keeps_the_acks_of_a_few_forks_and_still_acks_and_byes_the_rest() -> None:
+    """Each other fork's 2xx from the next hop is ACKed and BYEd (§13.2.2.4); the ACKs of
+    MAX_FORKS of them are kept, to repeat one for its retransmitted 2xx (with no second
+    BYE). Past that nothing more is kept: a call's state is bounded whatever its peer
+    sends."""
+    w = Wire()
+    e = establish(w, 1)
+    w.advance(64 * T1 + 1)  # our INVITE client transaction is gone (Timer M)
+    tags = [f"fork{i}" for i in range(MAX_FORKS + 4)]
+    for tag in tags:
+        w.from_callee(response_to(e.b_invite, 200, "OK", tag, SDP_CALLEE))
+        to_callee = w.take_callee()
+        assert [(m.method, m.to.tag) for m in requests(to_callee)] == [("ACK", tag), ("BYE", tag)]
+    (call,) = w.core.table.calls()
+    assert call.out.forks is not None
+    assert list(call.out.forks) == tags[:MAX_FORKS]
+    w.from_callee(response_to(e.b_invite, 200, "OK", tags[0], SDP_CALLEE))  # again
+    assert [m.method for m in requests(w.take_callee())] == ["ACK"]
+    w.from_callee(response_to(e.b_invite, 200, "OK", tags[-1], SDP_CALLEE))  # not kept
+    assert [m.method for m in requests(w.take_callee())] == ["ACK", "BYE"]
+    assert len(call.out.forks) == MAX_FORKS
     assert w.take_caller() == [] and w.core.calls == 1
 
 

@@ -19,9 +19,11 @@ from testkit.callsim import (
     PEER2,
     SDP,
     STRANGER,
+    T1,
     Established,
     Wire,
     callee_request,
+    cancel_of,
     config_text,
     establish,
     in_dialog,
@@ -207,6 +209,60 @@ def test_over_tcp_only_the_legs_open_connection_speaks_for_its_peer() -> None:
     w.from_callee(response_to(bye_b, 200, "OK", None))
     (end,) = [r for r in w.core.cdr_out if r.kind == "end"]
     assert end.end_reason == "caller_bye"
+
+
+def test_once_answered_a_cancel_is_still_its_callers_alone_and_changes_nothing() -> None:
+    """RFC 3261 §9.2: a CANCEL for an INVITE that has its final response has no effect,
+    and its 200 carries the To tag of the INVITE's responses: the caller's, which knows
+    it. The INVITE's transaction outlives the ACK, and the call (Timer L); all that time,
+    a CANCEL with its branch on another connection from the caller's address gets the
+    481 of no INVITE, counted, and no To tag."""
+    w = wire("tcp")
+    w.core.connection_up(1)
+    call = establish(w, 1)
+    a_tag = call.a_ok.to.tag
+    assert a_tag
+    forged = Flow("tcp", 1, *CALLER, conn=2)
+    before = refused(w)
+    w.core.receive(cancel_of(1), forged, w.now)
+    w.flush()
+    assert statuses(w.take_caller()) == [481]
+    assert_untouched(w, before)
+    w.from_caller(cancel_of(1))  # the caller's own
+    (ok,) = [m for m in w.take_caller() if isinstance(m, Response)]
+    assert (ok.status, ok.to.tag) == (200, a_tag)
+    assert w.take_callee() == [] and active(w) == 1
+    w.from_caller(caller_bye(call))  # the call ends; its INVITE transaction is kept
+    (bye,) = requests(w.take_callee(), "BYE")
+    w.from_callee(response_to(bye, 200, "OK", None))
+    w.take_caller()
+    w.advance(1.0)  # the 200 to the caller's CANCEL is gone (Timer J), Timer L is not
+    assert [tx.is_invite for tx in w.core.layer.server.values()] == [True]
+    before = refused(w)
+    w.core.receive(cancel_of(1), forged, w.now)
+    w.flush()
+    (no,) = [m for m in w.take_caller() if isinstance(m, Response)]
+    assert no.status == 481 and a_tag not in no.to_bytes().decode()
+    assert refused(w) == before + 1
+
+
+def test_a_2xx_of_our_invite_is_believed_only_from_the_b_legs_peer() -> None:
+    """A 2xx that matches no transaction of ours (§13.2.2.4) is found by the B-leg's
+    Call-ID and From tag alone: from another trunk it is dropped, counted, and draws
+    nothing (no ACK, no BYE towards an address that may be forged); from the callee the
+    same 2xx of another fork is ACKed and BYEd."""
+    w = wire()
+    call = establish(w, 1)
+    w.advance(64 * T1 + 1)  # our INVITE client transaction is gone (Timer M)
+    before = refused(w)
+    forged = response_to(call.b_invite, 200, "OK", "fork2", SDP, contact=PEER2)
+    w.from_peer(PEER2, rewrite_via(forged, PEER2))
+    w.advance(5.0)
+    assert w.take(PEER2) == []
+    assert_untouched(w, before)
+    w.from_callee(response_to(call.b_invite, 200, "OK", "fork2", SDP))
+    assert [m.method for m in requests(w.take_callee())] == ["ACK", "BYE"]
+    assert refused(w) == before + 1
 
 
 def test_a_refused_reinvite_draws_exactly_one_response() -> None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import pytest
 
-from sipguard.b2bua.gate import MIN_STRAYS, STRANGER_ANSWERS
+from sipguard.b2bua.gate import METERED, MIN_STRAYS, OPEN, STRANGER_ANSWERS
+from sipguard.b2bua.leg import Leg
 from sipguard.metrics import Metrics
 from sipguard.sip.message import Response
 from sipguard.sip.transaction import Flow
 from testkit.callsim import (
     CALLEE,
     CALLER,
+    PEER2,
     STRANGER,
     Wire,
     basic_call,
@@ -278,6 +280,53 @@ def test_a_metered_source_still_ends_and_answers_its_calls() -> None:
     (bye,) = requests(w.take_callee(), "BYE")  # the BYE of its call goes through
     w.from_callee(response_to(bye, 200, "OK", None))
     assert [r.end_reason for r in w.core.cdr_out if r.kind == "end"] == ["caller_bye"]
+
+
+OTHER_TRUNK = """
+  other:
+    sources: [127.0.0.4/32]
+    route_to: pbx
+"""
+
+
+def test_a_metered_source_passes_only_with_the_call_ids_of_legs_bound_to_it() -> None:
+    """Past its budget, a source's message passes for a Call-ID of a call in progress only
+    where a leg with that Call-ID is bound to that source (the listen entry and address it
+    was set up with, or moved to): not for another source's calls, so that what is read
+    tells no one which calls exist. Two callers may choose the same Call-ID: each passes
+    with it while its own call is up."""
+    w = Wire(default_config(OTHER_TRUNK + "limits: {stray_mps: 1}\n"))
+    gate = w.core.gate
+    caller = Flow("udp", 0, *CALLER)
+    other = Flow("udp", 0, *PEER2)  # another untrusted trunk
+    on_tcp = Flow("tcp", 1, *CALLER, conn=1)
+
+    def door(flow: Flow, call_id: str) -> int:
+        data = request("BYE", 1, "t", src=(flow.host, flow.port)).replace(
+            b"Call-ID: scan-1", f"Call-ID: {call_id}".encode()
+        )
+        return gate.enter(flow, w.now, w.core.config.limits, frozenset(), 1.0, data, gate.live)
+
+    assert door(caller, "x") == OPEN  # the second starts, no strays yet
+    for flow in (caller, other, on_tcp):
+        gate.stray(flow)
+    assert {door(f, "shared@h") for f in (caller, other, on_tcp)} == {METERED}
+    mine = Leg(w.core, True, "shared@h", caller)
+    theirs = Leg(w.core, True, "shared@h", other)
+    gate.opened(mine)
+    gate.opened(theirs)
+    assert door(caller, "shared@h") == OPEN
+    assert door(other, "shared@h") == OPEN
+    assert door(on_tcp, "shared@h") == METERED  # another listen entry is another source
+    assert door(caller, "another@h") == METERED
+    gate.closed(theirs)
+    assert door(other, "shared@h") == METERED
+    assert door(caller, "shared@h") == OPEN
+    mine.flow = other  # a B-leg's failover: its new target's messages pass, not the old's
+    assert door(other, "shared@h") == OPEN
+    assert door(caller, "shared@h") == METERED
+    gate.closed(mine)
+    assert gate.live == {}
 
 
 def test_the_acks_of_stateless_503s_are_no_strays() -> None:

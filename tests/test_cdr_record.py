@@ -22,6 +22,7 @@ from sipguard.cdr.record import (
     parse_ms,
     start_record,
 )
+from testkit.forking import in_child
 
 T0 = 1795827560.123  # 2026-11-28T00:59:20.123Z
 TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
@@ -264,6 +265,15 @@ def test_call_ids() -> None:
     for bad in ("", "0123ABCD", "xyz", "0123abcd0"):
         with pytest.raises(ValueError):
             make_call_id(bad)
+
+
+def test_call_ids_of_a_forked_child_are_its_own() -> None:
+    """A forked child never makes its parent's next call ids (they are also rtpengine
+    sessions): the random part's batch is forgotten at the fork."""
+    make_call_id("0123abcd")  # a batch is read
+    child = in_child(lambda: " ".join(make_call_id("0123abcd") for _ in range(3))).split()
+    assert len(child) == 3
+    assert set(child).isdisjoint(make_call_id("0123abcd") for _ in range(3))
 
 
 @given(

@@ -17,6 +17,7 @@ import pytest
 
 from sipguard.media.bencode import decode_dict, encode
 from sipguard.media.ng import NgClient, earliest, ng_client, parse_control
+from testkit.forking import in_child
 from testkit.rtpengine import (
     Rtpengine,
     dead_relay,
@@ -112,6 +113,22 @@ def test_cookies_are_unique_and_unpredictable() -> None:
     assert all(
         sum(x != y for x, y in zip(a, b, strict=True)) > 8 for a, b in itertools.pairwise(cookies)
     )
+
+
+def test_a_forked_child_never_sends_its_parents_next_cookies() -> None:
+    """The cookies' batch read before a fork is forgotten in the child (sip/ids.py): its
+    next cookies are its own, not the ones the parent is about to use."""
+    client = NgClient([A], max_pending=100)
+
+    def cookies(n: int) -> list[str]:
+        for _ in range(n):
+            client.request({"command": "query"}, 0.0, Done())
+        return [split(d)[0].decode() for _, d in drain(client)]
+
+    cookies(1)  # a batch is read
+    child = in_child(lambda: " ".join(cookies(3))).split()
+    assert len(child) == 3
+    assert set(child).isdisjoint(cookies(3))
 
 
 def test_reply_only_from_the_address_and_with_a_pending_cookie() -> None:

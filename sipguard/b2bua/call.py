@@ -128,6 +128,7 @@ class Call:
         self.media: CallMedia | None = None  # anchored through a media relay
         self.timer: Timer | None = None  # target, no-answer or maximum-duration timer
         stx.owner = self
+        stx.peer = trunk_in  # who may CANCEL it, also once it is answered (core.py)
         stx.local_tag = a.local_tag
 
     # -- state -----------------------------------------------------------------------------

@@ -385,12 +385,20 @@ class B2BUA:
     # -- transaction user ------------------------------------------------------------------
 
     def on_stray_response(self, resp: Response, flow: Flow, now: float) -> None:
-        """A 2xx to our INVITE after its transaction ended (§13.2.2.4)."""
+        """A 2xx to our INVITE after its transaction ended (§13.2.2.4). Its branch is
+        none of ours to check, and the B-leg's Call-ID and From tag are all that find its
+        call: believed only from the B-leg's peer, by the rule of its in-dialog requests
+        (:meth:`Peers.from_peer`). Anyone else's is dropped, counted as
+        ``dialog_source``: never ACKed nor BYEd towards an address that may be forged."""
         call = self.table.callee_leg(resp)
-        if call is not None:
+        b = call.b if call is not None else None
+        if call is None or b is None:
+            self.layer.strays += 1
+        elif self.peers.from_peer(call.trunk_out, b.flow, flow):
             call.stray_2xx(resp, flow, now)
         else:
             self.layer.strays += 1
+            self._refused()
 
     def _refused(self) -> bool:
         self._count_refused("dialog_source")
@@ -398,10 +406,16 @@ class B2BUA:
 
     def cancel_allowed(self, invite: ServerTransaction, flow: Flow) -> bool:
         """A CANCEL is matched by its INVITE's branch (§9.2), which its sender chose and a
-        third party can copy: only the INVITE's own peer may cancel it."""
-        owner = invite.owner
-        if isinstance(owner, Call):
-            return self.peers.from_peer(owner.trunk_in, owner.a.flow, flow) or self._refused()
+        third party can copy: only the INVITE's own peer may cancel it, by the rule of
+        every in-dialog request (:meth:`Peers.from_peer`), also once the INVITE has its
+        final response and its call is gone: the 200 then changes nothing (§9.2) but
+        carries the dialog's To tag, the peer's to know and no one else's. Anyone else
+        gets the 481 of no such INVITE, counted as ``dialog_source``. An INVITE of no
+        call (a re-INVITE, whose CANCEL repeats its To tag and has no effect) keeps
+        the match of its transaction: the same listen entry and source."""
+        trunk = invite.peer
+        if isinstance(trunk, Trunk):
+            return self.peers.from_peer(trunk, invite.flow, flow) or self._refused()
         return (flow.local, flow.host) == (invite.flow.local, invite.flow.host)
 
     def on_ack(self, req: Request, flow: Flow, now: float) -> None:
@@ -547,14 +561,17 @@ class B2BUA:
         call.start_b(targets, now, reuse)
         assert call.b is not None
         self.table.add_callee(call)
-        self.gate.opened(call.a.call_id, call.b.call_id)
+        self.gate.opened(call.a)
+        self.gate.opened(call.b)
         self.records.started(call, self.config.emergency_numbers)
 
     # -- call outcomes ---------------------------------------------------------------------
 
     def _ended(self, call: Call, end_reason: str, now: float) -> None:
         self.capacity.give_back(call.trunk_in.name, call.emergency)
-        self.gate.closed(call.a.call_id, call.b.call_id if call.b is not None else "")
+        self.gate.closed(call.a)
+        if call.b is not None:
+            self.gate.closed(call.b)
         self.table.remove(call)
         self.egress.ended(call, now)
         self.records.ended(call, end_reason, now)

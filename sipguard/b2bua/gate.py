@@ -12,12 +12,16 @@ all traffic"):
   message, a request refused for good; never a call refused by a limit with ``503``,
   which it may retry). The core reports each one (:meth:`Gate.stray`) once it knows.
   Past the budget, every message of that source is dropped unread for the rest of the
-  second and counted (``source_messages``). Its calls' own messages are never counted,
-  so a busy trunk with thousands of calls a second is never metered; a flood of
-  anything else costs what the budget lets through and a few microseconds per message
-  after it. While the core sheds load, the budget shrinks with the fraction of new calls
-  admitted (never under :data:`MIN_STRAYS`): an overload is paid for first by the
-  sources that send junk, never by a trusted trunk's calls.
+  second and counted (``source_messages``), but those with the Call-ID of a call in
+  progress whose leg is bound to this very source (:meth:`Gate.opened`): its own calls
+  go on, while another source's Call-IDs (a caller's may be a counter) fare no better
+  than any other, so that what is read, and answered, tells no one which calls exist.
+  Its calls' own messages are never counted, so a busy trunk with thousands of calls a
+  second is never metered; a flood of anything else costs what the budget lets through
+  and a few microseconds per message after it. While the core sheds load, the budget
+  shrinks with the fraction of new calls admitted (never under :data:`MIN_STRAYS`): an
+  overload is paid for first by the sources that send junk, never by a trusted trunk's
+  calls.
 * **A source that matches no trunk** (a stranger) has ``limits.unknown_source_budget``
   requests per window (:class:`Strangers`), each refused ``403`` statelessly by the core;
   past that, silence until it has been quiet for a window (``unknown_source_silenced``).
@@ -25,16 +29,20 @@ all traffic"):
   a flood from forged, ever new addresses buys no more than one from a single address.
 
 Every table here holds at most one small entry per source and is bounded: the per-second
-counts are emptied every second, and a table that fills is started afresh.
+counts are emptied every second, and a table that fills is started afresh; the live
+Call-IDs are one entry per leg of a call in progress (as many as the calls admitted).
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from sipguard.b2bua.peers import Peers
 from sipguard.config.model import Limits
 from sipguard.sip.transaction import Flow
+
+if TYPE_CHECKING:
+    from sipguard.b2bua.leg import Leg
 
 OPEN: Final = 0  # read it
 STRANGER: Final = 1  # read it, to refuse it (403, statelessly)
@@ -87,22 +95,23 @@ class Gate:
         # balancer each trunk has its own port (SPEC §2), and one's junk is not another's
         self._strays: dict[tuple[int, str], int] = {}
         self._answers = 0  # answers to strangers this second
-        self.live: dict[str, int] = {}  # Call-IDs of both legs of the calls in progress
+        # Call-ID -> the legs of the calls in progress with it (a caller chose the A-leg's:
+        # two may share one), whose peers' messages pass a metered source
+        self.live: dict[str, tuple[Leg, ...]] = {}
 
-    def opened(self, *call_ids: str) -> None:
-        """A call is in progress: its legs' messages pass a metered source."""
+    def opened(self, leg: Leg) -> None:
+        """A call's leg is up: its peer's messages with its Call-ID pass once metered."""
         live = self.live
-        for cid in call_ids:
-            live[cid] = live.get(cid, 0) + 1
+        live[leg.call_id] = (*live.get(leg.call_id, ()), leg)
 
-    def closed(self, *call_ids: str) -> None:
+    def closed(self, leg: Leg) -> None:
         live = self.live
-        for cid in call_ids:
-            count = live.get(cid, 0)
-            if count > 1:
-                live[cid] = count - 1
-            else:
-                live.pop(cid, None)
+        cid = leg.call_id
+        kept = tuple(other for other in live.get(cid, ()) if other is not leg)
+        if kept:
+            live[cid] = kept
+        else:
+            live.pop(cid, None)
 
     def enter(
         self,
@@ -112,13 +121,14 @@ class Gate:
         targets: frozenset[str],
         admitted: float,
         data: bytes,
-        live: dict[str, int],
+        live: dict[str, tuple[Leg, ...]],
     ) -> int:
         """May ``data`` from ``flow`` be read? :data:`OPEN`, :data:`STRANGER` (read, to be
         refused), or why not (:data:`METERED`, :data:`SILENCED`). ``targets`` are the
         trunks' target hosts; ``admitted`` the fraction of an untrusted trunk's new calls
-        the shedder admits; ``live`` the Call-IDs of the calls in progress, whose messages
-        a metered source may still send (its BYE ends a call, its 200 answers one)."""
+        the shedder admits; ``live`` the legs of the calls in progress by Call-ID, whose
+        messages a metered source may still send where it is their peer (its BYE ends
+        a call, its 200 answers one)."""
         host = flow.host
         second = int(now)
         if second != self._second:
@@ -141,7 +151,10 @@ class Gate:
             return OPEN
         if admitted < 1.0:
             budget = max(min(MIN_STRAYS, budget), int(budget * admitted))
-        if strays < budget or raw_call_id(data) in live:
+        if strays < budget:
+            return OPEN
+        legs = live.get(raw_call_id(data))
+        if legs is not None and bound_to(legs, flow):
             return OPEN
         return METERED
 
@@ -156,6 +169,17 @@ class Gate:
         if count is None and len(strays) >= MAX_METERED:
             strays.clear()
         strays[key] = 1 if count is None else count + 1
+
+
+def bound_to(legs: tuple[Leg, ...], flow: Flow) -> bool:
+    """Is one of ``legs`` bound to ``flow``'s source: the listen entry and address it
+    was set up with, or moved to (a failover, a redirect)? The core's own check
+    (:meth:`Peers.from_peer`) then decides what its message may do."""
+    for leg in legs:
+        at = leg.flow
+        if at.host == flow.host and at.local == flow.local:
+            return True
+    return False
 
 
 def raw_call_id(data: bytes) -> str:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 MAX_RETRIES = 3  # redirects and 422 retries of one call, together
 AUTH_RETRY_WINDOW = 32.0  # how long a challenged B-leg waits for the caller's retry
 MAX_CHALLENGES = 1000  # challenged B-legs kept at once
+MAX_FORKS = 8  # other forks' 2xx whose ACK a call keeps (to repeat it); more are not kept
 
 
 class Outgoing:
@@ -268,7 +269,11 @@ class Outgoing:
     def ack_and_bye(self, call: Call, resp: Response, now: float, flow: Flow | None) -> None:
         """A 2xx we will not use: ACK it and end that dialog with BYE (§13.2.2.4).
 
-        ``flow``: where it came from, when not from the B-leg's current target.
+        ``flow``: where it came from, when not from the B-leg's current target (its
+        peer's: the caller checked). The ACKs of :data:`MAX_FORKS` such dialogs are kept,
+        to repeat one if its 2xx comes again; past that, a 2xx of yet another dialog is
+        still ACKed and BYEd, and nothing of it is kept (a call holds bounded state
+        whatever its peer sends).
         """
         b = call.b
         assert b is not None
@@ -290,8 +295,10 @@ class Outgoing:
         if not resp.contacts:
             fork.remote_target = b.remote_target
         fork.local_seq = resp.cseq.number
-        forks[tag] = fork.ack(resp.cseq.number, b"")
-        layer.send(fork.flow, forks[tag])
+        ack = fork.ack(resp.cseq.number, b"")
+        if len(forks) < MAX_FORKS:
+            forks[tag] = ack
+        layer.send(fork.flow, ack)
         fork.send(fork.request("BYE"), IGNORE, now)
 
 

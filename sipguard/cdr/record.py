@@ -23,7 +23,6 @@ Conventions for the fields SPEC §6 leaves open:
 from __future__ import annotations
 
 import json
-import random
 import re
 import secrets
 import time
@@ -32,6 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Final, Literal, cast, get_args
+
+from sipguard.sip.ids import IdSource
 
 SCHEMA_VERSION: Final = 1
 
@@ -82,6 +83,7 @@ _ID_RE: Final = re.compile(r"[0-9A-Za-z_-]{1,64}")
 # An instance tag: the first characters of every call id this instance makes.
 INSTANCE_LEN: Final = 8
 _INSTANCE_RE: Final = re.compile(r"[0-9a-f]{8}")
+ID_RANDOM_HEX: Final = 24  # and 96 random bits, in hex: 32 characters in all
 # E.164 as billed (or a dialled short code such as 112, 116123, *31# already removed),
 # or an emergency service URN. Nothing with letters, '@', ':' (other than the URN) or '.'.
 _NUMBER_RE: Final = re.compile(r"\+?[0-9*#]{0,32}|urn:service:sos(?:\.[a-z0-9-]+)*")
@@ -160,9 +162,10 @@ def ts_day(ts: str) -> date:
     return date.fromisoformat(ts[:10])
 
 
-# the random bits of call ids: seeded from the OS once per process (ids need to be unique,
-# not secret; the OS's generator costs a system call per call)
-_ids = random.Random(secrets.randbits(128))
+# the random part of call ids: 96 bits of the OS's CSPRNG, read in batches (sip/ids.py).
+# Unique and secret: a CDR id is also the call's rtpengine session (the ng ``call-id``),
+# so the ids seen in an export or a log must tell nothing of the next call's
+_ids = IdSource(batch=64, width=ID_RANDOM_HEX)
 
 
 def new_instance_tag() -> str:
@@ -178,7 +181,7 @@ def make_call_id(instance: str) -> str:
     """
     if _INSTANCE_RE.fullmatch(instance) is None:
         raise ValueError(f"instance tag must be 8 lower-case hex digits: {instance!r}")
-    return f"{instance}{_ids.getrandbits(96):024x}"
+    return instance + _ids.next()
 
 
 @lru_cache(maxsize=256)

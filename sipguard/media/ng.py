@@ -74,6 +74,9 @@ REFUSED = "refused"
 
 _DIGITS = "0123456789"
 _COOKIE_MAX = 64  # longest cookie head read from a reply
+# the cookies of every client: unguessable, and never its parent's in a forked child
+# (sip/ids.py); one source per process, not per client (each keeps a fork hook)
+COOKIES = IdSource(batch=128)
 PING_INTERVAL = 2.0
 
 
@@ -226,7 +229,6 @@ class NgClient:
         # now + timeout, and a request is re-inserted when its deadline moves)
         self._pending: dict[str, _Pending] = {}
         self.affinity: dict[str, Relay] = {}  # Call-ID -> the relay that holds its session
-        self._cookies = IdSource(batch=128)  # unguessable: sip/ids.py
         # counters, exported by the driver
         self.requests: dict[tuple[str, str], int] = {}
         self.retransmissions = 0
@@ -278,7 +280,7 @@ class NgClient:
         this when it starts and after a reload, so ``relays_up`` is true from the start."""
         for relay in self.relays:
             if relay.alive and relay.addr is not None and len(self._pending) < self.max_pending:
-                cookie = self._cookies.next()
+                cookie = COOKIES.next()
                 p = _Pending("ping", "", cookie.encode() + b" d7:command4:pinge", _ignore)
                 p.tried = [r for r in self.relays if r is not relay]  # so it stays on this one
                 self._send_to(cookie, p, relay, now)
@@ -306,7 +308,7 @@ class NgClient:
             if own is not None and label == "delete":
                 self.affinity.pop(cid, None)  # the call is over either way
             return False
-        cookie = self._cookies.next()
+        cookie = COOKIES.next()
         p = _Pending(label, cid, cookie.encode() + b" " + encode(command), done)
         p.pinned = own is not None
         self._send_to(cookie, p, relay, now)
@@ -405,7 +407,7 @@ class NgClient:
             if not relay.alive and relay.addr is not None and relay.next_ping <= now:
                 if relay.ping_cookie:
                     self._count("ping", TIMEOUT)  # the last one got no pong
-                cookie = self._cookies.next()
+                cookie = COOKIES.next()
                 relay.ping_cookie = cookie
                 relay.next_ping = now + self.ping_interval
                 self.outbox.append((relay.addr, cookie.encode() + b" d7:command4:pinge"))

@@ -183,8 +183,7 @@ class EgressCheck(Protocol):
     def allows(self, flow: Flow, data: bytes) -> bool: ...
 
 
-IDS = IdSource()
-os.register_at_fork(after_in_child=IDS.reset)
+IDS = IdSource()  # reset in a forked child (sip/ids.py)
 
 
 def new_branch() -> str:
@@ -418,13 +417,26 @@ def _top_via_text(req: Request) -> str:
 class ServerTransaction(Transaction):
     """INVITE (IST) or non-INVITE (NIST) server transaction."""
 
-    __slots__ = ("_interval", "acked", "last", "last_status", "last_to", "local_tag", "owner")
+    __slots__ = (
+        "_interval",
+        "acked",
+        "last",
+        "last_status",
+        "last_to",
+        "local_tag",
+        "owner",
+        "peer",
+    )
 
     def __init__(self, layer: TransactionLayer, key: tuple[str, ...], request: Request, flow: Flow):
         super().__init__(layer, key, request, flow)
         self.machine = "IST" if request.method == "INVITE" else "NIST"
         self.state = State.PROCEEDING if self.machine == "IST" else State.TRYING
         self.owner: ServerOwner | None = None
+        # who may CANCEL an INVITE, as the TU marks it (a call's: its trunk), kept when the
+        # owner goes (the ACK, the call's end): a CANCEL after the final response is still
+        # answered (§9.2), and only its INVITE's peer may learn the To tag it carries
+        self.peer: object = None
         self.last: bytes | None = None  # the response to repeat
         self.last_status = 0
         self.last_to: str | None = None  # its To header (the tag a CANCEL's 200 reuses)
