@@ -220,6 +220,14 @@ class B2BUA:
         shed = self.shedder.shedding and not stranger and data.startswith(b"INVITE ")
         if shed and self._shed(data, flow, now):
             return
+        if (
+            not stranger
+            and data.startswith(b"ACK ")
+            and self.early.memory.any()
+            and self.early.acked(data, flow)
+        ):
+            self.records.message_in("ACK")  # the ACK of a shed INVITE's 503: absorbed
+            return
         strays = self.layer.strays
         self._read(data, flow, now, stranger)
         self.shedder.granted = False  # asked for this INVITE only
