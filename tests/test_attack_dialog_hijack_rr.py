@@ -162,7 +162,7 @@ def test_rr_a_metered_second_address_of_the_callers_trunk_still_ends_its_call() 
 
 def test_rr_a_late_2xx_of_a_target_given_up_on_is_still_acked_and_byed() -> None:
     """FAILS on 8f09b87 (low; real peers, a regression of fix 2): ``on_stray_response``
-    (core.py:396) believes a 2xx only from the B-leg's *current* peer (``b.flow``). A
+    (core.py:397) believes a 2xx only from the B-leg's *current* peer (``b.flow``). A
     trunk may have targets and no sources (loader.py:482); after a failover, the first
     target's 2xx that comes once its INVITE transaction has ended (Timer B, then a slow
     answer) is from no source of the trunk: dropped, never ACKed nor BYEd (§13.2.2.4), so
