@@ -154,6 +154,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--factors", default="1,2,5", help="with --goodput (default 1,2,5)")
     p.add_argument(
+        "--cpu-limit",
+        type=float,
+        metavar="PERCENT",
+        help="cap sipguard at PERCENT of one core (a cgroup v1 CFS quota; root): a smaller\n"
+        "capacity, so that one SIPp can offer 5x of it (--find-max, then --goodput)",
+    )
+    p.add_argument(
         "--anchor",
         action="store_true",
         help="each run twice: as it is, then with every call's media anchored through\n"
@@ -190,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     build = ""
     if not args.floor or args.versus_sippy:  # the floor alone starts no sipguard
         build = use_build(pure=args.pure)
+        if args.cpu_limit is not None:
+            import testkit.load
+
+            testkit.load.CPU_LIMIT_PERCENT = args.cpu_limit
+            build += f", capped at {args.cpu_limit:g}% of a core"
         say(f"sipguard: {build}", args.quiet)
     args.limits = (
         None if args.overload_queue_kb is None else {"overload_queue_kb": args.overload_queue_kb}

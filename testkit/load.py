@@ -58,6 +58,11 @@ from testkit.sipp import (
 
 SIPGUARD_CPU = (1,)
 SIPP_CPU = (0,)
+# sipguard capped at this share of one core, in percent (None: not capped), set by
+# ``run.py --cpu-limit``: a smaller capacity, so that one SIPp can offer five times it
+CPU_LIMIT_PERCENT: float | None = None
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")  # the cgroup v1 cpu controller
+CPU_LIMIT_PERIOD_US = 10_000  # short: the process is never held off the core for long
 BUFF_SIZE = 4194304
 FAIL_RATIO = 0.001  # "< 0.1% failed calls"
 DEFAULT_FIND_MAX_RATES = (500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 5000)
@@ -204,6 +209,46 @@ class Element(Protocol):
     def status(self) -> dict[str, int]: ...
 
 
+class CappedSipguard(Sipguard):
+    """sipguard in a cgroup of its own (v1 ``cpu`` controller: needs root) whose CFS
+    quota is ``percent`` of one core, every :data:`CPU_LIMIT_PERIOD_US`. The quota counts
+    the kernel's work for the process too (its system calls), so calls and refusals keep
+    their costs relative to each other; only the capacity shrinks. The group is removed
+    when the process is stopped."""
+
+    def __init__(self, setup: Setup, percent: float, cpus: Sequence[int] | None) -> None:
+        super().__init__(setup, cpus=cpus)
+        self.percent = percent
+        self.group: Path | None = None
+
+    def start(self, timeout: float = 15.0) -> CappedSipguard:
+        super().start(timeout)
+        group = CGROUP_CPU / f"sipguard-load-{self.pid}"
+        try:
+            group.mkdir()
+            (group / "cpu.cfs_period_us").write_text(str(CPU_LIMIT_PERIOD_US))
+            quota = int(CPU_LIMIT_PERIOD_US * self.percent / 100)
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+            (group / "cgroup.procs").write_text(str(self.pid))  # every thread (v1)
+        except OSError as exc:
+            self.group = group if group.exists() else None
+            self.stop()
+            raise SystemExit(
+                f"--cpu-limit needs root and the cgroup v1 cpu controller: {exc}"
+            ) from exc
+        self.group = group
+        return self
+
+    def stop(self, grace: float = 15.0) -> int | None:
+        try:
+            return super().stop(grace)
+        finally:
+            group, self.group = self.group, None
+            if group is not None:
+                with contextlib.suppress(OSError):
+                    group.rmdir()  # empty once the process has exited
+
+
 def run_load(
     rate: float,
     duration_s: float,
@@ -231,7 +276,11 @@ def run_load(
     with contextlib.ExitStack() as stack:
         relay = stack.enter_context(anchoring(workdir, sipp_cpu)) if anchor else None
         setup = _setup(workdir, transport, limits, relay.control if relay else None)
-        sipguard = Sipguard(setup, cpus=sg_cpu)
+        sipguard = (
+            Sipguard(setup, cpus=sg_cpu)
+            if CPU_LIMIT_PERCENT is None
+            else CappedSipguard(setup, CPU_LIMIT_PERCENT, cpus=sg_cpu)
+        )
         result = run_element(
             sipguard,
             setup,

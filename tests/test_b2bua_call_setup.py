@@ -507,3 +507,28 @@ def test_a_sent_by_host_that_is_not_the_source_gets_received_without_rport() -> 
     assert trying.get_lines("via") == [
         f"SIP/2.0/UDP pbx.customer.example:5062;branch=z9hG4bK-1-1-0;received={CALLER[0]}"
     ]
+
+
+def test_the_from_of_a_callee_s_response_is_never_read_unless_it_is_a_stray() -> None:
+    """A response a transaction takes is matched by its branch: a From the callee mangled
+    changes nothing. A stray 2xx (found by its dialog's From tag) with a From that cannot
+    be read is dropped, a parse error, and the call goes on."""
+    w = Wire(metrics=Metrics())
+    b_inv = start_call(w, 1)
+
+    def mangled(data: bytes) -> bytes:
+        head, sep, rest = data.partition(b"\r\nFrom: ")
+        return head + sep + b"<<" + rest[rest.index(b"\r\n") :]
+
+    w.from_callee(mangled(response_to(b_inv, 180, "Ringing", "c1")))
+    w.from_callee(mangled(response_to(b_inv, 200, "OK", "c1", SDP_CALLEE)))
+    to_caller = responses(w.take_caller())
+    assert [m.status for m in to_caller] == [100, 180, 200]
+    assert len(requests(w.take_callee(), "ACK")) == 1
+    w.from_caller(in_dialog("ACK", to_caller[-1], 1, 1, "z9hG4bK-ack"))
+    w.advance(64 * T1 + 1)  # our INVITE client transaction is gone: a 2xx is a stray
+    errors = sample(w.metrics, "sipguard_parse_errors_total")
+    w.from_callee(mangled(response_to(b_inv, 200, "OK", "fork2", SDP_CALLEE)))
+    assert w.take_callee() == [] and w.take_caller() == []
+    assert sample(w.metrics, "sipguard_parse_errors_total") == errors + 1
+    assert w.core.calls == 1

@@ -133,8 +133,18 @@ def test_an_untrusted_source_may_send_stray_mps_strays_a_second_then_nothing() -
         b"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\n"
         b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",  # a response of nothing
         b"INVITE sip:x SIP/2.0\r\nVia: garbage\r\n\r\n",  # malformed
+        b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1;branch=z9hG4bKnone\r\n"
+        b"From: <<\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\n"
+        b"CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",  # its From read only as a stray
     ],
-    ids=["bye-of-no-dialog", "register", "ack-of-nothing", "stray-response", "malformed"],
+    ids=[
+        "bye-of-no-dialog",
+        "register",
+        "ack-of-nothing",
+        "stray-response",
+        "malformed",
+        "stray-2xx-bad-from",
+    ],
 )
 def test_every_kind_of_stray_counts(stray: bytes) -> None:
     w = Wire(default_config("limits: {stray_mps: 3}\n"))

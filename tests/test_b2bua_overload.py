@@ -42,17 +42,48 @@ def test_a_queue_growing_above_the_threshold_cuts_the_fraction_at_each_reading()
     assert not s.shedding and admitted_of(s, 100) == 100
     s.update(THRESHOLD + 2, THRESHOLD)  # still growing: an overload
     assert s.shedding and s.admitted == pytest.approx(DECREASE)
-    # spread evenly, not drawn at random; an untrusted trunk's calls first: 2 * 0.75 - 1
-    assert admitted_of(s, 100) == 50
-    assert s.shed == 50
-    assert sum(s.admit(trusted=True) for _ in range(100)) == 100  # a trusted one's: all
-    s.update(2 * THRESHOLD, THRESHOLD)  # still growing: cut again
+    # spread evenly, not drawn at random; only untrusted calls were offered: they get a
+    assert admitted_of(s, 100) == 75
+    assert s.shed == 25
+    s.update(THRESHOLD + 3, THRESHOLD)  # growing: cut again
     assert s.admitted == pytest.approx(DECREASE**2)
+    s.update(THRESHOLD + 2, THRESHOLD)  # shrinking: holds; nothing offered: an even mix
+    # an untrusted trunk's calls first: 2 * a - 1 of them, a trusted one's 2 * a (all)
+    assert admitted_of(s, 100) == round(100 * (2 * DECREASE**2 - 1))
+    assert sum(s.admit(trusted=True) for _ in range(100)) == 100
+    s.update(2 * THRESHOLD, THRESHOLD)  # still growing: cut again
+    assert s.admitted == pytest.approx(DECREASE**3)
     for _ in range(20):
         s.update(8 * THRESHOLD, THRESHOLD)  # as long as it does not shrink
     assert s.admitted == MIN_ADMITTED  # a flood: all but one call in a hundred refused
     assert admitted_of(s, 1000) == 10
     assert sum(s.admit(trusted=True) for _ in range(1000)) == 20  # 2a: the trusted too
+
+
+def test_the_fraction_is_shared_by_the_mix_offered_the_trusted_trunks_first() -> None:
+    """``admitted`` is of every new call offered: the trusted trunks' calls get all they
+    need of it, the untrusted ones the rest (SPEC §8: a customer's flood is shed before
+    the PBX's calls); where only one kind is offered it gets ``admitted`` itself."""
+    s = Shedder()
+    s.update(2 * THRESHOLD + 1, THRESHOLD)  # a = 0.75
+    s.update(2 * THRESHOLD + 2, THRESHOLD)  # growing: a = 0.5625; nothing offered: even
+    a = DECREASE**2
+    for _ in range(100):
+        s.admit(trusted=True)
+    for _ in range(900):
+        s.admit()
+    s.update(2 * THRESHOLD, THRESHOLD)  # shrinking: holds; the mix was 1 : 9
+    assert s.admitted == pytest.approx(a)
+    # 1,000 offered, a of them admitted: the 100 trusted first, the rest of the others
+    assert sum(s.admit(trusted=True) for _ in range(100)) == 100
+    assert admitted_of(s, 900) == int(a * 1000 - 100)
+    s.update(2 * THRESHOLD - 1, THRESHOLD)  # holds
+    for _ in range(1000):  # then a flood of trusted calls alone
+        s.admit(trusted=True)
+    s.update(2 * THRESHOLD - 2, THRESHOLD)  # holds
+    assert sum(s.admit(trusted=True) for _ in range(1000)) == int(a * 1000)  # they get a
+    # an untrusted call that comes now counts as one more: what is left is almost nothing
+    assert s.untrusted == MIN_ADMITTED
 
 
 def test_past_twice_the_threshold_the_first_reading_cuts() -> None:

@@ -239,3 +239,28 @@ def test_a_shed_invite_is_counted_as_received() -> None:
     for n in range(10):
         w.from_caller(invite(n))
     assert w.core.stats_in.get("INVITE") == 10
+
+
+def test_the_ack_of_a_shed_invite_s_503_is_absorbed_unread() -> None:
+    """§17.2.1: the caller ACKs each 503. Read in full it would cost a parse per refused
+    call again; its To tag names a 503 of ours to that address, so it is absorbed from its
+    raw lines (a broken Via behind it is not even seen). An ACK with any other tag is
+    read as ever."""
+    w = shedding_wire(refused_cdr_rps=1)
+    w.from_caller(invite(100))  # the record of the second: read in full
+    w.take_caller()
+    strays = w.core.layer.strays
+    for n in range(10):
+        w.from_caller(invite(n))
+        (refused,) = responses(w.take_caller(), 503)
+        ack = in_dialog("ACK", refused, 1, n, f"z9hG4bK-{n}-1-0")
+        w.from_caller(ack.replace(b"Via: SIP/2.0/UDP", b"Via: broken", 1))
+    assert w.take_caller() == [] and w.take_callee() == []
+    assert sample(w.metrics, "sipguard_parse_errors_total") == 0
+    assert w.core.stats_in.get("ACK") == 10 and w.core.layer.strays == strays
+    # a tag of no 503 of ours: the parser's, a stray
+    other = in_dialog("ACK", refused, 1, 0, "z9hG4bK-x").replace(
+        refused.to.tag.encode(), b"0123456789abcdef0123"
+    )
+    w.from_caller(other)
+    assert w.core.layer.strays == strays + 1

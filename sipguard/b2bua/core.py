@@ -220,6 +220,14 @@ class B2BUA:
         shed = self.shedder.shedding and not stranger and data.startswith(b"INVITE ")
         if shed and self._shed(data, flow, now):
             return
+        if (
+            not stranger
+            and data.startswith(b"ACK ")
+            and self.early.memory.any()
+            and self.early.acked(data, flow)
+        ):
+            self.records.message_in("ACK")  # the ACK of a shed INVITE's 503: absorbed
+            return
         strays = self.layer.strays
         self._read(data, flow, now, stranger)
         self.shedder.granted = False  # asked for this INVITE only
@@ -281,10 +289,13 @@ class B2BUA:
                 self.records.message_in(str(msg.status // 100) + "xx")
                 self.layer.receive_response(msg, flow, now)
         except SipError as exc:
-            # a header read later turned out malformed: answer it if we can, never crash
+            # a header read later turned out malformed (a stray response's From, read only
+            # to find its call): answer it if we can, never crash
             self.parse_error()
             if isinstance(msg, Request) and msg.method != "ACK":
                 self._answer(msg, flow, make_response(msg, exc.status or 400), now)
+            else:
+                self.layer.strays += 1
         except Exception:
             # our bug, not the peer's: the message is answered 500 where it can be, and the
             # call it belongs to is ended, never left half-done holding its slot for ever

@@ -23,11 +23,14 @@ reserved capacity (SPEC §1.4). In-dialog requests and responses are never shed:
 finish calls that are already up.
 
 The untrusted trunks' calls are shed first (SPEC §8: a flood from untrusted sources is
-shed before a trusted trunk's calls). The one fraction ``admitted`` (a) is split in two:
-an untrusted trunk's new calls get ``2a - 1`` of it (never under :data:`MIN_ADMITTED`), a
-trusted trunk's ``2a`` (at most all). While a falls from 1 to 1/2 only untrusted calls
-are refused; a trusted trunk's are refused only once the untrusted ones are down to the
-minimum, so a flood of INVITEs from a customer trunk costs the PBX's calls nothing.
+shed before a trusted trunk's calls). The one fraction ``admitted`` (a) is of all the new
+calls offered; at each reading it is shared out by the mix offered since the last one
+(T trusted, U untrusted): the trusted trunks' calls get all of ``a(T+U)`` they need, the
+untrusted ones what is left, ``(a(T+U) - T) / U`` (never under :data:`MIN_ADMITTED`). A
+flood of INVITEs from a customer trunk so costs the PBX's calls nothing, and where only
+one kind is offered it gets ``a`` itself (a fixed split, ``2a - 1`` for the untrusted
+whatever the mix, cut their calls twice as fast as the overload asked, and goodput with
+it). With nothing offered since the last reading the mix is taken as even.
 
 Over TCP and TLS the peer's kernel stops sending when ours stops reading. There are no
 retransmissions and no collapse, and their queues are not read.
@@ -45,13 +48,29 @@ INCREASE: Final = 0.05  # added per reading once the queue is under a quarter of
 class Shedder:
     """The fraction of new calls admitted, from the receive queue's readings."""
 
-    __slots__ = ("_credit", "_credit_trusted", "admitted", "granted", "queued", "shed", "shedding")
+    __slots__ = (
+        "_asked",
+        "_asked_trusted",
+        "_credit",
+        "_credit_trusted",
+        "_mix",
+        "_mix_trusted",
+        "admitted",
+        "granted",
+        "queued",
+        "shed",
+        "shedding",
+    )
 
     def __init__(self) -> None:
         self.admitted = 1.0  # fraction of new calls admitted
         self.queued = 0  # bytes waiting at the last reading
         self.shedding = False  # admitted < 1: some new calls are refused
         self.shed = 0  # new calls refused, since start
+        self._asked = 0  # new calls of untrusted trunks asked about since the last reading
+        self._asked_trusted = 0
+        self._mix = 1  # untrusted and trusted new calls offered before the last reading
+        self._mix_trusted = 1
         self._credit = 0.0  # an untrusted trunk's calls
         self._credit_trusted = 0.0
         # admitted already by a look before the call was read (b2bua/shed.py): the next
@@ -77,23 +96,48 @@ class Shedder:
             self.admitted = min(1.0, self.admitted + INCREASE)
         self.queued = queued
         self.shedding = self.admitted < 1.0
+        # the mix offered since the last reading shares out the fraction until the next
+        # (taken as even where nothing was offered)
+        untrusted, trusted = self._asked, self._asked_trusted
+        self._mix, self._mix_trusted = (untrusted, trusted) if untrusted + trusted else (1, 1)
+        self._asked = self._asked_trusted = 0
         if not self.shedding:
             self._credit = self._credit_trusted = 0.0
 
     @property
+    def trusted(self) -> float:
+        """The fraction of a trusted trunk's new calls admitted: all of ``admitted`` of
+        every new call offered that they need."""
+        if not self.shedding:
+            return 1.0
+        admit = self.admitted * (self._mix + self._mix_trusted)
+        return max(MIN_ADMITTED, min(1.0, admit / max(1, self._mix_trusted)))
+
+    @property
     def untrusted(self) -> float:
-        """The fraction of an untrusted trunk's new calls admitted."""
-        return 1.0 if not self.shedding else max(MIN_ADMITTED, 2.0 * self.admitted - 1.0)
+        """The fraction of an untrusted trunk's new calls admitted: what is left of
+        ``admitted`` of every new call offered once the trusted trunks' have theirs. A kind
+        not offered lately counts as one call: the first of a flood that starts now gets
+        what is left after the others, not all it asks for."""
+        if not self.shedding:
+            return 1.0
+        trusted = self._mix_trusted
+        admit = self.admitted * (self._mix + trusted)
+        return max(MIN_ADMITTED, min(1.0, (admit - trusted) / max(1, self._mix)))
 
     def admit(self, trusted: bool = False) -> bool:
         """May one more new call go on? Spreads the admitted fraction evenly over calls."""
-        if not self.shedding:
-            return True
-        if self.granted:
+        if self.granted:  # asked already, by the look before the call was read
             self.granted = False
             return True
         if trusted:
-            self._credit_trusted += min(1.0, 2.0 * self.admitted)
+            self._asked_trusted += 1
+        else:
+            self._asked += 1
+        if not self.shedding:
+            return True
+        if trusted:
+            self._credit_trusted += self.trusted
             if self._credit_trusted >= 1.0:
                 self._credit_trusted -= 1.0
                 return True

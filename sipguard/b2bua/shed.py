@@ -138,6 +138,35 @@ def early_refusal(data: bytes, config: Config) -> Early | None:
     return Early(resp, (branch, top.sent_by(), "INVITE"), tag)
 
 
+# the To header lines an ACK of ours is looked for under (what SIPp and most user agents
+# write); any other spelling is read in full, which absorbs it all the same
+_TO_LINES: Final = (b"\r\nTo:", b"\r\nt:", b"\r\nTO:", b"\r\nto:")
+_TAG_WIDTH: Final = 20  # raw_stateless_tag's hex digits
+
+
+def raw_to_tag(data: bytes) -> str | None:
+    """The To tag of a request read as bytes, where it has the shape of a stateless
+    refusal's (:func:`~sipguard.sip.transaction.raw_stateless_tag`), else None."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    for name in _TO_LINES:
+        start = head.find(name)
+        if start >= 0:
+            break
+    else:
+        return None
+    stop = head.find(b"\r\n", start + 2)
+    line = head[start : len(head) if stop < 0 else stop]
+    at = line.find(b";tag=")
+    if at < 0:
+        return None
+    tag = line[at + 5 : at + 5 + _TAG_WIDTH]
+    after = line[at + 5 + _TAG_WIDTH : at + 6 + _TAG_WIDTH]
+    if len(tag) != _TAG_WIDTH or after not in (b"", b";", b" ", b"\t") or not tag.isalnum():
+        return None
+    return tag.decode("ascii")
+
+
 def _value(line: bytes) -> bytes:
     """A header line's value, as the parser keeps it (blanks around it stripped)."""
     return line[line.find(b":") + 1 :].strip(b" \t")
@@ -227,6 +256,13 @@ class EarlyShed:
             return None
         self.memory.remember(flow.host, early.tag, now)
         return early.response
+
+    def acked(self, data: bytes, flow: Flow) -> bool:
+        """Is ``data``, an ACK from ``flow``, the caller's ACK of a ``503`` shed lately
+        (its To tag is that 503's, :func:`raw_to_tag`)? Absorbed unread then (§17.2.1,
+        statelessly): it costs what the INVITE's refusal did, not a parse."""
+        tag = raw_to_tag(data)
+        return tag is not None and (flow.host, tag) in self.memory
 
     def again(self, req: Request, flow: Flow) -> bool:
         """Was ``req``, read in full, shed lately (a retransmission: shed again)?"""

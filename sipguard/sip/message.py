@@ -537,7 +537,6 @@ class SipMessage:
             raise SipError("missing Via", status=None)
         self.call_id  # noqa: B018
         self.cseq  # noqa: B018
-        self.from_  # noqa: B018
         self.to  # noqa: B018
         self.max_forwards  # noqa: B018
         if "contact" in index and not self.contact_star:
@@ -628,6 +627,7 @@ class Request(SipMessage):
                 # §19.1.5: headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11)
                 raise SipError("Request-URI with headers")
             super().validate()
+            self.from_  # noqa: B018
             if self.cseq.method != self.method:
                 raise SipError("CSeq method does not match the request method")
             if self.method != "REGISTER" and self.contact_star:
@@ -657,7 +657,12 @@ class Response(SipMessage):
         return f"{SIP_VERSION} {self.status} {self.reason}"
 
     def validate(self) -> None:
-        """Check the whole response; a malformed response is never answered, only dropped."""
+        """Check the response; a malformed response is never answered, only dropped.
+
+        Its ``From`` is not parsed here: a response that a transaction takes is matched by
+        its branch, and its ``From`` (ours, echoed) is never read. Only a response that no
+        transaction takes (a stray 2xx, looked up by its dialog) reads it, and one that
+        is malformed is dropped there, before anything moves."""
         try:
             super().validate()
         except SipError as exc:
