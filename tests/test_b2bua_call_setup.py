@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from sipguard.b2bua.outgoing import MAX_FORKS
+from sipguard.b2bua.outgoing import MAX_FORK_TAGS, MAX_FORKS
 from sipguard.metrics import Metrics
 from sipguard.sip.message import Request, Response
 from testkit.callsim import (
@@ -424,11 +424,12 @@ def test_a_fork_that_answers_after_timer_m_is_acked_and_byed() -> None:
 
 
 def test_a_call_keeps_the_acks_of_a_few_forks_and_still_acks_and_byes_the_rest() -> None:
-    """Each other fork's 2xx from the next hop is ACKed and BYEd (§13.2.2.4); the ACKs of
-    MAX_FORKS of them are kept, to repeat one for its retransmitted 2xx (with no second
-    BYE). Past that nothing more is kept: a call's state is bounded whatever its peer
-    sends."""
-    w = Wire()
+    """Each other fork's 2xx from the next hop is ACKed and BYEd once (§13.2.2.4); the
+    ACKs of MAX_FORKS of them are kept, to repeat one for its retransmitted 2xx (with no
+    second BYE), and the To tags of MAX_FORK_TAGS: a known fork's 2xx again gets no second
+    BYE. Past that a new fork's 2xx is ignored and counted (``fork_limit``): a call's
+    state is bounded whatever its peer sends."""
+    w = Wire(metrics=Metrics())
     e = establish(w, 1)
     w.advance(64 * T1 + 1)  # our INVITE client transaction is gone (Timer M)
     tags = [f"fork{i}" for i in range(MAX_FORKS + 4)]
@@ -441,9 +442,18 @@ def test_a_call_keeps_the_acks_of_a_few_forks_and_still_acks_and_byes_the_rest()
     assert list(call.out.forks) == tags[:MAX_FORKS]
     w.from_callee(response_to(e.b_invite, 200, "OK", tags[0], SDP_CALLEE))  # again
     assert [m.method for m in requests(w.take_callee())] == ["ACK"]
-    w.from_callee(response_to(e.b_invite, 200, "OK", tags[-1], SDP_CALLEE))  # not kept
-    assert [m.method for m in requests(w.take_callee())] == ["ACK", "BYE"]
+    w.from_callee(response_to(e.b_invite, 200, "OK", tags[-1], SDP_CALLEE))  # ACK not kept
+    assert requests(w.take_callee()) == []  # and never a second BYE
     assert len(call.out.forks) == MAX_FORKS
+    for i in range(len(tags), MAX_FORK_TAGS):
+        w.from_callee(response_to(e.b_invite, 200, "OK", f"fork{i}", SDP_CALLEE))
+    assert len(requests(w.take_callee(), "BYE")) == MAX_FORK_TAGS - len(tags)
+    for _ in range(2):  # beyond the bound: ignored, counted, nothing kept
+        w.from_callee(response_to(e.b_invite, 200, "OK", "one-too-many", SDP_CALLEE))
+    assert requests(w.take_callee()) == []
+    assert call.out.fork_tags is not None and len(call.out.fork_tags) == MAX_FORK_TAGS
+    assert call.out.forks_ignored == 2
+    assert sample(w.metrics, "sipguard_rejected_total", reason="fork_limit") == 2
     assert w.take_caller() == [] and w.core.calls == 1
 
 

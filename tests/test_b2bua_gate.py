@@ -301,10 +301,11 @@ OTHER_TRUNK = """
 
 def test_a_metered_source_passes_only_with_the_call_ids_of_legs_bound_to_it() -> None:
     """Past its budget, a source's message passes for a Call-ID of a call in progress only
-    where a leg with that Call-ID is bound to that source (the listen entry and address it
-    was set up with, or moved to): not for another source's calls, so that what is read
-    tells no one which calls exist. Two callers may choose the same Call-ID: each passes
-    with it while its own call is up."""
+    where it may be the peer of a leg with that Call-ID (the rule of ``Peers.from_peer``:
+    the listen entry and address the leg was set up with, or moved to, or any source of
+    the leg's trunk): not for another trunk's calls, so that what is read tells no one
+    which calls exist. Two callers may choose the same Call-ID: each passes with it while
+    its own call is up."""
     w = Wire(default_config(OTHER_TRUNK + "limits: {stray_mps: 1}\n"))
     gate = w.core.gate
     caller = Flow("udp", 0, *CALLER)
@@ -321,20 +322,22 @@ def test_a_metered_source_passes_only_with_the_call_ids_of_legs_bound_to_it() ->
     for flow in (caller, other, on_tcp):
         gate.stray(flow)
     assert {door(f, "shared@h") for f in (caller, other, on_tcp)} == {METERED}
+    trunks = w.core.config.trunks
     mine = Leg(w.core, True, "shared@h", caller)
     theirs = Leg(w.core, True, "shared@h", other)
-    gate.opened(mine)
-    gate.opened(theirs)
+    gate.opened(mine, trunks["customers"])
+    gate.opened(theirs, trunks["other"])
     assert door(caller, "shared@h") == OPEN
     assert door(other, "shared@h") == OPEN
-    assert door(on_tcp, "shared@h") == METERED  # another listen entry is another source
+    # another listen entry serving the caller's trunk: its peer by from_peer's rule too
+    assert door(on_tcp, "shared@h") == OPEN
     assert door(caller, "another@h") == METERED
     gate.closed(theirs)
-    assert door(other, "shared@h") == METERED
+    assert door(other, "shared@h") == METERED  # another trunk's call: hidden
     assert door(caller, "shared@h") == OPEN
-    mine.flow = other  # a B-leg's failover: its new target's messages pass, not the old's
+    mine.flow = other  # a B-leg's failover: its new target's messages pass
     assert door(other, "shared@h") == OPEN
-    assert door(caller, "shared@h") == METERED
+    assert door(caller, "shared@h") == OPEN  # and its trunk's sources still do
     gate.closed(mine)
     assert gate.live == {}
 

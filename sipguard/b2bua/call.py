@@ -399,10 +399,12 @@ class Call:
     def stray_2xx(self, resp: Response, flow: Flow, now: float) -> None:
         """A 2xx to our INVITE after its transaction ended: ours again (our ACK was lost),
         repeat the ACK; another fork's (Timer M), that dialog exists but is not ours to
-        use: ACK it and end it with BYE (§13.2.2.4)."""
+        use: ACK it and end it with BYE (§13.2.2.4). The To tag alone tells which: its
+        source is the B-leg's peer already (the core checked, ``Peers.from_peer``), which
+        may retransmit from a new connection's port or another address of its trunk."""
         b = self.b
         assert b is not None
-        if b.remote_tag == resp.to.tag and (b.flow.host, b.flow.port) == (flow.host, flow.port):
+        if b.remote_tag == resp.to.tag:
             if self.state == ANSWERED and self.out.ack is not None:
                 self.host.layer.send(b.flow, self.out.ack, retransmission=True)
         elif self.state != ENDED:

@@ -29,6 +29,7 @@ from sipguard.b2bua.host import (
     Answered,
     Challenged,
     Ended,
+    ForkIgnored,
     Outcome,
     TargetFailed,
     Unanchored,
@@ -351,6 +352,8 @@ class B2BUA:
             self.challenges.remember(call, outcome.now)
         elif isinstance(outcome, Unanchored):
             self.records.unanchored(call)
+        elif isinstance(outcome, ForkIgnored):
+            self._count_refused("fork_limit")
 
     def _end_after_error(self, msg: Request | Response, flow: Flow, now: float) -> None:
         try:
@@ -399,17 +402,29 @@ class B2BUA:
         """A 2xx to our INVITE after its transaction ended (§13.2.2.4). Its branch is
         none of ours to check, and the B-leg's Call-ID and From tag are all that find its
         call: believed only from the B-leg's peer, by the rule of its in-dialog requests
-        (:meth:`Peers.from_peer`). Anyone else's is dropped, counted as
+        (:meth:`Peers.from_peer`), or from a target it was sent to before
+        (:meth:`_from_callee`). Anyone else's is dropped, counted as
         ``dialog_source``: never ACKed nor BYEd towards an address that may be forged."""
         call = self.table.callee_leg(resp)
         b = call.b if call is not None else None
         if call is None or b is None:
             self.layer.strays += 1
-        elif self.peers.from_peer(call.trunk_out, b.flow, flow):
+        elif self._from_callee(call, b.flow, flow):
             call.stray_2xx(resp, flow, now)
         else:
             self.layer.strays += 1
             self._refused()
+
+    def _from_callee(self, call: Call, at: Flow, flow: Flow) -> bool:
+        """Is ``flow`` the B-leg's peer (now at ``at``), or one of the targets its INVITE
+        went to before (a failover, a redirect), each by :meth:`Peers.from_peer`? A
+        target given up on may answer late; a trunk with targets and no ``sources``
+        knows those addresses only so (bounded: the targets and the retries tried)."""
+        trunk = call.trunk_out
+        from_peer = self.peers.from_peer
+        if from_peer(trunk, at, flow):
+            return True
+        return any(tried != at and from_peer(trunk, tried, flow) for tried in call.out.tried)
 
     def _refused(self) -> bool:
         self._count_refused("dialog_source")
@@ -421,9 +436,11 @@ class B2BUA:
         every in-dialog request (:meth:`Peers.from_peer`), also once the INVITE has its
         final response and its call is gone: the 200 then changes nothing (§9.2) but
         carries the dialog's To tag, the peer's to know and no one else's. Anyone else
-        gets the 481 of no such INVITE, counted as ``dialog_source``. An INVITE of no
-        call (a re-INVITE, whose CANCEL repeats its To tag and has no effect) keeps
-        the match of its transaction: the same listen entry and source."""
+        gets the 481 of no such INVITE, counted as ``dialog_source``. A re-INVITE is
+        marked with its leg's trunk too (:meth:`on_request`): a forger copying its branch
+        (often a counter) without the To tag must not learn the tag from the 200. An
+        INVITE of no call keeps the match of its transaction: the same listen entry and
+        source."""
         trunk = invite.peer
         if isinstance(trunk, Trunk):
             return self.peers.from_peer(trunk, invite.flow, flow) or self._refused()
@@ -446,7 +463,12 @@ class B2BUA:
                 self.layer.strays += 1
                 self.layer.respond_stateless(tx, make_response(req, 481))
                 return
-            found[0].on_in_dialog(found[1], req, tx, now)
+            call, leg = found
+            if req.method == "INVITE":
+                # a re-INVITE's CANCEL is believed by the rule of any request of this
+                # dialog (cancel_allowed): its 200 carries the dialog's To tag
+                tx.peer = call.trunk_of(leg)
+            call.on_in_dialog(leg, req, tx, now)
             return
         method = req.method
         if method == "INVITE":
@@ -572,8 +594,8 @@ class B2BUA:
         call.start_b(targets, now, reuse)
         assert call.b is not None
         self.table.add_callee(call)
-        self.gate.opened(call.a)
-        self.gate.opened(call.b)
+        self.gate.opened(call.a, call.trunk_in)
+        self.gate.opened(call.b, call.trunk_out)
         self.records.started(call, self.config.emergency_numbers)
 
     # -- call outcomes ---------------------------------------------------------------------

@@ -13,9 +13,11 @@ all traffic"):
   which it may retry). The core reports each one (:meth:`Gate.stray`) once it knows.
   Past the budget, every message of that source is dropped unread for the rest of the
   second and counted (``source_messages``), but those with the Call-ID of a call in
-  progress whose leg is bound to this very source (:meth:`Gate.opened`): its own calls
-  go on, while another source's Call-IDs (a caller's may be a counter) fare no better
-  than any other, so that what is read, and answered, tells no one which calls exist.
+  progress whose leg's peer this source may be (:meth:`Gate.opened`, :func:`bound_to`:
+  the address the leg is bound to, or any source of the leg's trunk, the rule of
+  :meth:`Peers.from_peer`): its own calls go on, while another trunk's Call-IDs (a
+  caller's may be a counter) fare no better than any other, so that what is read, and
+  answered, tells no one which calls exist.
   Its calls' own messages are never counted, so a busy trunk with thousands of calls a
   second is never metered; a flood of anything else costs what the budget lets through
   and a few microseconds per message after it. While the core sheds load, the budget
@@ -38,7 +40,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from sipguard.b2bua.peers import Peers
-from sipguard.config.model import Limits
+from sipguard.config.model import Limits, Trunk
 from sipguard.sip.transaction import Flow
 
 if TYPE_CHECKING:
@@ -96,18 +98,20 @@ class Gate:
         self._strays: dict[tuple[int, str], int] = {}
         self._answers = 0  # answers to strangers this second
         # Call-ID -> the legs of the calls in progress with it (a caller chose the A-leg's:
-        # two may share one), whose peers' messages pass a metered source
-        self.live: dict[str, tuple[Leg, ...]] = {}
+        # two may share one) and the name of each leg's trunk, whose peers' messages pass
+        # a metered source
+        self.live: dict[str, tuple[tuple[Leg, str], ...]] = {}
 
-    def opened(self, leg: Leg) -> None:
-        """A call's leg is up: its peer's messages with its Call-ID pass once metered."""
+    def opened(self, leg: Leg, trunk: Trunk) -> None:
+        """A call's leg of ``trunk`` is up: its peer's messages with its Call-ID pass once
+        metered."""
         live = self.live
-        live[leg.call_id] = (*live.get(leg.call_id, ()), leg)
+        live[leg.call_id] = (*live.get(leg.call_id, ()), (leg, trunk.name))
 
     def closed(self, leg: Leg) -> None:
         live = self.live
         cid = leg.call_id
-        kept = tuple(other for other in live.get(cid, ()) if other is not leg)
+        kept = tuple(other for other in live.get(cid, ()) if other[0] is not leg)
         if kept:
             live[cid] = kept
         else:
@@ -121,7 +125,7 @@ class Gate:
         targets: frozenset[str],
         admitted: float,
         data: bytes,
-        live: dict[str, tuple[Leg, ...]],
+        live: dict[str, tuple[tuple[Leg, str], ...]],
     ) -> int:
         """May ``data`` from ``flow`` be read? :data:`OPEN`, :data:`STRANGER` (read, to be
         refused), or why not (:data:`METERED`, :data:`SILENCED`). ``targets`` are the
@@ -154,7 +158,7 @@ class Gate:
         if strays < budget:
             return OPEN
         legs = live.get(raw_call_id(data))
-        if legs is not None and bound_to(legs, flow):
+        if legs is not None and bound_to(legs, flow, trunk):
             return OPEN
         return METERED
 
@@ -171,13 +175,21 @@ class Gate:
         strays[key] = 1 if count is None else count + 1
 
 
-def bound_to(legs: tuple[Leg, ...], flow: Flow) -> bool:
-    """Is one of ``legs`` bound to ``flow``'s source: the listen entry and address it
-    was set up with, or moved to (a failover, a redirect)? The core's own check
-    (:meth:`Peers.from_peer`) then decides what its message may do."""
-    for leg in legs:
+def bound_to(legs: tuple[tuple[Leg, str], ...], flow: Flow, trunk: Trunk | None) -> bool:
+    """May ``flow``'s source (of ``trunk``, None if of none) be the peer of one of
+    ``legs``: the listen entry and address the leg was set up with, or moved to (a
+    failover, a redirect), or any source of the leg's trunk on a listen entry that
+    serves it (``trunk``, found already: no lookup more)? The rule of
+    :meth:`Peers.from_peer`, whose full check (TLS name, connection) then decides what
+    the message may do.
+
+    The trade-off: a metered address of trunk X can still tell, by what is read, which
+    Call-IDs are live in trunk X's own calls (its peers' to know), never another
+    trunk's. Memory stays one entry per leg in :attr:`Gate.live`."""
+    name = trunk.name if trunk is not None else None
+    for leg, leg_trunk in legs:
         at = leg.flow
-        if at.host == flow.host and at.local == flow.local:
+        if (at.host == flow.host and at.local == flow.local) or leg_trunk == name:
             return True
     return False
 

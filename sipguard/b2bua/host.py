@@ -64,6 +64,13 @@ class Challenged(Outcome):
     __slots__ = ()
 
 
+class ForkIgnored(Outcome):
+    """A 2xx of yet another fork past the call's bound (``Outgoing.ack_and_bye``):
+    ignored, counted."""
+
+    __slots__ = ()
+
+
 class Unanchored(Outcome):
     """The call asked for media anchoring and goes on without it (the relay failed):
     counted, and logged where the caller is withheld."""

@@ -13,10 +13,11 @@ The state is this object's; the call it serves is passed in.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from sipguard.b2bua.bleg import build_b_invite
-from sipguard.b2bua.host import Challenged, TargetFailed
+from sipguard.b2bua.host import Challenged, ForkIgnored, TargetFailed
 from sipguard.b2bua.leg import IGNORE, Leg
 from sipguard.b2bua.media import ANSWER, OFFER, sdp_kind, sdp_span, too_many_streams
 from sipguard.b2bua.peers import Peers
@@ -29,10 +30,13 @@ from sipguard.sip.transaction import ClientTransaction, Flow
 if TYPE_CHECKING:
     from sipguard.b2bua.call import Call
 
+log = logging.getLogger("sipguard.b2bua")
+
 MAX_RETRIES = 3  # redirects and 422 retries of one call, together
 AUTH_RETRY_WINDOW = 32.0  # how long a challenged B-leg waits for the caller's retry
 MAX_CHALLENGES = 1000  # challenged B-legs kept at once
 MAX_FORKS = 8  # other forks' 2xx whose ACK a call keeps (to repeat it); more are not kept
+MAX_FORK_TAGS = 64  # other forks' To tags a call knows (BYEd once); more are ignored
 
 
 class Outgoing:
@@ -43,7 +47,9 @@ class Outgoing:
         "acking",
         "credentials",
         "cseq",
+        "fork_tags",
         "forks",
+        "forks_ignored",
         "min_se",
         "offer",
         "prack",
@@ -52,11 +58,15 @@ class Outgoing:
         "retries",
         "rseq",
         "targets",
+        "tried",
         "tx",
     )
 
     def __init__(self) -> None:
         self.targets: list[Flow] = []
+        # every flow an attempt went to (a target given up on may answer late, and its
+        # 2xx is still ACKed and BYEd): at most the targets and MAX_RETRIES redirects
+        self.tried: list[Flow] = []
         self.redirect: str | None = None  # the Request-URI a followed 3xx gave
         self.retries = 0  # redirects followed and 422s retried
         # the largest Min-SE a 422 of the next hop asked for (RFC 4028 §7.4), 0 if none
@@ -69,6 +79,9 @@ class Outgoing:
         self.acking = False  # the caller's ACK (its answer) is at the media relay
         self.offer = b""  # the offer in a late-offer 2xx, which the caller's ACK answers
         self.forks: dict[str, bytes] | None = None  # To tag -> our ACK, of 2xx we BYEd
+        # the To tags of every other fork's 2xx we BYEd, at most MAX_FORK_TAGS
+        self.fork_tags: set[str] | None = None
+        self.forks_ignored = 0  # 2xx of new forks past MAX_FORK_TAGS, ignored
         # the caller's offer as the media relay rewrote it, for every attempt (None: as
         # the crossing rules give it)
         self.relayed_offer: bytes | None = None
@@ -111,6 +124,8 @@ class Outgoing:
         assert b is not None
         flow = self.targets[0]
         b.flow = flow
+        if flow not in self.tried:
+            self.tried.append(flow)
         b.remote_tag = None
         b.local_seq += 1
         self.cseq = b.local_seq
@@ -270,10 +285,13 @@ class Outgoing:
         """A 2xx we will not use: ACK it and end that dialog with BYE (§13.2.2.4).
 
         ``flow``: where it came from, when not from the B-leg's current target (its
-        peer's: the caller checked). The ACKs of :data:`MAX_FORKS` such dialogs are kept,
-        to repeat one if its 2xx comes again; past that, a 2xx of yet another dialog is
-        still ACKed and BYEd, and nothing of it is kept (a call holds bounded state
-        whatever its peer sends).
+        peer's: the caller checked). Each dialog is BYEd once (§13.2.2.4): the To tags of
+        :data:`MAX_FORK_TAGS` of them are known, and the ACKs of the first
+        :data:`MAX_FORKS` kept, to repeat one if its 2xx comes again (a known fork's 2xx
+        without a kept ACK gets nothing). A 2xx of yet another dialog past that is
+        ignored, counted as ``sipguard_rejected_total{reason="fork_limit"}`` and logged
+        once per call: a call holds bounded state whatever its peer sends, and one
+        datagram never buys a new BYE transaction.
         """
         b = call.b
         assert b is not None
@@ -281,12 +299,29 @@ class Outgoing:
         tag = resp.to.tag or ""
         if self.forks is None:
             self.forks = {}
+            self.fork_tags = set()
         forks = self.forks
+        tags = self.fork_tags
+        assert tags is not None
         layer = call.host.layer
-        if tag in forks:
+        if tag in tags:
             # that 2xx again (our ACK was lost): ACK it again, BYE it only once (§13.2.2.4)
-            layer.send(flow, forks[tag], retransmission=True)
+            ack = forks.get(tag)
+            if ack is not None:
+                layer.send(flow, ack, retransmission=True)
             return
+        if len(tags) >= MAX_FORK_TAGS:
+            layer.strays += 1  # its source's stray budget pays for it (b2bua/gate.py)
+            self.forks_ignored += 1
+            if self.forks_ignored == 1:
+                log.warning(
+                    "call %s: more than %d other forks answered; their 2xx are ignored",
+                    call.id,
+                    MAX_FORK_TAGS,
+                )
+            call.host.outcomes.append(ForkIgnored(call, now))
+            return
+        tags.add(tag)
         fork = Leg(call.host, False, b.call_id, flow)
         fork.local_tag = b.local_tag
         fork.local_uri = b.local_uri
