@@ -57,7 +57,7 @@ def test_raw_to_tag_reads_the_to_tag_the_parser_reads() -> None:
     data = (
         "ACK sip:b@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
         "From: <sip:a@h>;tag=1\r\n"
-        f"To: <sip:b@h;tag={shed_tag}>;tag=realdialogtag\r\n"
+        f"To: <sip:b@h;tag={shed_tag};x>;tag=realdialogtag\r\n"
         "Call-ID: c\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     ).encode()
     assert parse_message(data).to.tag == "realdialogtag"
