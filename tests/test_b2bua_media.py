@@ -847,3 +847,16 @@ def test_a_late_offer_with_too_many_streams_ends_the_call_before_the_relay() -> 
     records = w.core.cdr_out
     assert [(r.kind, r.end_reason, r.status) for r in records] == [("end", "rejected", 488)]
     assert records[0].answer is None and records[0].duration_ms == 0
+
+
+def test_rev8_an_answer_with_more_streams_than_its_offer_never_reaches_the_relay() -> None:
+    """RFC 3264 §6: an answer has exactly the offer's m= lines. A callee answering a
+    one-stream offer with 40 streams must not reach rtpengine (ports per stream): the
+    MAX_STREAMS cap covers offers only."""
+    w = wire()
+    w.from_caller(invite(1))
+    (b_inv,) = requests(w.take_callee(), "INVITE")
+    before = len(commands(w))
+    w.from_callee(response_to(b_inv, 200, "OK", "c1", many_streams(40)))
+    relayed = [c for c in commands(w)[before:] if c == "answer"]
+    assert relayed == [], commands(w)
