@@ -849,7 +849,7 @@ def test_a_late_offer_with_too_many_streams_ends_the_call_before_the_relay() -> 
     assert records[0].answer is None and records[0].duration_ms == 0
 
 
-def test_rev8_an_answer_with_more_streams_than_its_offer_never_reaches_the_relay() -> None:
+def test_an_answer_with_more_streams_than_any_offer_may_have_ends_the_call() -> None:
     """RFC 3264 §6: an answer has exactly the offer's m= lines. A callee answering a
     one-stream offer with 40 streams must not reach rtpengine (ports per stream): the
     MAX_STREAMS cap covers offers only."""
@@ -860,3 +860,6 @@ def test_rev8_an_answer_with_more_streams_than_its_offer_never_reaches_the_relay
     w.from_callee(response_to(b_inv, 200, "OK", "c1", many_streams(40)))
     relayed = [c for c in commands(w)[before:] if c == "answer"]
     assert relayed == [], commands(w)
+    assert [m.status for m in responses(w.take_caller())][-1] == 488
+    assert len(requests(w.take_callee(), "BYE")) == 1
+    assert [(r.kind, r.end_reason) for r in w.core.cdr_out] == [("end", "rejected")]

@@ -361,12 +361,13 @@ class CallMedia:
             if start < 0:
                 then(body, now)  # a multipart body without SDP: no address in it
                 continue
-            if kind == OFFER and too_many_streams(body[start:end]):
+            if too_many_streams(body[start:end]):
                 # an offer from either side (a late offer in the callee's 18x/2xx, one in
-                # a response to an offerless re-INVITE) takes ports per stream like the
-                # caller's: more than MAX_STREAMS ends the call, never reaching the relay
+                # a response to an offerless re-INVITE), or an answer with more streams
+                # than any offer may have (RFC 3264 §6: as many as its offer), takes
+                # ports per stream: more than MAX_STREAMS ends the call, never relayed
                 log.warning(
-                    "call %s: an offer with more than %d streams: ended", call.id, MAX_STREAMS
+                    "call %s: an SDP with more than %d streams: ended", call.id, MAX_STREAMS
                 )
                 queue.clear()
                 call.hangup(

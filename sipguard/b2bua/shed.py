@@ -157,7 +157,9 @@ def raw_to_tag(data: bytes) -> str | None:
         return None
     stop = head.find(b"\r\n", start + 2)
     line = head[start : len(head) if stop < 0 else stop]
-    at = line.find(b";tag=")
+    # the header's tag, after the URI's <...> where there is one: a ";tag=" inside it is
+    # a URI parameter the caller chose (RFC 3261 §20.39)
+    at = line.find(b";tag=", max(0, line.rfind(b">")))
     if at < 0:
         return None
     tag = line[at + 5 : at + 5 + _TAG_WIDTH]

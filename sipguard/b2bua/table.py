@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from sipguard.b2bua.admission import MergeKey, merge_key
 from sipguard.b2bua.leg import Leg
 from sipguard.b2bua.peers import Peers
+from sipguard.sip.errors import SipError
 from sipguard.sip.message import Request, Response
 from sipguard.sip.transaction import Flow
 
@@ -92,7 +93,11 @@ class CallTable:
         """The calls a message from ``flow`` belongs to, as far as it can tell (its legs'
         peers only): those to end when handling it hit our own bug."""
         calls: set[Call] = set()
-        for tag in (msg.from_.tag, msg.to.tag):
+        for name in ("from", "to"):
+            try:  # a response's From is read first here: it may be malformed
+                tag = msg.from_.tag if name == "from" else msg.to.tag
+            except SipError:
+                continue
             found = self.leg((msg.call_id, tag or ""))
             if found is not None and self.peers.from_peer(
                 found[0].trunk_of(found[1]), found[1].flow, flow

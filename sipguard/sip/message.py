@@ -173,6 +173,9 @@ _VIA_SENT_BY_RE: Final = re.compile(
 # bounded: a name seen before is not matched against _TOKEN_RE again.
 _TOKEN_NAMES: Final[set[str]] = set()
 _TOKEN_NAMES_MAX: Final = 4096
+_TOKEN_NAME_LEN: Final = 32  # longer names are checked every time: the set stays small
+# what stamping a Via may add to it: ";received=" an IPv6 address, and an rport's value
+STAMP_GROWTH: Final = 64
 MAX_CSEQ: Final = 2**32 - 1
 
 
@@ -595,18 +598,24 @@ class Request(SipMessage):
         if rport is None and sent_by == host.lower():
             return None
         params: list[tuple[str, str | None]] = []
+        filled = False
         for k, v in via.params:
             name = k.lower()
-            if name == "received":
-                continue  # ours replaces whatever the sender wrote
-            params.append((k, str(self.src_port)) if name == "rport" else (k, v))
+            if name == "received" or (name == "rport" and filled):
+                continue  # ours replaces whatever the sender wrote; one rport, once
+            if name == "rport":
+                filled = True
+                params.append((k, str(self.src_port)))
+            else:
+                params.append((k, v))
         params.append(("received", host))
         top = str(Via(via.transport, via.host, via.port, tuple(params), via.protocol))
         line = self.get_lines("via")[0]
-        if "," not in line:
-            return top
-        rest = split_commas(line)[1:]
-        return ", ".join([top, *rest])
+        if "," in line:
+            top = ", ".join([top, *split_commas(line)[1:]])
+        # never a response much larger than its request (SPEC §8): the stamp adds one
+        # address and one port at most, else the Via stays as the peer wrote it
+        return top if len(top) <= len(line) + STAMP_GROWTH else None
 
     @property
     def request_uri(self) -> Uri:
@@ -805,7 +814,7 @@ def _plain_headers(head: str, lines: list[str]) -> list[tuple[str, str]] | None:
             name = name.rstrip(" \t")
             if not _TOKEN_RE.match(name):
                 return None  # folded, or not a header line
-            if len(names) < _TOKEN_NAMES_MAX:
+            if len(names) < _TOKEN_NAMES_MAX and len(name) <= _TOKEN_NAME_LEN:
                 names.add(name)
         value = line[colon + 1 :]
         if value[:1] in (" ", "\t") or value[-1:] in (" ", "\t"):

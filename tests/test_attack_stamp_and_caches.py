@@ -1,4 +1,5 @@
-"""Review 8: findings on the Via stamp and the header-name cache."""
+"""Attacks on this session's fast paths (review 8): the Via stamp, the header-name cache, the
+raw read of an ACK's To tag."""
 
 from __future__ import annotations
 
@@ -62,3 +63,33 @@ def test_raw_to_tag_reads_the_to_tag_the_parser_reads() -> None:
     ).encode()
     assert parse_message(data).to.tag == "realdialogtag"
     assert raw_to_tag(data) in (None, "realdialogtag")
+
+
+def test_the_calls_of_a_response_with_an_unreadable_from_are_looked_up_without_raising() -> None:
+    """After our own bug, the calls a message belongs to are ended: a response's From is
+    no longer read on the way in, so a malformed one must not make that lookup raise
+    (it would leave every call it names holding its slot). Its To still names a call
+    where the To tag is ours (a request's answer to the caller)."""
+    from sipguard.sip.message import parse_message
+    from sipguard.sip.transaction import Flow
+    from testkit.callsim import CALLEE, establish, response_to
+
+    w = Wire()
+    e = establish(w, 1)
+    data = response_to(e.b_invite, 200, "OK", e.callee_tag)
+    head, sep, rest = data.partition(b"\r\nFrom: ")
+    bad = parse_message(head + sep + b"<<" + rest[rest.index(b"\r\n") :])
+    bad.validate()  # a response's From is not read here
+    assert w.core.table.of_message(bad, Flow("udp", 0, *CALLEE)) == set()
+
+
+def test_the_stamp_fills_in_one_rport_and_drops_the_sender_s_received() -> None:
+    w = Wire()
+    req = invite(1).replace(
+        b";branch=z9hG4bK-1-1-0", b";rport;branch=z9hG4bK-1-1-0;received=10.0.0.1;rport", 1
+    )
+    w.from_caller(req)
+    (trying,) = w.take_caller()
+    (via,) = trying.get_lines("via")
+    assert via.count("rport") == 1 and via.count("received=") == 1, via
+    assert via.endswith(";received=127.0.0.3") and ";rport=5062;" in via, via
