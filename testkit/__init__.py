@@ -10,6 +10,8 @@ and ``tests/`` holds nothing but tests (and the session checks of its ``conftest
 * :mod:`testkit.sipp` — sipguard and SIPp as processes on loopback (the SIPp tests,
   the load runner); :mod:`testkit.rawsip` — raw SIP over sockets towards such a
   sipguard; :mod:`testkit.privacy` — the privacy bench of the SIPp tests;
+* :mod:`testkit.hijack` — the attacker's view of a live call, for the dialog-source
+  tests (in memory and over sockets);
 * :mod:`testkit.pgserver` — a throwaway PostgreSQL cluster (pytest fixtures);
 * :mod:`testkit.rtpengine` — Debian's rtpengine on loopback, an ng client for the tests
   and a dead relay (pytest fixtures);

@@ -68,6 +68,11 @@ def status_of(data: bytes) -> int | None:
     return None
 
 
+def requests_in(msgs: list[bytes]) -> list[str]:
+    """The methods of the requests among ``msgs``."""
+    return [m.split(b" ", 1)[0].decode() for m in msgs if status_of(m) is None]
+
+
 def header(data: bytes, name: str) -> str | None:
     """The first value of header ``name`` (full name only) in a message, or None."""
     head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")

@@ -2,31 +2,41 @@
 ``tests/test_attack_dialog_hijack.py`` that matter most, over real sockets.
 
 The attacker is at another trunk's address (127.0.0.4), at an address of no trunk
-(127.0.0.9), or at the caller's own address on a second TCP connection. Two tests fail on
-the reviewed code (see their docstrings).
+(127.0.0.9), or at the caller's own address on a second TCP connection. Two tests check
+findings of the first review (ca01030, see their docstrings), and the last one the
+re-INVITE CANCEL leak the second review found (8f09b87,
+``test_rr_cancel_of_a_reinvite_on_a_second_connection_reveals_no_to_tag`` of
+tests/test_attack_dialog_hijack.py); all are fixed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-import socket
 from pathlib import Path
 
 import pytest
 
-from sipguard.sip.message import Response, parse_message
-from testkit.callsim import callee_request, response_to
+from sipguard.sip.message import parse_message
+from testkit.callsim import response_to
+from testkit.hijack import (
+    NET_EVIL_SDP,
+    NET_OTHER_TRUNK,
+    OTHER_IP,
+    STRANGER_IP,
+    answer_b_leg,
+    forged_cancel,
+    running_tcp_call,
+    udp_call,
+)
 from testkit.rawsip import (
     SDP,
     UdpPeer,
     b_leg_invite,
-    header,
+    requests_in,
     sip_request,
     sipguard_addr,
     status_of,
     tcp_connect,
-    tcp_read_message,
     tcp_transact,
     wait_for,
 )
@@ -47,40 +57,12 @@ pytestmark = [
     pytest.mark.timeout(60),
 ]
 
-STRANGER_IP = "127.0.0.9"
-OTHER_IP = "127.0.0.4"
-EVIL_SDP = SDP.replace(b"127.0.0.3", b"127.0.0.9")
-OTHER_TRUNK = {
-    "trunks": {
-        "other": {
-            "sources": [f"{OTHER_IP}/32"],
-            "trusted": False,
-            "route_to": "pbx",
-            "allowed_cli": ["+3140*"],
-            "default_cli": "+31401234000",
-        }
-    }
-}
-
-
-def requests_in(msgs: list[bytes]) -> list[str]:
-    return [m.split(b" ", 1)[0].decode() for m in msgs if status_of(m) is None]
-
-
-def cancel_of(invite: bytes) -> bytes:
-    """The CANCEL of ``invite`` (§9.1): its Request-URI, top Via, From, To, Call-ID."""
-    head = invite.split(b"\r\n\r\n")[0]
-    head = head.replace(b"INVITE sip:", b"CANCEL sip:", 1)
-    head = re.sub(rb"CSeq: (\d+) INVITE", rb"CSeq: \1 CANCEL", head)
-    head = re.sub(rb"\r\n(Content-Type|Content-Length|Contact): [^\r]*", b"", head)
-    return head + b"\r\nContent-Length: 0\r\n\r\n"
-
 
 def test_net_in_dialog_methods_from_elsewhere_reach_nobody(tmp_path: Path) -> None:
     """UPDATE, INFO, PRACK, OPTIONS and a forged ACK with SDP, with a live call's exact
     ids (both legs), from another trunk and from no trunk: 481 or 403 (ACK: nothing),
     nothing reaches a peer, the call stays, the CDR says the real end."""
-    setup = write_config(tmp_path, overrides=OTHER_TRUNK)
+    setup = write_config(tmp_path, overrides=NET_OTHER_TRUNK)
     sg = Sipguard(setup).start()
     caller = UdpPeer(CALLER_IP)
     callee = UdpPeer(CALLEE_IP, setup.callee_port)
@@ -88,52 +70,26 @@ def test_net_in_dialog_methods_from_elsewhere_reach_nobody(tmp_path: Path) -> No
     with running(sg), contextlib.ExitStack() as stack:
         for peer in (caller, callee, *forgers.values()):
             stack.callback(peer.close)
-        invite = sip_request("INVITE", local=caller.local, body=SDP)
-        caller.send(invite, sipguard_addr(setup))
-        b_inv = b_leg_invite(callee, sg)
-        callee.send(
-            response_to(b_inv, 200, "OK", "callee-tag", SDP, contact=callee.local),
-            sipguard_addr(setup),
-        )
-        ok_bytes = next((m for m in caller.recv_all(1.0) if status_of(m) == 200), None)
-        assert ok_bytes is not None, sg.log_tail()
-        ok = parse_message(ok_bytes)
-        assert isinstance(ok, Response)
-        caller_tag = (header(invite, "From") or "").rsplit("tag=", 1)[1]
-
-        def as_caller(method: str, at: tuple[str, int], cseq: int, body: bytes = b"") -> bytes:
-            extra = (("RAck", "1 1 INVITE"),) if method == "PRACK" else ()
-            return sip_request(
-                method,
-                local=at,
-                ruri=str(ok.contacts[0].uri),
-                call_id=header(invite, "Call-ID"),
-                from_tag=caller_tag,
-                to_tag=ok.to.tag,
-                cseq=cseq,
-                body=body,
-                extra=extra,
-            )
-
-        caller.send(as_caller("ACK", caller.local, 1), sipguard_addr(setup))
+        call = udp_call(setup, sg, caller, callee)
         caller.recv_all(0.3)
         callee.recv_all(0.1)
         cseq = 10
         for ip, forger in forgers.items():
             want = 481 if ip == OTHER_IP else 403
             for method in ("UPDATE", "INFO", "PRACK", "OPTIONS"):
-                body = EVIL_SDP if method == "UPDATE" else b""
+                body = NET_EVIL_SDP if method == "UPDATE" else b""
+                rack = (("RAck", "1 1 INVITE"),) if method == "PRACK" else ()
                 for data in (
-                    as_caller(method, forger.local, cseq, body),
-                    callee_request(
-                        method, b_inv, "callee-tag", cseq, 1, body=body, addr=forger.local
-                    ),
+                    call.caller_request(method, forger.local, cseq, body, extra=rack),
+                    call.callee_request(method, forger.local, cseq, body),
                 ):
                     got = forger.transact(data, sipguard_addr(setup))
                     assert got is not None and status_of(got) == want, (data, got)
-                    assert (ok.to.tag or "-").encode() not in got.split(b"\r\nTo:", 1)[0]
+                    assert (call.a_ok.to.tag or "-").encode() not in got.split(b"\r\nTo:", 1)[0]
                 cseq += 1
-            forger.send(as_caller("ACK", forger.local, 1, EVIL_SDP), sipguard_addr(setup))
+            forger.send(
+                call.caller_request("ACK", forger.local, 1, NET_EVIL_SDP), sipguard_addr(setup)
+            )
             assert forger.recv_all(0.3) == []
         assert requests_in(caller.recv_all(0.5)) == []
         assert requests_in(callee.recv_all(0.1)) == []
@@ -141,7 +97,7 @@ def test_net_in_dialog_methods_from_elsewhere_reach_nobody(tmp_path: Path) -> No
         assert metric_sum(metrics, "sipguard_active_calls") == 1
         # 16 requests, 2 ACKs: each counted
         assert metric_sum(metrics, "sipguard_rejected_total", reason="dialog_source") == 18
-        caller.send(as_caller("BYE", caller.local, 2), sipguard_addr(setup))
+        caller.send(call.caller_request("BYE", caller.local, 2), sipguard_addr(setup))
         bye = next((m for m in callee.recv_all(1.0) if m.startswith(b"BYE ")), None)
         assert bye is not None, sg.log_tail()
         b_bye = parse_message(bye)
@@ -160,44 +116,17 @@ def test_net_cancel_after_the_ack_on_a_second_tcp_connection_reveals_no_to_tag(
     the 481 of a CANCEL for no INVITE, as while the call rang. Got: ``200`` carrying the
     A-leg's To tag, the dialog id the issue keeps secret (``B2BUA.cancel_allowed`` once
     the INVITE transaction has no owner)."""
-    setup = write_config(tmp_path)
-    sg = Sipguard(setup).start()
-    callee = UdpPeer(CALLEE_IP, setup.callee_port)
-    with running(sg), contextlib.closing(callee.sock):
-        conn = tcp_connect(setup)
-        with contextlib.closing(conn):
-            local = conn.getsockname()[:2]
-            invite = sip_request("INVITE", local=local, transport="TCP", body=SDP)
-            conn.sendall(invite)
-            b_inv = b_leg_invite(callee, sg)
-            callee.send(
-                response_to(b_inv, 200, "OK", "callee-tag", SDP, contact=callee.local),
-                sipguard_addr(setup),
-            )
-            got = tcp_read_message(conn, b"SIP/2.0 200")
-            ok = parse_message(got[got.index(b"SIP/2.0 200") :], datagram=True)
-            assert isinstance(ok, Response) and ok.to.tag
-            conn.sendall(
-                sip_request(
-                    "ACK",
-                    local=local,
-                    transport="TCP",
-                    ruri=str(ok.contacts[0].uri),
-                    call_id=header(invite, "Call-ID"),
-                    from_tag=(header(invite, "From") or "").rsplit("tag=", 1)[1],
-                    to_tag=ok.to.tag,
-                )
-            )
-            assert requests_in(callee.recv_all(0.5)) == ["ACK"]
-            forged = socket.create_connection(
-                sipguard_addr(setup), timeout=2.0, source_address=(CALLER_IP, 0)
-            )
-            with contextlib.closing(forged):
-                answer = tcp_transact(forged, cancel_of(invite))
-            assert answer is not None, sg.log_tail()
-            assert ok.to.tag.encode() not in answer, answer
-            assert status_of(answer) == 481, answer
-            assert metric_sum(sg.metrics(), "sipguard_active_calls") == 1
+    with running_tcp_call(tmp_path) as (setup, sg, callee, conn, local, call):
+        assert call.a_ok.to.tag
+        conn.sendall(call.caller_request("ACK", local, 1))
+        assert requests_in(callee.recv_all(0.5)) == ["ACK"]
+        forged = tcp_connect(setup)
+        with contextlib.closing(forged):
+            answer = tcp_transact(forged, forged_cancel(call.invite))
+        assert answer is not None, sg.log_tail()
+        assert call.a_ok.to.tag.encode() not in answer, answer
+        assert status_of(answer) == 481, answer
+        assert metric_sum(sg.metrics(), "sipguard_active_calls") == 1
 
 
 def test_net_a_forged_2xx_from_another_trunk_draws_no_ack_and_no_bye(tmp_path: Path) -> None:
@@ -208,7 +137,7 @@ def test_net_a_forged_2xx_from_another_trunk_draws_no_ack_and_no_bye(tmp_path: P
     (``Call.stray_2xx``, ``Outgoing.ack_and_bye``): the B-leg's dialog, From/To and our
     Via to a non-peer, a BYE retransmitted over UDP for one datagram, one more entry of
     ``Outgoing.forks`` per new To tag."""
-    setup = write_config(tmp_path, overrides=OTHER_TRUNK)
+    setup = write_config(tmp_path, overrides=NET_OTHER_TRUNK)
     sg = Sipguard(setup).start()
     caller = UdpPeer(CALLER_IP)
     callee = UdpPeer(CALLEE_IP, setup.callee_port)
@@ -218,11 +147,7 @@ def test_net_a_forged_2xx_from_another_trunk_draws_no_ack_and_no_bye(tmp_path: P
             stack.callback(peer.close)
         invite = sip_request("INVITE", local=caller.local, body=SDP)
         caller.send(invite, sipguard_addr(setup))
-        b_inv = b_leg_invite(callee, sg)
-        callee.send(
-            response_to(b_inv, 200, "OK", "callee-tag", SDP, contact=callee.local),
-            sipguard_addr(setup),
-        )
+        b_inv = answer_b_leg(setup, sg, callee)
         assert any(status_of(m) == 200 for m in caller.recv_all(1.0)), sg.log_tail()
         forged = response_to(b_inv, 200, "OK", "evil-tag", SDP, contact=forger.local).replace(
             (b_inv.top_via.branch or "").encode(), b"z9hG4bK-00000000000000000000"
@@ -231,3 +156,24 @@ def test_net_a_forged_2xx_from_another_trunk_draws_no_ack_and_no_bye(tmp_path: P
         got = forger.recv_all(1.5)
         assert requests_in(got) == [], got[:2]
         assert metric_sum(sg.metrics(), "sipguard_active_calls") == 1
+
+
+def test_net_cancel_of_a_reinvite_on_a_second_tcp_connection_reveals_no_to_tag(
+    tmp_path: Path,
+) -> None:
+    """The second review's re-INVITE CANCEL leak (8f09b87) over real sockets: while the
+    caller's re-INVITE is pending, a second connection from the caller's address sends
+    its CANCEL (the re-INVITE's branch and Via copied, To without tag): the 481 of a
+    CANCEL for no INVITE, without the A-leg's To tag."""
+    with running_tcp_call(tmp_path) as (setup, sg, callee, conn, local, call):
+        assert call.a_ok.to.tag
+        conn.sendall(call.caller_request("ACK", local, 1))
+        reinvite = call.caller_request("INVITE", local, 2, SDP, branch="z9hG4bK-reinvite-2")
+        conn.sendall(reinvite)
+        assert b_leg_invite(callee, sg).cseq.number == 2  # relayed, pending
+        forged = tcp_connect(setup)
+        with contextlib.closing(forged):
+            answer = tcp_transact(forged, forged_cancel(reinvite))
+        assert answer is not None, sg.log_tail()
+        assert call.a_ok.to.tag.encode() not in answer, answer
+        assert status_of(answer) == 481, answer

@@ -9,13 +9,11 @@ target refresh and after its connection has closed.
 
 from __future__ import annotations
 
-from sipguard.metrics import Metrics
-from sipguard.sip.message import Request, Response
+from sipguard.sip.message import Response
 from sipguard.sip.transaction import Flow
 from testkit.callsim import (
     CALLEE,
     CALLER,
-    CONFIG,
     PEER2,
     SDP,
     STRANGER,
@@ -24,41 +22,13 @@ from testkit.callsim import (
     Wire,
     callee_request,
     cancel_of,
-    config_text,
     establish,
     in_dialog,
     invite,
     requests,
     response_to,
 )
-
-# a third trunk at PEER2's address: a customer that could try to end another's calls
-OTHER_TRUNK = """
-  other:
-    sources: [127.0.0.4/32]
-    route_to: pbx
-    allowed_cli: ["+3140*"]
-    default_cli: "+31401234000"
-"""
-
-EVIL_SDP = SDP.replace(b"127.0.0.3", b"198.51.100.66")
-
-
-def wire(transport: str = "udp") -> Wire:
-    return Wire(config_text(CONFIG + OTHER_TRUNK), metrics=Metrics(), caller_transport=transport)
-
-
-def refused(w: Wire) -> float:
-    assert w.metrics is not None
-    value = w.metrics.registry.get_sample_value(
-        "sipguard_rejected_total", {"reason": "dialog_source"}
-    )
-    return value or 0.0
-
-
-def active(w: Wire) -> float:
-    assert w.metrics is not None
-    return w.metrics.registry.get_sample_value("sipguard_active_calls") or 0.0
+from testkit.hijack import EVIL_SDP, active, refused, statuses, wire
 
 
 def rewrite_via(data: bytes, addr: tuple[str, int]) -> bytes:
@@ -67,10 +37,6 @@ def rewrite_via(data: bytes, addr: tuple[str, int]) -> bytes:
     return data.replace(f"{CALLER[0]}:{CALLER[1]}".encode(), f"{h}:{p}".encode()).replace(
         f"{CALLEE[0]}:{CALLEE[1]}".encode(), f"{h}:{p}".encode()
     )
-
-
-def statuses(msgs: list[Request | Response]) -> list[int]:
-    return [m.status for m in msgs if isinstance(m, Response)]
 
 
 def caller_bye(call: Established, branch: str = "bye") -> bytes:
