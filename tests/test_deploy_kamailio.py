@@ -717,7 +717,10 @@ def test_load_runner_balancer_smoke(tmp_path: Path) -> None:
     r = run_farm(50, 2, 200, instances=2, balancer=True, workdir=tmp_path, pin=False, quiet=True)
     assert (r.attempted, r.succeeded, r.failed) == (100, 100, 0), r
     assert sorted(r.calls_per_instance) == [50, 50], r  # round-robin
-    assert r.sipguard_cpu_s > 0 and r.balancer_cpu_s > 0, r
+    # read, not judged: 100 calls cost Kamailio a few ms spread over its processes, and
+    # /proc counts in 10 ms ticks, so its figure may be 0 (a clean-clone CI run saw it)
+    assert r.sipguard_cpu_s > 0 and r.balancer_cpu_s >= 0, r
+    assert r.balancer_cpu_s_per_1k is not None and r.balancer_cpu_s_per_1k >= 0, r
     assert balanced_row(r)
     cli = subprocess.run(
         [sys.executable, str(REPO / "loadtests" / "run.py"), "--help"],
