@@ -35,9 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
-# Compiled, in this order of dependency: the per-message path. rfc3263.py, the driver
-# (net/), the configuration loader and the CDR writer stay pure Python; they import the
-# compiled modules like any others.
+# Compiled, in this order of dependency: the per-message path, with the driver's part of it
+# (net/pump.py). rfc3263.py, the rest of the driver (net/), the configuration loader and
+# the CDR writer stay pure Python; they import the compiled modules like any others.
 MODULES = (
     "sipguard/sip/errors.py",
     "sipguard/sip/uri.py",
@@ -74,6 +74,7 @@ MODULES = (
     "sipguard/b2bua/call.py",
     "sipguard/b2bua/egress.py",
     "sipguard/b2bua/core.py",
+    "sipguard/net/pump.py",
 )
 GROUP = "sipguard._native"  # the shared library: sipguard/_native__mypyc*.so
 BUILD_DIR = "build/mypyc"

@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import Gauge, ProcessCollector, generate_latest
 
 from sipguard.b2bua.core import B2BUA
-from sipguard.b2bua.records import KNOWN_KINDS, KNOWN_METHODS
+from sipguard.b2bua.records import KNOWN_KINDS
 from sipguard.cdr.writer import CdrWriter
 from sipguard.config.loader import ConfigError, load_config
 from sipguard.config.model import Config
@@ -37,6 +37,7 @@ from sipguard.net.limits import (
     descriptor_plan,
 )
 from sipguard.net.media import NgSockets, resolve_names
+from sipguard.net.pump import Pump
 from sipguard.net.routing import fails_with, reroute
 from sipguard.net.throttle import OverloadLog, Throttle
 from sipguard.net.tlspeer import expected_name, may_carry
@@ -44,22 +45,6 @@ from sipguard.net.transport import StreamConnection, TcpListener, UdpEndpoint
 from sipguard.sip.transaction import Flow
 
 log = logging.getLogger("sipguard")
-
-# the ``kind`` label of sipguard_sip_messages_total: a method we know or a status class;
-# anything else (a peer may send any token as a method) is "other", so that a label never
-# carries what a peer wrote (SPEC §6: no number, no address) and the series stay few
-_METHODS = KNOWN_METHODS
-_OUT_KIND: dict[bytes, str] = {m.encode() + b" ": m for m in _METHODS}
-_OUT_STATUS: dict[int, str] = {ord(str(c)): f"{c}xx" for c in range(1, 7)}
-
-
-def message_kind(data: bytes) -> str:
-    """The ``kind`` of an outgoing message from its first bytes: method or status class."""
-    if data.startswith(b"SIP/2.0 "):
-        return _OUT_STATUS.get(data[8], "other") if len(data) > 8 else "other"
-    sp = data.find(b" ", 0, 16)
-    return _OUT_KIND.get(data[: sp + 1], "other") if sp > 0 else "other"
-
 
 # the guard collects when the objects tracked by the cyclic collector have grown by this
 # many more than the calls and transactions alive account for (GC_OBJECTS_PER_ITEM each:
@@ -179,12 +164,6 @@ class Driver:
         self.conns: dict[int, StreamConnection] = {}
         self.conn_by_addr: dict[tuple[str, str, int], StreamConnection] = {}
         self._next_conn = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._armed: float | None = None
-        self._flush_soon = False  # a flush is queued for the end of this loop iteration
-        self.fed = 0  # messages received (read by the lag probe for the rate)
-        # send per loop iteration, not per message (set by the lag probe from the rate)
-        self.batching = BATCH_SENDS_ABOVE <= 0
         self.stopping = asyncio.Event()
         self._exported: dict[str, dict[str, int]] = {}
         self._exported_rtx = 0
@@ -205,6 +184,18 @@ class Driver:
         open_conns.set_function(lambda: float(self.limits.open))
         # rtpengine: the ng control sockets, and what of the client's counters is exported
         self.ng = NgSockets(self.media_feed)
+        # the per-message path (compiled): feed, flush, send and the core's one timer
+        self.pump = Pump(
+            self.core,
+            self.loop,
+            self.udp,
+            self.send_stream,
+            self.ng,
+            writer,
+            batching=BATCH_SENDS_ABOVE <= 0,
+        )
+        self.feed: Callable[[bytes, Flow], None] = self.pump.feed
+        self.flush: Callable[[], None] = self.pump.flush
         self._exported_ng: dict[tuple[str, str], int] = {}
         self._exported_ng_rtx = 0
         self._exported_ng_timeouts = 0
@@ -212,25 +203,6 @@ class Driver:
         metrics.rtpengine_relays_up.set_function(self._relays_up)
 
     # -- input -----------------------------------------------------------------------------
-
-    def feed(self, data: bytes, flow: Flow) -> None:
-        now = self.loop.time()
-        try:
-            self.core.receive(data, flow, now)
-        except Exception:  # a bug must not take the proxy down with it
-            log.exception("internal error handling a message")
-        self.fed += 1
-        if not self.batching:
-            try:
-                self.flush()
-            except Exception:  # never out into the transport (a TCP read would stop)
-                log.exception("internal error sending")
-        elif not self._flush_soon:
-            # under load, what this message made is sent once every datagram the loop
-            # read in this iteration is handled: the peers' processes are woken once per
-            # burst rather than once per message, and the loop timer re-armed once
-            self._flush_soon = True
-            self.loop.call_soon(self._flush_deferred)
 
     def media_feed(self, data: bytes, addr: tuple[str, int]) -> None:
         """A datagram on an ng control socket: to the core, then what it made is sent."""
@@ -258,64 +230,14 @@ class Driver:
         ng = self.core.media_ng
         return 0.0 if ng is None else float(ng.relays_up)
 
-    def _flush_deferred(self) -> None:
-        self._flush_soon = False
-        self.flush()
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._armed = None
-        now = self.loop.time()
-        self.core.wall_offset = time.time() - now
-        try:
-            self.core.handle_timer(now)
-        except Exception:
-            log.exception("internal error in a timer")
-        self.flush()
-
     # -- output ----------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        core = self.core
-        out = core.outbox
-        if out:
-            try:
-                for flow, data in out:
-                    try:
-                        self.send(flow, data)
-                    except Exception:  # one bad send must not hold back the others
-                        log.exception("internal error sending a message")
-            finally:
-                out.clear()
-        media = core.media_outbox
-        if media:
-            try:
-                for addr, data in media:
-                    self.ng.send(addr, data)
-            finally:
-                media.clear()
-        if core.cdr_out:
-            if self.writer is not None:
-                for rec in core.cdr_out:
-                    self.writer.submit(rec)
-                core.accepting = self.writer.accepting_calls()
-            core.cdr_out.clear()
-        deadline = core.next_deadline()
-        if deadline != self._armed:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = None if deadline is None else self.loop.call_at(deadline, self._fire)
-            self._armed = deadline
-
     def send(self, flow: Flow, data: bytes) -> None:
-        kind = message_kind(data)
-        out = self.core.stats_out
-        out[kind] = out.get(kind, 0) + 1
-        if flow.transport == "udp":
-            ep = self.udp.get(flow.local)
-            if ep is not None:
-                ep.send(data, (flow.host, flow.port))
-            return
+        """One message out, counted (the pump sends UDP itself)."""
+        self.pump.send(flow, data)
+
+    def send_stream(self, flow: Flow, data: bytes) -> None:
+        """A message out on TCP or TLS: the flow's connection, or one found or opened."""
         conn = self.conns.get(flow.conn) if flow.conn else None
         if conn is None or conn.closed:
             if flow.conn:
@@ -501,15 +423,16 @@ class Driver:
             self.metrics, lambda: core.calls + len(core.layer.client) + len(core.layer.server)
         )
         n = 0
-        fed = self.fed
+        pump = self.pump
+        fed = pump.fed
         queue_error = False
         while True:
             start = loop.time()
             await asyncio.sleep(interval)
             end = loop.time()
             lag = max(0.0, end - start - interval)
-            self.batching = batch_sends(self.fed - fed, end - start)
-            fed = self.fed
+            pump.batching = batch_sends(pump.fed - fed, end - start)
+            fed = pump.fed
             try:
                 self.read_queues()
             except Exception:  # the probe must go on measuring; said once, not 20 times a second
@@ -664,8 +587,7 @@ class Driver:
             )
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self.pump.close()
         for ep in self.udp.values():
             ep.close()
         for lst in self.tcp.values():

@@ -1,11 +1,13 @@
 """UDP, TCP and TLS transports on the running loop (uvloop in production).
 
 Each received datagram or framed stream message goes to :meth:`Host.feed` with the
-:class:`Flow` it came on; the host (the driver) sends through :meth:`UdpEndpoint.send`
-and :meth:`StreamConnection.send`. A stream that breaks framing is closed (RFC 3261
-§18.3). A listener accepts connections itself, so that the host can refuse one at once,
-before a TLS handshake (:meth:`Host.admit_connection`); a connection that owes a message
-head is tracked in :attr:`Host.heads` for the host to close when it is late.
+:class:`Flow` it came on (a datagram through the compiled
+:class:`~sipguard.net.pump.UdpReceiver`); the host (the driver) sends through
+:class:`~sipguard.net.pump.Pump` and :meth:`StreamConnection.send`. A stream that breaks
+framing is closed (RFC 3261 §18.3). A listener accepts connections itself, so that the
+host can refuse one at once, before a TLS handshake (:meth:`Host.admit_connection`); a
+connection that owes a message head is tracked in :attr:`Host.heads` for the host to
+close when it is late.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Protocol, cast
 
 from sipguard.config.model import Config, Listen
 from sipguard.net.limits import HeadDeadlines
+from sipguard.net.pump import UdpReceiver
 from sipguard.net.tlspeer import proves, server_name
 from sipguard.sip.errors import SipError
 from sipguard.sip.framer import StreamFramer
@@ -86,13 +89,18 @@ class Host(Protocol):
         """The TLS context of connections opened from listen entry ``index``."""
 
 
-class UdpEndpoint(asyncio.DatagramProtocol):
+class UdpEndpoint:
+    """One UDP listen entry: its socket and transport. The datagram protocol the loop
+    calls is a compiled :class:`~sipguard.net.pump.UdpReceiver` feeding the host."""
+
     def __init__(self, driver: Host, index: int) -> None:
         self.driver = driver
         self.index = index
         self.transport: asyncio.DatagramTransport | None = None
         self.sock: socket.socket | None = None
-        self._flows: dict[tuple[str, int], Flow] = {}
+
+    def _made(self, transport: asyncio.DatagramTransport) -> None:
+        self.transport = transport
 
     @classmethod
     async def create(cls, driver: Host, index: int, address: str, port: int) -> UdpEndpoint:
@@ -105,9 +113,14 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         sock.bind((address, port))
         sock.setblocking(False)
         loop = asyncio.get_running_loop()
-        _, proto = await loop.create_datagram_endpoint(lambda: cls(driver, index), sock=sock)
-        proto.sock = sock
-        return proto
+        endpoint = cls(driver, index)
+        receiver = UdpReceiver(driver.feed, index, endpoint._made)
+        # an event loop needs only the protocol's methods; typeshed asks for the base class
+        await loop.create_datagram_endpoint(
+            lambda: cast(asyncio.DatagramProtocol, receiver), sock=sock
+        )
+        endpoint.sock = sock
+        return endpoint
 
     def receive_memory(self) -> tuple[int, int] | None:
         """(memory the receive queue holds, the receive buffer's size), in bytes, as the
@@ -125,21 +138,6 @@ class UdpEndpoint(asyncio.DatagramProtocol):
             int.from_bytes(info[0:4], sys.byteorder),
             int.from_bytes(info[4:8], sys.byteorder),
         )
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        key = (addr[0], addr[1])
-        flow = self._flows.get(key)
-        if flow is None:
-            if len(self._flows) > 100_000:
-                self._flows.clear()
-            flow = self._flows[key] = Flow("udp", self.index, addr[0], addr[1])
-        self.driver.feed(data, flow)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("udp error: %s", exc)
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None:
