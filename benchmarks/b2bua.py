@@ -7,13 +7,16 @@ call and per message. ``--profile`` prints where the time goes (cProfile).
 ``--egress`` makes every call withheld towards an untrusted trunk (another number than
 the caller's), so that every message to the callee goes through the egress check
 (:mod:`sipguard.b2bua.egress`); without it the calls go to a trusted trunk, unchecked.
+``--metrics`` gives the core a :class:`~sipguard.metrics.Metrics` to count into, as
+``sipguard run`` always does (without it the per-call counters and the set-up histogram
+are not measured).
 
 ``--refused`` measures a new INVITE shed under overload instead (the core's shedder set
 to admit none): what a refusal costs, to hold against a whole call (issue 19: at most a
 tenth of it).
 
     .venv/bin/python benchmarks/b2bua.py [--calls 5000] [--runs 5] [--profile] [--egress]
-        [--refused] [--cpu]
+        [--refused] [--cpu] [--metrics]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from sipguard.b2bua.core import B2BUA
+from sipguard.metrics import Metrics
 from sipguard.net.server import core_build, tune_gc
 from sipguard.sip.transaction import Flow
 from testkit.callsim import CONFIG, Wire, basic_call, config_text, invite
@@ -67,9 +71,12 @@ class TimedCore:
         return getattr(self.core, name)
 
 
-def run(calls: int, egress: bool = False, cpu: bool = False) -> tuple[float, float]:
+def run(
+    calls: int, egress: bool = False, cpu: bool = False, metrics: bool = False
+) -> tuple[float, float]:
     """(seconds for the whole run, seconds of it inside the B2BUA core)."""
-    wire = Wire(config_text(EGRESS_CONFIG)) if egress else Wire()
+    config = config_text(EGRESS_CONFIG if egress else CONFIG)
+    wire = Wire(config, metrics=Metrics() if metrics else None)
     user = EGRESS_CALLEE if egress else "0201234567"
     core = wire.core
     timed = TimedCore(core, time.thread_time if cpu else time.perf_counter)
@@ -111,6 +118,9 @@ def main() -> int:
     ap.add_argument("--refused", action="store_true", help="new INVITEs shed (503) instead")
     ap.add_argument("--egress", action="store_true", help="withheld calls to an untrusted trunk")
     ap.add_argument(
+        "--metrics", action="store_true", help="count into Metrics, as sipguard run does"
+    )
+    ap.add_argument(
         "--cpu",
         action="store_true",
         help="time the core by this thread's CPU clock, not the wall clock: steadier on a "
@@ -119,7 +129,9 @@ def main() -> int:
     args = ap.parse_args()
 
     def measure(calls: int) -> tuple[float, float]:
-        return run_refused(calls) if args.refused else run(calls, args.egress, args.cpu)
+        return (
+            run_refused(calls) if args.refused else run(calls, args.egress, args.cpu, args.metrics)
+        )
 
     if args.profile:
         prof = cProfile.Profile()
@@ -136,6 +148,7 @@ def main() -> int:
     # time inside B2BUA.receive (parse, transactions, calls, privacy, building) is the core's
     print(f"core                      {core_build()}")
     kind = " (withheld, egress-checked)" if args.egress else ""
+    kind += " (with metrics)" if args.metrics else ""
     print(f"calls per run             {args.calls}{kind}")
     print(f"median run (sim + core)   {med:.3f} s")
     runs = ", ".join(f"{c:.3f}" for _, c in results)

@@ -2,15 +2,39 @@
 
 One :class:`Metrics` object per process, passed to whoever counts; tests make their own
 with a private registry, so nothing here is a global singleton.
+
+The counters of every call (``sipguard_calls_total``, ``sipguard_presentation_total``) are
+counted in plain integers by the core (:attr:`Metrics.call_counts`,
+:attr:`Metrics.presentation_counts`: a dict update where a labelled counter takes a lock)
+and moved into their counters whenever the registry is collected (a scrape, a test's
+read): what is read is always every call counted so far.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
 # where the egress check found a withheld caller's number or address (sipguard.b2bua.egress)
 EGRESS_WHERE = ("request-uri", "reason-phrase", "header", "body")
 SETUP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class _Export:
+    """Registered before the counters: each collection of the registry first moves the
+    plain counts into them (:meth:`Metrics.export`), and yields nothing of its own."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return ()  # no names of its own (and register() then does not collect it)
+
+    def collect(self) -> Iterable[Metric]:
+        self.metrics.export()
+        return ()
 
 
 class Metrics:
@@ -18,7 +42,13 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         # labelled children of counters, kept: labels() checks and locks on every call
         self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+        # calls by (trunk_in, trunk_out, result) and decisions by (decision, reason),
+        # counted by the core (b2bua/records.py), and what of them the counters hold
+        self.call_counts: dict[tuple[str, ...], int] = {}
+        self.presentation_counts: dict[tuple[str, ...], int] = {}
+        self._exported: tuple[dict[tuple[str, ...], int], ...] = ({}, {})
         r = self.registry
+        r.register(_Export(self))  # first: collected before the counters it feeds
         self.calls = Counter(
             "sipguard_calls_total",
             "Call attempts by trunks and result",
@@ -182,8 +212,24 @@ class Metrics:
             registry=r,
         )
 
-    def inc(self, counter: Counter, *labels: str) -> None:
-        """``counter.labels(*labels).inc()`` for a counter of this object, on the hot path.
+    def export(self) -> None:
+        """Move what :attr:`call_counts` and :attr:`presentation_counts` gained since the
+        last time into their counters. Only increases are read (never a reset), so a count
+        taken while this runs is moved the next time."""
+        for counter, counts, exported in zip(
+            (self.calls, self.presentation),
+            (self.call_counts, self.presentation_counts),
+            self._exported,
+            strict=True,
+        ):
+            for labels, n in list(counts.items()):
+                delta = n - exported.get(labels, 0)
+                if delta:
+                    self.inc(counter, *labels, by=delta)
+                    exported[labels] = n
+
+    def inc(self, counter: Counter, *labels: str, by: int = 1) -> None:
+        """``counter.labels(*labels).inc(by)`` for a counter of this object, on the hot path.
 
         Label values come from bounded sets (trunk names, results, reasons), so the kept
         children stay few.
@@ -192,4 +238,4 @@ class Metrics:
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = counter.labels(*labels)
-        child.inc()
+        child.inc(by)

@@ -9,6 +9,7 @@ import gc
 import sys
 
 import pytest
+from prometheus_client import generate_latest
 
 from sipguard.b2bua.call import Call
 from sipguard.metrics import Metrics
@@ -268,3 +269,27 @@ def test_the_metrics_count_calls_in_progress_setups_and_results() -> None:
         metrics, "sipguard_calls_total", trunk_in="customers", trunk_out="pbx", result="answered"
     )
     assert answered == 3
+
+
+def test_the_per_call_counters_are_exact_at_every_read() -> None:
+    """The core counts calls and decisions in plain integers: every read of the registry
+    (a scrape's text, a sample) holds all of them, and reading again adds nothing."""
+    metrics = Metrics()
+    w = Wire(metrics=metrics)
+    labels = {"trunk_in": "customers", "trunk_out": "pbx", "result": "answered"}
+    for n in range(1, 4):
+        basic_call(w, n)
+        for _ in range(2):
+            assert sample(metrics, "sipguard_calls_total", **labels) == n
+        made = sum(  # every decision, whatever its labels
+            s.value
+            for family in metrics.registry.collect()
+            if family.name == "sipguard_presentation"
+            for s in family.samples
+            if s.name == "sipguard_presentation_total"
+        )
+        assert made == n
+    text = generate_latest(metrics.registry).decode()
+    assert (
+        'sipguard_calls_total{result="answered",trunk_in="customers",trunk_out="pbx"} 3.0' in text
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import pickle
 import re
 
 import pytest
@@ -184,6 +186,21 @@ def test_no_field_can_be_added_or_changed() -> None:
     with pytest.raises((AttributeError, TypeError)):
         rec.display_name = "Alice"  # type: ignore[attr-defined]
     assert not hasattr(rec, "__dict__")
+
+
+def test_a_record_copies_and_pickles_to_an_equal_record() -> None:
+    for rec in (_start(), _end()):
+        for other in (copy.copy(rec), copy.deepcopy(rec), pickle.loads(pickle.dumps(rec))):
+            assert other == rec and hash(other) == hash(rec)
+            assert other.to_json() == rec.to_json()
+
+
+def test_a_value_of_the_wrong_type_is_refused_as_a_value_error() -> None:
+    """Read back from JSON, any type can stand in any field; compiled (mypyc), the
+    constructor's own argument checks then stop it: ValueError either way."""
+    for field, value in (("emergency", 1), ("status", "200"), ("v", "1"), ("caller", 31)):
+        with pytest.raises(ValueError):
+            CdrRecord.from_dict(dict(_end().to_dict(), **{field: value}))
 
 
 def test_missing_field_is_refused() -> None:

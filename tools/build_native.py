@@ -35,9 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# Compiled, in this order of dependency: the per-message path, with the driver's part of it
-# (net/pump.py). rfc3263.py, the rest of the driver (net/), the configuration loader and
-# the CDR writer stay pure Python; they import the compiled modules like any others.
+# Compiled, in this order of dependency: the per-message path (with the CDR record, built
+# for every call, and the driver's per-message part, net/pump.py). rfc3263.py, the rest of
+# the driver (net/), the configuration loader, the metrics and the CDR writer and sinks
+# stay pure Python; they import the compiled modules like any others.
 MODULES = (
     "sipguard/sip/errors.py",
     "sipguard/sip/uri.py",
@@ -53,6 +54,7 @@ MODULES = (
     "sipguard/policy/egress.py",
     "sipguard/media/bencode.py",
     "sipguard/media/ng.py",
+    "sipguard/cdr/record.py",
     "sipguard/b2bua/identity.py",
     "sipguard/b2bua/overload.py",
     "sipguard/b2bua/host.py",

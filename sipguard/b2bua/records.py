@@ -67,7 +67,9 @@ class Records:
         """A new call's privacy decision is made (whether the call goes on or not)."""
         if self.metrics is not None:
             decision = ident.decision
-            self.metrics.inc(self.metrics.presentation, decision.presentation, decision.reason)
+            counts = self.metrics.presentation_counts  # exported at each collection
+            key = (decision.presentation, decision.reason)
+            counts[key] = counts.get(key, 0) + 1
             if decision.emergency:
                 self.metrics.emergency_calls.inc()
 
@@ -88,7 +90,9 @@ class Records:
 
     def _count(self, trunk_in: str, trunk_out: str, result: str) -> None:
         if self.metrics is not None:
-            self.metrics.inc(self.metrics.calls, trunk_in, trunk_out, result)
+            counts = self.metrics.call_counts  # exported at each collection
+            key = (trunk_in, trunk_out, result)
+            counts[key] = counts.get(key, 0) + 1
 
     def recording(self, trunk_in: str, now: float, rate: int) -> bool:
         """Would a refused call attempt of ``trunk_in`` still get its record this second?"""
