@@ -243,6 +243,26 @@ class Capacity:
             return "trunk_cps"
         return None
 
+    def full(
+        self, config: Config, trunk: Trunk, now: float, *, draining: bool, accepting: bool
+    ) -> bool:
+        """Does a limit refuse every new call of ``trunk`` now but an emergency one,
+        whoever sends it and whatever it asks: draining, the CDR spool full, the calls
+        at once (the element's or the trunk's), the trunk's new calls of this second?
+        Nothing is counted: :meth:`limit` then says which, and counts as it does for
+        every new call (a source's flood, the shedder's offered mix)."""
+        if draining or not accepting:
+            return True
+        if self.calls - self.emergency_calls >= config.limits.max_calls:
+            return True
+        tl = trunk.limits
+        if tl.max_calls and self.trunk_calls.get(trunk.name, 0) >= tl.max_calls:
+            return True
+        if not tl.cps:
+            return False
+        sec, count = self.trunk_cps.get(trunk.name, (-1, 0))
+        return sec == int(now) and count >= tl.cps  # within_rate would say no
+
     def _flooding(self, source: str, now: float, rps: int) -> bool:
         """More than ``rps`` new calls this second from one source address (SPEC §8)."""
         second = int(now)
