@@ -581,3 +581,17 @@ def test_a_tls_trunk_s_request_without_its_name_is_read_in_full_at_a_limit() -> 
     for n in range(3):
         w.from_caller(invite(n))
     assert [r.status for r in finals(w.take_caller())] == [403] * 3
+
+
+def test_a_shedders_yes_to_an_invite_refused_by_a_limit_unread_is_not_kept() -> None:
+    """Under overload the shed look may admit an INVITE (the whole way then asks the
+    shedder no more) that a limit refuses unread: that yes was for it alone."""
+    w = full_wire("trunk_max_calls", refused_cdr_rps=1)
+    w.from_caller(invite(1))  # the record of the second
+    w.take_caller()
+    shedder = w.core.shedder
+    shedder.shedding = True
+    shedder.admitted = 1.0  # every call the shed look sees is admitted: granted
+    w.from_caller(invite(2))
+    (final,) = finals(w.take_caller())
+    assert final.status == 503 and not shedder.granted

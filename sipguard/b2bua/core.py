@@ -223,6 +223,7 @@ class B2BUA:
         if invite and self.shedder.shedding and self._shed(data, flow, now):
             return
         if invite and self._limited(data, flow, now):
+            self.shedder.granted = False  # the shed look's yes was for this INVITE only
             return
         if (
             not stranger
