@@ -173,3 +173,35 @@ def test_capacity_counts_per_trunk_and_forgets_trunks_without_calls() -> None:
     cap.give_back("a", True)
     cap.give_back("a", False)
     assert (cap.calls, cap.emergency_calls, cap.trunk_calls) == (0, 0, {})
+
+
+@pytest.mark.parametrize("calls", [0, 1, 2])
+@pytest.mark.parametrize("trunk_limits", [{}, {"max_calls": 2}, {"cps": 2}, {"cps": 1}])
+@pytest.mark.parametrize("state", ["open", "draining", "spool_full", "max_calls"])
+def test_capacity_full_is_a_limit_that_refuses_whatever_is_asked(
+    calls: int, trunk_limits: dict[str, int], state: str
+) -> None:
+    """``Capacity.full`` (the core's refusal of an INVITE unread) says yes only where
+    ``limit`` then names a limit for any new call of the trunk but an emergency one, and
+    counts nothing itself: the trunk's calls of this second are still there for ``limit``."""
+    config = default_config("limits: {max_calls: 2}\n" if state == "max_calls" else "")
+    t = config.trunks["customers"]
+    trunk = dataclasses.replace(t, limits=dataclasses.replace(t.limits, **trunk_limits))
+    cap = Capacity()
+    shedder = Shedder()
+    taken = 0
+    for _ in range(calls):  # calls up, each one of this second's new calls too
+        if cap.limit(config, trunk, False, 1000.5, "h", shedder, draining=False, accepting=True):
+            break  # the trunk's one call a second
+        cap.take(trunk.name, False)
+        taken += 1
+    draining, accepting = state == "draining", state != "spool_full"
+    full = cap.full(config, trunk, 1000.5, draining=draining, accepting=accepting)
+    assert cap.full(config, trunk, 1000.5, draining=draining, accepting=accepting) == full
+    limit = cap.limit(
+        config, trunk, False, 1000.5, "h", shedder, draining=draining, accepting=accepting
+    )
+    assert full == (limit is not None)
+    assert cap.full(config, trunk, 1001.0, draining=False, accepting=True) == (
+        (state == "max_calls" and taken >= 2) or trunk_limits.get("max_calls", 99) <= taken
+    )

@@ -13,7 +13,8 @@ import pytest
 
 from sipguard.config.model import Config
 from sipguard.metrics import Metrics
-from sipguard.sip.message import Request, Response
+from sipguard.sip.message import Request, Response, parse_message
+from sipguard.sip.transaction import stateless_tag
 from testkit.callsim import (
     CALLER,
     CONFIG,
@@ -29,6 +30,7 @@ from testkit.callsim import (
     response_to,
     responses,
 )
+from testkit.metrics import sample
 
 
 def out_of_dialog(method: str, n: int, extra: str = "", user: str = "0201234567") -> bytes:
@@ -450,3 +452,146 @@ def test_refused_attempts_past_the_rate_are_counted_not_recorded() -> None:
         "sipguard_cdr_refusals_unrecorded_total", {"trunk_in": "customers"}
     )
     assert unrecorded == 7
+
+
+# -- a limit's refusal past the records of the second: answered unread (core._limited) ----
+
+# (the element's limits, the trunk's, what the test does to the core, the limit's label):
+# each refuses every new call of the trunk customers but an emergency one
+FULL = {
+    "draining": ("", "", "drain", "draining"),
+    "cdr_spool_full": ("", "", "spool", "cdr_spool_full"),
+    "max_calls": ("max_calls: 1, ", "", "call", "max_calls"),
+    "trunk_max_calls": ("", "max_calls: 1", "call", "trunk_max_calls"),
+    "trunk_cps": ("", "cps: 1", "call", "trunk_cps"),
+}
+
+
+def full_wire(kind: str, refused_cdr_rps: int = 2) -> Wire:
+    """A core whose trunk customers is at the limit ``kind`` (one call up where the limit
+    is of calls), with metrics."""
+    element, trunk, act, _ = FULL[kind]
+    text = CONFIG + f"limits: {{{element}refused_cdr_rps: {refused_cdr_rps}}}\n"
+    if trunk:
+        text = text.replace(
+            "    route_to: pbx\n", f"    route_to: pbx\n    limits: {{{trunk}}}\n", 1
+        )
+    w = Wire(config_text(text), metrics=Metrics())
+    if act == "drain":
+        w.core.drain()
+    elif act == "spool":
+        w.core.accepting = False
+    else:
+        w.from_caller(invite(0))
+        answer(w, 0)
+        w.take_caller()
+    return w
+
+
+def decisions(w: Wire) -> float:
+    """Privacy decisions made so far, of any kind."""
+    assert w.metrics is not None
+    return sum(
+        s.value
+        for metric in w.metrics.registry.collect()
+        if metric.name == "sipguard_presentation"
+        for s in metric.samples
+        if s.name == "sipguard_presentation_total"
+    )
+
+
+@pytest.mark.parametrize("kind", list(FULL))
+def test_past_the_records_of_the_second_a_limits_refusal_is_answered_unread(kind: str) -> None:
+    """What the whole way answers, counts and writes, without reading the INVITE: the
+    503 (no Retry-After) with its stateless tag, the limit's label, the records of the
+    second and no more, the calls counted; but no privacy decision past the records."""
+    w = full_wire(kind, refused_cdr_rps=2)
+    m = w.metrics
+    decided = decisions(w)
+    w.core.cdr_out.clear()
+    sent = [invite(n) for n in range(1, 11)]
+    for data in sent:
+        w.from_caller(data)
+    finals_ = finals(w.take_caller())
+    assert [r.status for r in finals_] == [503] * 10
+    assert not any(r.has("retry-after") for r in finals_)
+    for data, resp in zip(sent, finals_, strict=True):
+        req = parse_message(data)
+        assert isinstance(req, Request)
+        assert resp.to.tag == stateless_tag(req)
+    assert w.take_callee() == []
+    label = FULL[kind][3]
+    assert sample(m, "sipguard_rejected_total", reason=label) == 10
+    assert len([r for r in w.core.cdr_out if r.kind == "end"]) == 2
+    assert sample(m, "sipguard_cdr_refusals_unrecorded_total", trunk_in="customers") == 8
+    limit = {"trunk_in": "customers", "trunk_out": "pbx", "result": "limit"}
+    assert sample(m, "sipguard_calls_total", **limit) == 10
+    # the two read in full made their decision; the eight answered unread none
+    assert decisions(w) == decided + 2
+    assert w.core.stats_in.get("INVITE") == 10 + (FULL[kind][2] == "call")
+    assert w.core.calls == (FULL[kind][2] == "call")
+
+
+@pytest.mark.parametrize("kind", list(FULL))
+def test_at_a_limit_an_emergency_call_and_a_retransmission_are_not_answered_unread(
+    kind: str,
+) -> None:
+    w = full_wire(kind, refused_cdr_rps=1)
+    w.from_caller(invite(1))  # the record of the second
+    (first,) = finals(w.take_caller())
+    for _ in range(2):  # a retransmission of a refused INVITE: 503 again, the same tag
+        w.from_caller(invite(1))
+        (again,) = finals(w.take_caller())
+        assert again.status == 503 and again.to.tag == first.to.tag
+    w.from_caller(invite(2))
+    (unread,) = finals(w.take_caller())
+    w.from_caller(invite(2))
+    (again,) = finals(w.take_caller())
+    assert again.status == unread.status == 503 and again.to.tag == unread.to.tag
+    # its ACK is absorbed unread, as a shed INVITE's is
+    strays = w.core.layer.strays
+    w.from_caller(in_dialog("ACK", unread, 1, 2, "z9hG4bK-2-1-0"))
+    assert w.take_caller() == [] and w.core.layer.strays == strays
+    w.from_caller(emergency_invite(3))  # no limit but its own reserve (SPEC §1.4)
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+
+
+def test_a_retransmission_of_a_call_under_way_is_never_refused_by_a_limit() -> None:
+    """§17.2.1: the INVITE that took the last slot, sent again, is its transaction's."""
+    text = CONFIG.replace(
+        "    route_to: pbx\n", "    route_to: pbx\n    limits: {max_calls: 1}\n", 1
+    )
+    w = Wire(config_text(text + "limits: {refused_cdr_rps: 1}\n"))
+    w.from_caller(invite(1))
+    assert len(requests(w.take_callee(), "INVITE")) == 1
+    w.from_caller(invite(2))  # refused, its record written: the next ones are unread
+    w.from_caller(invite(3))
+    assert [r.status for r in finals(w.take_caller())] == [503, 503]
+    w.from_caller(invite(1))  # the caller's retransmission: 100 again, never 503
+    assert [r.status for r in responses(w.take_caller())] == [100]
+    assert w.core.calls == 1
+
+
+def test_a_tls_trunk_s_request_without_its_name_is_read_in_full_at_a_limit() -> None:
+    """Its 403 (tls_name) is the whole way's answer, not the limit's 503."""
+    config = default_config("limits: {refused_cdr_rps: 1}\n")
+    customers = dataclasses.replace(config.trunks["customers"], tls_name="pbx.example.net")
+    w = Wire(dataclasses.replace(config, trunks={**config.trunks, "customers": customers}))
+    w.core.drain()
+    for n in range(3):
+        w.from_caller(invite(n))
+    assert [r.status for r in finals(w.take_caller())] == [403] * 3
+
+
+def test_a_shedders_yes_to_an_invite_refused_by_a_limit_unread_is_not_kept() -> None:
+    """Under overload the shed look may admit an INVITE (the whole way then asks the
+    shedder no more) that a limit refuses unread: that yes was for it alone."""
+    w = full_wire("trunk_max_calls", refused_cdr_rps=1)
+    w.from_caller(invite(1))  # the record of the second
+    w.take_caller()
+    shedder = w.core.shedder
+    shedder.shedding = True
+    shedder.admitted = 1.0  # every call the shed look sees is admitted: granted
+    w.from_caller(invite(2))
+    (final,) = finals(w.take_caller())
+    assert final.status == 503 and not shedder.granted

@@ -40,6 +40,13 @@ call). Overload is a state of the element, not of the request: the checks above 
 cost it what it is short of. A retransmission of an INVITE refused ``503`` gets ``503``
 again, whichever path answered it.
 
+Step 10 early, likewise: where a limit refuses every new call of the trunk now but an
+emergency one (draining, the CDR spool full, the calls at once, the trunk's calls of
+this second: :meth:`Capacity.full`), and the trunk's refusal records of the second are
+written, a new INVITE is answered ``503`` unread with the limit :meth:`Capacity.limit`
+names (``B2BUA._limited``): no record would be written, and the limit is the trunk's
+state, not the request's. No caller identity is decided for it.
+
 "Refused statelessly" everywhere: one response per request (§8.2.7), no transaction
 kept. Refusals for good (400, 403, 405, 481, 482, 483, 501) are strays that count
 against an untrusted source's budget (:mod:`~sipguard.b2bua.gate`); a limit's 503 is not.
@@ -242,6 +249,26 @@ class Capacity:
         if tl.cps and not within_rate(self.trunk_cps, trunk.name, now, tl.cps):
             return "trunk_cps"
         return None
+
+    def full(
+        self, config: Config, trunk: Trunk, now: float, *, draining: bool, accepting: bool
+    ) -> bool:
+        """Does a limit refuse every new call of ``trunk`` now but an emergency one,
+        whoever sends it and whatever it asks: draining, the CDR spool full, the calls
+        at once (the element's or the trunk's), the trunk's new calls of this second?
+        Nothing is counted: :meth:`limit` then says which, and counts as it does for
+        every new call (a source's flood, the shedder's offered mix)."""
+        if draining or not accepting:
+            return True
+        if self.calls - self.emergency_calls >= config.limits.max_calls:
+            return True
+        tl = trunk.limits
+        if tl.max_calls and self.trunk_calls.get(trunk.name, 0) >= tl.max_calls:
+            return True
+        if not tl.cps:
+            return False
+        sec, count = self.trunk_cps.get(trunk.name, (-1, 0))
+        return sec == int(now) and count >= tl.cps  # within_rate would say no
 
     def _flooding(self, source: str, now: float, rps: int) -> bool:
         """More than ``rps`` new calls this second from one source address (SPEC §8)."""

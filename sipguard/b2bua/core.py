@@ -49,6 +49,7 @@ from sipguard.media.ng import Address, NgClient, earliest, ng_client
 from sipguard.metrics import Metrics
 from sipguard.sip.errors import SipError
 from sipguard.sip.message import Limits, Request, Response, attach_response, parse_message
+from sipguard.sip.tlsnames import name_matches
 from sipguard.sip.transaction import (
     IDS,
     Flow,
@@ -218,8 +219,11 @@ class B2BUA:
             self._count_refused("source_messages" if door == METERED else "unknown_source_silenced")
             return
         stranger = door == STRANGER
-        shed = self.shedder.shedding and not stranger and data.startswith(b"INVITE ")
-        if shed and self._shed(data, flow, now):
+        invite = not stranger and data.startswith(b"INVITE ")
+        if invite and self.shedder.shedding and self._shed(data, flow, now):
+            return
+        if invite and self._limited(data, flow, now):
+            self.shedder.granted = False  # the shed look's yes was for this INVITE only
             return
         if (
             not stranger
@@ -250,6 +254,59 @@ class B2BUA:
         self.layer.send(flow, resp)
         self.records.message_in("INVITE")
         self.records.shed(trunk.name, trunk.route_to or "")
+        return True
+
+    def _limited(self, data: bytes, flow: Flow, now: float) -> bool:
+        """Refuse a trunk's new INVITE unread with ``503``, as :meth:`_shed` does, where
+        a limit refuses every new call of its trunk now (:meth:`Capacity.full`: draining,
+        the CDR spool full, the calls at once, the trunk's calls of this second) and the
+        trunk's refused attempts of this second get no more records. What the whole way
+        would answer, count (:meth:`Capacity.limit` names the limit) and write, at the
+        cost of a shed INVITE; but no caller identity is decided, and an INVITE the whole
+        way would refuse for something of its own (a missing Contact, ``Max-Forwards``
+        0) gets the limit's 503, as under overload. A trunk without a route or whose TLS
+        name is not proved, an emergency call, anything unusual is read in full."""
+        trunk = self.peers.trunk_of(flow.local, flow.host)
+        config = self.config
+        draining = self.draining
+        accepting = self.accepting
+        rate = config.limits.refused_cdr_rps
+        if (
+            trunk is None
+            or not self.capacity.full(config, trunk, now, draining=draining, accepting=accepting)
+            or self.records.recording(trunk.name, now, rate)
+        ):
+            return False
+        route = trunk.route_to
+        if route is None or route not in config.trunks:
+            return False  # 404, no route: the whole way says so
+        if trunk.tls_name is not None and not name_matches(trunk.tls_name, self.peers.names(flow)):
+            return False  # 403: the whole way says so
+        early = self.early.plain(data, flow, config, self.layer.server)
+        if early is None:
+            return False
+        if self.early.again_raw(early, flow):
+            label = "overload"  # a retransmission of a 503, as _new_call answers it
+        else:
+            limit = self.capacity.limit(
+                config,
+                trunk,
+                False,
+                now,
+                flow.host,
+                self.shedder,
+                draining=draining,
+                accepting=accepting,
+            )
+            if limit is None:  # never: full() said a limit holds; the whole way decides
+                return False
+            label = limit
+            self.records.refused(
+                trunk.name, Refused(503, label, end_reason="limit", route=route), now, rate
+            )
+        self.records.message_in("INVITE")
+        self._count_refused(label)
+        self.layer.send(flow, self.early.refused(early, flow, now))
         return True
 
     def _read(self, data: bytes, flow: Flow, now: float, stranger: bool) -> None:

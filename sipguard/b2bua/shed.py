@@ -249,13 +249,30 @@ class EarlyShed:
         """The ``503`` for ``data`` from a trunk (``trusted`` or not) if the shedder
         refuses it, or None: read it in full. ``server``: the keys of the server
         transactions (a retransmission of a call under way is never shed)."""
+        early = self.plain(data, flow, config, server)
+        if early is None:
+            return None
+        if not self.again_raw(early, flow) and self.shedder.admit(trusted):
+            self.shedder.granted = True  # the whole way admits it without asking again
+            return None
+        return self.refused(early, flow, now)
+
+    def plain(
+        self, data: bytes, flow: Flow, config: Config, server: Collection[tuple[str, ...]]
+    ) -> Early | None:
+        """:func:`early_refusal` of ``data``, a new INVITE from ``flow``, where it is no
+        retransmission of a call under way (its key in ``server``); else None."""
         early = early_refusal(data, config)
         if early is None or (str(flow.local), flow.host, *early.key) in server:
             return None
-        shed_before = (flow.host, early.tag) in self.memory
-        if not shed_before and self.shedder.admit(trusted):
-            self.shedder.granted = True  # the whole way admits it without asking again
-            return None
+        return early
+
+    def again_raw(self, early: Early, flow: Flow) -> bool:
+        """Was the INVITE of ``early`` refused ``503`` lately (a retransmission)?"""
+        return (flow.host, early.tag) in self.memory
+
+    def refused(self, early: Early, flow: Flow, now: float) -> bytes:
+        """The ``503`` of ``early``, remembered: its retransmissions get it again."""
         self.memory.remember(flow.host, early.tag, now)
         return early.response
 
