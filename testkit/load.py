@@ -370,7 +370,10 @@ def run_element(
         who = f"{label}: " if label else ""
         say(f"  {who}{total} calls at {rate:g}/s, held {hold_ms} ms, {transport} …", quiet)
         t0 = time.monotonic()
-        with ProcSampler(element, setup.workdir / SAMPLES):  # CPU and RSS for --report
+        # CPU and RSS for --report, and the machine's speed on the element's core
+        element_cpus = _pins(pin)[0]
+        speed_core = element_cpus[0] if element_cpus else None
+        with ProcSampler(element, setup.workdir / SAMPLES, speed_core=speed_core):
             res = caller.run()
         wall = time.monotonic() - t0
         result.cpu_s = element.cpu_seconds() - cpu0

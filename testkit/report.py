@@ -15,7 +15,12 @@ What a run leaves in its work folder, and what is plotted from it:
   same samples: the cumulative buckets of ``sipguard_event_loop_lag_seconds`` and the
   ``sipguard_event_loop_lag_max_seconds`` gauge, from which each 0.5 s period gets its
   probes late by more than 10 ms and a bound on its longest pause (the setup-time plot's
-  lower panel, next to INVITE→200 over time).
+  lower panel, next to INVITE→200 over time);
+* the machine's speed on the element's core (``speed_core``): in each sample the sampler
+  thread, pinned to that core, does a fixed piece of Python work and records the CPU
+  time it took (``speed_ms``). It does not depend on the element: when it rises, the
+  same work costs more on that core (a busy host, a noisy neighbour of the VM), and so
+  does every call. Plotted under CPU and RSS.
 
 The report's table holds the figures the runner prints (``run.header()``/``run.row()``,
 passed in as text, and the same values from the results), so the plots never disagree
@@ -51,6 +56,30 @@ LAG_BOUNDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)  # sipg
 # cumulative count of each bucket (probes late by at most the bound), the max gauge
 LAG_COLUMNS = ("lag_n", *(f"lag_le_{b:g}" for b in LAG_BOUNDS), "lag_max_s")
 GOAL_MS = 10.0  # the goal: p99 INVITE→200 and every event-loop pause under 10 ms
+SPEED = "speed_ms"  # the column of the speed probe: CPU ms of a fixed piece of work
+SPEED_ROUNDS = 4000  # the fixed work's size: about 0.5 ms of one core here
+
+
+def fixed_work(rounds: int = SPEED_ROUNDS) -> int:
+    """The speed probe's work: the interpreter's everyday mix (bytecode, small dicts,
+    strings), always the same."""
+    n = 0
+    for i in range(rounds):
+        d = {"a": i, "b": str(i)}
+        n += len(str(d["b"]))
+    return n
+
+
+def speed_probe(tries: int = 3) -> float:
+    """CPU milliseconds this thread spends on :func:`fixed_work` (never the time it
+    waited): the least of ``tries`` runs, so that one interrupted run (its caches cold
+    after a switch) is not read as a slow machine, while a slow spell slows all three."""
+    best = math.inf
+    for _ in range(tries):
+        start = time.thread_time()
+        fixed_work()
+        best = min(best, time.thread_time() - start)
+    return best * 1000.0
 
 
 class Sampled(Protocol):
@@ -86,16 +115,26 @@ class ProcSampler:
     An element with a ``metrics()`` method (sipguard's wrapper; not the peers) is scraped
     too, in the same sample: the :data:`LAG_COLUMNS` follow, empty where a scrape failed
     or lacked them. A scrape is one HTTP request to the element's metrics endpoint, which
-    sipguard answers on its event loop; a failed one only leaves its cells empty.
+    sipguard answers on its event loop; a failed one only leaves its cells empty. With
+    ``speed_core``, the sampler thread pins itself to that core and each sample ends with
+    :func:`speed_probe` (:data:`SPEED`; about 0.3% of the core).
     """
 
-    def __init__(self, element: Sampled, path: Path, interval: float = SAMPLE_SECONDS) -> None:
+    def __init__(
+        self,
+        element: Sampled,
+        path: Path,
+        interval: float = SAMPLE_SECONDS,
+        speed_core: int | None = None,
+    ) -> None:
         self.element = element
         self.path = path
         self.interval = interval
+        self.speed_core = speed_core  # run the speed probe pinned to this core (None: no probe)
         scrape = getattr(element, "metrics", None)
         self._scrape: Callable[[], dict[str, float]] | None = scrape if callable(scrape) else None
         self.rows: list[tuple[float | None, ...]] = []  # t, cpu_s, rss_kb[, LAG_COLUMNS]
+        self._pinned = False  # the thread runs on speed_core: its samples carry SPEED
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="proc-sampler", daemon=True)
 
@@ -111,9 +150,16 @@ class ProcSampler:
         with contextlib.suppress(OSError, ValueError, AssertionError):
             cpu = self.element.cpu_seconds()
             rss = self.element.status().get("VmRSS", 0)
-            self.rows.append((time.time(), cpu, rss, *self._lag()))
+            speed = [speed_probe()] if self._pinned else []
+            self.rows.append((time.time(), cpu, rss, *self._lag(), *speed))
 
     def _run(self) -> None:
+        if self.speed_core is not None:
+            try:  # this thread only (pid 0: the calling thread on Linux)
+                os.sched_setaffinity(0, {self.speed_core})
+                self._pinned = True
+            except (OSError, ValueError):  # no such core here: no probe
+                pass
         self._sample()
         while not self._stop.wait(self.interval):
             self._sample()
@@ -133,7 +179,15 @@ class ProcSampler:
         self._sample()
         with self.path.open("w", newline="") as f:
             w = csv.writer(f, delimiter=";")
-            w.writerow(["t", "cpu_s", "rss_kb", *(LAG_COLUMNS if self._scrape else ())])
+            w.writerow(
+                [
+                    "t",
+                    "cpu_s",
+                    "rss_kb",
+                    *(LAG_COLUMNS if self._scrape else ()),
+                    *((SPEED,) if self._pinned else ()),
+                ]
+            )
             w.writerows(["" if v is None else v for v in row] for row in self.rows)
 
 
@@ -164,6 +218,9 @@ class Series:
     # probe of the period (nan: no probe woke; beyond the last bucket: the max gauge)
     lag_bound_ms: list[float] = field(default_factory=list)
     lag_max_ms: list[float] = field(default_factory=list)  # the gauge: max since start (nan)
+    # the speed probe on the element's core, where it ran: when, and its CPU ms
+    speed_t: list[float] = field(default_factory=list)
+    speed_ms: list[float] = field(default_factory=list)
 
 
 def _stat_rows(path: Path) -> list[dict[str, str]]:
@@ -301,6 +358,9 @@ def read_run(
         s.proc_t.append(_num(after, "t") - t0)
         s.cpu_pct.append((_num(after, "cpu_s") - _num(before, "cpu_s")) / dt * 100.0)
         s.rss_mb.append(_num(after, "rss_kb") / 1024.0)
+        if after.get(SPEED):
+            s.speed_t.append(s.proc_t[-1])
+            s.speed_ms.append(_num(after, SPEED))
         lag = _lag_period(before, after)
         if lag is not None:
             s.lag_from.append(_num(before, "t") - t0)
@@ -466,7 +526,9 @@ def plot_run(s: Series, result: dict[str, Any], out: Path, prefix: str) -> list[
 
     import matplotlib.pyplot as plt
 
-    fig, (cpu, rss) = plt.subplots(2, 1, figsize=(8, 5), dpi=100, sharex=True)
+    panels = 3 if s.speed_ms else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 2.5 * panels), dpi=100, sharex=True)
+    cpu, rss = axes[0], axes[1]
     cpu.set_title(f"{result.get('element', 'sipguard')}: CPU and memory during the run")
     cpu.plot(s.proc_t, s.cpu_pct, color="tab:red")
     cpu.set_ylabel("CPU, % of a core")
@@ -474,9 +536,20 @@ def plot_run(s: Series, result: dict[str, Any], out: Path, prefix: str) -> list[
     cpu.grid(True, alpha=0.3)
     rss.plot(s.proc_t, s.rss_mb, color="tab:purple")
     rss.set_ylabel("RSS, MB")
-    rss.set_xlabel("seconds")
     rss.set_ylim(bottom=0)
     rss.grid(True, alpha=0.3)
+    if s.speed_ms:
+        speed = axes[2]
+        base = percentile(s.speed_ms, 50) or 1.0
+        speed.plot(s.speed_t, [v / base for v in s.speed_ms], color="tab:green")
+        speed.axhline(1.0, color="grey", linestyle=":")
+        speed.set_ylabel("fixed work's cost,\ntimes the run's median")
+        speed.set_title(
+            "the machine on the element's core: the same work, its CPU time", fontsize=9
+        )
+        speed.set_ylim(bottom=0)
+        speed.grid(True, alpha=0.3)
+    axes[-1].set_xlabel("seconds")
     made.append(("CPU and RSS", _save(fig, out / f"{prefix}process.png")))
     return made
 
@@ -556,6 +629,17 @@ def write_report(
         if result.get("failures"):
             lines += [f"SIPp failure counters: `{result['failures']}`", ""]
         run = series[i] if series is not None else read_run(Path(result.get("workdir", "")))
+        if run.speed_ms:
+            base = percentile(run.speed_ms, 50) or 0.0
+            worst = max(run.speed_ms)
+            lines += [
+                f"The machine on sipguard's core (a fixed piece of Python work every "
+                f"{SAMPLE_SECONDS:g} s, its CPU time): median {base:.2f} ms, slowest "
+                f"{worst:.2f} ms ({worst / base if base else 0:.2f} times); periods 25% or more "
+                f"over the median: {sum(v >= 1.25 * base for v in run.speed_ms)} of "
+                f"{len(run.speed_ms)}.",
+                "",
+            ]
         if run.lag_t:
             lines += [
                 f"Event loop (its {SAMPLE_SECONDS:g} s samples of sipguard's 50 ms lag probe): "

@@ -14,6 +14,7 @@ from testkit.report import (
     LAG_BOUNDS,
     LAG_COLUMNS,
     SAMPLES,
+    SPEED,
     ProcSampler,
     plot_run,
     read_run,
@@ -136,6 +137,38 @@ def test_the_sampler_writes_cpu_and_rss_while_it_runs(tmp_path: Path) -> None:
     assert lines[0] == "t;cpu_s;rss_kb"
     assert len(lines) >= 4
     assert all(x.endswith(";1234") for x in lines[1:])
+
+
+def test_the_sampler_measures_the_machine_on_the_elements_core(tmp_path: Path) -> None:
+    path = tmp_path / SAMPLES
+    with ProcSampler(FakeElement(), path, interval=0.01, speed_core=0):
+        time.sleep(0.1)
+    lines = path.read_text().splitlines()
+    assert lines[0] == f"t;cpu_s;rss_kb;{SPEED}"
+    speeds = [float(line.split(";")[3]) for line in lines[1:]]
+    assert len(speeds) >= 4 and all(0 < v < 1000 for v in speeds)  # CPU ms of fixed work
+    # no such core: no probe, and the sampler samples as before
+    with ProcSampler(FakeElement(), path, interval=0.01, speed_core=4096):
+        time.sleep(0.05)
+    assert path.read_text().splitlines()[0] == "t;cpu_s;rss_kb"
+
+
+def test_a_slow_period_of_the_machine_is_in_the_series_the_plot_and_the_report(
+    tmp_path: Path,
+) -> None:
+    result = synthetic_run(tmp_path / "run")
+    samples = [
+        f"{T0 + i / 2:.3f};{0.05 * i:.3f};{40000 + 100 * i};{0.9 if i == 6 else 0.5}"
+        for i in range(10)
+    ]
+    (tmp_path / "run" / SAMPLES).write_text(f"t;cpu_s;rss_kb;{SPEED}\n" + "\n".join(samples))
+    run = read_run(tmp_path / "run")
+    assert run.speed_ms == [0.5] * 5 + [0.9] + [0.5] * 3
+    assert run.speed_t == run.proc_t
+    text = write_report(tmp_path / "report", [result], "table").read_text()
+    assert "median 0.50 ms, slowest 0.90 ms (1.80 times)" in text
+    assert "periods 25% or more over the median: 1 of 9" in text
+    assert (tmp_path / "report" / "process.png").read_bytes()[:4] == b"\x89PNG"
 
 
 LAG = "sipguard_event_loop_lag_seconds"
