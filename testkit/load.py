@@ -57,6 +57,7 @@ from testkit.sipp import (
 )
 
 SIPGUARD_CPU = (1,)
+EMERGENCY_NUMBER = "112"  # in the load configuration's emergency_numbers (testkit.sipp)
 SIPP_CPU = (0,)
 # sipguard capped at this share of one core, in percent (None: not capped), set by
 # ``run.py --cpu-limit``: a smaller capacity, so that one SIPp can offer five times it
@@ -82,6 +83,9 @@ class LoadResult:
     setup_p50_ms: float | None = None
     setup_p99_ms: float | None = None
     setup_max_ms: float | None = None
+    # emergency calls (112) placed beside the load by a second caller (``emergency_rate``)
+    emergency_attempted: int = 0
+    emergency_succeeded: int = 0
     cpu_s: float = 0.0
     cpu_s_per_1k: float | None = None
     peak_rss_kb: int = 0
@@ -264,13 +268,15 @@ def run_load(
     uac_scenario: str | Path = "uac",
     service: str = DIALLED,
     anchor: bool = False,
+    emergency_rate: float = 0.0,
 ) -> LoadResult:
     """One run: ``calls`` (default rate * duration) calls at ``rate``, each held ``hold_ms``.
 
     ``uas_scenario``: SIPp's built-in ``uas``, or an XML file for the callee; ``limits``:
     fields of sipguard's ``limits`` section to set (e.g. ``overload_queue_kb``);
     ``uac_scenario`` and ``service``: the caller's scenario and the number it dials;
-    ``anchor``: every call's media anchored through a real rtpengine (on the SIPp core).
+    ``anchor``: every call's media anchored through a real rtpengine (on the SIPp core);
+    ``emergency_rate``: 112 calls per second placed beside them from the same trunk.
     """
     sg_cpu, sipp_cpu = _pins(pin)
     with contextlib.ExitStack() as stack:
@@ -295,6 +301,7 @@ def run_load(
             uas_scenario=uas_scenario,
             uac_scenario=uac_scenario,
             service=service,
+            emergency_rate=emergency_rate,
         )
         if relay is not None:
             from testkit.rtpengine import NgError
@@ -324,21 +331,43 @@ def run_element(
     uas_scenario: str | Path = "uas",
     uac_scenario: str | Path = "uac",
     service: str = DIALLED,
+    emergency_rate: float = 0.0,
 ) -> LoadResult:
     """SIPp uac → ``element`` (listening on ``setup.sip_port``) → SIPp uas, measured.
 
     ``element`` is not started yet; it is started here, then the uas, and both are
     stopped by PID on the way out. Its CPU seconds and peak RSS come from ``/proc``.
+    With ``emergency_rate``, a second SIPp uac (``sos``) on the caller's address dials
+    112 at that rate while the load runs (its own statistics, not the load's).
     """
     tcp = transport == "tcp"
     total = calls if calls is not None else max(1, int(rate * duration_s))
     place_s = total / rate
     _, sipp_cpu = _pins(pin)
     bound = int(place_s + hold_ms / 1000 + 30)
+    sos_calls = max(1, int(emergency_rate * place_s)) if emergency_rate > 0 else 0
+    sos = (
+        uac(
+            setup,
+            "sos",
+            scenario=uac_scenario,
+            service=EMERGENCY_NUMBER,
+            calls=sos_calls,
+            rate=emergency_rate,
+            hold_ms=hold_ms,
+            timeout_s=bound,
+            tcp=tcp,
+            trace_msg=False,
+            buff_size=BUFF_SIZE,
+            cpus=sipp_cpu,
+        )
+        if sos_calls
+        else None
+    )
     callee = uas(
         setup,
         scenario=uas_scenario,
-        calls=total,
+        calls=total + sos_calls,
         timeout_s=bound + 10,
         tcp=tcp,
         trace_msg=False,
@@ -361,6 +390,7 @@ def run_element(
     )
     result = LoadResult(rate, duration_s, hold_ms, transport, workdir=str(setup.workdir))
     result.element = label or "sipguard"
+    sos_res = None
     try:
         element.start()
         callee.start()
@@ -374,7 +404,10 @@ def run_element(
         element_cpus = _pins(pin)[0]
         speed_core = element_cpus[0] if element_cpus else None
         with ProcSampler(element, setup.workdir / SAMPLES, speed_core=speed_core):
+            if sos is not None:
+                sos.start()
             res = caller.run()
+            sos_res = sos.wait(timeout=bound + 10) if sos is not None else None
         wall = time.monotonic() - t0
         result.cpu_s = element.cpu_seconds() - cpu0
         result.peak_rss_kb = element.status().get("VmHWM", 0)
@@ -383,9 +416,12 @@ def run_element(
         callee_res = callee.stop()
         element.stop()
     finally:
-        for p in (element, callee):
+        for p in (element, callee, *((sos,) if sos is not None else ())):
             with contextlib.suppress(Exception):
                 p.stop()
+    if sos_res is not None:
+        result.emergency_attempted = sos_res.created
+        result.emergency_succeeded = sos_res.successful
     result.attempted = res.created
     result.succeeded = res.successful
     result.failed = res.failed + max(0, res.created - res.successful - res.failed)

@@ -452,11 +452,18 @@ def goodput_row(factor: float, capacity: float, r: LoadResult) -> str:
     )
     line = "  ".join(c.rjust(w) for c, (_, w) in zip(cells, GOODPUT_COLUMNS, strict=True))
     notes = []
+    if r.emergency_attempted:
+        notes.append(f"112: {r.emergency_succeeded} of {r.emergency_attempted} answered")
     if r.offered_cps < 0.95 * r.rate:
         notes.append(f"SIPp placed {r.offered_cps:.0f}/s of {r.rate:g}/s asked")
     if r.failures:
         notes.append(",".join(f"{k.replace('(C)', '')}={n}" for k, n in r.failures.items()))
     return line + ("  " + "; ".join(notes) if notes else "")
+
+
+# 112 calls per second placed beside every goodput run (SPEC §1.4: never shed, up to the
+# reserved capacity): each row says how many of them were answered
+GOODPUT_EMERGENCY_RATE = 5.0
 
 
 def goodput(
@@ -475,7 +482,8 @@ def goodput(
     quiet: bool = False,
 ) -> int:
     """``run.py --goodput CAPACITY``: sipguard at each factor of ``capacity``; calls
-    completed per second against offered, and with ``report`` its README and plot.
+    completed per second against offered (and :data:`GOODPUT_EMERGENCY_RATE` emergency
+    calls beside them, answered or not), and with ``report`` its README and plot.
     Exit status 0: these runs overload on purpose, so failed calls are not judged."""
     print(goodput_header(), flush=True)
     points: list[dict[str, float]] = []
@@ -490,6 +498,7 @@ def goodput(
             pin=pin,
             quiet=quiet,
             limits=limits,
+            emergency_rate=GOODPUT_EMERGENCY_RATE,
         )
         results.append(r)
         print(goodput_row(factor, capacity, r), flush=True)
