@@ -102,16 +102,19 @@ def test_thousand_calls_through_sipguard(tmp_path: Path, transport: str) -> None
 
 def test_load_runner_smoke(tmp_path: Path) -> None:
     """The load runner's own code path (``testkit.load``, under ``loadtests/run.py``),
-    briefly: 300 calls at 100/s, none may fail; and its command line starts.
+    briefly: 300 calls at 100/s and 15 emergency calls beside them, none may fail; and
+    its command line starts.
 
     The figures it prints (calls/s, setup times, CPU, RSS) are measurements, never
     asserted here.
     """
-    result = run_load(100, 3, 200, workdir=tmp_path, quiet=True)
+    # with 112 calls beside the load, as goodput runs place them (their own caller)
+    result = run_load(100, 3, 200, workdir=tmp_path, quiet=True, emergency_rate=5)
     assert result.attempted == 300, result
     assert result.succeeded == 300, result
     assert result.failed == 0, result
-    assert result.cdr_end_records == 300, result
+    assert result.emergency_attempted == result.emergency_succeeded == 15, result
+    assert result.cdr_end_records == 315, result  # the load's and the emergency calls'
     assert result.setup_p50_ms is not None and result.cpu_s > 0 and result.peak_rss_kb > 0
     assert row(result)  # the table line renders
     cli = subprocess.run(
