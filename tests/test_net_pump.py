@@ -178,7 +178,7 @@ async def test_rev9_a_full_send_buffer_pauses_the_receiver_without_an_error() ->
     sock = _SendBufferFull(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
-    made: list[asyncio.DatagramTransport] = []
+    made: list[Any] = []  # the loop's transport: flow control too (WriteTransport)
     receiver = UdpReceiver(lambda data, flow: None, 0, made.append)
     try:
         await loop.create_datagram_endpoint(
