@@ -22,6 +22,7 @@ from testkit.callsim import (
     SDP_CALLEE,
     STRANGER,
     Wire,
+    cancel_of,
     config_text,
     default_config,
     in_dialog,
@@ -623,3 +624,15 @@ def test_rev9_a_limits_refusal_unread_stamps_the_top_via_as_the_whole_way(kind: 
         resp = parse_message(data)
         assert isinstance(resp, Response) and resp.status == 503
         assert resp.get_lines("via") == [stamped % n]
+
+
+def test_rev9_the_cancel_of_an_invite_refused_unread_gets_481() -> None:
+    """§9.2: a refused INVITE keeps no transaction, whichever way it was refused: its
+    CANCEL finds none and gets one 481, nothing reaches the callee."""
+    w = full_wire("draining", refused_cdr_rps=1)
+    w.from_caller(invite(1))  # the record of the second
+    w.from_caller(invite(2))  # answered unread
+    assert [r.status for r in finals(w.take_caller())] == [503, 503]
+    w.from_caller(cancel_of(2))
+    assert [r.status for r in responses(w.take_caller())] == [481]
+    assert w.take_callee() == [] and w.core.layer.server == {}
