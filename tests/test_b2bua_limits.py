@@ -22,6 +22,7 @@ from testkit.callsim import (
     SDP_CALLEE,
     STRANGER,
     Wire,
+    cancel_of,
     config_text,
     default_config,
     in_dialog,
@@ -595,3 +596,43 @@ def test_a_shedders_yes_to_an_invite_refused_by_a_limit_unread_is_not_kept() -> 
     w.from_caller(invite(2))
     (final,) = finals(w.take_caller())
     assert final.status == 503 and not shedder.granted
+
+
+def nated_invite(n: int) -> bytes:
+    """The caller's INVITE ``n`` with a top Via of a private address asking for rport."""
+    return invite(n).replace(
+        b"Via: SIP/2.0/UDP 127.0.0.3:5062;branch=z9hG4bK-%d-1-0" % n,
+        b"Via: SIP/2.0/UDP 10.0.0.7:5070;branch=z9hG4bK-%d-1-0;rport" % n,
+    )
+
+
+@pytest.mark.parametrize("kind", ["draining", "trunk_max_calls"])
+def test_rev9_a_limits_refusal_unread_stamps_the_top_via_as_the_whole_way(kind: str) -> None:
+    """RFC 3261 §18.2.1 (``received`` where the sent-by is not the source) and RFC 3581
+    §4 (``rport`` filled in): the 503 answered unread carries the top Via the whole way
+    stamps, and a retransmission of an INVITE the whole way refused gets the same bytes."""
+    w = full_wire(kind, refused_cdr_rps=1)
+    w.from_caller(nated_invite(1))  # the record of the second: the whole way
+    (whole,) = w.to_caller
+    w.to_caller.clear()
+    w.from_caller(nated_invite(1))  # its retransmission: answered unread
+    w.from_caller(nated_invite(2))  # a new INVITE past the records: answered unread
+    again, unread = w.to_caller
+    assert again == whole
+    stamped = "SIP/2.0/UDP 10.0.0.7:5070;branch=z9hG4bK-%d-1-0;rport=5062;received=127.0.0.3"
+    for n, data in ((1, whole), (2, unread)):
+        resp = parse_message(data)
+        assert isinstance(resp, Response) and resp.status == 503
+        assert resp.get_lines("via") == [stamped % n]
+
+
+def test_rev9_the_cancel_of_an_invite_refused_unread_gets_481() -> None:
+    """§9.2: a refused INVITE keeps no transaction, whichever way it was refused: its
+    CANCEL finds none and gets one 481, nothing reaches the callee."""
+    w = full_wire("draining", refused_cdr_rps=1)
+    w.from_caller(invite(1))  # the record of the second
+    w.from_caller(invite(2))  # answered unread
+    assert [r.status for r in finals(w.take_caller())] == [503, 503]
+    w.from_caller(cancel_of(2))
+    assert [r.status for r in responses(w.take_caller())] == [481]
+    assert w.take_callee() == [] and w.core.layer.server == {}

@@ -264,3 +264,18 @@ def test_the_ack_of_a_shed_invite_s_503_is_absorbed_unread() -> None:
     )
     w.from_caller(other)
     assert w.core.layer.strays == strays + 1
+
+
+def test_rev9_a_shed_invite_s_503_stamps_the_top_via_received_and_rport() -> None:
+    """RFC 3261 §18.2.1 and RFC 3581 §4: a caller behind a NAT (its sent-by a private
+    address, ``rport`` asked for) learns where its request came from in the 503 shed
+    unread, as in every response the whole way makes."""
+    w = shedding_wire(refused_cdr_rps=1)
+    w.from_caller(invite(100))  # the record of the second: read in full
+    w.take_caller()
+    via = b"Via: SIP/2.0/UDP 127.0.0.3:5062;branch=z9hG4bK-1-1-0"
+    w.from_caller(invite(1).replace(via, b"Via: SIP/2.0/UDP 10.0.0.7;branch=z9hG4bK-1-1-0;rport"))
+    (resp,) = responses(w.take_caller(), 503)
+    assert resp.get_lines("via") == [
+        "SIP/2.0/UDP 10.0.0.7;branch=z9hG4bK-1-1-0;rport=5062;received=127.0.0.3"
+    ]

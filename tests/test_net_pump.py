@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import socket
+from typing import Any, cast
 
 from sipguard.net.pump import Pump, UdpReceiver, message_kind
 from sipguard.sip.transaction import Flow
@@ -148,3 +149,52 @@ async def test_batched_sends_go_out_once_per_loop_iteration() -> None:
     await asyncio.sleep(0)
     assert len(ep.transport.sent) == 2 and core.cdr_out == []  # no writer: records dropped
     pump.close()
+
+
+class _SendBufferFull(socket.socket):
+    """A UDP socket whose kernel send buffer is full until told otherwise (EAGAIN)."""
+
+    full = True
+
+    def sendto(self, data: Any, *args: Any) -> int:
+        if self.full:
+            raise BlockingIOError
+        return int(super().sendto(data, *args))
+
+
+async def test_rev9_a_full_send_buffer_pauses_the_receiver_without_an_error() -> None:
+    """Under load a UDP send can find the socket's buffer full: the loop queues the
+    datagram and, past its high-water mark, calls the protocol's ``pause_writing`` (then
+    ``resume_writing`` once drained): asyncio's ``_FlowControlMixin`` and uvloop's
+    ``UVBaseTransport._maybe_pause_protocol`` alike. The receiver must have both (the
+    ``asyncio.DatagramProtocol`` the driver's endpoint was had them), or each pause and
+    resume is reported to the loop's exception handler as a failure."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    old_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    sock = _SendBufferFull(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    made: list[Any] = []  # the loop's transport: flow control too (WriteTransport)
+    receiver = UdpReceiver(lambda data, flow: None, 0, made.append)
+    try:
+        await loop.create_datagram_endpoint(
+            lambda: cast(asyncio.DatagramProtocol, receiver), sock=sock
+        )
+        (transport,) = made
+        transport.set_write_buffer_limits(high=1)
+        transport.sendto(b"SIP/2.0 503 Service Unavailable\r\n\r\n", peer.getsockname())
+        sock.full = False  # the kernel drained it: the loop sends what it queued
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if not transport.get_write_buffer_size():
+                break
+        assert peer.recv(100).startswith(b"SIP/2.0 503")
+        assert errors == []
+        transport.close()
+    finally:
+        loop.set_exception_handler(old_handler)
+        peer.close()

@@ -6,7 +6,9 @@ overload dearer the more is offered: calls completed fall as the load grows. So 
 the core sheds, a new INVITE that the shedder refuses is answered here, from its raw
 bytes, without the parser: the start line and five header fields (``Via``, ``From``,
 ``To``, ``Call-ID``, ``CSeq``, long or compact names) are found by splitting lines, and
-the response copies them, as RFC 3261 §8.2.6.2 asks, with a To tag of ours.
+the response copies them, as RFC 3261 §8.2.6.2 asks, with a To tag of ours (the top
+``Via`` stamped with the source, ``received`` and ``rport``, as §18.2.1 and RFC 3581 §4
+ask and the whole way does).
 
 Only the plain case is taken. :func:`early_refusal` returns None, and the core goes the
 whole way (which may still shed the call), for anything else: an emergency call (the
@@ -35,7 +37,7 @@ from sipguard.b2bua.overload import Shedder
 from sipguard.config.model import Config
 from sipguard.policy.numbers import is_emergency, is_sos_urn, split_clir_code
 from sipguard.sip.errors import SipError
-from sipguard.sip.message import Request, parse_via
+from sipguard.sip.message import Request, parse_via, stamp_via
 from sipguard.sip.transaction import MAGIC_COOKIE, Flow, raw_stateless_tag, stateless_tag
 from sipguard.sip.uri import parse_uri
 
@@ -67,9 +69,10 @@ class Early:
         self.tag = tag
 
 
-def early_refusal(data: bytes, config: Config) -> Early | None:
-    """The ``503`` for ``data``, a new INVITE of no emergency, or None (see the module's
-    docstring: the core then reads the request in full)."""
+def early_refusal(data: bytes, config: Config, host: str = "", port: int = 0) -> Early | None:
+    """The ``503`` for ``data``, a new INVITE of no emergency from ``host``:``port``, or
+    None (see the module's docstring: the core then reads the request in full). Its top
+    ``Via`` is stamped with the source as the whole way's is (:func:`stamp_via`)."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
@@ -107,14 +110,19 @@ def early_refusal(data: bytes, config: Config) -> Early | None:
     if b"tag" in to.lower() or len(cseq) != 2 or cseq[1] != b"INVITE" or not cseq[0].isdigit():
         return None
     top_line = _value(vias[0])
+    top_text = top_line.decode("utf-8", "surrogateescape")
     try:
-        top = parse_via(top_line.split(b",", 1)[0].decode("utf-8", "surrogateescape"))
+        top = parse_via(top_text.split(",", 1)[0])
     except SipError:
         return None
     branch = top.branch
     if not branch or not branch.startswith(MAGIC_COOKIE) or len(branch) == len(MAGIC_COOKIE):
         return None  # an RFC 2543 peer's transactions are matched otherwise (§17.2.3)
     tag = raw_stateless_tag(_value(found[b"i"]), _value(found[b"f"]), top_line)
+    if host:  # RFC 3261 §18.2.1, RFC 3581 §4: received, rport
+        stamped = stamp_via(top_text, top, host, port)
+        if stamped is not None:
+            vias[0] = b"Via: " + stamped.encode("utf-8", "surrogateescape")
     resp = b"".join(
         [
             _STATUS,
@@ -262,7 +270,7 @@ class EarlyShed:
     ) -> Early | None:
         """:func:`early_refusal` of ``data``, a new INVITE from ``flow``, where it is no
         retransmission of a call under way (its key in ``server``); else None."""
-        early = early_refusal(data, config)
+        early = early_refusal(data, config, flow.host, flow.port)
         if early is None or (str(flow.local), flow.host, *early.key) in server:
             return None
         return early

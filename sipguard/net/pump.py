@@ -8,7 +8,8 @@ tenth of sipguard's CPU per call at 1,000 calls/s (issue 19). Here it is compile
 driver (:mod:`sipguard.net.server`) keeps everything that is not per message.
 
 The receiver is handed to the event loop as the datagram protocol: an event loop calls
-its four methods and needs nothing else of it (no base class).
+its six methods (``pause_writing`` and ``resume_writing`` too, when a send finds the
+socket's buffer full) and needs nothing else of it (no base class).
 """
 
 from __future__ import annotations
@@ -214,4 +215,12 @@ class UdpReceiver:
         net_log.debug("udp error: %s", exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        return None
+
+    def pause_writing(self) -> None:
+        """The socket's send buffer is full (the loop queues what is sent): nothing to
+        hold back, a datagram is sent or queued, never waited for."""
+        return None
+
+    def resume_writing(self) -> None:
         return None

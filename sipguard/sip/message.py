@@ -254,6 +254,36 @@ _via_params = _slot_setter(Via, "params")
 _via_protocol = _slot_setter(Via, "protocol")
 
 
+def stamp_via(line: str, via: Via, host: str, port: int) -> str | None:
+    """``line``, a request's first ``Via`` line whose first entry is ``via``, as a server
+    transport stamps it before a response copies it (RFC 3261 §18.2.1: ``received``
+    where the sent-by host is not the source address ``host``; RFC 3581 §4: with
+    ``rport``, ``rport`` filled in with the source ``port`` and ``received`` always), or
+    None where it stays as written."""
+    rport = via.rport
+    sent_by = via.host[1:-1] if via.host[:1] == "[" else via.host
+    if rport is None and sent_by == host.lower():
+        return None
+    params: list[tuple[str, str | None]] = []
+    filled = False
+    for k, v in via.params:
+        name = k.lower()
+        if name == "received" or (name == "rport" and filled):
+            continue  # ours replaces whatever the sender wrote; one rport, once
+        if name == "rport":
+            filled = True
+            params.append((k, str(port)))
+        else:
+            params.append((k, v))
+    params.append(("received", host))
+    top = str(Via(via.transport, via.host, via.port, tuple(params), via.protocol))
+    if "," in line:
+        top = ", ".join([top, *split_commas(line)[1:]])
+    # never a response much larger than its request (SPEC §8): the stamp adds one
+    # address and one port at most, else the Via stays as the peer wrote it
+    return top if len(top) <= len(line) + STAMP_GROWTH else None
+
+
 def parse_via(text: str) -> Via:
     m = _VIA_FAST_RE.match(text)
     if m is not None:
@@ -586,36 +616,11 @@ class Request(SipMessage):
 
     def stamped_via(self) -> str | None:
         """The first ``Via`` line as a server transport stamps it before a response
-        copies it (RFC 3261 §18.2.1: ``received`` where the sent-by host is not the
-        source address; RFC 3581 §4: with ``rport``, ``rport`` filled in with the source
-        port and ``received`` always), or None where it stays as written."""
+        copies it (:func:`stamp_via`), or None where it stays as written."""
         host = self.src_host
         if not host:
             return None
-        via = self.top_via
-        rport = via.rport
-        sent_by = via.host[1:-1] if via.host[:1] == "[" else via.host
-        if rport is None and sent_by == host.lower():
-            return None
-        params: list[tuple[str, str | None]] = []
-        filled = False
-        for k, v in via.params:
-            name = k.lower()
-            if name == "received" or (name == "rport" and filled):
-                continue  # ours replaces whatever the sender wrote; one rport, once
-            if name == "rport":
-                filled = True
-                params.append((k, str(self.src_port)))
-            else:
-                params.append((k, v))
-        params.append(("received", host))
-        top = str(Via(via.transport, via.host, via.port, tuple(params), via.protocol))
-        line = self.get_lines("via")[0]
-        if "," in line:
-            top = ", ".join([top, *split_commas(line)[1:]])
-        # never a response much larger than its request (SPEC §8): the stamp adds one
-        # address and one port at most, else the Via stays as the peer wrote it
-        return top if len(top) <= len(line) + STAMP_GROWTH else None
+        return stamp_via(self.get_lines("via")[0], self.top_via, host, self.src_port)
 
     @property
     def request_uri(self) -> Uri:
