@@ -1,4 +1,13 @@
-"""Attacks on the ninth session's changes: the compiled UDP receive path (net/pump.py).
+"""Attacks on the ninth session's changes: a limit's 503 answered unread (core._limited),
+the compiled UDP receive path (net/pump.py).
+
+A limit's 503 is answered from the INVITE's raw lines only where it is no larger than
+the INVITE ("never an amplifier, SPEC §8", b2bua/shed.py); otherwise the INVITE is read
+in full, and the whole way answers the same 503, stamped (``received``), with long
+header names and a Content-Length: larger than a small request. The guard of the raw
+path is then only a detour: anyone who can send from a trunk's address (UDP: spoofed)
+gets a response larger than each request, towards that address. The same holds for
+the stateless 403 to a source of no trunk (any address, until its budget is spent).
 
 A peer that makes sipguard answer faster than the socket drains (a flood of requests,
 each drawing a response, while the kernel's send queue is full) fills the UDP
@@ -20,6 +29,44 @@ import pytest
 
 from sipguard.net.pump import UdpReceiver
 from sipguard.sip.transaction import Flow
+from testkit.callsim import STRANGER, Wire, default_config
+
+
+def small(n: int, method: str = "INVITE") -> bytes:
+    """A small request, every field it needs, compact names (RFC 3261 §7.3.3)."""
+    return (
+        f"{method} sip:1@h SIP/2.0\r\nv:SIP/2.0/UDP h;branch=z9hG4bK{n}\r\n"
+        f"f:<sip:a@h>;tag={n}\r\nt:<sip:1@h>\r\ni:{n}\r\nCSeq:1 {method}\r\n"
+        "m:<sip:h>\r\n\r\n"
+    ).encode()
+
+
+def test_a_limits_503_is_no_larger_than_a_small_invite() -> None:
+    """The trunk draining, its refusal record of the second written: every further
+    INVITE gets one 503, never larger than itself (SPEC §8: no amplification)."""
+    w = Wire(default_config("limits: {refused_cdr_rps: 1}\n"))
+    w.core.drain()
+    for n in range(1, 5):
+        req = small(n)
+        w.from_caller(req)
+        w.flush()
+        out = list(w.to_caller)
+        w.to_caller.clear()
+        assert len(out) == 1 and out[0].startswith(b"SIP/2.0 503 ")
+        assert len(out[0]) <= len(req), (n, len(out[0]), len(req))
+
+
+def test_a_strangers_403_is_no_larger_than_its_request() -> None:
+    """A source of no trunk (a spoofed victim's address) gets one 403 per request, no
+    larger than the request (SPEC §8)."""
+    w = Wire()
+    for n, method in enumerate(("OPTIONS", "INVITE", "BYE")):
+        req = small(n, method)
+        w.from_peer(STRANGER, req)
+        w.flush()
+        out = w.others.pop(STRANGER, [])
+        assert len(out) == 1 and out[0].startswith(b"SIP/2.0 403 ")
+        assert len(out[0]) <= len(req), (method, len(out[0]), len(req))
 
 
 def test_the_udp_receiver_answers_the_loops_flow_control() -> None:
