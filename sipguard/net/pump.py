@@ -8,8 +8,9 @@ tenth of sipguard's CPU per call at 1,000 calls/s (issue 19). Here it is compile
 driver (:mod:`sipguard.net.server`) keeps everything that is not per message.
 
 The receiver is handed to the event loop as the datagram protocol: an event loop calls
-its six methods (``pause_writing`` and ``resume_writing`` too, when a send finds the
-socket's buffer full) and needs nothing else of it (no base class).
+its six methods (the four of a datagram protocol, and the flow control of every
+protocol, ``pause_writing`` and ``resume_writing``, when its send buffer fills and
+drains) and needs nothing else of it (no base class).
 """
 
 from __future__ import annotations
@@ -218,9 +219,12 @@ class UdpReceiver:
         return None
 
     def pause_writing(self) -> None:
-        """The socket's send buffer is full (the loop queues what is sent): nothing to
-        hold back, a datagram is sent or queued, never waited for."""
+        """The send buffer is past its high-water mark (a burst of responses faster than
+        the socket drains): nothing to stop, a datagram is sent or dropped, never held
+        for the sender; but the loop calls this, and a missing method is an error it
+        reports every time (as ``asyncio.BaseProtocol``'s, a no-op)."""
         return None
 
     def resume_writing(self) -> None:
+        """The send buffer drained below its low-water mark (see :meth:`pause_writing`)."""
         return None
