@@ -300,7 +300,8 @@ def test_call_paths_under_hostile_input(data: st.DataObject) -> None:
 @pytest.mark.parametrize("method", ["BYE", "OPTIONS", "INVITE"])
 def test_a_stranger_flood_draws_at_most_one_answer_each_and_then_silence(method: str) -> None:
     """The harness's own check, on a plain flood: 1,000 requests, 5 answers (the
-    budget), no transaction kept."""
+    budget), no transaction kept. The requests are as a phone writes them (Max-Forwards,
+    a User-Agent): a request smaller than its 403 gets none (tests/test_attack_rev9.py)."""
     h = Harness(B2BUA(callsim.default_config(LIMITS), Metrics()))
     for n in range(1000):
         data = callsim.invite(n, addr=STRANGER) if method == "INVITE" else None
@@ -308,7 +309,8 @@ def test_a_stranger_flood_draws_at_most_one_answer_each_and_then_silence(method:
             data = (
                 f"{method} sip:1@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;"
                 f"branch=z9hG4bK{n}\r\nFrom: <sip:a@b>;tag={n}\r\nTo: <sip:1@127.0.0.1>\r\n"
-                f"Call-ID: f{n}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+                f"Call-ID: f{n}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n"
+                "User-Agent: a-phone/1.0\r\nContent-Length: 0\r\n\r\n"
             ).encode()
         h.deliver(data, STRANGER)
         h.advance(0.001)

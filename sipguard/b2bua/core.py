@@ -56,6 +56,7 @@ from sipguard.sip.transaction import (
     ServerTransaction,
     Timers,
     TransactionLayer,
+    fits,
     make_response,
     source_key,
     stateless_tag,
@@ -320,6 +321,10 @@ class B2BUA:
             for name in _TOKEN_HEADERS:
                 if msg.has(name):
                     msg.tokens(name)
+            if isinstance(msg, Request):
+                msg.src_host = flow.host  # its responses' top Via says where it came from
+                msg.src_port = flow.port
+                msg.wire_size = len(data)
         except SipError as exc:
             if exc.response is None and exc.status is not None and isinstance(msg, Request):
                 attach_response(exc, msg.headers)
@@ -339,8 +344,6 @@ class B2BUA:
             return
         try:
             if isinstance(msg, Request):
-                msg.src_host = flow.host  # its responses' top Via says where it came from
-                msg.src_port = flow.port
                 self.records.message_in(msg.method)
                 self.layer.receive_request(msg, flow, now)
             else:
@@ -371,8 +374,11 @@ class B2BUA:
             return True
         if msg.method != "ACK":  # an ACK (of our 403, say) gets nothing and is not counted
             self._count_refused("unknown_source")
-            resp = make_response(msg, 403, to_tag=stateless_tag(msg))
-            self.layer.send(flow, resp.to_bytes())
+            data = make_response(msg, 403, to_tag=stateless_tag(msg)).to_bytes()
+            if fits(data, msg, flow):
+                self.layer.send(flow, data)
+            else:
+                self.layer.withheld += 1
         return False
 
     def _count_refused(self, label: str) -> None:
@@ -534,8 +540,15 @@ class B2BUA:
             # a trunk's probe, answered statelessly as a refusal is (§8.2.7, §11.2): a
             # flood of them keeps no transaction for 32 s each
             self.layer.strays += 1
-            status = 503 if self.draining else 200
-            headers = [("Allow", ALLOW), ("Accept", "application/sdp"), ("Supported", SUPPORTED)]
+            if self.draining:  # capabilities go in a 200 only (§11.2): this one stays small
+                status, headers = 503, []
+            else:
+                status = 200
+                headers = [
+                    ("Allow", ALLOW),
+                    ("Accept", "application/sdp"),
+                    ("Supported", SUPPORTED),
+                ]
             resp = make_response(req, status, to_tag=stateless_tag(req), headers=headers)
             self.layer.respond_stateless(tx, resp)
         elif method in ("REGISTER", "SUBSCRIBE", "PUBLISH", "NOTIFY", "MESSAGE", "INFO", "UPDATE"):

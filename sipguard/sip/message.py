@@ -601,7 +601,7 @@ class SipMessage:
 
 
 class Request(SipMessage):
-    __slots__ = ("method", "src_host", "src_port", "uri")
+    __slots__ = ("method", "src_host", "src_port", "uri", "wire_size")
 
     def __init__(
         self, method: str, uri: str, headers: Iterable[tuple[str, str]], body: bytes = b""
@@ -613,6 +613,9 @@ class Request(SipMessage):
         # build): its responses' top Via says so (RFC 3261 §18.2.1, RFC 3581 §4)
         self.src_host = ""
         self.src_port = 0
+        # its size on the wire (set on receipt; 0 for one we build): a refusal is never
+        # larger than the request that drew it (no amplification towards a forged source)
+        self.wire_size = 0
 
     def stamped_via(self) -> str | None:
         """The first ``Via`` line as a server transport stamps it before a response

@@ -46,7 +46,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import Final, Protocol
 
 from sipguard.sip.errors import SipError
 from sipguard.sip.ids import IdSource
@@ -558,6 +558,22 @@ class ServerTransaction(Transaction):
             self._to(State.TERMINATED)
 
 
+# stateless answers sent whatever their size: a 200 (an OPTIONS probe's: its capabilities,
+# §11.2), and the refusals whose reason is in a header the RFC requires (405 and 501 carry
+# Allow, §21.4.6, §21.5.2) and that a peer sends only once, to a method it then knows
+MUST_ANSWER: Final = frozenset({200, 405, 501})
+
+
+def fits(response: bytes, request: Request, flow: Flow) -> bool:
+    """Whether a stateless refusal may go to ``request``'s source: over UDP, no larger
+    than the request was on the wire (no response larger than what provoked it: a forged
+    UDP source must not get more bytes than the forger sent). Only a small request,
+    often in compact form, draws a larger one. Over TCP or TLS the source is proved by the
+    handshake, and a request we built (size 0) always fits."""
+    size = request.wire_size
+    return flow.reliable or not size or len(response) <= size
+
+
 def server_key(req: Request, via: Via) -> tuple[str, ...]:
     """Match key of a request to its server transaction (§17.2.3), ACK/CANCEL folded."""
     method = req.method
@@ -634,6 +650,7 @@ class TransactionLayer:
         self.server: dict[tuple[str, ...], ServerTransaction] = {}
         self.retransmissions = 0
         self.strays = 0  # responses and CANCELs that matched no transaction
+        self.withheld = 0  # refusals not sent: larger than their request (:func:`fits`)
 
     # -- output --------------------------------------------------------------------------
 
@@ -734,7 +751,11 @@ class TransactionLayer:
         :func:`stateless_tag`)."""
         if self.server.get(tx.key) is tx:
             del self.server[tx.key]
-        self.send(tx.flow, resp.to_bytes())
+        data = resp.to_bytes()
+        if resp.status not in MUST_ANSWER and not fits(data, tx.request, tx.flow):
+            self.withheld += 1  # larger than the request: an amplifier towards its source
+            return
+        self.send(tx.flow, data)
 
     def receive_request(self, req: Request, flow: Flow, now: float) -> None:
         via = req.top_via
