@@ -86,6 +86,9 @@ class LoadResult:
     # emergency calls (112) placed beside the load by a second caller (``emergency_rate``)
     emergency_attempted: int = 0
     emergency_succeeded: int = 0
+    # the median CPU ms of the speed probe's fixed work on the element's core during the
+    # run (testkit.report.speed_probe): how fast the machine was; None where not measured
+    speed_ms: float | None = None
     cpu_s: float = 0.0
     cpu_s_per_1k: float | None = None
     peak_rss_kb: int = 0
@@ -403,12 +406,13 @@ def run_element(
         # CPU and RSS for --report, and the machine's speed on the element's core
         element_cpus = _pins(pin)[0]
         speed_core = element_cpus[0] if element_cpus else None
-        with ProcSampler(element, setup.workdir / SAMPLES, speed_core=speed_core):
+        with ProcSampler(element, setup.workdir / SAMPLES, speed_core=speed_core) as sampler:
             if sos is not None:
                 sos.start()
             res = caller.run()
             sos_res = sos.wait(timeout=bound + 10) if sos is not None else None
         wall = time.monotonic() - t0
+        result.speed_ms = sampler.speed_median()
         result.cpu_s = element.cpu_seconds() - cpu0
         result.peak_rss_kb = element.status().get("VmHWM", 0)
         result.udp_drops = _drops_for(setup)

@@ -164,6 +164,13 @@ class ProcSampler:
         while not self._stop.wait(self.interval):
             self._sample()
 
+    def speed_median(self) -> float | None:
+        """The median of the speed probe's readings so far (None: no probe ran)."""
+        if not self._pinned:
+            return None
+        readings = [float(row[-1]) for row in self.rows if row[-1] is not None]
+        return percentile(readings, 50) if readings else None
+
     def __enter__(self) -> ProcSampler:
         self._thread.start()
         return self

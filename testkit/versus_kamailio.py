@@ -277,6 +277,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _per_speed(v: Run) -> float | None:
+    """CPU per 1,000 calls over the median CPU ms of the speed probe in the same run."""
+    return _ratio(v.result.cpu_s_per_1k, v.result.speed_ms)
+
+
 def _median(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -298,6 +303,10 @@ def summary(runs: Sequence[Run]) -> list[str]:
             parts = []
             figures: tuple[tuple[str, Callable[[Run], float | None]], ...] = (
                 ("CPU per call", lambda v: v.result.cpu_s_per_1k),
+                # the same, each run's CPU over the machine's speed during it (the speed
+                # probe on the element's core): a host that slows for one element's run
+                # and not the other's moves this one less
+                ("CPU per call / machine speed", _per_speed),
                 ("p99 setup", lambda v: v.result.setup_p99_ms),
             )
             for what, get in figures:
@@ -310,6 +319,8 @@ def summary(runs: Sequence[Run]) -> list[str]:
                     for x in (_ratio(get(mine[i]), get(theirs[i])) for i in mine if i in theirs)
                     if x is not None
                 ]
+                if get is _per_speed and med is None:
+                    continue  # no speed probe in these runs (unpinned): not said at all
                 spread = f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else ""
                 parts.append(f"{what} {_fmt(med, '.2f')}{spread}")
             failed = (

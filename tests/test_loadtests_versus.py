@@ -77,10 +77,27 @@ def test_each_configuration_carries_a_withheld_call(label: str, tmp_path: Path) 
     assert CALLER in ok.header("from") and ok.header("call-id") == sent_call_id, ok.head()
 
 
-def result(cpu_per_1k: float, p99: float, failed: int = 0) -> LoadResult:
+def result(
+    cpu_per_1k: float, p99: float, failed: int = 0, speed: float | None = None
+) -> LoadResult:
     r = LoadResult(1000.0, 20.0, 1000, "udp", attempted=1000, succeeded=1000 - failed)
-    r.failed, r.cpu_s_per_1k, r.setup_p99_ms = failed, cpu_per_1k, p99
+    r.failed, r.cpu_s_per_1k, r.setup_p99_ms, r.speed_ms = failed, cpu_per_1k, p99, speed
     return r
+
+
+def test_the_summary_divides_each_runs_cpu_by_the_machines_speed_in_it() -> None:
+    """The host slowed (the fixed work cost 1.5 ms, not 1.0) during sipguard's second
+    run: its CPU per call rose with it, and the figure per machine speed does not."""
+    minimal, _ = CONFIGS
+    runs = [
+        Run(SIPGUARD, 0, result(0.3, 4, speed=1.0)),
+        Run(minimal, 0, result(0.3, 4, speed=1.0)),
+        Run(SIPGUARD, 1, result(0.45, 4, speed=1.5)),
+        Run(minimal, 1, result(0.3, 4, speed=1.0)),
+    ]
+    (line,) = [x for x in summary(runs) if minimal in x]
+    assert "CPU per call 1.25 (1.00-1.50)" in line
+    assert "CPU per call / machine speed 1.00 (1.00-1.00)" in line
 
 
 def test_the_summary_gives_ratios_of_the_medians_and_the_range_of_the_pairs() -> None:
