@@ -550,7 +550,9 @@ class B2BUA:
                     ("Supported", SUPPORTED),
                 ]
             resp = make_response(req, status, to_tag=stateless_tag(req), headers=headers)
-            self.layer.respond_stateless(tx, resp)
+            # whatever its size: a balancer's probe (a trunk's source) must hear the 503
+            # to take a draining element out at once (deploy/kamailio)
+            self.layer.respond_stateless(tx, resp, whatever_size=True)
         elif method in ("REGISTER", "SUBSCRIBE", "PUBLISH", "NOTIFY", "MESSAGE", "INFO", "UPDATE"):
             self._reject(tx, 405, "method_not_allowed", now, [("Allow", ALLOW)])
         elif method == "REFER":

@@ -744,15 +744,23 @@ class TransactionLayer:
 
     # -- server side -----------------------------------------------------------------------
 
-    def respond_stateless(self, tx: ServerTransaction, resp: Response) -> None:
+    def respond_stateless(
+        self, tx: ServerTransaction, resp: Response, *, whatever_size: bool = False
+    ) -> None:
         """Answer ``tx``'s request once and forget the transaction, as a stateless UAS
         does (§8.2.7): a refusal that must draw one response per request and keep nothing.
         A retransmitted request is answered again, the same (its To tag must not be new:
-        :func:`stateless_tag`)."""
+        :func:`stateless_tag`). Over UDP a refusal larger than its request is not sent
+        (:func:`fits`) unless ``whatever_size`` (an OPTIONS probe's answer, which is what
+        the probe is for: a balancer takes a draining element out on its 503)."""
         if self.server.get(tx.key) is tx:
             del self.server[tx.key]
         data = resp.to_bytes()
-        if resp.status not in MUST_ANSWER and not fits(data, tx.request, tx.flow):
+        if (
+            not whatever_size
+            and resp.status not in MUST_ANSWER
+            and not fits(data, tx.request, tx.flow)
+        ):
             self.withheld += 1  # larger than the request: an amplifier towards its source
             return
         self.send(tx.flow, data)
