@@ -129,3 +129,16 @@ def test_a_full_udp_send_buffer_makes_no_error_in_the_loop() -> None:
 
     uvloop.run(main())
     assert [ctx.get("message") for ctx in errors] == []
+
+
+def test_a_draining_probe_hears_its_503_whatever_its_size() -> None:
+    """A balancer's OPTIONS probe (Kamailio's dispatcher writes a short one) must hear
+    the draining element's 503 to take it out at once: sent even when larger."""
+    w = Wire()
+    w.core.drain()
+    probe = small(1, "OPTIONS")
+    w.from_caller(probe)
+    w.flush()
+    (resp,) = w.to_caller
+    assert resp.startswith(b"SIP/2.0 503 ") and len(resp) > len(probe)
+    assert b"Allow" not in resp  # capabilities are a 200's (RFC 3261 §11.2)
