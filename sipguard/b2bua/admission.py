@@ -235,15 +235,10 @@ class Capacity:
             return None
         if limits.source_rps and self._flooding(source, now, limits.source_rps):
             return "source_flood"
-        if draining:
-            return "draining"
-        if not accepting:
-            return "cdr_spool_full"
-        if self.calls - self.emergency_calls >= limits.max_calls:
-            return "max_calls"
+        held = self._held(config, trunk, draining=draining, accepting=accepting)
+        if held is not None:
+            return held
         tl = trunk.limits
-        if tl.max_calls and self.trunk_calls.get(trunk.name, 0) >= tl.max_calls:
-            return "trunk_max_calls"
         if not shedder.admit(trunk.trusted):
             return "overload"  # the receive queue grows: part of the new calls are shed
         if tl.cps and not within_rate(self.trunk_cps, trunk.name, now, tl.cps):
@@ -258,17 +253,27 @@ class Capacity:
         at once (the element's or the trunk's), the trunk's new calls of this second?
         Nothing is counted: :meth:`limit` then says which, and counts as it does for
         every new call (a source's flood, the shedder's offered mix)."""
-        if draining or not accepting:
-            return True
-        if self.calls - self.emergency_calls >= config.limits.max_calls:
+        if self._held(config, trunk, draining=draining, accepting=accepting) is not None:
             return True
         tl = trunk.limits
-        if tl.max_calls and self.trunk_calls.get(trunk.name, 0) >= tl.max_calls:
-            return True
         if not tl.cps:
             return False
         sec, count = self.trunk_cps.get(trunk.name, (-1, 0))
         return sec == int(now) and count >= tl.cps  # within_rate would say no
+
+    def _held(self, config: Config, trunk: Trunk, *, draining: bool, accepting: bool) -> str | None:
+        """The state that refuses every new non-emergency call of ``trunk`` now, counting
+        nothing: draining, the CDR spool full, the calls at once (element, trunk)."""
+        if draining:
+            return "draining"
+        if not accepting:
+            return "cdr_spool_full"
+        if self.calls - self.emergency_calls >= config.limits.max_calls:
+            return "max_calls"
+        tl = trunk.limits
+        if tl.max_calls and self.trunk_calls.get(trunk.name, 0) >= tl.max_calls:
+            return "trunk_max_calls"
+        return None
 
     def _flooding(self, source: str, now: float, rps: int) -> bool:
         """More than ``rps`` new calls this second from one source address (SPEC §8)."""

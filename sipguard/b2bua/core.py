@@ -56,7 +56,6 @@ from sipguard.sip.transaction import (
     ServerTransaction,
     Timers,
     TransactionLayer,
-    fits,
     make_response,
     source_key,
     stateless_tag,
@@ -374,11 +373,9 @@ class B2BUA:
             return True
         if msg.method != "ACK":  # an ACK (of our 403, say) gets nothing and is not counted
             self._count_refused("unknown_source")
-            data = make_response(msg, 403, to_tag=stateless_tag(msg)).to_bytes()
-            if fits(data, msg, flow):
-                self.layer.send(flow, data)
-            else:
-                self.layer.withheld += 1
+            self.layer.refuse(
+                flow, msg, make_response(msg, 403, to_tag=stateless_tag(msg)).to_bytes()
+            )
         return False
 
     def _count_refused(self, label: str) -> None:
@@ -550,9 +547,7 @@ class B2BUA:
                     ("Supported", SUPPORTED),
                 ]
             resp = make_response(req, status, to_tag=stateless_tag(req), headers=headers)
-            # whatever its size: a balancer's probe (a trunk's source) must hear the 503
-            # to take a draining element out at once (deploy/kamailio)
-            self.layer.respond_stateless(tx, resp, whatever_size=True)
+            self.layer.respond_stateless(tx, resp)  # whatever its size (a probe's answer)
         elif method in ("REGISTER", "SUBSCRIBE", "PUBLISH", "NOTIFY", "MESSAGE", "INFO", "UPDATE"):
             self._reject(tx, 405, "method_not_allowed", now, [("Allow", ALLOW)])
         elif method == "REFER":

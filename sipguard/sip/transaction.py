@@ -558,10 +558,10 @@ class ServerTransaction(Transaction):
             self._to(State.TERMINATED)
 
 
-# stateless answers sent whatever their size: a 200 (an OPTIONS probe's: its capabilities,
-# §11.2), and the refusals whose reason is in a header the RFC requires (405 and 501 carry
-# Allow, §21.4.6, §21.5.2) and that a peer sends only once, to a method it then knows
-MUST_ANSWER: Final = frozenset({200, 405, 501})
+# stateless refusals sent whatever their size: those whose reason is in a header the RFC
+# requires (405 and 501 carry Allow, §21.4.6, §21.5.2), drawn once by a method the peer
+# then knows not to send
+MUST_ANSWER: Final = frozenset({405, 501})
 
 
 def fits(response: bytes, request: Request, flow: Flow) -> bool:
@@ -744,26 +744,28 @@ class TransactionLayer:
 
     # -- server side -----------------------------------------------------------------------
 
-    def respond_stateless(
-        self, tx: ServerTransaction, resp: Response, *, whatever_size: bool = False
-    ) -> None:
+    def respond_stateless(self, tx: ServerTransaction, resp: Response) -> None:
         """Answer ``tx``'s request once and forget the transaction, as a stateless UAS
         does (§8.2.7): a refusal that must draw one response per request and keep nothing.
         A retransmitted request is answered again, the same (its To tag must not be new:
         :func:`stateless_tag`). Over UDP a refusal larger than its request is not sent
-        (:func:`fits`) unless ``whatever_size`` (an OPTIONS probe's answer, which is what
-        the probe is for: a balancer takes a draining element out on its 503)."""
+        (:meth:`refuse`); an OPTIONS probe's answer always is (what the probe is for: a
+        balancer takes a draining element out on its 503)."""
         if self.server.get(tx.key) is tx:
             del self.server[tx.key]
         data = resp.to_bytes()
-        if (
-            not whatever_size
-            and resp.status not in MUST_ANSWER
-            and not fits(data, tx.request, tx.flow)
-        ):
+        if resp.status in MUST_ANSWER or tx.request.method == "OPTIONS":
+            self.send(tx.flow, data)
+        else:
+            self.refuse(tx.flow, tx.request, data)
+
+    def refuse(self, flow: Flow, request: Request, data: bytes) -> None:
+        """Send ``data``, a stateless refusal of ``request``, where it :func:`fits`;
+        otherwise only count it (:attr:`withheld`)."""
+        if fits(data, request, flow):
+            self.send(flow, data)
+        else:
             self.withheld += 1  # larger than the request: an amplifier towards its source
-            return
-        self.send(tx.flow, data)
 
     def receive_request(self, req: Request, flow: Flow, now: float) -> None:
         via = req.top_via
