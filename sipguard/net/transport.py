@@ -139,10 +139,6 @@ class UdpEndpoint:
             int.from_bytes(info[4:8], sys.byteorder),
         )
 
-    def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.transport is not None:
-            self.transport.sendto(data, addr)
-
     def close(self) -> None:
         self.sock = None  # the transport closes its descriptor
         if self.transport is not None:
