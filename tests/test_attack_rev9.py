@@ -1,4 +1,4 @@
-"""Attacks on the ninth session's changes: a limit's 503 answered unread (core._limited),
+"""Attacks on the ninth session's changes: a limit's 503 answered unread (b2bua/unread.py),
 the compiled UDP receive path (net/pump.py).
 
 A limit's 503 is answered from the INVITE's raw lines only where it is no larger than

@@ -455,7 +455,7 @@ def test_refused_attempts_past_the_rate_are_counted_not_recorded() -> None:
     assert unrecorded == 7
 
 
-# -- a limit's refusal past the records of the second: answered unread (core._limited) ----
+# -- a limit's refusal past the records of the second: answered unread (Unread.limited) -
 
 # (the element's limits, the trunk's, what the test does to the core, the limit's label):
 # each refuses every new call of the trunk customers but an emergency one

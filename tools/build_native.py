@@ -70,6 +70,7 @@ MODULES = (
     "sipguard/b2bua/bleg.py",
     "sipguard/b2bua/admission.py",
     "sipguard/b2bua/records.py",
+    "sipguard/b2bua/unread.py",
     "sipguard/b2bua/reliable.py",
     "sipguard/b2bua/relay.py",
     "sipguard/b2bua/outgoing.py",

@@ -44,8 +44,8 @@ Step 10 early, likewise: where a limit refuses every new call of the trunk now b
 emergency one (draining, the CDR spool full, the calls at once, the trunk's calls of
 this second: :meth:`Capacity.full`), and the trunk's refusal records of the second are
 written, a new INVITE is answered ``503`` unread with the limit :meth:`Capacity.limit`
-names (``B2BUA._limited``): no record would be written, and the limit is the trunk's
-state, not the request's. No caller identity is decided for it.
+names (:mod:`~sipguard.b2bua.unread`): no record would be written, and the limit is the
+trunk's state, not the request's. No caller identity is decided for it.
 
 "Refused statelessly" everywhere: one response per request (§8.2.7), no transaction
 kept. Refusals for good (400, 403, 405, 481, 482, 483, 501) are strays that count

@@ -8,7 +8,10 @@ by the driver after each input: :attr:`outbox` (``(flow, bytes)`` to send),
 :attr:`media_outbox` (ng datagrams), :attr:`cdr_out` (CDR records to write), and
 :meth:`next_deadline`. Only ``net/`` reads clocks and touches sockets.
 
-The core dispatches; each concern has its room: a new INVITE is judged by
+The core dispatches; each concern has its room: the :class:`~sipguard.b2bua.gate.Gate`
+accounts every message to its source unread, :class:`~sipguard.b2bua.unread.Unread`
+refuses a new INVITE from its raw lines where overload or a limit refuses it anyway, a
+new INVITE read in full is judged by
 :func:`~sipguard.b2bua.admission.admit`, routed by the
 :class:`~sipguard.b2bua.routing.Router`, becomes a :class:`~sipguard.b2bua.call.Call`
 whose B-leg INVITE :mod:`~sipguard.b2bua.bleg` builds, and whose outcomes
@@ -41,15 +44,14 @@ from sipguard.b2bua.overload import Shedder
 from sipguard.b2bua.peers import Peers
 from sipguard.b2bua.records import Records
 from sipguard.b2bua.routing import Prober, Router
-from sipguard.b2bua.shed import EarlyShed
 from sipguard.b2bua.table import CallTable
+from sipguard.b2bua.unread import Unread
 from sipguard.cdr.record import make_call_id, new_instance_tag
 from sipguard.config.model import Config, Trunk
 from sipguard.media.ng import Address, NgClient, earliest, ng_client
 from sipguard.metrics import Metrics
 from sipguard.sip.errors import SipError
 from sipguard.sip.message import Limits, Request, Response, attach_response, parse_message
-from sipguard.sip.tlsnames import name_matches
 from sipguard.sip.transaction import (
     IDS,
     Flow,
@@ -92,12 +94,16 @@ class B2BUA:
         self.router = Router(config, self.layer, self)
         self.capacity = Capacity()
         self.shedder = Shedder()  # fed by the driver's readings of the receive queue
-        self.early = EarlyShed(self.shedder)
         self.challenges = Challenges()
         self.peers = Peers(config)
         self.table = CallTable(self.peers, self._refused)
         self.dialogs = self.table.by_dialog  # the calls by each leg's dialog id
         self.gate = Gate(self.peers)  # every message accounted to its source, unread
+        # a trunk's new INVITE refused, and the ACK of its 503 absorbed, from raw lines
+        self.unread = Unread(
+            self.peers, self.records, self.capacity, self.shedder, self.layer, self._count_refused
+        )
+        self.early = self.unread.early  # the 503s given lately: their retransmissions too
         self.draining = False
         self.accepting = True  # False while the CDR spool is full (refuse non-emergency)
         self.parse_limits = Limits(max_message=config.sip.max_message_bytes)
@@ -219,95 +225,15 @@ class B2BUA:
             self._count_refused("source_messages" if door == METERED else "unknown_source_silenced")
             return
         stranger = door == STRANGER
-        invite = not stranger and data.startswith(b"INVITE ")
-        if invite and self.shedder.shedding and self._shed(data, flow, now):
-            return
-        if invite and self._limited(data, flow, now):
-            self.shedder.granted = False  # the shed look's yes was for this INVITE only
-            return
-        if (
-            not stranger
-            and data.startswith(b"ACK ")
-            and self.early.memory.any()
-            and self.early.acked(data, flow)
+        if not stranger and self.unread.answer(
+            data, flow, now, self.config, self.draining, self.accepting
         ):
-            self.records.message_in("ACK")  # the ACK of a shed INVITE's 503: absorbed
             return
         strays = self.layer.strays
         self._read(data, flow, now, stranger)
         self.shedder.granted = False  # asked for this INVITE only
         if self.layer.strays != strays and not stranger:
             self.gate.stray(flow)
-
-    def _shed(self, data: bytes, flow: Flow, now: float) -> bool:
-        """Shed a trunk's new INVITE unread, where the shedder refuses it (b2bua/shed.py)
-        and the trunk's refused attempts of this second get no more records."""
-        trunk = self.peers.trunk_of(flow.local, flow.host)
-        if trunk is None or self.records.recording(
-            trunk.name, now, self.config.limits.refused_cdr_rps
-        ):
-            return False
-        server = self.layer.server
-        resp = self.early.refuse(data, flow, trunk.trusted, self.config, server, now)
-        if resp is None:
-            return False  # an emergency call, a call under way, anything unusual: read it
-        self.layer.send(flow, resp)
-        self.records.message_in("INVITE")
-        self.records.shed(trunk.name, trunk.route_to or "")
-        return True
-
-    def _limited(self, data: bytes, flow: Flow, now: float) -> bool:
-        """Refuse a trunk's new INVITE unread with ``503``, as :meth:`_shed` does, where
-        a limit refuses every new call of its trunk now (:meth:`Capacity.full`: draining,
-        the CDR spool full, the calls at once, the trunk's calls of this second) and the
-        trunk's refused attempts of this second get no more records. What the whole way
-        would answer, count (:meth:`Capacity.limit` names the limit) and write, at the
-        cost of a shed INVITE; but no caller identity is decided, and an INVITE the whole
-        way would refuse for something of its own (a missing Contact, ``Max-Forwards``
-        0) gets the limit's 503, as under overload. A trunk without a route or whose TLS
-        name is not proved, an emergency call, anything unusual is read in full."""
-        trunk = self.peers.trunk_of(flow.local, flow.host)
-        config = self.config
-        draining = self.draining
-        accepting = self.accepting
-        rate = config.limits.refused_cdr_rps
-        if (
-            trunk is None
-            or not self.capacity.full(config, trunk, now, draining=draining, accepting=accepting)
-            or self.records.recording(trunk.name, now, rate)
-        ):
-            return False
-        route = trunk.route_to
-        if route is None or route not in config.trunks:
-            return False  # 404, no route: the whole way says so
-        if trunk.tls_name is not None and not name_matches(trunk.tls_name, self.peers.names(flow)):
-            return False  # 403: the whole way says so
-        early = self.early.plain(data, flow, config, self.layer.server)
-        if early is None:
-            return False
-        if self.early.again_raw(early, flow):
-            label = "overload"  # a retransmission of a 503, as _new_call answers it
-        else:
-            limit = self.capacity.limit(
-                config,
-                trunk,
-                False,
-                now,
-                flow.host,
-                self.shedder,
-                draining=draining,
-                accepting=accepting,
-            )
-            if limit is None:  # never: full() said a limit holds; the whole way decides
-                return False
-            label = limit
-            self.records.refused(
-                trunk.name, Refused(503, label, end_reason="limit", route=route), now, rate
-            )
-        self.records.message_in("INVITE")
-        self._count_refused(label)
-        self.layer.send(flow, self.early.refused(early, flow, now))
-        return True
 
     def _read(self, data: bytes, flow: Flow, now: float, stranger: bool) -> None:
         msg: Request | Response | None = None
