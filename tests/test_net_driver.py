@@ -150,6 +150,8 @@ def test_sigterm_drains_calls_in_progress_then_exits(tmp_path: Path) -> None:
     ctx = f"{result.describe()}\n{callee_result.describe()}\n{sg.log_tail(60)}"
     assert code == 0, ctx
     assert waited < 10 - 1, f"exited {waited:.1f}s after SIGTERM: it waited for the drain time"
+    # it ends without the interpreter's teardown (sipguard.cli), its log written to the end
+    assert sg.log_tail(1).endswith("stopped"), ctx
     # the calls in progress ended normally: their BYEs passed
     assert result.successful == calls and result.failed == 0, ctx
     assert callee_result.successful == calls, ctx
