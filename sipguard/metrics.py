@@ -95,6 +95,12 @@ class Metrics:
         self.retransmissions = Counter(
             "sipguard_retransmissions_total", "SIP retransmissions sent", registry=r
         )
+        self.refusals_withheld = Counter(
+            "sipguard_refusals_withheld_total",
+            "Stateless refusals not sent over UDP: larger than the request that drew them "
+            "(counted in sipguard_rejected_total as well)",
+            registry=r,
+        )
         self.loop_lag = Histogram(
             "sipguard_event_loop_lag_seconds",
             "How late the event loop ran a 50 ms probe: its pauses (GC, long handlers)",

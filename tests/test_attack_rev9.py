@@ -27,9 +27,13 @@ from typing import Any, cast
 
 import pytest
 
+from sipguard.metrics import Metrics
+from sipguard.net import server
 from sipguard.net.pump import UdpReceiver
+from sipguard.net.transport import UdpEndpoint
 from sipguard.sip.transaction import Flow
 from testkit.callsim import STRANGER, Wire, default_config, invite
+from testkit.metrics import sample
 
 
 def small(n: int, method: str = "INVITE") -> bytes:
@@ -142,3 +146,43 @@ def test_a_draining_probe_hears_its_503_whatever_its_size() -> None:
     (resp,) = w.to_caller
     assert resp.startswith(b"SIP/2.0 503 ") and len(resp) > len(probe)
     assert b"Allow" not in resp  # capabilities are a 200's (RFC 3261 §11.2)
+
+
+async def test_a_withheld_refusal_is_counted_at_the_scrape() -> None:
+    """Through the driver on a real socket: a small request from a source of no trunk
+    gets no 403 (larger than itself), and the scrape shows why: the refusal in
+    sipguard_rejected_total{reason="unknown_source"} and in
+    sipguard_refusals_withheld_total. A request as phones write it still gets its 403."""
+    metrics = Metrics()
+    driver = server.Driver(default_config(), metrics, None)
+    driver.udp[0] = await UdpEndpoint.create(driver, 0, "127.0.0.1", 0)
+    sock = driver.udp[0].sock
+    assert sock is not None
+    addr = sock.getsockname()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.250", 0))  # no trunk's source in this configuration
+    client.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        client.sendto(small(1, "OPTIONS"), addr)
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if driver.core.layer.withheld:
+                break
+        await asyncio.sleep(0.05)
+        with pytest.raises(BlockingIOError):
+            client.recv(65535)  # nothing came back
+        driver.export_stats()
+        assert sample(metrics, "sipguard_refusals_withheld_total") == 1
+        assert sample(metrics, "sipguard_rejected_total", reason="unknown_source") == 1
+
+        big = invite(2)  # long names, an offer: its 403 is smaller
+        client.sendto(big, addr)
+        resp = await asyncio.wait_for(loop.sock_recv(client, 65535), 2.0)
+        assert resp.startswith(b"SIP/2.0 403 ") and len(resp) <= len(big)
+        driver.export_stats()
+        assert sample(metrics, "sipguard_refusals_withheld_total") == 1
+        assert sample(metrics, "sipguard_rejected_total", reason="unknown_source") == 2
+    finally:
+        client.close()
+        driver.close()

@@ -167,6 +167,7 @@ class Driver:
         self.stopping = asyncio.Event()
         self._exported: dict[str, dict[str, int]] = {}
         self._exported_rtx = 0
+        self._exported_withheld = 0
         self.overload_log = OverloadLog()
         self._client_contexts: dict[tuple[int, bool], ssl.SSLContext] = {}
         # TCP/TLS: the connection limits (the total capped by the descriptors at start),
@@ -545,6 +546,10 @@ class Driver:
         if delta:
             m.retransmissions.inc(delta)
             self._exported_rtx = core.layer.retransmissions
+        delta = core.layer.withheld - self._exported_withheld
+        if delta:
+            m.refusals_withheld.inc(delta)
+            self._exported_withheld = core.layer.withheld
         ng = core.media_ng
         if ng is not None:
             for key, n in list(ng.requests.items()):
