@@ -61,6 +61,8 @@ class Unread:
         self, data: bytes, flow: Flow, now: float, config: Config, draining: bool, accepting: bool
     ) -> bool:
         """Was ``data``, from a source the gate let in, answered or absorbed unread?"""
+        if len(data) > config.sip.max_message_bytes:
+            return False  # the parser drops it and counts it: no answer here either
         if data.startswith(b"INVITE "):
             if self.shedder.shedding and self.shed(data, flow, now, config):
                 return True

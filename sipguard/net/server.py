@@ -627,12 +627,27 @@ def _setup_logging(level: str) -> None:
 
 
 async def serve(config_path: str, config: Config) -> int:
+    """Run until SIGTERM or SIGINT, drain, stop: 0, or 1 if CDRs were still waiting to be
+    stored after 10 s (the writer logs how many). Whatever ends the run, a stop or a
+    socket that cannot be opened (OSError, raised on), the records submitted are stored
+    before this returns: ``sipguard run`` then ends the process at once (sipguard.cli)."""
     metrics = Metrics()
     # the process's own CPU seconds, RSS, open files and start time (process_*), read from
     # /proc/self at each scrape: what a load test in a container reads (docker/sipp/)
     ProcessCollector(registry=metrics.registry)
     writer = CdrWriter(config.cdr, metrics)
     writer.start()
+    try:
+        await _serve(config_path, config, metrics, writer)
+    finally:
+        stored = await writer.aclose(10.0)
+    if not stored:
+        return 1
+    log.info("stopped")
+    return 0
+
+
+async def _serve(config_path: str, config: Config, metrics: Metrics, writer: CdrWriter) -> None:
     driver = Driver(config, metrics, writer)
     await driver.start()
     resolver = TargetResolver.from_config(config.dns)
@@ -716,9 +731,6 @@ async def serve(config_path: str, config: Config) -> int:
     driver.close()
     if httpd is not None:
         await httpd.close()
-    await writer.aclose(10.0)
-    log.info("stopped")
-    return 0
 
 
 def run(config: Config, config_path: str = "config/sipguard.yaml") -> int:
